@@ -1,0 +1,485 @@
+"""Metrics of the cross-validated predictions: per fold, mean +- SE over repeats, curves (paper 2.6, Table 2).
+
+Per fold (scikit-learn):
+
+* AUROC, :func:`sklearn.metrics.roc_auc_score`; 0.5 is what random
+  predictions give, 1.0 a perfect ranking.
+* AUPRC as **average precision**, :func:`sklearn.metrics.average_precision_score`:
+  ``sum_n (R_n - R_(n-1)) P_n``, the step-wise area under the precision-recall
+  curve (no trapezoidal interpolation, which is optimistic); random
+  predictions give the prevalence of short PFS (about 0.36), not 0.5.
+* Accuracy at a probability threshold of 0.5, :func:`sklearn.metrics.accuracy_score`.
+
+Mean +- standard error (paper 2.6: "the average performance across all 5
+repetitions, along with the standard error"): each repeat's value is the mean
+over its k folds; the table reports the mean of the repeat values and
+``SE = sd / sqrt(n_repeats)`` with the sample standard deviation (``ddof=1``).
+The SE is therefore over the 5 repeats, not over the 15 folds. It describes
+how much the estimate moves when the data are reshuffled; the repeats share
+patients, so it is not the uncertainty of a new cohort.
+
+Curves: ROC and precision-recall points of every fold, and a mean curve on a
+common grid with a band of +-1 SE over repeats (each repeat's curve being the
+mean of its folds' curves), matching the table. ROC curves are interpolated
+linearly in the false-positive rate; precision is read as the step function
+that average precision integrates (precision at the first threshold reaching
+each recall), so the area under the mean PR curve equals the mean AUPRC up to
+the grid resolution. Written by hand: curve averaging on a grid (scikit-learn
+gives the per-fold curves only).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import (
+    accuracy_score,
+    average_precision_score,
+    precision_recall_curve,
+    roc_auc_score,
+    roc_curve,
+)
+
+__all__ = [
+    "METRICS",
+    "METRIC_LABELS",
+    "CurveSet",
+    "MetricSummary",
+    "MetricsError",
+    "ModelResults",
+    "bayes_ceiling",
+    "curves_figure",
+    "evaluate",
+    "fold_metrics",
+    "loss_figure",
+    "metrics_figure",
+    "pr_curves",
+    "read_truth",
+    "roc_curves",
+    "side_by_side",
+]
+
+METRICS: tuple[str, ...] = ("auroc", "auprc", "accuracy")
+METRIC_LABELS = {"auroc": "AUROC", "auprc": "AUPRC (average precision)", "accuracy": "Accuracy (p >= 0.5)"}
+_NEEDED = ("model", "repeat", "fold", "patient_id", "y_true", "prob")
+
+
+class MetricsError(ValueError):
+    """Predictions that cannot be scored (names the model and fold)."""
+
+
+def _check(predictions: pd.DataFrame) -> pd.DataFrame:
+    missing = [c for c in _NEEDED if c not in predictions.columns]
+    if missing:
+        raise MetricsError(f"predictions lack column(s) {missing}; have {list(predictions.columns)}")
+    if predictions.empty:
+        raise MetricsError("no predictions to score")
+    bad = ~np.isfinite(predictions["prob"].to_numpy(dtype=float))
+    if bad.any():
+        r = predictions[bad].iloc[0]
+        raise MetricsError(f"model {r['model']}, repeat {r['repeat']}, fold {r['fold']}: patient {r['patient_id']} has no finite probability")
+    return predictions
+
+
+# --------------------------------------------------------------------------- per fold
+
+
+def fold_metrics(predictions: pd.DataFrame, threshold: float = 0.5) -> pd.DataFrame:
+    """AUROC, AUPRC (average precision) and accuracy of every (model, repeat, fold).
+
+    Parameters
+    ----------
+    predictions : DataFrame
+        ``model, repeat, fold, patient_id, y_true, prob`` (test patients).
+    threshold : float
+        Probability at and above which short PFS is predicted (accuracy).
+
+    Returns
+    -------
+    DataFrame
+        ``model, repeat, fold, n, n_pos, auroc, auprc, accuracy``; AUROC and
+        AUPRC are NaN for a fold whose test part holds one class only.
+    """
+    _check(predictions)
+    rows = []
+    for (model, repeat, fold), g in predictions.groupby(["model", "repeat", "fold"], sort=True):
+        y, p = g["y_true"].to_numpy(dtype=int), g["prob"].to_numpy(dtype=float)
+        two = len(np.unique(y)) == 2
+        rows.append(
+            {
+                "model": model,
+                "repeat": int(repeat),
+                "fold": int(fold),
+                "n": len(y),
+                "n_pos": int(y.sum()),
+                "auroc": float(roc_auc_score(y, p)) if two else math.nan,
+                "auprc": float(average_precision_score(y, p)) if two else math.nan,
+                "accuracy": float(accuracy_score(y, (p >= threshold).astype(int))),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------- mean +- SE
+
+
+@dataclasses.dataclass(frozen=True)
+class MetricSummary:
+    """One metric of one model: mean and standard error over repeats.
+
+    Attributes
+    ----------
+    model, metric : str
+    mean : float
+        Mean over repeats of the per-repeat mean over folds.
+    se : float
+        ``sd / sqrt(n_repeats)`` (``ddof=1``); NaN with one repeat.
+    sd : float
+        Sample standard deviation of the per-repeat means.
+    n_repeats, n_folds : int
+        Repeats, and folds in all.
+    per_repeat : tuple of float
+        The per-repeat means.
+    """
+
+    model: str
+    metric: str
+    mean: float
+    se: float
+    sd: float
+    n_repeats: int
+    n_folds: int
+    per_repeat: tuple[float, ...]
+    method: str = "mean over repeats of the per-repeat fold mean; SE = sd(ddof=1)/sqrt(n_repeats)"
+
+    def format(self, digits: int = 2) -> str:
+        """``"0.59 ± 0.02"`` as in the paper's Table 2."""
+        return f"{self.mean:.{digits}f} ± {self.se:.{digits}f}"
+
+    def to_frame(self) -> pd.DataFrame:
+        return pd.DataFrame(
+            [{"model": self.model, "metric": self.metric, "mean": self.mean, "se": self.se, "sd": self.sd,
+              "n_repeats": self.n_repeats, "n_folds": self.n_folds}]
+        )
+
+
+def _summary(model: str, metric: str, folds: pd.DataFrame) -> MetricSummary:
+    per_repeat = folds.groupby("repeat")[metric].mean().dropna()
+    n = len(per_repeat)
+    mean = float(per_repeat.mean()) if n else math.nan
+    sd = float(per_repeat.std(ddof=1)) if n > 1 else math.nan
+    se = sd / math.sqrt(n) if n > 1 else math.nan
+    return MetricSummary(model, metric, mean, se, sd, n, int(folds[metric].notna().sum()),
+                         tuple(float(v) for v in per_repeat))
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelResults:
+    """Per-fold metrics and their mean +- SE for one or more models.
+
+    Attributes
+    ----------
+    fold_metrics : DataFrame
+        See :func:`fold_metrics`.
+    summaries : tuple of MetricSummary
+        One per (model, metric).
+    """
+
+    fold_metrics: pd.DataFrame
+    summaries: tuple[MetricSummary, ...]
+
+    @property
+    def models(self) -> list[str]:
+        return list(dict.fromkeys(s.model for s in self.summaries))
+
+    def get(self, model: str, metric: str = "auroc") -> MetricSummary:
+        for s in self.summaries:
+            if s.model == model and s.metric == metric:
+                return s
+        raise MetricsError(f"no {metric} summary for model {model!r}; have {self.models}")
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per model: ``<metric>_mean``, ``<metric>_se`` for each metric, ``n_repeats``, ``n_folds``."""
+        rows = []
+        for model in self.models:
+            row: dict[str, Any] = {"model": model}
+            for s in (s for s in self.summaries if s.model == model):
+                row[f"{s.metric}_mean"], row[f"{s.metric}_se"] = s.mean, s.se
+                row["n_repeats"], row["n_folds"] = s.n_repeats, s.n_folds
+            rows.append(row)
+        return pd.DataFrame(rows)
+
+    def table(self, digits: int = 2, names: dict[str, str] | None = None) -> pd.DataFrame:
+        """Table-2 style strings ``mean ± SE`` per model and metric (``names`` maps keys to display names)."""
+        rows = []
+        for model in self.models:
+            row = {"model": (names or {}).get(model, model)}
+            for s in (s for s in self.summaries if s.model == model):
+                row[METRIC_LABELS.get(s.metric, s.metric)] = s.format(digits)
+            rows.append(row)
+        return pd.DataFrame(rows)
+
+
+def evaluate(predictions: pd.DataFrame, threshold: float = 0.5, metrics: Sequence[str] = METRICS,
+             order: Sequence[str] | None = None) -> ModelResults:
+    """Per-fold metrics and mean +- SE over repeats of every model in ``predictions`` (paper Table 2).
+
+    ``order`` fixes the order of models (e.g. the registry's); by default models appear sorted.
+    """
+    fm = fold_metrics(predictions, threshold)
+    models = list(order) if order is not None else sorted(fm["model"].unique())
+    models = [m for m in models if m in set(fm["model"])]
+    summaries = tuple(_summary(m, k, fm[fm["model"] == m]) for m in models for k in metrics)
+    return ModelResults(fm, summaries)
+
+
+# --------------------------------------------------------------------------- curves
+
+
+@dataclasses.dataclass(frozen=True)
+class CurveSet:
+    """ROC or precision-recall curves of every fold and their mean with a band.
+
+    Attributes
+    ----------
+    kind : {"roc", "pr"}
+    points : DataFrame
+        ``model, repeat, fold, x, y`` (ROC: x = false-positive rate, y = true-positive
+        rate; PR: x = recall, y = precision), as returned by scikit-learn.
+    mean : DataFrame
+        ``model, x, y, se, lower, upper`` on the common grid: the mean over
+        repeats of per-repeat mean curves, and the band ``mean ± SE`` (over repeats).
+    chance : dict model -> float
+        The curve of random predictions: ROC the diagonal (recorded as 0.5,
+        its area), PR the prevalence of short PFS among tested patients.
+    """
+
+    kind: str
+    points: pd.DataFrame
+    mean: pd.DataFrame
+    chance: dict[str, float]
+    band: str = "mean ± 1 SE over repeats (each repeat's curve = mean of its folds' curves)"
+
+    def to_frame(self) -> pd.DataFrame:
+        return self.mean.copy()
+
+
+def _pr_step(recall: np.ndarray, precision: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    """Precision at the first threshold whose recall reaches each grid value (what average precision sums)."""
+    frame = pd.DataFrame({"r": recall, "p": precision}).groupby("r")["p"].max()
+    levels, prec = frame.index.to_numpy(), frame.to_numpy()
+    k = np.clip(np.searchsorted(levels, grid, side="left"), 0, len(levels) - 1)
+    return prec[k]
+
+
+def _curves(predictions: pd.DataFrame, kind: str, grid_points: int) -> CurveSet:
+    _check(predictions)
+    grid = np.linspace(0.0, 1.0, grid_points)
+    pts, on_grid, chance = [], [], {}
+    for model, gm in predictions.groupby("model", sort=True):
+        chance[model] = 0.5 if kind == "roc" else float(gm["y_true"].mean())
+        for (repeat, fold), g in gm.groupby(["repeat", "fold"], sort=True):
+            y, p = g["y_true"].to_numpy(dtype=int), g["prob"].to_numpy(dtype=float)
+            if len(np.unique(y)) < 2:
+                continue
+            if kind == "roc":
+                x, yy, _ = roc_curve(y, p, drop_intermediate=False)
+                ig = np.interp(grid, x, yy)
+                ig[0] = 0.0
+            else:
+                yy, x, _ = precision_recall_curve(y, p, drop_intermediate=False)
+                ig = _pr_step(x, yy, grid)
+            pts.append(pd.DataFrame({"model": model, "repeat": int(repeat), "fold": int(fold), "x": x, "y": yy}))
+            on_grid.append(pd.DataFrame({"model": model, "repeat": int(repeat), "fold": int(fold), "x": grid, "y": ig}))
+    if not pts:
+        raise MetricsError("no fold with both classes in its test part: no curve can be drawn")
+    g = pd.concat(on_grid, ignore_index=True)
+    per_repeat = g.groupby(["model", "repeat", "x"], as_index=False)["y"].mean()
+    agg = per_repeat.groupby(["model", "x"])["y"].agg(["mean", "std", "count"]).reset_index()
+    se = agg["std"] / np.sqrt(agg["count"])
+    mean = pd.DataFrame({"model": agg["model"], "x": agg["x"], "y": agg["mean"], "se": se,
+                         "lower": (agg["mean"] - se).clip(0, 1), "upper": (agg["mean"] + se).clip(0, 1)})
+    return CurveSet(kind, pd.concat(pts, ignore_index=True), mean, chance)
+
+
+def roc_curves(predictions: pd.DataFrame, grid_points: int = 101) -> CurveSet:
+    """ROC curves per fold and their mean ± SE band over repeats (FPR grid of ``grid_points``)."""
+    return _curves(predictions, "roc", grid_points)
+
+
+def pr_curves(predictions: pd.DataFrame, grid_points: int = 101) -> CurveSet:
+    """Precision-recall curves per fold and their mean ± SE band over repeats (recall grid)."""
+    return _curves(predictions, "pr", grid_points)
+
+
+# --------------------------------------------------------------------------- Bayes ceiling, paper
+
+
+def read_truth(data_dir: str | Path) -> pd.DataFrame | None:
+    """``DATA/ground_truth/truth.csv`` of a synthetic cohort (``patient_id, p_short_bayes, ...``), or ``None``."""
+    path = Path(data_dir) / "ground_truth" / "truth.csv"
+    return pd.read_csv(path, dtype={"patient_id": str}) if path.exists() else None
+
+
+def bayes_ceiling(predictions: pd.DataFrame, truth: pd.DataFrame, model: str | None = None,
+                  threshold: float = 0.5) -> ModelResults:
+    """Scores of the true probability ``p_short_bayes`` on the same test folds as the models.
+
+    On the synthetic cohort the generator knows ``P(PFS <= 12 months)`` of every
+    patient; scoring it like a model, fold by fold, gives the best AUROC any
+    model could reach on these folds (the Bayes ceiling). The result is named
+    ``"bayes_ceiling"``.
+
+    Parameters
+    ----------
+    predictions : DataFrame
+        Predictions of any model (only its folds and labels are used); with
+        ``model`` given, that model's.
+    truth : DataFrame
+        ``patient_id, p_short_bayes``.
+    """
+    _check(predictions)
+    if not {"patient_id", "p_short_bayes"} <= set(truth.columns):
+        raise MetricsError("truth table needs columns patient_id and p_short_bayes")
+    src = predictions if model is None else predictions[predictions["model"] == model]
+    first = src["model"].iloc[0]
+    src = src[src["model"] == first][["repeat", "fold", "patient_id", "y_true"]]
+    p = truth.set_index(truth["patient_id"].astype(str))["p_short_bayes"]
+    missing = sorted(set(src["patient_id"]) - set(p.index))
+    if missing:
+        raise MetricsError(f"patient {missing[0]} has no p_short_bayes in the truth table ({len(missing)} missing)")
+    ceiling = src.assign(model="bayes_ceiling", prob=src["patient_id"].map(p).to_numpy(dtype=float))
+    return evaluate(ceiling, threshold)
+
+
+def side_by_side(ours: ModelResults, paper: pd.DataFrame, names: dict[str, str] | None = None,
+                 digits: int = 2) -> pd.DataFrame:
+    """Our mean ± SE beside the paper's Table 2 (real cohort), one row per model.
+
+    Parameters
+    ----------
+    ours : ModelResults
+    paper : DataFrame
+        One row per model with a ``model`` column of registry keys and
+        ``auroc_mean, auroc_se, auprc_mean, auprc_se`` (as ``prrt_utils.paper.paper_table2()``).
+    names : dict, optional
+        Model key -> display name.
+
+    Returns
+    -------
+    DataFrame
+        ``model, AUROC (paper, real cohort), AUROC (ours, synthetic cohort), AUPRC (...), AUPRC (...)``.
+    """
+    need = {"model", "auroc_mean", "auroc_se", "auprc_mean", "auprc_se"}
+    if not need <= set(paper.columns):
+        raise MetricsError(f"paper table needs columns {sorted(need)}; has {list(paper.columns)}")
+    paper = paper.set_index("model")
+    rows = []
+    for model in ours.models:
+        row = {"model": (names or {}).get(model, model)}
+        for metric, label in (("auroc", "AUROC"), ("auprc", "AUPRC")):
+            if model in paper.index:
+                m, s = paper.loc[model, f"{metric}_mean"], paper.loc[model, f"{metric}_se"]
+                row[f"{label} paper (real cohort)"] = f"{m:.{digits}f} ± {s:.{digits}f}"
+            else:
+                row[f"{label} paper (real cohort)"] = "not in paper"
+            row[f"{label} ours (this cohort)"] = ours.get(model, metric).format(digits)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------- figures (plotly)
+
+_PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#7f7f7f")
+
+
+def _rgba(hex_colour: str, alpha: float) -> str:
+    h = hex_colour.lstrip("#")
+    return f"rgba({int(h[0:2], 16)},{int(h[2:4], 16)},{int(h[4:6], 16)},{alpha})"
+
+
+def curves_figure(roc: CurveSet, pr: CurveSet, names: dict[str, str] | None = None,
+                  models: Sequence[str] | None = None, show_folds: bool = False) -> Any:
+    """Mean ROC and PR curves with their ± SE band, side by side (plotly), chance lines dashed."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("ROC", "Precision-recall"))
+    models = list(models) if models is not None else list(dict.fromkeys(roc.mean["model"]))
+    for i, model in enumerate(models):
+        colour = _PALETTE[i % len(_PALETTE)]
+        label = (names or {}).get(model, model)
+        for col, cs in ((1, roc), (2, pr)):
+            m = cs.mean[cs.mean["model"] == model]
+            if show_folds:
+                for (_, _), g in cs.points[cs.points["model"] == model].groupby(["repeat", "fold"]):
+                    fig.add_trace(go.Scatter(x=g["x"], y=g["y"], mode="lines", line={"color": _rgba(colour, 0.15), "width": 1},
+                                             hoverinfo="skip", showlegend=False), row=1, col=col)
+            fig.add_trace(go.Scatter(x=np.r_[m["x"], m["x"][::-1]], y=np.r_[m["upper"], m["lower"][::-1]], fill="toself",
+                                     fillcolor=_rgba(colour, 0.2), line={"width": 0}, hoverinfo="skip",
+                                     showlegend=False, legendgroup=model), row=1, col=col)
+            fig.add_trace(go.Scatter(x=m["x"], y=m["y"], mode="lines", name=label, legendgroup=model,
+                                     line={"color": colour, "width": 2}, showlegend=col == 1), row=1, col=col)
+    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line={"dash": "dash", "color": "grey"},
+                             name="chance", showlegend=True), row=1, col=1)
+    prev = np.mean([pr.chance[m] for m in models if m in pr.chance]) if models else 0.0
+    fig.add_trace(go.Scatter(x=[0, 1], y=[prev, prev], mode="lines", line={"dash": "dash", "color": "grey"},
+                             name=f"chance (prevalence {prev:.2f})", showlegend=False), row=1, col=2)
+    fig.update_xaxes(title_text="False-positive rate", range=[0, 1], row=1, col=1)
+    fig.update_yaxes(title_text="True-positive rate", range=[0, 1.02], row=1, col=1)
+    fig.update_xaxes(title_text="Recall", range=[0, 1], row=1, col=2)
+    fig.update_yaxes(title_text="Precision", range=[0, 1.02], row=1, col=2)
+    fig.update_layout(height=430, legend={"orientation": "h", "y": -0.2}, margin={"t": 40},
+                      title={"text": f"Mean curves; band: {roc.band}", "font": {"size": 12}})
+    return fig
+
+
+def loss_figure(histories: pd.DataFrame, names: dict[str, str] | None = None) -> Any:
+    """Training (and validation) loss per epoch: one thin line per fold, the mean over folds bold."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    if histories.empty:
+        fig.update_layout(title="no training history (Random Forest only)")
+        return fig
+    for i, (model, gm) in enumerate(histories.groupby("model", sort=False)):
+        colour = _PALETTE[i % len(_PALETTE)]
+        for (r, f), g in gm.groupby(["repeat", "fold"]):
+            fig.add_trace(go.Scatter(x=g["epoch"], y=g["train_loss"], mode="lines", line={"color": _rgba(colour, 0.25), "width": 1},
+                                     name=f"r{r} f{f}", legendgroup=model, showlegend=False))
+        mean = gm.groupby("epoch")["train_loss"].mean()
+        fig.add_trace(go.Scatter(x=mean.index, y=mean.to_numpy(), mode="lines", line={"color": colour, "width": 3},
+                                 name=f"{(names or {}).get(model, model)}: training loss (mean)", legendgroup=model))
+        if "val_loss" in gm.columns and gm["val_loss"].notna().any():
+            vm = gm.groupby("epoch")["val_loss"].mean()
+            fig.add_trace(go.Scatter(x=vm.index, y=vm.to_numpy(), mode="lines", line={"color": colour, "width": 3, "dash": "dot"},
+                                     name=f"{(names or {}).get(model, model)}: validation loss (mean)", legendgroup=model))
+    fig.add_hline(y=math.log(2), line_dash="dash", line_color="grey", annotation_text="ln 2 (constant 0.5)")
+    fig.update_layout(xaxis_title="Epoch", yaxis_title="Binary cross-entropy", height=400, margin={"t": 30})
+    return fig
+
+
+def metrics_figure(results: ModelResults, ceiling: ModelResults | None = None, names: dict[str, str] | None = None,
+                   metrics: Sequence[str] = ("auroc", "auprc")) -> Any:
+    """Bar plot of mean ± SE per model and metric; the Bayes ceiling as a dashed line when given."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    labels = [(names or {}).get(m, m) for m in results.models]
+    for i, metric in enumerate(metrics):
+        s = [results.get(m, metric) for m in results.models]
+        fig.add_trace(go.Bar(x=labels, y=[v.mean for v in s], error_y={"type": "data", "array": [v.se for v in s]},
+                             name=METRIC_LABELS.get(metric, metric), marker_color=_PALETTE[i]))
+        if ceiling is not None:
+            c = ceiling.get("bayes_ceiling", metric)
+            fig.add_hline(y=c.mean, line_dash="dash", line_color=_PALETTE[i],
+                          annotation_text=f"Bayes ceiling {METRIC_LABELS.get(metric, metric)} {c.mean:.2f}")
+    fig.add_hline(y=0.5, line_dash="dot", line_color="grey", annotation_text="AUROC of chance", annotation_position="bottom right")
+    fig.update_layout(barmode="group", yaxis={"range": [0, 1.05], "title": "mean ± SE over repeats"}, height=420, margin={"t": 30})
+    return fig

@@ -1,0 +1,819 @@
+"""Training of one model on one cross-validation fold, and the fold's files (paper 2.5-2.6).
+
+Everything learned from data is learned on the training part of the fold only:
+the laboratory scaling (:class:`LabScaler`), the image intensity normalisation
+(:class:`FoldNormaliser`), the network or forest, and, with early stopping, the
+stopping epoch (on a validation split carved out of the training part). The
+test part is touched once, to predict.
+
+Paper defaults (section 2.5) are those of :class:`TrainConfig`: Adam, learning
+rate 0.01, weight decay 0.2 (Adam's L2 penalty, as ``torch.optim.Adam``
+applies it), dropout 0.1, binary cross-entropy (computed on logits with
+``BCEWithLogitsLoss``, the numerically stable form of the same loss).
+
+Determinism: every fold seeds Python, NumPy and torch from a seed derived from
+(global seed, repeat, fold, model name) (:func:`fold_seed`) and runs with
+``torch.use_deterministic_algorithms(True)``; on CPU with the same number of
+threads two runs give identical predictions. The number of intra-op threads
+can change the order of floating-point sums, so it is recorded in
+``done.json``.
+
+Files of one fold, ``WORK/results/<model>/r<repeat>_f<fold>/`` (DESIGN
+"Folds and results"): ``predictions.parquet``, ``embeddings.npz``,
+``weights.pt`` (Random Forest: ``weights.joblib``), ``normalisation.json``,
+``history.json`` and, written last, ``done.json``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import json
+import os
+import random
+import shutil
+import time
+import zlib
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.model_selection import StratifiedShuffleSplit
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import FunctionTransformer, StandardScaler
+
+from prrt_utils import store
+from prrt_utils.config import SEED, Config
+from prrt_utils.models import LAB_COLUMNS, FusionNet, ModelSpec, build_network, make_forest
+
+__all__ = [
+    "PREDICTION_COLUMNS",
+    "CohortData",
+    "FoldNormaliser",
+    "FoldOutput",
+    "LabScaler",
+    "LoadedFold",
+    "TrainConfig",
+    "TrainingError",
+    "fold_dir",
+    "fold_seed",
+    "fold_status",
+    "load_fold",
+    "model_inputs",
+    "read_done",
+    "resolve_device",
+    "run_fold",
+    "seed_everything",
+    "toy_cohort_data",
+    "train_fold",
+]
+
+PREDICTION_COLUMNS = ("model", "repeat", "fold", "patient_id", "y_true", "prob")
+"""Columns of ``predictions.parquet``; ``prob`` is the predicted probability of short PFS."""
+
+
+class TrainingError(ValueError):
+    """Input that cannot be trained on (names the patient or the fold), or a results folder that does not match."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig(Config):
+    """How every CNN is trained (paper 2.5) and how its inputs are normalised.
+
+    Attributes
+    ----------
+    optimizer : {"adam", "adamw"}
+        ``torch.optim.Adam`` (paper), whose weight decay is an L2 penalty added
+        to the gradient, or ``torch.optim.AdamW`` (decoupled decay). With the
+        paper's decay of 0.2, Adam can shrink a network to a constant output on
+        a fold (toy data, 20 epochs: 2 of 36 CNN folds); AdamW did not (0 of 36).
+    lr : float
+        Learning rate, 0.01 (paper).
+    weight_decay : float
+        Adam's L2 penalty, 0.2 (paper).
+    dropout : float
+        Dropout probability of models whose spec leaves ``dropout_prob`` empty, 0.1 (paper).
+    loss : {"bce"}
+        Binary cross-entropy on the logit of short PFS (paper).
+    epochs : int
+        Passes over the training part (the maximum, with early stopping).
+    batch_size : int
+        Patients per step. A last batch of one is merged into the one before
+        (batch norm cannot train on one sample).
+    early_stopping : bool
+        Hold out ``val_fraction`` of the training part (stratified), stop when
+        its loss has not improved for ``patience`` epochs and keep the best
+        epoch's weights. Off by default: the paper reports none.
+    val_fraction, patience
+        See ``early_stopping``.
+    device : str
+        ``"auto"`` (CUDA when present, else CPU), ``"cpu"`` or ``"cuda"``.
+    seed : int
+        Global seed; each fold derives its own with :func:`fold_seed`.
+    pet_clip_suv : float
+        PET SUVs are clipped to ``[0, pet_clip_suv]`` before ``log1p``.
+    ct_window_hu : (float, float)
+        CT is clipped to this HU window before standardisation.
+    """
+
+    optimizer: str = "adam"
+    lr: float = 0.01
+    weight_decay: float = 0.2
+    dropout: float = 0.1
+    loss: str = "bce"
+    epochs: int = 30
+    batch_size: int = 16
+    early_stopping: bool = False
+    val_fraction: float = 0.2
+    patience: int = 8
+    device: str = "auto"
+    seed: int = SEED
+    pet_clip_suv: float = 100.0
+    ct_window_hu: tuple[float, float] = (-1000.0, 1000.0)
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in ("adam", "adamw"):
+            raise TrainingError(f"optimizer must be 'adam' (the paper's) or 'adamw', got {self.optimizer!r}")
+        if self.loss != "bce":
+            raise TrainingError(f"loss must be 'bce' (the paper's), got {self.loss!r}")
+        if self.epochs < 1 or self.batch_size < 2:
+            raise TrainingError(f"epochs must be >= 1 and batch_size >= 2, got {self.epochs}, {self.batch_size}")
+        if not 0.0 < self.val_fraction < 0.5:
+            raise TrainingError(f"val_fraction must lie in (0, 0.5), got {self.val_fraction}")
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise TrainingError(f"device must be 'auto', 'cpu' or 'cuda[:n]', got {self.device!r}")
+        lo, hi = self.ct_window_hu
+        if not lo < hi:
+            raise TrainingError(f"ct_window_hu must be (low, high) with low < high, got {self.ct_window_hu}")
+
+
+# --------------------------------------------------------------------------- seeds, device
+
+
+def fold_seed(seed: int, repeat: int, fold: int, model: str) -> int:
+    """Seed of one (repeat, fold, model), derived with :class:`numpy.random.SeedSequence`.
+
+    Different models get different but fixed seeds on the same fold; the value
+    does not depend on the order in which folds are run.
+    """
+    ss = np.random.SeedSequence([int(seed), int(repeat), int(fold), zlib.crc32(model.encode())])
+    return int(ss.generate_state(1, dtype=np.uint32)[0] >> 1)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's ``random``, NumPy's global generator and torch (CPU and CUDA)."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+@contextlib.contextmanager
+def _deterministic(device: torch.device) -> Iterator[None]:
+    """``torch.use_deterministic_algorithms(True)`` for the block (warn-only on CUDA), then restore."""
+    before = torch.are_deterministic_algorithms_enabled()
+    before_warn = torch.is_deterministic_algorithms_warn_only_enabled()
+    cudnn = torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic
+    if device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = False, True
+    torch.use_deterministic_algorithms(True, warn_only=device.type == "cuda")
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before, warn_only=before_warn)
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = cudnn
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise TrainingError(f"device {device!r} was asked for but CUDA is not available; use 'auto' or 'cpu'")
+    return torch.device(device)
+
+
+# --------------------------------------------------------------------------- data
+
+
+@dataclasses.dataclass(frozen=True)
+class CohortData:
+    """Model inputs of the cohort, aligned by row.
+
+    Attributes
+    ----------
+    patient_ids : tuple of str
+        Study pseudonyms, one per row.
+    y : ndarray, shape (N,)
+        1 = short PFS (``pfs_short``), 0 = long.
+    labs : ndarray, shape (N, L)
+        Raw laboratory values in :data:`~prrt_utils.models.LAB_COLUMNS` order
+        (U/l, U/l, ug/l, U/l).
+    volumes : mapping str -> ndarray, shape (N, 1, D, H, W)
+        ``"pet"`` (SUVbw) and/or ``"ct"`` (HU), float32; may be memory-mapped.
+        Only the modalities a model needs must be present.
+    lab_columns : tuple of str
+        Names of the columns of ``labs``.
+    """
+
+    patient_ids: tuple[str, ...]
+    y: np.ndarray
+    labs: np.ndarray
+    volumes: Mapping[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    lab_columns: tuple[str, ...] = LAB_COLUMNS
+
+    def __post_init__(self) -> None:
+        n = len(self.patient_ids)
+        if len(set(self.patient_ids)) != n:
+            raise TrainingError("CohortData: patient ids are not unique")
+        if np.shape(self.y) != (n,) or np.shape(self.labs) != (n, len(self.lab_columns)):
+            raise TrainingError(
+                f"CohortData: y {np.shape(self.y)} and labs {np.shape(self.labs)} must have {n} rows "
+                f"({len(self.lab_columns)} lab columns)"
+            )
+        if not np.isin(self.y, (0, 1)).all():
+            raise TrainingError(f"CohortData: patient {self.patient_ids[int(np.flatnonzero(~np.isin(self.y, (0, 1)))[0])]} has a label that is not 0/1")
+        for name, vol in self.volumes.items():
+            if vol.ndim != 5 or vol.shape[0] != n or vol.shape[1] != 1:
+                raise TrainingError(f"CohortData: {name} volumes must be (N={n}, 1, D, H, W), got {vol.shape}")
+        labs = np.asarray(self.labs, dtype=float)
+        bad = ~np.isfinite(labs) | (labs < 0)
+        if bad.any():
+            i, j = np.argwhere(bad)[0]
+            raise TrainingError(
+                f"patient {self.patient_ids[i]}: {self.lab_columns[j]} is {labs[i, j]}; laboratory values must be "
+                f"present and non-negative ({int(bad.any(axis=1).sum())} patient(s) affected)"
+            )
+
+    def rows(self, ids: Sequence[str]) -> np.ndarray:
+        """Row positions of ``ids`` (raises naming the first unknown patient)."""
+        pos = {p: i for i, p in enumerate(self.patient_ids)}
+        missing = [p for p in ids if p not in pos]
+        if missing:
+            raise TrainingError(f"patient {missing[0]} is in the folds but not in the model inputs ({len(missing)} missing)")
+        return np.array([pos[p] for p in ids], dtype=int)
+
+    @classmethod
+    def from_frame(cls, cohort: pd.DataFrame, volumes: Mapping[str, np.ndarray] | None = None,
+                   label: str = "pfs_short", lab_columns: Sequence[str] = LAB_COLUMNS) -> CohortData:
+        """Build from a cohort table (``patient_id``, ``label``, lab columns); volumes in the same row order."""
+        missing = [c for c in ("patient_id", label, *lab_columns) if c not in cohort.columns]
+        if missing:
+            raise TrainingError(f"cohort table lacks column(s) {missing}")
+        return cls(
+            patient_ids=tuple(cohort["patient_id"].astype(str)),
+            y=cohort[label].to_numpy().astype(int),
+            labs=cohort[list(lab_columns)].to_numpy(dtype=float),
+            volumes=dict(volumes or {}),
+            lab_columns=tuple(lab_columns),
+        )
+
+
+# --------------------------------------------------------------------------- fold-fitted normalisation
+
+
+class LabScaler:
+    """``log1p`` then standardisation of the laboratory values, fitted on a training part.
+
+    AST, ALT, CgA and GGT are right-skewed (CgA spans orders of magnitude), so
+    they are log-transformed (``log1p``, defined at 0) before a
+    :class:`~sklearn.preprocessing.StandardScaler` learns their mean and
+    standard deviation from the training patients only.
+
+    Attributes
+    ----------
+    mean_, scale_ : ndarray, shape (L,)
+        Mean and standard deviation of ``log1p(lab)`` over the training patients.
+    """
+
+    def __init__(self, columns: Sequence[str] = LAB_COLUMNS) -> None:
+        self.columns = tuple(columns)
+
+    def _pipeline(self) -> Pipeline:
+        return Pipeline([("log1p", FunctionTransformer(np.log1p)), ("scale", StandardScaler())])
+
+    def fit(self, labs: np.ndarray) -> LabScaler:
+        self.pipeline_ = self._pipeline().fit(np.asarray(labs, dtype=float))
+        self.mean_ = self.pipeline_.named_steps["scale"].mean_
+        self.scale_ = self.pipeline_.named_steps["scale"].scale_
+        return self
+
+    def transform(self, labs: np.ndarray) -> np.ndarray:
+        """``(N, L)`` raw labs -> ``(N, L)`` float32 standardised log-labs."""
+        return self.pipeline_.transform(np.asarray(labs, dtype=float)).astype(np.float32)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"columns": list(self.columns), "transform": "log1p", "mean": self.mean_.tolist(), "scale": self.scale_.tolist()}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> LabScaler:
+        self = cls(d["columns"])
+        self.pipeline_ = self._pipeline()
+        scaler = self.pipeline_.named_steps["scale"]
+        self.pipeline_.named_steps["log1p"].fit(np.zeros((1, len(self.columns))))
+        scaler.mean_ = np.asarray(d["mean"], dtype=float)
+        scaler.scale_ = np.asarray(d["scale"], dtype=float)
+        scaler.var_ = scaler.scale_**2
+        scaler.n_features_in_ = len(self.columns)
+        self.mean_, self.scale_ = scaler.mean_, scaler.scale_
+        return self
+
+
+class FoldNormaliser:
+    """Intensity normalisation of PET (SUV) and CT (HU) fitted on a fold's training part (paper 2.5).
+
+    PET: SUVs clipped to ``[0, pet_clip_suv]``, ``log1p``, then standardised
+    with the mean and standard deviation of all training voxels. CT: HU
+    clipped to ``ct_window_hu``, then standardised the same way. The paper
+    normalises "across training data"; fitting per fold keeps the test part
+    out of it. Written by hand: a mean and a standard deviation over many
+    volumes; MONAI's intensity transforms work on one image at a time.
+
+    Attributes
+    ----------
+    mean_, std_ : dict str -> float
+        Per modality, over every training voxel after clipping (and ``log1p`` for PET).
+    n_train_ : int
+        Number of training volumes the statistics came from.
+    """
+
+    def __init__(self, pet_clip_suv: float = 100.0, ct_window_hu: tuple[float, float] = (-1000.0, 1000.0)) -> None:
+        self.pet_clip_suv = pet_clip_suv
+        self.ct_window_hu = ct_window_hu
+
+    def _pre(self, modality: str, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float32)
+        if modality == "pet":
+            return np.log1p(np.clip(x, 0.0, self.pet_clip_suv))
+        if modality == "ct":
+            return np.clip(x, *self.ct_window_hu)
+        raise TrainingError(f"FoldNormaliser: unknown modality {modality!r}")
+
+    def fit(self, volumes: Mapping[str, np.ndarray]) -> FoldNormaliser:
+        """Learn mean and sd per modality from training volumes ``(N, 1, D, H, W)``."""
+        self.mean_, self.std_ = {}, {}
+        self.n_train_ = 0
+        for modality, vol in volumes.items():
+            x = self._pre(modality, vol)
+            self.mean_[modality] = float(x.mean(dtype=np.float64))
+            self.std_[modality] = float(max(x.std(dtype=np.float64), 1e-6))
+            self.n_train_ = int(x.shape[0])
+        return self
+
+    def transform(self, volumes: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Normalised float32 copies of ``volumes`` (any patients; statistics stay those of ``fit``)."""
+        out = {}
+        for modality, vol in volumes.items():
+            if modality not in self.mean_:
+                raise TrainingError(f"FoldNormaliser was not fitted on {modality!r}")
+            out[modality] = ((self._pre(modality, vol) - self.mean_[modality]) / self.std_[modality]).astype(np.float32)
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "pet": {"clip_suv": [0.0, self.pet_clip_suv], "transform": "log1p"},
+            "ct": {"window_hu": list(self.ct_window_hu)},
+            "mean": self.mean_,
+            "std": self.std_,
+            "n_train": self.n_train_,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> FoldNormaliser:
+        self = cls(float(d["pet"]["clip_suv"][1]), tuple(d["ct"]["window_hu"]))
+        self.mean_, self.std_, self.n_train_ = dict(d["mean"]), dict(d["std"]), int(d["n_train"])
+        return self
+
+
+# --------------------------------------------------------------------------- one fold
+
+
+@dataclasses.dataclass(frozen=True)
+class FoldOutput:
+    """Everything one fold produces (before it is written to disk).
+
+    Attributes
+    ----------
+    predictions : DataFrame
+        :data:`PREDICTION_COLUMNS`, one row per test patient.
+    embeddings : dict
+        ``patient_id`` (N,), ``embedding`` (N, E) (the head's input; for the
+        forest the standardised log-labs), ``split`` (N,) ``train|val|test``.
+    model : FusionNet or RandomForestClassifier
+    normalisation : dict
+        ``{"labs": LabScaler.to_dict(), "images": FoldNormaliser.to_dict()}``.
+    history : dict
+        ``epoch``, ``train_loss`` (and ``val_loss``) per epoch, ``best_epoch``, ``stopped_early``.
+    info : dict
+        Seed, device, threads, sizes, seconds.
+    """
+
+    predictions: pd.DataFrame
+    embeddings: dict[str, np.ndarray]
+    model: Any
+    normalisation: dict[str, Any]
+    history: dict[str, Any]
+    info: dict[str, Any]
+
+
+def model_inputs(spec: ModelSpec, data: CohortData, rows: np.ndarray, normaliser: FoldNormaliser | None,
+                 lab_scaler: LabScaler | None) -> list[np.ndarray]:
+    """Normalised inputs of ``rows`` in :data:`~prrt_utils.models.INPUT_ORDER` order.
+
+    Returns a list of arrays: PET/CT ``(n, 1, D, H, W)`` float32, labs ``(n, L)`` float32.
+    """
+    out = []
+    for name in spec.ordered_inputs:
+        if name == "labs":
+            out.append(lab_scaler.transform(data.labs[rows]))
+        else:
+            if name not in data.volumes:
+                raise TrainingError(f"model {spec.name!r} needs {name} volumes, which were not loaded")
+            out.append(normaliser.transform({name: data.volumes[name][rows]})[name])
+    return out
+
+
+def _batches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
+    order = torch.randperm(n, generator=generator)
+    batches = list(torch.split(order, batch_size))
+    if len(batches) > 1 and len(batches[-1]) == 1:
+        batches[-2] = torch.cat([batches[-2], batches.pop()])
+    return batches
+
+
+def _predict(net: FusionNet, xs: Sequence[torch.Tensor], batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    net.eval()
+    probs, embs = [], []
+    with torch.no_grad():
+        for start in range(0, len(xs[0]), batch_size):
+            part = [x[start : start + batch_size] for x in xs]
+            emb = net.embed(*part)
+            probs.append(torch.sigmoid(net.head(emb).squeeze(1)).cpu())
+            embs.append(emb.cpu())
+    return torch.cat(probs).double().numpy(), torch.cat(embs).float().numpy()
+
+
+def _train_net(spec: ModelSpec, cfg: TrainConfig, fit_x: list[np.ndarray], fit_y: np.ndarray,
+               val_x: list[np.ndarray] | None, val_y: np.ndarray | None, img_size: Sequence[int],
+               n_labs: int, device: torch.device, seed: int) -> tuple[FusionNet, dict[str, Any]]:
+    net = build_network(spec, n_labs=n_labs, img_size=img_size, dropout_prob=cfg.dropout).to(device)
+    optimizer = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+    opt = optimizer(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+    xs = [torch.from_numpy(x).to(device) for x in fit_x]
+    y = torch.from_numpy(fit_y.astype(np.float32)).to(device)
+    vxs = [torch.from_numpy(x).to(device) for x in val_x] if val_x is not None else None
+    vy = torch.from_numpy(val_y.astype(np.float32)).to(device) if val_y is not None else None
+    gen = torch.Generator().manual_seed(seed)
+    history: dict[str, Any] = {"epoch": [], "train_loss": []}
+    if vxs is not None:
+        history["val_loss"] = []
+    best, best_state, since_best = float("inf"), None, 0
+    for epoch in range(cfg.epochs):
+        net.train()
+        total = 0.0
+        for idx in _batches(len(y), cfg.batch_size, gen):
+            idx = idx.to(device)
+            opt.zero_grad(set_to_none=True)
+            loss = loss_fn(net(*[x[idx] for x in xs]), y[idx])
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * len(idx)
+        history["epoch"].append(epoch + 1)
+        history["train_loss"].append(total / len(y))
+        if vxs is not None:
+            net.eval()
+            with torch.no_grad():
+                vloss = float(loss_fn(torch.cat([net(*[x[i : i + 32] for x in vxs]) for i in range(0, len(vy), 32)]), vy))
+            history["val_loss"].append(vloss)
+            if vloss < best - 1e-6:
+                best, since_best = vloss, 0
+                best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+                history["best_epoch"] = epoch + 1
+            else:
+                since_best += 1
+                if since_best >= cfg.patience:
+                    break
+    history["stopped_early"] = vxs is not None and len(history["epoch"]) < cfg.epochs
+    if best_state is not None:
+        net.load_state_dict(best_state)
+    else:
+        history["best_epoch"] = len(history["epoch"])
+    return net, history
+
+
+def train_fold(spec: ModelSpec, cfg: TrainConfig, data: CohortData, train_ids: Sequence[str],
+               test_ids: Sequence[str], repeat: int = 0, fold: int = 0) -> FoldOutput:
+    """Fit one model on a fold's training part and predict its test part (paper 2.5-2.6).
+
+    Parameters
+    ----------
+    spec : ModelSpec
+    cfg : TrainConfig
+    data : CohortData
+        Inputs of at least ``train_ids + test_ids``.
+    train_ids, test_ids : sequence of str
+        Disjoint patient ids; the test ids are used for prediction only.
+    repeat, fold : int
+        Fold identity (seeds and the output table).
+
+    Returns
+    -------
+    FoldOutput
+    """
+    overlap = sorted(set(train_ids) & set(test_ids))
+    if overlap:
+        raise TrainingError(f"repeat {repeat}, fold {fold}: patient {overlap[0]} is in both train and test")
+    t0 = time.perf_counter()
+    seed = fold_seed(cfg.seed, repeat, fold, spec.name)
+    seed_everything(seed)
+    train_rows, test_rows = data.rows(train_ids), data.rows(test_ids)
+    y_train = data.y[train_rows]
+    if len(np.unique(y_train)) < 2:
+        raise TrainingError(f"repeat {repeat}, fold {fold}: the training part holds one class only")
+
+    fit_rows, val_rows = train_rows, np.array([], dtype=int)
+    if cfg.early_stopping and spec.kind == "cnn":
+        sss = StratifiedShuffleSplit(n_splits=1, test_size=cfg.val_fraction, random_state=seed % (2**32))
+        fit_i, val_i = next(sss.split(np.zeros(len(train_rows)), y_train))
+        fit_rows, val_rows = train_rows[np.sort(fit_i)], train_rows[np.sort(val_i)]
+
+    lab_scaler = LabScaler(data.lab_columns).fit(data.labs[fit_rows])
+    modalities = spec.image_inputs if spec.kind == "cnn" else ()
+    for m in modalities:
+        if m not in data.volumes:
+            raise TrainingError(f"model {spec.name!r} needs {m} volumes, which were not loaded")
+    normaliser = FoldNormaliser(cfg.pet_clip_suv, cfg.ct_window_hu).fit(
+        {m: data.volumes[m][fit_rows] for m in modalities}
+    )
+    device = resolve_device(cfg.device) if spec.kind == "cnn" else torch.device("cpu")
+    history: dict[str, Any] = {}
+    emb_rows = np.concatenate([fit_rows, val_rows, test_rows])
+    split = np.array(["train"] * len(fit_rows) + ["val"] * len(val_rows) + ["test"] * len(test_rows))
+
+    if spec.kind == "random_forest":
+        model = make_forest(spec, seed).fit(lab_scaler.transform(data.labs[fit_rows]), data.y[fit_rows])
+        emb = lab_scaler.transform(data.labs[emb_rows])
+        prob = model.predict_proba(emb)[:, 1].astype(float)
+    else:
+        img_size = next(iter(data.volumes[m] for m in modalities)).shape[2:]
+        with _deterministic(device):
+            fit_x = model_inputs(spec, data, fit_rows, normaliser, lab_scaler)
+            val_x = model_inputs(spec, data, val_rows, normaliser, lab_scaler) if len(val_rows) else None
+            model, history = _train_net(
+                spec, cfg, fit_x, data.y[fit_rows], val_x, data.y[val_rows] if len(val_rows) else None,
+                img_size, len(data.lab_columns), device, seed,
+            )
+            all_x = [torch.from_numpy(x).to(device) for x in model_inputs(spec, data, emb_rows, normaliser, lab_scaler)]
+            prob, emb = _predict(model, all_x)
+        model = model.cpu()
+    n_test = len(test_rows)
+    predictions = pd.DataFrame(
+        {
+            "model": spec.name,
+            "repeat": int(repeat),
+            "fold": int(fold),
+            "patient_id": [data.patient_ids[i] for i in test_rows],
+            "y_true": data.y[test_rows].astype(int),
+            "prob": prob[-n_test:],
+        }
+    )
+    embeddings = {
+        "patient_id": np.array([data.patient_ids[i] for i in emb_rows]),
+        "embedding": np.asarray(emb, dtype=np.float32),
+        "split": split,
+    }
+    info = {
+        "seed": seed,
+        "device": str(device),
+        "torch_threads": torch.get_num_threads(),
+        "n_train": int(len(fit_rows)),
+        "n_val": int(len(val_rows)),
+        "n_test": int(n_test),
+        "seconds": round(time.perf_counter() - t0, 3),
+        "ct_init": str(spec.ct_init) if spec.ct_init is not None else None,
+        "ct_init_note": spec.ct_init_note,
+    }
+    normalisation = {"labs": lab_scaler.to_dict(), "images": normaliser.to_dict()}
+    return FoldOutput(predictions, embeddings, model, normalisation, history, info)
+
+
+# --------------------------------------------------------------------------- files of one fold
+
+
+def fold_dir(work_dir: str | Path, model: str, repeat: int, fold: int) -> Path:
+    """``WORK/results/<model>/r<repeat>_f<fold>``."""
+    return Path(work_dir) / "results" / model / f"r{repeat}_f{fold}"
+
+
+def read_done(path: str | Path) -> dict[str, Any] | None:
+    """The fold's ``done.json`` (``path`` is the fold folder), or ``None`` if the fold is unfinished."""
+    done = Path(path) / "done.json"
+    return json.loads(done.read_text()) if done.exists() else None
+
+
+def _fold_identity(spec: ModelSpec, cfg: TrainConfig, folds_sha256: str) -> dict[str, Any]:
+    ct_sha = store.sha256_file(spec.ct_init) if spec.ct_init is not None and Path(spec.ct_init).is_file() else None
+    return {
+        "model_hash": spec.hash(),
+        "train_hash": cfg.hash(),
+        "folds_sha256": folds_sha256,
+        "ct_init_sha256": ct_sha,
+    }
+
+
+def _write_fold(out: Path, spec: ModelSpec, result: FoldOutput, identity: Mapping[str, Any]) -> None:
+    store.write_parquet(out / "predictions.parquet", result.predictions)
+    with store.atomic_path(out / "embeddings.npz") as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, **result.embeddings)
+    if spec.kind == "random_forest":
+        import joblib
+
+        weights = out / "weights.joblib"
+        with store.atomic_path(weights) as tmp:
+            joblib.dump(result.model, tmp)
+    else:
+        weights = out / "weights.pt"
+        buf = io.BytesIO()
+        torch.save(result.model.state_dict(), buf)
+        store.write_bytes(weights, buf.getvalue())
+    store.write_json(out / "normalisation.json", result.normalisation)
+    store.write_json(out / "history.json", result.history)
+    from sklearn.metrics import roc_auc_score
+
+    p = result.predictions
+    auroc = float(roc_auc_score(p["y_true"], p["prob"])) if p["y_true"].nunique() == 2 else None
+    done = {
+        **identity,
+        **result.info,
+        "model": spec.name,
+        "weights": weights.name,
+        "test_auroc": auroc,
+        "torch_version": torch.__version__,
+    }
+    store.write_json(out / "done.json", done)  # last: the fold counts as finished only now
+
+
+def fold_status(spec: ModelSpec, cfg: TrainConfig, work_dir: str | Path, repeat: int, fold: int,
+                folds_sha256: str = "") -> tuple[str, list[str]]:
+    """``("done", [])``, ``("todo", [])`` or ``("stale", [differing keys])`` for one fold's folder.
+
+    A fold is stale when its ``done.json`` was written for another model or
+    training configuration, other splits or another CT checkpoint.
+    """
+    done = read_done(fold_dir(work_dir, spec.name, repeat, fold))
+    if done is None:
+        return "todo", []
+    identity = _fold_identity(spec, cfg, folds_sha256)
+    differs = [k for k, v in identity.items() if done.get(k) != v]
+    return ("stale", differs) if differs else ("done", [])
+
+
+def run_fold(spec: ModelSpec, cfg: TrainConfig, data: CohortData, folds: pd.DataFrame, repeat: int, fold: int,
+             work_dir: str | Path, folds_sha256: str = "", force: bool = False) -> str:
+    """Train and write one fold unless its ``done.json`` already exists for the same inputs.
+
+    Returns
+    -------
+    str
+        ``"trained"`` or ``"skipped"``.
+
+    Raises
+    ------
+    TrainingError
+        The fold is done but for another model/training configuration, folds or
+        CT checkpoint, and ``force`` is false (results are never mixed silently).
+    """
+    from prrt_utils.folds import fold_ids
+
+    out = fold_dir(work_dir, spec.name, repeat, fold)
+    status, differs = fold_status(spec, cfg, work_dir, repeat, fold, folds_sha256)
+    if status == "done":
+        return "skipped"
+    if status == "stale" and not force:
+        raise TrainingError(
+            f"{out} was finished with a different {', '.join(differs)}; delete {out.parent} (or pass "
+            "force=True) to retrain this model with the new settings"
+        )
+    if out.exists():
+        shutil.rmtree(out)  # unfinished or forced: start the fold afresh
+    train_ids, test_ids = fold_ids(folds, repeat, fold)
+    result = train_fold(spec, cfg, data, train_ids, test_ids, repeat, fold)
+    _write_fold(out, spec, result, _fold_identity(spec, cfg, folds_sha256))
+    return "trained"
+
+
+# --------------------------------------------------------------------------- reading a fold back
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadedFold:
+    """A finished fold read back for explanation (saliency, permutation importance).
+
+    Attributes
+    ----------
+    spec : ModelSpec
+    model : FusionNet (eval mode, CPU) or RandomForestClassifier
+    normaliser : FoldNormaliser
+    lab_scaler : LabScaler
+    done : dict
+        The fold's ``done.json``.
+    """
+
+    spec: ModelSpec
+    model: Any
+    normaliser: FoldNormaliser
+    lab_scaler: LabScaler
+    done: dict[str, Any]
+
+    def inputs(self, data: CohortData, ids: Sequence[str]) -> list[torch.Tensor]:
+        """Normalised model inputs of ``ids`` as tensors in ``INPUT_ORDER`` (for captum or ``model(*xs)``)."""
+        xs = model_inputs(self.spec, data, data.rows(ids), self.normaliser, self.lab_scaler)
+        return [torch.from_numpy(x) for x in xs]
+
+
+def load_fold(work_dir: str | Path, spec: ModelSpec, repeat: int, fold: int, img_size: Sequence[int] | None = None,
+              dropout: float = 0.1) -> LoadedFold:
+    """Rebuild the trained model of one finished fold from its files (never retrains)."""
+    out = fold_dir(work_dir, spec.name, repeat, fold)
+    done = read_done(out)
+    if done is None:
+        raise TrainingError(f"{out} is not finished (no done.json); run the grid first")
+    norm = json.loads((out / "normalisation.json").read_text())
+    normaliser = FoldNormaliser.from_dict(norm["images"])
+    lab_scaler = LabScaler.from_dict(norm["labs"])
+    if spec.kind == "random_forest":
+        import joblib
+
+        model = joblib.load(out / done["weights"])
+    else:
+        from prrt_utils.models import IMG_SIZE, FusionNet
+
+        net = FusionNet(spec, n_labs=len(lab_scaler.columns), img_size=img_size or IMG_SIZE, dropout_prob=dropout)
+        net.load_state_dict(torch.load(out / done["weights"], map_location="cpu", weights_only=True))
+        model = net.eval()
+    return LoadedFold(spec, model, normaliser, lab_scaler, done)
+
+
+# --------------------------------------------------------------------------- toy inputs for tests and benchmarks
+
+
+def toy_cohort_data(n_patients: int = 60, shape: Sequence[int] = (24, 16, 16), seed: int = 0,
+                    signal: bool = True, positive_fraction: float = 0.4) -> CohortData:
+    """A small cohort with a planted signal, for tests and the benchmark (never for results).
+
+    Label ``y`` (short PFS) is drawn with ``positive_fraction``. PET (SUV) has
+    a noisy background of about 1 and one bright sphere (SUV 12) whose radius is
+    larger when ``y = 1``; CT (HU) has soft-tissue noise and a sphere of +150
+    HU, also larger when ``y = 1``; ``log CgA`` is shifted by 1.2 when
+    ``y = 1`` and GGT by 0.6 (log units), AST/ALT carry no signal. With
+    ``signal=False`` the inputs follow a second label ``z`` that overlaps ``y``
+    exactly as much as independence predicts (phi coefficient about 0), so no
+    model can beat chance on average.
+
+    Returns
+    -------
+    CohortData
+        ``patient_ids`` ``TOY-000 ...``, volumes ``(N, 1, *shape)`` float32.
+    """
+    rng = np.random.default_rng(seed)
+    n_pos = int(round(positive_fraction * n_patients))
+    y = np.zeros(n_patients, dtype=int)
+    y[rng.choice(n_patients, n_pos, replace=False)] = 1
+    if signal:
+        z = y
+    else:  # as many positives as y, overlapping y as independence predicts: no association in the sample
+        k = int(round(n_pos * n_pos / n_patients))
+        pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
+        z = np.zeros_like(y)
+        z[rng.choice(pos, k, replace=False)] = 1
+        z[rng.choice(neg, n_pos - k, replace=False)] = 1
+    d, h, w = shape
+    grid = np.stack(np.meshgrid(np.arange(d), np.arange(h), np.arange(w), indexing="ij"), axis=-1).astype(np.float32)
+    pet = np.empty((n_patients, 1, d, h, w), np.float32)
+    ct = np.empty_like(pet)
+    r_small, r_large = max(1.0, min(shape) / 8), max(2.0, min(shape) / 4)
+    for i in range(n_patients):
+        low = [min(r_large, (s - 1) / 2) for s in shape]
+        centre = np.array([rng.uniform(lo, max(lo, s - 1 - r_large)) for lo, s in zip(low, shape, strict=True)],
+                          dtype=np.float32)
+        radius = (r_large if z[i] else r_small) * rng.uniform(0.9, 1.1)
+        ball = ((grid - centre) ** 2).sum(-1) <= radius**2
+        pet[i, 0] = np.clip(1.0 + 0.3 * rng.standard_normal(shape), 0, None) + 11.0 * ball
+        ct[i, 0] = 40.0 + 20.0 * rng.standard_normal(shape) + 150.0 * ball
+    labs = np.exp(
+        np.column_stack(
+            [
+                np.log(29) + 0.3 * rng.standard_normal(n_patients),
+                np.log(26) + 0.3 * rng.standard_normal(n_patients),
+                np.log(400) + 1.2 * z + 0.7 * rng.standard_normal(n_patients),
+                np.log(58) + 0.6 * z + 0.5 * rng.standard_normal(n_patients),
+            ]
+        )
+    )
+    ids = tuple(f"TOY-{i:03d}" for i in range(n_patients))
+    return CohortData(patient_ids=ids, y=y, labs=labs, volumes={"pet": pet, "ct": ct})

@@ -1,0 +1,149 @@
+"""Running the folds of several models, resumably and in parallel (prrt_utils.grid)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from prrt_utils import grid, store
+from prrt_utils.folds import CVConfig
+from prrt_utils.training import CohortData, TrainConfig, toy_cohort_data
+
+torch.set_num_threads(1)
+CV = CVConfig(n_splits=3, n_repeats=2, seed=0)
+CFG = TrainConfig(epochs=3, device="cpu")
+MODELS = ["rf_labs", "pet_fusion", "petct_fusion"]
+FOLD_FILES = {"predictions.parquet", "embeddings.npz", "normalisation.json", "history.json", "done.json"}
+
+
+def write_toy_work(work: Path, data: CohortData, drop_images: tuple[str, ...] = ()) -> Path:
+    """WORK/cohort/cohort.csv and WORK/preprocessed/ in the DESIGN.md layout, from toy inputs."""
+    cohort = pd.DataFrame({"patient_id": data.patient_ids, "pfs_short": data.y, "has_imaging": True})
+    for j, c in enumerate(data.lab_columns):
+        cohort[c] = data.labs[:, j]
+    store.write_csv(work / "cohort" / "cohort.csv", cohort)
+    rows = []
+    for i, pid in enumerate(data.patient_ids):
+        if pid in drop_images:
+            rows.append({"patient_id": pid, "status": "excluded", "reason": "no CT", "file": "", "sha256": ""})
+            continue
+        f = work / "preprocessed" / f"{pid}.npz"
+        f.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(f, pet=data.volumes["pet"][i, 0], ct=data.volumes["ct"][i, 0])
+        rows.append({"patient_id": pid, "status": "ok", "reason": "", "file": f.name, "sha256": store.sha256_file(f)})
+    store.write_csv(work / "preprocessed" / "index.csv", pd.DataFrame(rows))
+    return work
+
+
+@pytest.fixture(autouse=True)
+def _design_reader(monkeypatch):
+    # read volumes by the DESIGN.md contract, independently of the preprocessing module
+    monkeypatch.setattr(grid, "_load_volumes", grid._volumes_from_index)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return toy_cohort_data(36, (12, 8, 8), seed=2)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, data):
+    """An uninterrupted in-process run of three models."""
+    work = write_toy_work(tmp_path_factory.mktemp("ref"), data)
+    pred = grid.run_grid(MODELS, work, CV, CFG, n_jobs=1, progress=False, torch_threads=1)
+    return work, pred
+
+
+def test_every_fold_of_every_model_is_written_with_done_json(reference):
+    work, pred = reference
+    for model in MODELS:
+        for r in range(2):
+            for f in range(3):
+                files = {p.name for p in (work / "results" / model / f"r{r}_f{f}").iterdir()}
+                assert FOLD_FILES <= files
+                assert ("weights.joblib" if model == "rf_labs" else "weights.pt") in files
+    assert (work / "results" / "pet_fusion" / "model.yaml").exists()
+    on_disk = pd.read_parquet(work / "results" / "predictions.parquet")
+    pd.testing.assert_frame_equal(on_disk, pred)
+    assert list(pred.columns) == ["model", "repeat", "fold", "patient_id", "y_true", "prob"]
+    per_repeat = pred.groupby(["model", "repeat"])["patient_id"].agg(lambda s: sorted(s))
+    assert all(ids == sorted(pred["patient_id"].unique()) for ids in per_repeat)  # each patient once per repeat
+
+
+def test_an_interrupted_grid_resumes_to_the_numbers_of_an_uninterrupted_one(tmp_path, data, reference):
+    _, ref = reference
+    work = write_toy_work(tmp_path, data)
+    grid.run_grid(["rf_labs", "pet_fusion"], work, CV, CFG, n_jobs=1, progress=False, torch_threads=1)
+    # interrupt: one fold lost its done.json mid-write of its files, another never started
+    (work / "results" / "pet_fusion" / "r1_f2" / "done.json").unlink()
+    (work / "results" / "pet_fusion" / "r1_f2" / "predictions.parquet").write_bytes(b"half-written")
+    shutil.rmtree(work / "results" / "pet_fusion" / "r0_f1")
+    pred = grid.run_grid(MODELS, work, CV, CFG, n_jobs=1, progress=False, torch_threads=1)
+    pd.testing.assert_frame_equal(pred, ref)
+
+
+def test_local_processes_and_a_dask_cluster_give_the_same_predictions_as_one_process(tmp_path, data, reference):
+    _, ref = reference
+    ref = ref[ref["model"].isin(["rf_labs", "petct_fusion"])].reset_index(drop=True)
+    procs = write_toy_work(tmp_path / "procs", data)
+    pred = grid.run_grid(["rf_labs", "petct_fusion"], procs, CV, CFG, n_jobs=2, progress=False, torch_threads=1)
+    pd.testing.assert_frame_equal(pred, ref)
+
+    from dask.distributed import Client, LocalCluster
+
+    dask_work = write_toy_work(tmp_path / "dask", data)
+    with LocalCluster(n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        pred = grid.run_grid(["rf_labs", "petct_fusion"], dask_work, CV, CFG, scheduler=client, progress=False)
+    pd.testing.assert_frame_equal(pred, ref)
+
+
+def test_volumes_are_read_from_the_preprocessed_files_once(tmp_path, data, monkeypatch):
+    calls = []
+
+    def counting(work_dir, ids):
+        calls.append(len(ids))
+        return grid._volumes_from_index(work_dir, ids)
+
+    monkeypatch.setattr(grid, "_load_volumes", counting)
+    work = write_toy_work(tmp_path, data)
+    grid.run_grid(["pet_only"], work, CVConfig(n_repeats=1), CFG, n_jobs=1, progress=False)
+    grid.run_grid(["ct_only", "pet_fusion"], work, CVConfig(n_repeats=1), CFG, n_jobs=1, progress=False)
+    assert calls == [36]
+
+
+def test_patients_without_preprocessed_images_are_left_out_of_every_models_folds(tmp_path, data):
+    work = write_toy_work(tmp_path, data, drop_images=("TOY-004", "TOY-017"))
+    pred = grid.run_grid(["rf_labs"], work, CVConfig(n_repeats=1), CFG, n_jobs=1, progress=False)
+    assert pred["patient_id"].nunique() == 34
+    assert not {"TOY-004", "TOY-017"} & set(pd.read_csv(work / "folds.csv")["patient_id"])
+
+
+def test_a_changed_training_config_is_refused_instead_of_mixed_with_old_folds(tmp_path, data):
+    work = write_toy_work(tmp_path, data)
+    grid.run_grid(["pet_only"], work, CVConfig(n_repeats=1), CFG, n_jobs=1, progress=False)
+    with pytest.raises(grid.GridError, match="train_hash"):
+        grid.run_grid(["pet_only"], work, CVConfig(n_repeats=1), CFG.replace(lr=0.001), n_jobs=1, progress=False)
+    pred = grid.run_grid(["pet_only"], work, CVConfig(n_repeats=1), CFG.replace(lr=0.001), n_jobs=1,
+                         progress=False, force=True)
+    assert len(pred) == 36
+
+
+def test_history_and_embedding_readers_return_tidy_tables(reference):
+    work, _ = reference
+    hist = grid.load_histories(work, ["pet_fusion"])
+    assert len(hist) == 6 * CFG.epochs and set(hist["epoch"]) == {1, 2, 3}
+    emb = grid.load_embeddings(work, "petct_fusion", 1, 2)
+    assert len(emb) == 36 and (emb["split"] == "test").sum() == 12
+    assert emb.shape[1] == 2 + 2 * 2 * 32 + 4  # id, split, (avg+max) x 32 channels x PET/CT, 4 labs
+    assert set(grid.fold_table(work)["model"]) == set(MODELS)
+
+
+def test_a_missing_cohort_says_which_stage_to_run(tmp_path):
+    with pytest.raises(grid.GridError, match="prrt cohort"):
+        grid.run_grid(["rf_labs"], tmp_path, progress=False)

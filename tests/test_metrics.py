@@ -1,0 +1,129 @@
+"""Per-fold metrics, mean +- SE over repeats, curves and the Bayes ceiling (prrt_utils.metrics)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from prrt_utils.metrics import (
+    MetricsError,
+    bayes_ceiling,
+    curves_figure,
+    evaluate,
+    fold_metrics,
+    loss_figure,
+    metrics_figure,
+    pr_curves,
+    roc_curves,
+    side_by_side,
+)
+
+
+def predictions(n_repeats: int = 3, n_folds: int = 3, n: int = 30, seed: int = 0, model: str = "m") -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    rows = []
+    for r in range(n_repeats):
+        for f in range(n_folds):
+            y = rng.integers(0, 2, n)
+            y[:2] = [0, 1]
+            p = np.round(np.clip(0.3 * y + rng.random(n) * 0.7, 0, 1), 2)  # ties on purpose
+            rows.append(pd.DataFrame({"model": model, "repeat": r, "fold": f,
+                                      "patient_id": [f"P{i:02d}" for i in range(n)], "y_true": y, "prob": p}))
+    return pd.concat(rows, ignore_index=True)
+
+
+def test_fold_metrics_match_known_answers():
+    # y = 0 0 1 1 with scores .1 .4 .35 .8: 3 of 4 positive-negative pairs ordered -> AUROC 0.75;
+    # average precision = 0.5 * 1 (at .8) + 0.5 * 2/3 (at .35) = 0.8333; accuracy at 0.5: 3 of 4
+    p = pd.DataFrame({"model": "m", "repeat": 0, "fold": 0, "patient_id": list("abcd"),
+                      "y_true": [0, 0, 1, 1], "prob": [0.1, 0.4, 0.35, 0.8]})
+    row = fold_metrics(p).iloc[0]
+    assert row["auroc"] == pytest.approx(0.75)
+    assert row["auprc"] == pytest.approx(0.5 + 0.5 * 2 / 3)
+    assert row["accuracy"] == pytest.approx(0.75)
+    assert (row["n"], row["n_pos"]) == (4, 2)
+
+
+def test_a_probability_of_exactly_one_half_predicts_short_pfs():
+    p = pd.DataFrame({"model": "m", "repeat": 0, "fold": 0, "patient_id": list("ab"), "y_true": [1, 0], "prob": [0.5, 0.49]})
+    assert fold_metrics(p)["accuracy"].iloc[0] == 1.0
+
+
+def test_mean_and_se_are_over_repeats_of_the_per_repeat_fold_means():
+    pred = predictions(n_repeats=4)
+    res = evaluate(pred)
+    fm = res.fold_metrics
+    per_repeat = fm.groupby("repeat")["auroc"].mean().to_numpy()
+    s = res.get("m", "auroc")
+    assert s.mean == pytest.approx(per_repeat.mean())
+    assert s.se == pytest.approx(per_repeat.std(ddof=1) / math.sqrt(4))
+    assert (s.n_repeats, s.n_folds) == (4, 12)
+    assert s.format() == f"{s.mean:.2f} ± {s.se:.2f}"
+    row = res.to_frame().iloc[0]
+    assert row["auprc_mean"] == pytest.approx(fm.groupby("repeat")["auprc"].mean().mean())
+
+
+def test_area_under_the_mean_pr_curve_equals_the_mean_average_precision():
+    pred = predictions()
+    curve = pr_curves(pred, grid_points=20001).mean
+    assert np.trapezoid(curve["y"], curve["x"]) == pytest.approx(evaluate(pred).get("m", "auprc").mean, abs=2e-4)
+
+
+def test_area_under_the_mean_roc_curve_equals_the_mean_auroc():
+    pred = predictions()
+    curve = roc_curves(pred, grid_points=20001).mean
+    assert np.trapezoid(curve["y"], curve["x"]) == pytest.approx(evaluate(pred).get("m", "auroc").mean, abs=2e-4)
+
+
+def test_the_curve_band_is_one_standard_error_over_repeats_and_chance_lines_are_right():
+    pred = predictions()
+    roc, pr = roc_curves(pred, grid_points=11), pr_curves(pred, grid_points=11)
+    m = roc.mean
+    assert np.allclose(m["upper"] - m["y"], m["se"].clip(upper=1 - m["y"]))
+    assert roc.chance["m"] == 0.5 and pr.chance["m"] == pytest.approx(pred["y_true"].mean())
+    assert set(roc.points.groupby(["repeat", "fold"]).size().index) == {(r, f) for r in range(3) for f in range(3)}
+
+
+def test_the_bayes_ceiling_scores_the_true_probability_on_the_same_test_folds():
+    pred = pd.concat([predictions(model="a"), predictions(model="b", seed=1)])
+    truth = pd.DataFrame({"patient_id": [f"P{i:02d}" for i in range(30)], "p_short_bayes": np.linspace(0, 1, 30)})
+    ceiling = bayes_ceiling(pred, truth, model="a")
+    a = pred[pred["model"] == "a"]
+    expect = a.assign(prob=a["patient_id"].map(truth.set_index("patient_id")["p_short_bayes"]))
+    np.testing.assert_allclose(ceiling.fold_metrics["auroc"], fold_metrics(expect)["auroc"])
+    assert ceiling.models == ["bayes_ceiling"]
+
+
+def test_a_patient_missing_from_the_truth_table_is_named():
+    truth = pd.DataFrame({"patient_id": [f"P{i:02d}" for i in range(1, 30)], "p_short_bayes": 0.5})
+    with pytest.raises(MetricsError, match="P00"):
+        bayes_ceiling(predictions(), truth)
+
+
+def test_a_missing_probability_names_model_fold_and_patient():
+    pred = predictions()
+    pred.loc[5, "prob"] = np.nan
+    with pytest.raises(MetricsError, match="repeat 0, fold 0: patient P05"):
+        evaluate(pred)
+
+
+def test_the_paper_and_our_numbers_sit_side_by_side_with_their_cohorts_named():
+    ours = evaluate(predictions(model="rf_labs"))
+    paper = pd.DataFrame({"model": ["rf_labs"], "auroc_mean": [0.59], "auroc_se": [0.02], "auprc_mean": [0.67], "auprc_se": [0.01]})
+    table = side_by_side(ours, paper, names={"rf_labs": "RF (labs only)"})
+    assert table.loc[0, "model"] == "RF (labs only)"
+    assert table.loc[0, "AUROC paper (real cohort)"] == "0.59 ± 0.02"
+    assert table.loc[0, "AUROC ours (this cohort)"] == ours.get("rf_labs", "auroc").format()
+
+
+def test_figures_are_built_from_the_result_objects():
+    pred = pd.concat([predictions(model="a"), predictions(model="b", seed=1)])
+    res = evaluate(pred)
+    fig = curves_figure(roc_curves(pred), pr_curves(pred))
+    assert {t.name for t in fig.data} >= {"a", "b", "chance"}
+    assert len(metrics_figure(res).data) == 2
+    hist = pd.DataFrame({"model": "a", "repeat": 0, "fold": 0, "epoch": [1, 2], "train_loss": [0.7, 0.6]})
+    assert len(loss_figure(hist).data) == 2

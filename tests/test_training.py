@@ -1,0 +1,182 @@
+"""Training one model on one fold (prrt_utils.training)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score
+
+from prrt_utils.folds import fold_ids, make_folds
+from prrt_utils.models import load_registry
+from prrt_utils.training import (
+    CohortData,
+    FoldNormaliser,
+    LabScaler,
+    TrainConfig,
+    TrainingError,
+    fold_seed,
+    load_fold,
+    resolve_device,
+    run_fold,
+    toy_cohort_data,
+    train_fold,
+)
+
+torch.set_num_threads(1)
+REG = load_registry()
+FAST = TrainConfig(epochs=20, device="cpu")
+
+
+def folds_of(data: CohortData, n_repeats: int = 1) -> pd.DataFrame:
+    return make_folds(pd.DataFrame({"patient_id": data.patient_ids, "pfs_short": data.y}), 3, n_repeats, 0)
+
+
+def cv_auroc(spec_key: str, data: CohortData, cfg: TrainConfig = FAST) -> list[float]:
+    folds = folds_of(data)
+    out = []
+    for fold in range(3):
+        train, test = fold_ids(folds, 0, fold)
+        p = train_fold(REG[spec_key], cfg, data, train, test, 0, fold).predictions
+        out.append(roc_auc_score(p["y_true"], p["prob"]))
+    return out
+
+
+@pytest.fixture(scope="module")
+def signal():
+    return toy_cohort_data(60, (24, 16, 16), seed=1)
+
+
+@pytest.fixture(scope="module")
+def noise():
+    return toy_cohort_data(60, (24, 16, 16), seed=1, signal=False)
+
+
+def test_fold_seeds_are_fixed_and_differ_between_folds_and_models():
+    assert fold_seed(0, 1, 2, "pet_only") == fold_seed(0, 1, 2, "pet_only")
+    seeds = {fold_seed(0, r, f, m) for r in range(5) for f in range(3) for m in REG}
+    assert len(seeds) == 5 * 3 * 7
+
+
+def test_lab_scaler_is_log1p_then_standardised_with_training_statistics():
+    train = np.array([[10.0, 20, 100, 50], [30, 40, 1000, 60], [20, 10, 300, 70]])
+    sc = LabScaler().fit(train)
+    np.testing.assert_allclose(sc.mean_, np.log1p(train).mean(0))
+    np.testing.assert_allclose(sc.scale_, np.log1p(train).std(0))  # population sd, as StandardScaler
+    extreme = np.array([[1e6, 1e6, 1e9, 1e6]])
+    assert sc.transform(extreme).shape == (1, 4)
+    np.testing.assert_allclose(sc.mean_, np.log1p(train).mean(0))  # transforming test data changes nothing
+    again = LabScaler.from_dict(json.loads(json.dumps(sc.to_dict())))
+    np.testing.assert_allclose(again.transform(train), sc.transform(train), rtol=1e-6)
+
+
+def test_fold_normaliser_statistics_are_those_of_the_training_voxels():
+    rng = np.random.default_rng(0)
+    pet = rng.gamma(2.0, 1.0, (5, 1, 6, 4, 4)).astype(np.float32)
+    ct = rng.normal(0, 500, (5, 1, 6, 4, 4)).astype(np.float32)
+    norm = FoldNormaliser(pet_clip_suv=100.0, ct_window_hu=(-1000.0, 1000.0)).fit({"pet": pet, "ct": ct})
+    assert norm.mean_["pet"] == pytest.approx(np.log1p(pet.astype(float)).mean(), rel=1e-6)
+    assert norm.std_["ct"] == pytest.approx(np.clip(ct.astype(float), -1000, 1000).std(), rel=1e-6)
+    z = norm.transform({"pet": pet})["pet"]
+    assert abs(z.mean()) < 1e-5 and z.std() == pytest.approx(1.0, rel=1e-4)
+    again = FoldNormaliser.from_dict(json.loads(json.dumps(norm.to_dict())))
+    np.testing.assert_array_equal(again.transform({"ct": ct})["ct"], norm.transform({"ct": ct})["ct"])
+
+
+def test_an_extreme_test_patient_leaves_the_fitted_normalisation_and_weights_unchanged(signal):
+    folds = folds_of(signal)
+    train, test = fold_ids(folds, 0, 0)
+    spec = REG["petct_fusion"]
+    cfg = TrainConfig(epochs=3, device="cpu")
+    clean = train_fold(spec, cfg, signal, train, test, 0, 0)
+    i = signal.patient_ids.index(test[0])
+    pet, ct, labs = (signal.volumes["pet"].copy(), signal.volumes["ct"].copy(), signal.labs.copy())
+    pet[i] = 90.0
+    ct[i] = 3000.0
+    labs[i] = 1e7
+    leaky = CohortData(signal.patient_ids, signal.y, labs, {"pet": pet, "ct": ct})
+    dirty = train_fold(spec, cfg, leaky, train, test, 0, 0)
+    assert dirty.normalisation == clean.normalisation
+    for k, v in clean.model.state_dict().items():
+        assert torch.equal(v, dirty.model.state_dict()[k]), k
+    changed = dirty.predictions.set_index("patient_id")["prob"] != clean.predictions.set_index("patient_id")["prob"]
+    assert changed.loc[test[0]] and not changed.drop(test[0]).any()
+
+
+@pytest.mark.parametrize("key", ["rf_labs", "pet_only", "ct_only", "petct_fusion"])
+def test_each_model_family_learns_a_planted_signal(signal, key):
+    assert np.mean(cv_auroc(key, signal)) > 0.8
+
+
+def test_with_labels_unrelated_to_the_inputs_every_family_is_at_chance(noise):
+    means = {key: np.mean(cv_auroc(key, noise)) for key in ("rf_labs", "pet_only", "ct_only", "petct_fusion")}
+    assert all(abs(m - 0.5) < 0.2 for m in means.values()), means
+    assert abs(np.mean(list(means.values())) - 0.5) < 0.1, means
+
+
+def test_two_runs_give_identical_predictions_on_cpu(signal):
+    folds = folds_of(signal)
+    train, test = fold_ids(folds, 0, 1)
+    cfg = TrainConfig(epochs=4, device="cpu")
+    a = train_fold(REG["petct_fusion"], cfg, signal, train, test, 0, 1)
+    b = train_fold(REG["petct_fusion"], cfg, signal, train, test, 0, 1)
+    pd.testing.assert_frame_equal(a.predictions, b.predictions)
+    np.testing.assert_array_equal(a.embeddings["embedding"], b.embeddings["embedding"])
+    assert a.history == b.history
+
+
+def test_early_stopping_validates_on_part_of_the_training_patients_only(signal):
+    folds = folds_of(signal)
+    train, test = fold_ids(folds, 0, 0)
+    cfg = TrainConfig(epochs=30, device="cpu", early_stopping=True, patience=3, val_fraction=0.25)
+    out = train_fold(REG["pet_only"], cfg, signal, train, test, 0, 0)
+    split = pd.Series(out.embeddings["split"], index=out.embeddings["patient_id"])
+    assert set(split[split == "val"].index) < set(train)
+    assert set(split[split == "test"].index) == set(test)
+    assert out.info["n_val"] == 10 and out.info["n_train"] == 30
+    assert len(out.history["val_loss"]) == len(out.history["epoch"]) <= 30
+    assert 1 <= out.history["best_epoch"] <= len(out.history["epoch"])
+
+
+def test_a_patient_on_both_sides_of_a_fold_is_refused(signal):
+    ids = list(signal.patient_ids)
+    with pytest.raises(TrainingError, match=ids[5]):
+        train_fold(REG["rf_labs"], FAST, signal, ids[:30], ids[5:40])
+
+
+def test_a_missing_lab_value_names_the_patient():
+    data = toy_cohort_data(9, (6, 4, 4))
+    labs = data.labs.copy()
+    labs[3, 2] = np.nan
+    with pytest.raises(TrainingError, match="TOY-003: cga_ug_l"):
+        CohortData(data.patient_ids, data.y, labs, data.volumes)
+
+
+def test_a_finished_fold_is_skipped_reloaded_identically_and_a_changed_config_refused(tmp_path, signal):
+    folds = folds_of(signal)
+    spec, cfg = REG["pet_fusion"], TrainConfig(epochs=3, device="cpu")
+    assert run_fold(spec, cfg, signal, folds, 0, 2, tmp_path, "abc") == "trained"
+    assert run_fold(spec, cfg, signal, folds, 0, 2, tmp_path, "abc") == "skipped"
+    with pytest.raises(TrainingError, match="train_hash"):
+        run_fold(spec, cfg.replace(epochs=4), signal, folds, 0, 2, tmp_path, "abc")
+    fold = load_fold(tmp_path, spec, 0, 2, img_size=(24, 16, 16))
+    stored = pd.read_parquet(tmp_path / "results" / "pet_fusion" / "r0_f2" / "predictions.parquet")
+    with torch.no_grad():
+        prob = torch.sigmoid(fold.model(*fold.inputs(signal, stored["patient_id"].tolist()))).double().numpy()
+    np.testing.assert_allclose(prob, stored["prob"], rtol=1e-5)
+
+
+def test_the_random_forest_fold_is_stored_and_reloaded(tmp_path, signal):
+    folds = folds_of(signal)
+    run_fold(REG["rf_labs"], FAST, signal, folds, 0, 0, tmp_path)
+    fold = load_fold(tmp_path, REG["rf_labs"], 0, 0)
+    stored = pd.read_parquet(tmp_path / "results" / "rf_labs" / "r0_f0" / "predictions.parquet")
+    (labs,) = fold.inputs(signal, stored["patient_id"].tolist())
+    np.testing.assert_allclose(fold.model.predict_proba(labs.numpy())[:, 1], stored["prob"])
+
+
+def test_auto_device_is_cuda_exactly_when_cuda_is_available():
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
