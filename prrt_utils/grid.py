@@ -59,6 +59,7 @@ __all__ = [
     "load_embeddings",
     "load_histories",
     "prepare_inputs",
+    "read_results",
     "run_grid",
 ]
 
@@ -318,7 +319,8 @@ def run_grid(
     Returns
     -------
     DataFrame
-        All finished predictions of the work directory (``collect_results``).
+        The predictions of ``models`` over all their folds (``WORK/results/predictions.parquet``
+        holds those of every model in the work directory).
     """
     work_dir = Path(work_dir).resolve()
     cv = cv or CVConfig(label=label)
@@ -375,7 +377,7 @@ def run_grid(
     finally:
         if bar is not None:
             bar.close()
-    return collect_results(work_dir)
+    return collect_results(work_dir, [s.name for s in specs])
 
 
 # --------------------------------------------------------------------------- reading results
@@ -393,7 +395,7 @@ def _finished(work_dir: Path, models: Sequence[str] | None) -> list[tuple[str, i
     return out
 
 
-def collect_results(work_dir: str | Path, models: Sequence[str] | None = None) -> pd.DataFrame:
+def collect_results(work_dir: str | Path, models: Sequence[str] | None = None, write: bool = True) -> pd.DataFrame:
     """Concatenate the predictions of every finished fold into ``WORK/results/predictions.parquet``.
 
     Returns
@@ -401,7 +403,7 @@ def collect_results(work_dir: str | Path, models: Sequence[str] | None = None) -
     DataFrame
         ``model, repeat, fold, patient_id, y_true, prob``, sorted by model,
         repeat, fold, patient. With ``models`` given, only those are returned
-        (the file on disk always holds every model).
+        (the file on disk always holds every model). ``write=False`` only reads.
     """
     work_dir = Path(work_dir)
     parts = [pd.read_parquet(d / "predictions.parquet") for _, _, _, d in _finished(work_dir, None)]
@@ -411,11 +413,37 @@ def collect_results(work_dir: str | Path, models: Sequence[str] | None = None) -
         else pd.DataFrame({c: pd.Series(dtype=t) for c, t in zip(PREDICTION_COLUMNS, ["str", int, int, "str", int, float], strict=True)})
     )
     frame = frame.sort_values(["model", "repeat", "fold", "patient_id"], kind="stable").reset_index(drop=True)
-    if parts:
+    if parts and write:
         store.write_parquet(work_dir / "results" / "predictions.parquet", frame)
     if models is not None:
         frame = frame[frame["model"].isin(list(models))].reset_index(drop=True)
     return frame
+
+
+def read_results(work_dir: str | Path, models: Sequence[str]) -> pd.DataFrame:
+    """Stored predictions of ``models`` for a chapter that must not retrain; complete or an error.
+
+    Raises
+    ------
+    GridError
+        A model has no finished fold, or fewer finished folds than ``WORK/folds.csv`` holds
+        (names the model and what to run).
+    """
+    work_dir = Path(work_dir)
+    folds_csv = work_dir / "folds.csv"
+    if not folds_csv.exists():
+        raise GridError(f"{folds_csv} not found: train the models first (prrt run, or make book)")
+    folds = pd.read_csv(folds_csv, dtype={"patient_id": str})
+    expected = set(zip(folds["repeat"], folds["fold"], strict=True))
+    pred = collect_results(work_dir, models, write=False)
+    for m in models:
+        have = set(zip(*(pred.loc[pred["model"] == m, c] for c in ("repeat", "fold")), strict=True))
+        if have != expected:
+            raise GridError(
+                f"model {m}: {len(have)} of {len(expected)} folds finished in {work_dir / 'results' / m}; "
+                f"run it first (prrt run --models {m})"
+            )
+    return pred
 
 
 def fold_table(work_dir: str | Path, models: Sequence[str] | None = None) -> pd.DataFrame:

@@ -59,10 +59,12 @@ __all__ = [
     "fold_metrics",
     "loss_figure",
     "metrics_figure",
+    "paper_reference",
     "pr_curves",
     "read_truth",
     "roc_curves",
     "side_by_side",
+    "versus_ceiling",
 ]
 
 METRICS: tuple[str, ...] = ("auroc", "auprc", "accuracy")
@@ -103,8 +105,10 @@ def fold_metrics(predictions: pd.DataFrame, threshold: float = 0.5) -> pd.DataFr
     Returns
     -------
     DataFrame
-        ``model, repeat, fold, n, n_pos, auroc, auprc, accuracy``; AUROC and
-        AUPRC are NaN for a fold whose test part holds one class only.
+        ``model, repeat, fold, n, n_pos, auroc, auprc, accuracy, prob_sd``; AUROC
+        and AUPRC are NaN for a fold whose test part holds one class only.
+        ``prob_sd`` is the spread of the predicted probabilities: 0 means the
+        model gave everyone the same probability (AUROC then is exactly 0.5).
     """
     _check(predictions)
     rows = []
@@ -121,6 +125,7 @@ def fold_metrics(predictions: pd.DataFrame, threshold: float = 0.5) -> pd.DataFr
                 "auroc": float(roc_auc_score(y, p)) if two else math.nan,
                 "auprc": float(average_precision_score(y, p)) if two else math.nan,
                 "accuracy": float(accuracy_score(y, (p >= threshold).astype(int))),
+                "prob_sd": float(p.std()),
             }
         )
     return pd.DataFrame(rows)
@@ -235,6 +240,9 @@ def evaluate(predictions: pd.DataFrame, threshold: float = 0.5, metrics: Sequenc
     fm = fold_metrics(predictions, threshold)
     models = list(order) if order is not None else sorted(fm["model"].unique())
     models = [m for m in models if m in set(fm["model"])]
+    rank = {m: i for i, m in enumerate(models)}
+    fm = fm[fm["model"].isin(models)].sort_values(["model", "repeat", "fold"], key=lambda c: c.map(rank) if c.name == "model" else c)
+    fm = fm.reset_index(drop=True)
     summaries = tuple(_summary(m, k, fm[fm["model"] == m]) for m in models for k in metrics)
     return ModelResults(fm, summaries)
 
@@ -392,6 +400,63 @@ def side_by_side(ours: ModelResults, paper: pd.DataFrame, names: dict[str, str] 
             row[f"{label} ours (this cohort)"] = ours.get(model, metric).format(digits)
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def versus_ceiling(results: ModelResults, ceiling: ModelResults, metric: str = "auroc", digits: int = 2) -> pd.DataFrame:
+    """Each model's AUROC beside the Bayes ceiling on the same folds, and the share of the way from chance.
+
+    ``share of achievable = (model - 0.5) / (ceiling - 0.5)``: 0 is chance, 1 the
+    best any model could do on this cohort (AUROC; 0.5 is chance).
+    """
+    c = ceiling.get("bayes_ceiling", metric)
+    rows = []
+    for model in results.models:
+        s = results.get(model, metric)
+        rows.append({"model": model, f"{metric} (mean ± SE)": s.format(digits),
+                     f"Bayes ceiling {metric}": c.format(digits),
+                     "share of achievable": (s.mean - 0.5) / (c.mean - 0.5) if c.mean != 0.5 else math.nan})
+    return pd.DataFrame(rows)
+
+
+def _mean_se_columns(table: pd.DataFrame) -> pd.DataFrame:
+    """Normalise a Table-2 frame to ``model, auroc_mean, auroc_se, auprc_mean, auprc_se``."""
+    out = pd.DataFrame({"model": table["model"]})
+    lower = {c.lower(): c for c in table.columns}
+    for metric in ("auroc", "auprc"):
+        if f"{metric}_mean" in lower and f"{metric}_se" in lower:
+            out[f"{metric}_mean"] = table[lower[f"{metric}_mean"]].astype(float)
+            out[f"{metric}_se"] = table[lower[f"{metric}_se"]].astype(float)
+        elif metric in lower:  # "0.59 ± 0.02" or "0.59 +- 0.02"
+            parts = table[lower[metric]].astype(str).str.replace("+-", "±", regex=False).str.split("±", expand=True)
+            out[f"{metric}_mean"] = parts[0].str.strip().str.rstrip("*†").astype(float)
+            out[f"{metric}_se"] = parts[1].str.strip().str.rstrip("*†").astype(float)
+        else:
+            raise MetricsError(f"paper table has no {metric} columns: {list(table.columns)}")
+    return out
+
+
+def paper_reference() -> tuple[dict[str, str], pd.DataFrame | None]:
+    """Display names and the paper's Table 2 (real cohort) from :mod:`prrt_utils.paper`, if present.
+
+    Returns ``(names, table)``; ``table`` has ``model, auroc_mean, auroc_se,
+    auprc_mean, auprc_se`` or is ``None`` when the paper module is unavailable.
+    """
+    try:
+        from prrt_utils import paper
+    except ImportError:
+        return {}, None
+    names: dict[str, str] = {}
+    for attr in ("DISPLAY_NAMES", "MODEL_NAMES", "NAMES"):
+        if isinstance(getattr(paper, attr, None), dict):
+            names = dict(getattr(paper, attr))
+            break
+    table = None
+    if hasattr(paper, "paper_table2"):
+        raw = paper.paper_table2()
+        if "model" not in raw.columns:
+            raw = raw.reset_index().rename(columns={raw.index.name or "index": "model"})
+        table = _mean_se_columns(raw)
+    return names, table
 
 
 # --------------------------------------------------------------------------- figures (plotly)

@@ -127,3 +127,16 @@ def test_figures_are_built_from_the_result_objects():
     assert len(metrics_figure(res).data) == 2
     hist = pd.DataFrame({"model": "a", "repeat": 0, "fold": 0, "epoch": [1, 2], "train_loss": [0.7, 0.6]})
     assert len(loss_figure(hist).data) == 2
+
+
+def test_a_model_that_gives_everyone_the_same_probability_is_flagged_and_scores_one_half():
+    p = pd.DataFrame({"model": "m", "repeat": 0, "fold": 0, "patient_id": list("abcd"),
+                      "y_true": [0, 1, 0, 1], "prob": [0.37] * 4})
+    row = fold_metrics(p).iloc[0]
+    assert row["prob_sd"] == 0.0 and row["auroc"] == 0.5 and row["auprc"] == 0.5
+
+
+def test_models_keep_the_order_asked_for():
+    pred = pd.concat([predictions(model="z"), predictions(model="a", seed=1)])
+    res = evaluate(pred, order=["z", "a"])
+    assert res.models == ["z", "a"] and list(res.fold_metrics["model"].unique()) == ["z", "a"]
