@@ -1,0 +1,1017 @@
+"""Load one patient's PET and CT from a DICOM or NIfTI export, in SUVbw and HU.
+
+Paper sections 2.2 (PET/CT acquired together, so the CT is aligned with the
+PET) and 2.5 (preprocessing: slopes harmonised from the DICOM metadata): PET
+activity concentrations are converted to body-weight SUV from the DICOM
+header (injected dose, time of injection, half-life, decay correction,
+patient weight) and CT stored values to Hounsfield units through
+RescaleSlope/RescaleIntercept. This module reads and
+converts; resampling to the common grid is :mod:`prrt_utils.preprocess`.
+
+Coordinate convention
+---------------------
+Every :class:`Volume` holds ``array`` of shape ``(D, H, W)`` and a 4 x 4
+``affine`` that maps a voxel index, written as the column ``(d, h, w, 1)``
+(slice, row, column; the voxel *centre*), to DICOM patient coordinates LPS in
+millimetres (x towards the patient's left, y towards posterior, z towards the
+head)::
+
+    [x, y, z, 1]^T = affine @ [d, h, w, 1]^T
+
+Arrays are re-ordered (flips and axis permutations only, never interpolation)
+so that ``d`` runs head to feet, ``h`` anterior to posterior and ``w`` from
+the patient's right to left, whatever order the files were stored in; the
+affine is updated with them, so the geometry is exact for oblique series too.
+NIfTI files carry a RAS affine (nibabel); it is converted to LPS by negating
+x and y (``diag(-1, -1, 1, 1) @ affine``).
+
+DICOM series
+------------
+Series are found by ``(Modality, SeriesInstanceUID)``, never by file or folder
+names. Slices are ordered by the projection of ImagePositionPatient on the
+slice normal (the cross product of the two ImageOrientationPatient direction
+cosines), never by InstanceNumber or file name. A series is refused (see
+:class:`InputError`) for a gap larger than 1.5 x the median slice spacing
+(missing slices), other uneven spacing (more than 10 % from the median),
+duplicated positions, slices of different orientation, pixel spacing or
+matrix, or a gantry tilt (GantryDetectorTilt or slice positions that drift
+sideways). RescaleSlope/RescaleIntercept are applied per slice
+(:func:`pydicom.pixels.apply_modality_lut`); a CT without them is refused
+rather than guessed.
+
+Choice of series when a patient folder holds several
+----------------------------------------------------
+PET: attenuation-corrected first (CorrectedImage contains ``ATTN``), then
+Units that give SUV (``BQML``, ``GML``), then the most slices. CT: the same
+FrameOfReferenceUID as the chosen PET first, then ORIGINAL/AXIAL ImageType,
+then the most slices. If the best two candidates are still equal on every
+criterion (for example two PET reconstructions of the same kind mixed in one
+folder), the patient is refused: there is no defensible way to pick one. The
+choice made is recorded in ``Volume.meta["series_choice"]``.
+
+SUVbw
+-----
+``SUVbw = C * W / D_ref`` with ``C`` the activity concentration (Bq/ml),
+``W`` the patient weight in g (PatientWeight in kg x 1000; tissue density
+1 g/ml) and ``D_ref`` the injected dose (RadionuclideTotalDose, Bq) decayed to
+the time the image is decay-corrected to: with ``DecayCorrection == "START"``
+``D_ref = D * 2 ** (-t / T_half)`` with ``t`` from the injection
+(RadiopharmaceuticalStartDateTime, else RadiopharmaceuticalStartTime on the
+SeriesDate) to the series start (SeriesDate/SeriesTime, else the earliest
+AcquisitionDate/AcquisitionTime) and ``T_half`` from RadionuclideHalfLife
+(Ga-68: 4062.6 s); with ``"ADMIN"`` the image is already corrected to the
+injection and ``D_ref = D``. Units ``GML`` are taken as SUVbw already. Units
+``CNTS`` (or anything else), DecayCorrection ``NONE``, a missing weight, dose,
+half-life or injection time are refused. Time zones in
+RadiopharmaceuticalStartDateTime are ignored (the scanner's local time is
+assumed throughout).
+
+NIfTI
+-----
+``pet.nii.gz`` with a ``pet.json`` sidecar: ``{"units": "SUVbw"}`` or
+``{"units": "Bq/ml", "patient_weight_kg", "injected_dose_bq",
+"injection_to_scan_s", "decay_corrected_to" ("scan_start" | "injection",
+default "scan_start"), "half_life_s" (default Ga-68)}``; ``ct.nii.gz`` in HU
+(the NIfTI scl_slope/scl_inter are applied by nibabel). A NIfTI without a
+qform/sform or with a singular affine is refused.
+
+Privacy: nothing identifying is read into a :class:`Volume` (names, birth
+dates, ids, UIDs, accession numbers, free-text descriptions); error messages
+name the patient by study id and a file by its position in the sorted folder
+listing, never by its path.
+
+Hand-written parts (no maintained library does them): grouping files into
+series, slice ordering and geometry checks, the SUV formula and the DICOM
+affine. pydicom reads the files and applies the modality LUT, nibabel reads
+NIfTI and re-orders axes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hashlib
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "GA68_HALF_LIFE_S",
+    "InputError",
+    "PatientImages",
+    "SeriesInfo",
+    "SeriesList",
+    "Volume",
+    "choose_series",
+    "decay_factor",
+    "discover_series",
+    "load_nifti",
+    "load_patient",
+    "load_series",
+    "reorient",
+    "suv_factor",
+]
+
+GA68_HALF_LIFE_S = 4062.6
+"""Half-life of gallium-68 in seconds (67.71 min)."""
+
+CANONICAL_ORIENTATION = np.array([[2, -1], [1, 1], [0, 1]])
+"""nibabel orientation of the canonical array axes in LPS: d along -z, h along +y, w along +x."""
+
+_DICOMDIR_SOP = "1.2.840.10008.1.3.10"
+_UNCOMPRESSED = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"}
+_ON_ERROR = ("stop", "skip")
+
+
+class InputError(Exception):
+    """A patient's images cannot be used as they are; the message names patient and problem.
+
+    Attributes
+    ----------
+    patient_id : str
+        Study pseudonym, e.g. ``"PRRT-007"``.
+    problem : str
+        What is wrong, in words a clinician or data manager can act on.
+    """
+
+    def __init__(self, patient_id: str, problem: str) -> None:
+        self.patient_id = str(patient_id)
+        self.problem = str(problem)
+        super().__init__(f"patient {self.patient_id}: {self.problem}")
+
+    def __reduce__(self) -> tuple[Any, ...]:  # survive process pools
+        return (type(self), (self.patient_id, self.problem))
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Volume:
+    """One image volume in physical units on its own grid.
+
+    Attributes
+    ----------
+    array : np.ndarray
+        float32 ``(D, H, W)`` = (slice, row, column), canonical order (head to
+        feet, anterior to posterior, patient right to left).
+    affine : np.ndarray
+        float64 ``(4, 4)``: voxel index ``(d, h, w, 1)`` -> LPS mm (module docstring).
+    modality : str
+        ``"PT"`` or ``"CT"``.
+    units : str
+        ``"SUVbw"`` (PET) or ``"HU"`` (CT).
+    meta : dict
+        Non-identifying acquisition facts only (spacing, scanner model,
+        convolution kernel, contrast flag, SUV factor, series choice, ...).
+    raw : np.ndarray or None
+        Only with ``keep_raw=True``: the values before harmonisation on the same
+        grid (CT stored pixel values, PET activity in Bq/ml), for QC histograms.
+    """
+
+    array: np.ndarray
+    affine: np.ndarray
+    modality: str
+    units: str
+    meta: dict[str, Any]
+    raw: np.ndarray | None = None
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(int(n) for n in self.array.shape)  # type: ignore[return-value]
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        """Voxel size along ``(D, H, W)`` in mm (lengths of the affine's columns)."""
+        return tuple(float(v) for v in np.linalg.norm(self.affine[:3, :3], axis=0))  # type: ignore[return-value]
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class PatientImages:
+    """The PET (SUVbw) and CT (HU) of one patient, each on its own grid."""
+
+    patient_id: str
+    pet: Volume
+    ct: Volume
+
+
+@dataclasses.dataclass(frozen=True)
+class SeriesInfo:
+    """One DICOM series found in a patient folder (no identifying data).
+
+    Attributes
+    ----------
+    modality : str
+        DICOM Modality (``"PT"``, ``"CT"``).
+    key : str
+        12 hex digits of SHA-256 of the SeriesInstanceUID: tells series apart
+        without carrying the UID itself.
+    files : tuple of (int, Path)
+        ``(position, path)`` of every file; ``position`` is the 1-based rank
+        in the sorted listing of the patient folder (what messages name).
+    n_files_in_folder : int
+        Number of files under the patient folder (for "file 3 of 340").
+    image_type, corrected_image : tuple of str
+        ImageType and CorrectedImage values (PET: ``ATTN`` = attenuation-corrected).
+    units : str
+        PET Units (``BQML``, ``CNTS``, ...), ``""`` for CT.
+    frame_of_reference : str
+        12 hex digits of SHA-256 of the FrameOfReferenceUID (``""`` if absent).
+    """
+
+    modality: str
+    key: str
+    files: tuple[tuple[int, Path], ...]
+    n_files_in_folder: int
+    image_type: tuple[str, ...] = ()
+    corrected_image: tuple[str, ...] = ()
+    units: str = ""
+    frame_of_reference: str = ""
+
+    @property
+    def n_slices(self) -> int:
+        return len(self.files)
+
+    @property
+    def attenuation_corrected(self) -> bool:
+        return "ATTN" in self.corrected_image
+
+
+class SeriesList(list):
+    """``list[SeriesInfo]`` with counts of the files that are not part of any image series.
+
+    Attributes
+    ----------
+    n_non_dicom : int
+        Files that are not DICOM (no ``DICM`` prefix), skipped silently.
+    n_other : int
+        DICOM files of other kinds (DICOMDIR, other modalities), ignored.
+    n_unreadable : int
+        Truncated or empty files skipped with ``on_error="skip"``.
+    """
+
+    n_non_dicom: int = 0
+    n_other: int = 0
+    n_unreadable: int = 0
+
+
+# ---------------------------------------------------------------------------
+# Small helpers
+# ---------------------------------------------------------------------------
+
+
+def _short_hash(value: Any) -> str:
+    return hashlib.sha256(str(value).encode()).hexdigest()[:12] if value else ""
+
+
+def _strings(value: Any) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return tuple(v.strip().upper() for v in value.split("\\") if v.strip())
+    try:
+        return tuple(str(v).strip().upper() for v in value)
+    except TypeError:
+        return (str(value).strip().upper(),)
+
+
+def _file_label(position: int, n_files: int) -> str:
+    return f"file {position} of {n_files} in the patient folder (sorted listing)"
+
+
+def decay_factor(elapsed_s: float, half_life_s: float = GA68_HALF_LIFE_S) -> float:
+    """Fraction of activity left after ``elapsed_s`` seconds: ``2 ** (-elapsed_s / half_life_s)``."""
+    return float(2.0 ** (-float(elapsed_s) / float(half_life_s)))
+
+
+def reorient(array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Flip/permute ``array`` to the canonical (head->feet, ant->post, right->left) order.
+
+    Parameters
+    ----------
+    array : np.ndarray
+        Any 3-D array whose voxel ``(a, b, c)`` lies at ``affine @ (a, b, c, 1)`` (LPS mm).
+    affine : np.ndarray
+        ``(4, 4)`` voxel -> LPS.
+
+    Returns
+    -------
+    array, affine
+        The re-ordered array ``(D, H, W)`` and its affine; every voxel keeps its
+        LPS position (no interpolation). Uses :mod:`nibabel.orientations`.
+    """
+    from nibabel import orientations as ornt_
+
+    current = ornt_.io_orientation(affine)
+    xform = ornt_.ornt_transform(current, CANONICAL_ORIENTATION)
+    out = ornt_.apply_orientation(array, xform)
+    new_affine = affine @ ornt_.inv_ornt_aff(xform, array.shape)
+    return np.ascontiguousarray(out), new_affine
+
+
+# ---------------------------------------------------------------------------
+# Discovery
+# ---------------------------------------------------------------------------
+
+
+def discover_series(folder: str | Path, patient_id: str = "?", on_error: str = "stop") -> SeriesList:
+    """Find the image series under a patient folder, grouped by (Modality, SeriesInstanceUID).
+
+    Every file under ``folder`` (any depth, any name) is opened with
+    ``pydicom.dcmread(stop_before_pixels=True, force=False)``. Files that are
+    not DICOM are skipped and counted; DICOM files that are empty or cut short
+    (header incomplete, or fewer bytes left than the pixel data needs) raise
+    :class:`InputError` naming the file by its position (``on_error="stop"``)
+    or are skipped and counted (``on_error="skip"``).
+
+    Parameters
+    ----------
+    folder : path
+        The patient's imaging folder (``DATA/imaging/<patient_id>``).
+    patient_id : str
+        Study id, for messages.
+    on_error : {"stop", "skip"}
+
+    Returns
+    -------
+    SeriesList
+        One :class:`SeriesInfo` per series, sorted by modality then key.
+    """
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    if on_error not in _ON_ERROR:
+        raise ValueError(f"on_error must be one of {_ON_ERROR}, got {on_error!r}")
+    root = Path(folder)
+    if not root.is_dir():
+        raise InputError(patient_id, "imaging folder not found")
+    files = sorted(p for p in root.rglob("*") if p.is_file())
+    n = len(files)
+    out = SeriesList()
+    groups: dict[tuple[str, str], dict[str, Any]] = {}
+
+    def unreadable(pos: int, why: str) -> None:
+        if on_error == "stop":
+            raise InputError(patient_id, f"{_file_label(pos, n)} {why}")
+        out.n_unreadable += 1
+
+    for pos, path in enumerate(files, start=1):
+        size = path.stat().st_size
+        if size == 0:
+            unreadable(pos, "is empty (0 bytes)")
+            continue
+        try:
+            with open(path, "rb") as fh:
+                ds = pydicom.dcmread(fh, stop_before_pixels=True, force=False)
+                header_end = fh.tell()
+        except InvalidDicomError:
+            out.n_non_dicom += 1
+            continue
+        except Exception as exc:  # pydicom raises many kinds on damaged headers
+            unreadable(pos, f"has a damaged DICOM header ({type(exc).__name__})")
+            continue
+        meta = getattr(ds, "file_meta", None)
+        sop = str(getattr(meta, "MediaStorageSOPClassUID", "") or ds.get("SOPClassUID", ""))
+        if sop == _DICOMDIR_SOP:
+            out.n_other += 1
+            continue
+        modality = str(ds.get("Modality", "") or "")
+        if not modality or "TransferSyntaxUID" not in (meta or {}):
+            unreadable(pos, "is truncated (DICOM header incomplete)")
+            continue
+        if modality not in ("PT", "CT"):
+            out.n_other += 1
+            continue
+        need = {"SeriesInstanceUID", "Rows", "Columns"}
+        if not need <= set(ds.dir()) or header_end >= size:
+            unreadable(pos, "is truncated (no pixel data after the header)")
+            continue
+        if str(meta.TransferSyntaxUID) in _UNCOMPRESSED:
+            frames = int(ds.get("NumberOfFrames", 1) or 1)
+            expected = int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1)) * frames
+            expected *= int(ds.get("BitsAllocated", 16)) // 8
+            if size < header_end + 8 + expected:
+                unreadable(pos, f"is truncated (pixel data needs {expected} bytes, file ends early)")
+                continue
+        key = (modality, str(ds.SeriesInstanceUID))
+        g = groups.setdefault(
+            key,
+            {
+                "files": [],
+                "image_type": _strings(ds.get("ImageType")),
+                "corrected": _strings(ds.get("CorrectedImage")),
+                "units": str(ds.get("Units", "") or "").upper() if modality == "PT" else "",
+                "for": _short_hash(ds.get("FrameOfReferenceUID", "")),
+            },
+        )
+        g["files"].append((pos, path))
+    for (modality, uid), g in sorted(groups.items(), key=lambda kv: (kv[0][0], _short_hash(kv[0][1]))):
+        out.append(
+            SeriesInfo(
+                modality=modality,
+                key=_short_hash(uid),
+                files=tuple(g["files"]),
+                n_files_in_folder=n,
+                image_type=g["image_type"],
+                corrected_image=g["corrected"],
+                units=g["units"],
+                frame_of_reference=g["for"],
+            )
+        )
+    return out
+
+
+def _pet_rank(s: SeriesInfo) -> tuple[int, int, int]:
+    return (int(s.attenuation_corrected), int(s.units in ("BQML", "GML")), s.n_slices)
+
+
+def _ct_rank(s: SeriesInfo, pet: SeriesInfo | None) -> tuple[int, int, int]:
+    same_for = int(
+        pet is not None and bool(s.frame_of_reference) and s.frame_of_reference == pet.frame_of_reference
+    )
+    original_axial = int("ORIGINAL" in s.image_type and ("AXIAL" in s.image_type or len(s.image_type) < 3))
+    return (same_for, original_axial, s.n_slices)
+
+
+def choose_series(
+    series: Sequence[SeriesInfo], patient_id: str
+) -> tuple[SeriesInfo, SeriesInfo, dict[str, str]]:
+    """Pick the PET and the CT series of a patient by the documented rule (module docstring).
+
+    Returns
+    -------
+    pet, ct : SeriesInfo
+    choice : dict
+        ``{"pet": "...", "ct": "..."}``: how many candidates there were and why this one.
+    """
+    summary = ", ".join(f"{s.modality} ({s.n_slices} slices)" for s in series) or "no PET or CT series"
+    pets = [s for s in series if s.modality == "PT"]
+    cts = [s for s in series if s.modality == "CT"]
+    if not pets:
+        raise InputError(patient_id, f"no PET series found (found: {summary})")
+    if not cts:
+        raise InputError(patient_id, f"no CT series found (found: {summary})")
+    pets.sort(key=_pet_rank, reverse=True)
+    if len(pets) > 1 and _pet_rank(pets[0]) == _pet_rank(pets[1]):
+        raise InputError(
+            patient_id,
+            f"{len(pets)} PET series of the same kind ({'AC' if pets[0].attenuation_corrected else 'non-AC'}, "
+            f"units {pets[0].units or '?'}, {pets[0].n_slices} slices) are mixed in the folder; "
+            "cannot choose one: remove the extra series",
+        )
+    pet = pets[0]
+    cts.sort(key=lambda s: _ct_rank(s, pet), reverse=True)
+    if len(cts) > 1 and _ct_rank(cts[0], pet) == _ct_rank(cts[1], pet):
+        raise InputError(
+            patient_id,
+            f"{len(cts)} CT series of the same kind ({cts[0].n_slices} slices) are mixed in the folder; "
+            "cannot choose one: remove the extra series",
+        )
+    ct = cts[0]
+    choice = {
+        "pet": (
+            f"1 of {len(pets)} PET series: {'attenuation-corrected' if pet.attenuation_corrected else 'not attenuation-corrected'}, "
+            f"units {pet.units or '?'}, {pet.n_slices} slices"
+        ),
+        "ct": (
+            f"1 of {len(cts)} CT series: {'same' if _ct_rank(ct, pet)[0] else 'other'} frame of reference as the PET, "
+            f"{ct.n_slices} slices"
+        ),
+    }
+    return pet, ct, choice
+
+
+# ---------------------------------------------------------------------------
+# Reading one DICOM series
+# ---------------------------------------------------------------------------
+
+
+def _floats(value: Any, n: int) -> np.ndarray | None:
+    try:
+        arr = np.asarray([float(v) for v in value], dtype=float)
+    except (TypeError, ValueError):
+        return None
+    return arr if arr.shape == (n,) and np.all(np.isfinite(arr)) else None
+
+
+def _num(value: Any) -> float | None:
+    """A finite float, or None (JSON-friendly) for missing or malformed values."""
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return None
+    return out if math.isfinite(out) else None
+
+
+def _parse_dt(date: Any, time: Any) -> dt.datetime | None:
+    from pydicom.valuerep import DA, TM
+
+    try:
+        if not date or not time:
+            return None
+        d, t = DA(str(date).strip()), TM(str(time).strip())
+        return dt.datetime.combine(d, t.replace(tzinfo=None))
+    except (ValueError, TypeError):
+        return None
+
+
+def _parse_datetime(value: Any) -> dt.datetime | None:
+    from pydicom.valuerep import DT
+
+    try:
+        return DT(str(value).strip()).replace(tzinfo=None) if value else None
+    except (ValueError, TypeError):
+        return None
+
+
+def suv_factor(
+    ds: Any, patient_id: str, acquisition_start: dt.datetime | None = None
+) -> tuple[float, dict[str, Any]]:
+    """Factor that turns the PET's activity concentration into SUVbw (module docstring).
+
+    Parameters
+    ----------
+    ds : pydicom.Dataset
+        A PET slice header (series-level tags are read).
+    patient_id : str
+    acquisition_start : datetime, optional
+        Earliest AcquisitionDate/Time of the series, used if SeriesDate/SeriesTime are missing.
+
+    Returns
+    -------
+    factor : float
+        ``SUVbw = factor * value`` (``factor = 1`` for Units ``GML``), in g/Bq (ml units cancel).
+    facts : dict
+        Non-identifying facts: units, decay correction, half-life (s),
+        injection-to-reference time (s), injected dose (MBq), factor.
+    """
+    units = str(ds.get("Units", "") or "").strip().upper()
+    if units == "GML":
+        return 1.0, {"pet_units_stored": "GML", "suv_factor": 1.0}
+    if units != "BQML":
+        what = "counts (Units CNTS)" if units == "CNTS" else f"units {units or 'missing'}"
+        raise InputError(
+            patient_id,
+            f"PET is stored in {what}; SUV needs activity concentration in Bq/ml (Units BQML) "
+            "or SUVbw (GML): export the PET in Bq/ml",
+        )
+    weight = ds.get("PatientWeight")
+    try:
+        weight_kg = float(weight) if weight not in (None, "") else float("nan")
+    except (TypeError, ValueError):
+        weight_kg = float("nan")
+    if not (math.isfinite(weight_kg) and weight_kg > 0):
+        raise InputError(
+            patient_id, "PatientWeight is missing or zero in the PET header; SUVbw needs the body weight"
+        )
+    seq = ds.get("RadiopharmaceuticalInformationSequence")
+    if not seq:
+        raise InputError(
+            patient_id, "PET header has no RadiopharmaceuticalInformationSequence (dose and injection time)"
+        )
+    radio = seq[0]
+    try:
+        dose_bq = float(radio.get("RadionuclideTotalDose") or "nan")
+        half_life = float(radio.get("RadionuclideHalfLife") or "nan")
+    except (TypeError, ValueError):
+        dose_bq, half_life = float("nan"), float("nan")
+    if not (math.isfinite(dose_bq) and dose_bq > 0):
+        raise InputError(
+            patient_id, "RadionuclideTotalDose (injected dose) is missing or zero in the PET header"
+        )
+    if not (math.isfinite(half_life) and half_life > 0):
+        raise InputError(patient_id, "RadionuclideHalfLife is missing or zero in the PET header")
+    decay = str(ds.get("DecayCorrection", "") or "").strip().upper()
+    facts: dict[str, Any] = {
+        "pet_units_stored": units,
+        "decay_correction": decay,
+        "half_life_s": half_life,
+        "injected_dose_mbq": round(dose_bq / 1e6, 3),
+    }
+    if decay == "ADMIN":
+        facts["injection_to_reference_s"] = 0.0
+        factor = weight_kg * 1000.0 / dose_bq
+    elif decay == "START":
+        series_date = ds.get("SeriesDate") or ds.get("AcquisitionDate") or ds.get("StudyDate")
+        ref = _parse_dt(ds.get("SeriesDate"), ds.get("SeriesTime")) or acquisition_start
+        if ref is None:
+            raise InputError(
+                patient_id, "PET header has no SeriesDate/SeriesTime or AcquisitionTime to decay the dose to"
+            )
+        inj = _parse_datetime(radio.get("RadiopharmaceuticalStartDateTime"))
+        only_time = inj is None
+        if only_time:
+            inj = _parse_dt(series_date, radio.get("RadiopharmaceuticalStartTime"))
+        if inj is None:
+            raise InputError(
+                patient_id, "injection time (RadiopharmaceuticalStartDateTime/StartTime) is missing"
+            )
+        elapsed = (ref - inj).total_seconds()
+        if only_time and elapsed < 0:  # injection before midnight, scan after
+            elapsed += 86400.0
+        if not 0.0 <= elapsed <= 12 * 3600.0:
+            raise InputError(
+                patient_id,
+                f"implausible time from injection to scan ({elapsed / 60.0:.1f} min); check the header times",
+            )
+        facts["injection_to_reference_s"] = elapsed
+        factor = weight_kg * 1000.0 / (dose_bq * decay_factor(elapsed, half_life))
+    else:
+        raise InputError(
+            patient_id,
+            f"PET DecayCorrection {decay or 'missing'} is not supported (needs START or ADMIN) for SUV conversion",
+        )
+    facts["suv_factor"] = factor
+    return factor, facts
+
+
+def _dicom_affine(iop: np.ndarray, spacing_rc: np.ndarray, first: np.ndarray, step: np.ndarray) -> np.ndarray:
+    """Affine of (slice, row, column) -> LPS from DICOM geometry."""
+    row_dir, col_dir = iop[:3], iop[3:]
+    aff = np.eye(4)
+    aff[:3, 0] = step
+    aff[:3, 1] = col_dir * spacing_rc[0]  # rows advance along the column direction cosine
+    aff[:3, 2] = row_dir * spacing_rc[1]
+    aff[:3, 3] = first
+    return aff
+
+
+def load_series(
+    series: SeriesInfo, patient_id: str, *, keep_raw: bool = False, on_error: str = "stop"
+) -> Volume:
+    """Read one PT or CT series into a :class:`Volume` in SUVbw or HU.
+
+    Parameters
+    ----------
+    series : SeriesInfo
+        From :func:`discover_series`.
+    patient_id : str
+    keep_raw : bool
+        Also keep the values before harmonisation (``Volume.raw``).
+    on_error : {"stop", "skip"}
+        A slice whose pixel data cannot be decoded raises (``"stop"``) or is
+        dropped (``"skip"``; the slice checks then report the gap).
+
+    Returns
+    -------
+    Volume
+        ``array`` float32 ``(D, H, W)`` canonical order; ``affine`` voxel -> LPS mm.
+    """
+    import pydicom
+    from pydicom.pixels import apply_modality_lut
+
+    n_all = series.n_files_in_folder
+    slices: list[tuple[int, Any, np.ndarray]] = []
+    for pos, path in series.files:
+        try:
+            ds = pydicom.dcmread(path, force=False)
+            stored = ds.pixel_array
+        except Exception as exc:
+            if on_error == "skip":
+                continue
+            raise InputError(
+                patient_id,
+                f"{_file_label(pos, n_all)}: pixel data cannot be read ({type(exc).__name__}; truncated?)",
+            ) from None
+        if stored.ndim != 2:
+            raise InputError(
+                patient_id,
+                f"{series.modality} series has multi-frame images; one slice per file is supported",
+            )
+        slices.append((pos, ds, stored))
+    if not slices:
+        raise InputError(patient_id, f"{series.modality} series has no readable slice")
+    mod = series.modality
+    name = "PET" if mod == "PT" else "CT"
+    # --- geometry, per slice
+    geo = []
+    for pos, ds, stored in slices:
+        iop = _floats(ds.get("ImageOrientationPatient"), 6)
+        ipp = _floats(ds.get("ImagePositionPatient"), 3)
+        ps = _floats(ds.get("PixelSpacing"), 2)
+        if iop is None or ipp is None or ps is None:
+            raise InputError(
+                patient_id,
+                f"{name} {_file_label(pos, n_all)} lacks ImagePositionPatient, ImageOrientationPatient or PixelSpacing",
+            )
+        geo.append((iop, ipp, ps, stored.shape))
+    iop0, _, ps0, shape0 = geo[0]
+    for iop, _, ps, shape in geo[1:]:
+        if shape != shape0:
+            raise InputError(patient_id, f"{name} slices have different matrix sizes ({shape0} and {shape})")
+        if not np.allclose(ps, ps0, rtol=1e-3, atol=1e-4):
+            raise InputError(
+                patient_id,
+                f"{name} slices have inconsistent pixel spacing ({ps0.tolist()} and {ps.tolist()} mm)",
+            )
+        if not np.allclose(iop, iop0, atol=1e-4):
+            raise InputError(
+                patient_id, f"{name} slices have inconsistent orientation (ImageOrientationPatient)"
+            )
+    row_dir, col_dir = iop0[:3], iop0[3:]
+    if (
+        abs(np.linalg.norm(row_dir) - 1) > 1e-3
+        or abs(np.linalg.norm(col_dir) - 1) > 1e-3
+        or abs(row_dir @ col_dir) > 1e-3
+    ):
+        raise InputError(patient_id, f"{name} ImageOrientationPatient is not two orthogonal unit vectors")
+    normal = np.cross(row_dir, col_dir)
+    tilt = max(abs(_num(ds.get("GantryDetectorTilt")) or 0.0) for _, ds, _ in slices)
+    if tilt > 0.01:
+        raise InputError(
+            patient_id,
+            f"{name} was acquired with a gantry tilt of {tilt:g} degrees; re-slice it without tilt",
+        )
+    # --- order by the projection of the position on the slice normal (head first for axial)
+    proj = np.array([g[1] @ normal for g in geo])
+    order = np.argsort(-proj, kind="stable")
+    slices = [slices[i] for i in order]
+    ipps = np.array([geo[i][1] for i in order])
+    proj = proj[order]
+    n = len(slices)
+    if n > 1:
+        steps = -np.diff(proj)
+        if np.any(steps < 1e-3):
+            k = int(np.argmax(steps < 1e-3))
+            raise InputError(
+                patient_id,
+                f"{name} has duplicated slice positions ({int((steps < 1e-3).sum())} duplicates, first at slice {k + 1} of {n})",
+            )
+        med = float(np.median(steps))
+        if np.any(steps > 1.5 * med):
+            k = int(np.argmax(steps > 1.5 * med))
+            raise InputError(
+                patient_id,
+                f"{name} has missing slices: a gap of {steps[k]:.2f} mm after slice {k + 1} of {n} "
+                f"(median spacing {med:.2f} mm)",
+            )
+        if np.any(np.abs(steps - med) > 0.1 * med):
+            raise InputError(
+                patient_id, f"{name} slice spacing is uneven ({steps.min():.2f} to {steps.max():.2f} mm)"
+            )
+        rel = ipps - ipps[0]
+        along = rel @ normal
+        sideways = np.linalg.norm(rel - along[:, None] * normal[None, :], axis=1)
+        allowed = 0.5 + math.tan(math.radians(0.5)) * np.abs(along)
+        if np.any(sideways > allowed):
+            k = int(np.argmax(sideways - allowed))
+            angle = math.degrees(math.atan2(sideways[k], abs(along[k]) or 1.0))
+            raise InputError(
+                patient_id,
+                f"{name} slice positions drift sideways ({sideways[k]:.1f} mm over {abs(along[k]):.1f} mm, "
+                f"about {angle:.1f} degrees): gantry tilt or sheared stack",
+            )
+        step = (ipps[-1] - ipps[0]) / (n - 1)
+    else:
+        ds = slices[0][1]
+        thick = ds.get("SpacingBetweenSlices") or ds.get("SliceThickness") or 1.0
+        step = -normal * abs(float(thick))
+    affine = _dicom_affine(iop0, ps0, ipps[0], step)
+    # --- values, per slice
+    values = np.empty((n, *shape0), dtype=np.float32)
+    raw = np.empty((n, *shape0), dtype=np.float32) if keep_raw else None
+    for k, (pos, ds, stored) in enumerate(slices):
+        if mod == "CT":
+            has_lut = "ModalityLUTSequence" in ds
+            if not has_lut and ("RescaleSlope" not in ds or "RescaleIntercept" not in ds):
+                raise InputError(
+                    patient_id,
+                    f"CT {_file_label(pos, n_all)} has no RescaleSlope/RescaleIntercept: stored values cannot be "
+                    "converted to HU",
+                )
+        elif "RescaleSlope" not in ds:
+            raise InputError(
+                patient_id, f"PET {_file_label(pos, n_all)} has no RescaleSlope: activity unknown"
+            )
+        val = np.asarray(apply_modality_lut(stored, ds), dtype=np.float64)
+        if mod == "CT" and "PixelPaddingValue" in ds:
+            val[stored == int(ds.PixelPaddingValue)] = -1024.0  # outside the reconstruction: air
+        values[k] = val
+        if raw is not None:
+            raw[k] = stored if mod == "CT" else val
+    first = slices[0][1]
+    meta: dict[str, Any] = {
+        "format": "dicom",
+        "n_slices": n,
+        "manufacturer": str(first.get("Manufacturer", "") or ""),
+        "scanner_model": str(first.get("ManufacturerModelName", "") or ""),
+        "slice_spacing_mm": round(float(np.linalg.norm(step)), 4),
+        "pixel_spacing_mm": [round(float(ps0[0]), 4), round(float(ps0[1]), 4)],
+        "slice_thickness_mm": _num(first.get("SliceThickness")),
+        "frame_of_reference": series.frame_of_reference,
+    }
+    slopes = sorted({float(ds.get("RescaleSlope", 1) or 1) for _, ds, _ in slices})
+    intercepts = sorted({float(ds.get("RescaleIntercept", 0) or 0) for _, ds, _ in slices})
+    meta["rescale_slope_range"] = [slopes[0], slopes[-1]]
+    meta["rescale_intercept_range"] = [intercepts[0], intercepts[-1]]
+    if mod == "CT":
+        meta["convolution_kernel"] = "\\".join(_strings(first.get("ConvolutionKernel"))) or ""
+        meta["kvp"] = _num(first.get("KVP"))
+        meta["contrast"] = bool(first.get("ContrastBolusAgent"))
+        units = "HU"
+    else:
+        acq = [_parse_dt(ds.get("AcquisitionDate"), ds.get("AcquisitionTime")) for _, ds, _ in slices]
+        acq = [a for a in acq if a is not None]
+        for key in ("Units", "DecayCorrection", "PatientWeight"):
+            vals = {str(ds.get(key, "")) for _, ds, _ in slices}
+            if len(vals) > 1:
+                raise InputError(patient_id, f"PET slices disagree on {key}: cannot convert to SUV")
+        factor, facts = suv_factor(first, patient_id, min(acq) if acq else None)
+        meta.update(facts)
+        meta["attenuation_corrected"] = series.attenuation_corrected
+        meta["reconstruction"] = str(first.get("ReconstructionMethod", "") or "")
+        values *= np.float32(factor)
+        units = "SUVbw"
+    array, affine = reorient(values, affine)
+    if raw is not None:
+        raw, _ = reorient(raw, _dicom_affine(iop0, ps0, ipps[0], step))
+    meta["spacing_mm"] = [round(v, 4) for v in np.linalg.norm(affine[:3, :3], axis=0).tolist()]
+    meta["shape"] = list(array.shape)
+    return Volume(array=array, affine=affine, modality=mod, units=units, meta=meta, raw=raw)
+
+
+# ---------------------------------------------------------------------------
+# NIfTI
+# ---------------------------------------------------------------------------
+
+
+def _nifti(path: Path, patient_id: str) -> tuple[Any, np.ndarray]:
+    import nibabel as nib
+
+    try:
+        img = nib.load(str(path))
+        _ = img.shape
+    except Exception as exc:
+        raise InputError(patient_id, f"{path.name} cannot be read as NIfTI ({type(exc).__name__})") from None
+    if img.ndim != 3 and not (img.ndim == 4 and img.shape[3] == 1):
+        raise InputError(patient_id, f"{path.name} is not a 3-D volume (shape {img.shape})")
+    hdr = img.header
+    if int(hdr["sform_code"]) == 0 and int(hdr["qform_code"]) == 0:
+        raise InputError(patient_id, f"{path.name} has no orientation (qform and sform codes are 0)")
+    ras = np.asarray(img.affine, dtype=float)
+    det = np.linalg.det(ras[:3, :3]) if np.all(np.isfinite(ras)) else 0.0
+    if not np.isfinite(det) or abs(det) < 1e-6:
+        raise InputError(patient_id, f"{path.name} has a singular or broken affine (determinant {det:.3g})")
+    return img, np.diag([-1.0, -1.0, 1.0, 1.0]) @ ras
+
+
+def _nifti_volume(
+    path: Path, patient_id: str, modality: str, factor: float, keep_raw: bool, meta: dict[str, Any]
+) -> Volume:
+    img, lps = _nifti(path, patient_id)
+    data = np.asarray(img.get_fdata(dtype=np.float32)).reshape(img.shape[:3])
+    raw = None
+    if keep_raw:
+        raw = (
+            np.asarray(img.dataobj.get_unscaled(), dtype=np.float32).reshape(img.shape[:3])
+            if modality == "CT"
+            else data
+        )
+    # NIfTI voxel (i, j, k) -> array (k, j, i) so that the last axis is the fastest (columns)
+    perm = np.zeros((4, 4))
+    perm[0, 2] = perm[1, 1] = perm[2, 0] = perm[3, 3] = 1.0
+    affine = lps @ perm
+    array, affine = reorient(np.transpose(data, (2, 1, 0)) * np.float32(factor), affine)
+    if raw is not None:
+        raw, _ = reorient(np.transpose(raw, (2, 1, 0)), lps @ perm)
+    meta = {
+        **meta,
+        "format": "nifti",
+        "spacing_mm": [round(v, 4) for v in np.linalg.norm(affine[:3, :3], axis=0).tolist()],
+        "shape": list(array.shape),
+    }
+    return Volume(
+        array=array.astype(np.float32),
+        affine=affine,
+        modality=modality,
+        units="SUVbw" if modality == "PT" else "HU",
+        meta=meta,
+        raw=None if raw is None else raw.astype(np.float32),
+    )
+
+
+def load_nifti(folder: str | Path, patient_id: str, *, keep_raw: bool = False) -> PatientImages:
+    """Read ``pet.nii.gz`` + ``pet.json`` and ``ct.nii.gz`` (module docstring, "NIfTI").
+
+    Returns
+    -------
+    PatientImages
+        PET in SUVbw, CT in HU, each ``(D, H, W)`` with an LPS affine.
+    """
+    root = Path(folder)
+    pet_path, ct_path, side_path = root / "pet.nii.gz", root / "ct.nii.gz", root / "pet.json"
+    for p, what in ((pet_path, "PET"), (ct_path, "CT")):
+        if not p.is_file():
+            raise InputError(patient_id, f"no {what} image ({p.name} missing)")
+    if not side_path.is_file():
+        raise InputError(patient_id, "pet.json sidecar missing: the PET units are unknown")
+    try:
+        side = json.loads(side_path.read_text())
+    except (ValueError, UnicodeDecodeError):
+        raise InputError(patient_id, "pet.json is not valid JSON") from None
+    units = str(side.get("units", "")).strip()
+    facts: dict[str, Any] = {"pet_units_stored": units}
+    if units.lower() == "suvbw":
+        factor = 1.0
+    elif units.lower() in ("bq/ml", "bqml"):
+        try:
+            weight = float(side.get("patient_weight_kg") or "nan")
+            dose = float(side.get("injected_dose_bq") or "nan")
+            half_life = float(side.get("half_life_s") or GA68_HALF_LIFE_S)
+        except (TypeError, ValueError):
+            weight = dose = half_life = float("nan")
+        if not (math.isfinite(weight) and weight > 0):
+            raise InputError(
+                patient_id, "patient weight (patient_weight_kg) missing in pet.json; SUVbw needs it"
+            )
+        if not (math.isfinite(dose) and dose > 0):
+            raise InputError(patient_id, "injected dose (injected_dose_bq) missing in pet.json")
+        ref = str(side.get("decay_corrected_to", "scan_start")).strip().lower()
+        if ref == "injection":
+            elapsed = 0.0
+        elif ref == "scan_start":
+            try:
+                elapsed = float(side["injection_to_scan_s"])
+            except (KeyError, TypeError, ValueError):
+                raise InputError(patient_id, "injection_to_scan_s missing in pet.json") from None
+        else:
+            raise InputError(
+                patient_id, f"pet.json decay_corrected_to {ref!r} not supported (scan_start|injection)"
+            )
+        factor = weight * 1000.0 / (dose * decay_factor(elapsed, half_life))
+        facts.update(
+            half_life_s=half_life,
+            injection_to_reference_s=elapsed,
+            decay_correction="START" if ref == "scan_start" else "ADMIN",
+            injected_dose_mbq=round(dose / 1e6, 3),
+        )
+    else:
+        raise InputError(
+            patient_id, f"pet.json units {units or 'missing'!r} cannot give SUV (needs 'SUVbw' or 'Bq/ml')"
+        )
+    facts["suv_factor"] = factor
+    if isinstance(side.get("scanner"), str):
+        facts["scanner_model"] = side["scanner"]
+    pet = _nifti_volume(pet_path, patient_id, "PT", factor, keep_raw, facts)
+    ct = _nifti_volume(ct_path, patient_id, "CT", 1.0, keep_raw, {})
+    return PatientImages(patient_id=patient_id, pet=pet, ct=ct)
+
+
+# ---------------------------------------------------------------------------
+# One patient
+# ---------------------------------------------------------------------------
+
+
+def load_patient(
+    folder: str | Path, patient_id: str, *, on_error: str = "stop", keep_raw: bool = False
+) -> PatientImages:
+    """Load a patient's PET (SUVbw) and CT (HU) from DICOM or NIfTI.
+
+    Parameters
+    ----------
+    folder : path
+        ``DATA/imaging/<patient_id>``. NIfTI is used when ``pet.nii.gz`` or
+        ``ct.nii.gz`` is at its top level, DICOM otherwise.
+    patient_id : str
+        Study pseudonym, used in messages only.
+    on_error : {"stop", "skip"}
+        Unreadable files: raise, or skip them (a skipped slice then shows up as
+        a missing slice).
+    keep_raw : bool
+        Keep the values before harmonisation in ``Volume.raw`` (for QC).
+
+    Returns
+    -------
+    PatientImages
+
+    Raises
+    ------
+    InputError
+        Whenever the images cannot be used as they are (message names patient and problem).
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        raise InputError(patient_id, "imaging folder not found")
+    if (root / "pet.nii.gz").exists() or (root / "ct.nii.gz").exists():
+        return load_nifti(root, patient_id, keep_raw=keep_raw)
+    series = discover_series(root, patient_id, on_error=on_error)
+    if not series:
+        raise InputError(
+            patient_id,
+            f"no PET series found (no PET or CT DICOM series; {series.n_non_dicom} non-DICOM files)",
+        )
+    pet_s, ct_s, choice = choose_series(series, patient_id)
+    pet = load_series(pet_s, patient_id, keep_raw=keep_raw, on_error=on_error)
+    ct = load_series(ct_s, patient_id, keep_raw=keep_raw, on_error=on_error)
+    same_for = bool(pet_s.frame_of_reference) and pet_s.frame_of_reference == ct_s.frame_of_reference
+    for vol, key in ((pet, "pet"), (ct, "ct")):
+        vol.meta["series_choice"] = choice[key]
+        vol.meta["same_frame_of_reference"] = same_for
+        vol.meta["files_skipped"] = {
+            "non_dicom": series.n_non_dicom,
+            "other": series.n_other,
+            "unreadable": series.n_unreadable,
+        }
+        vol.meta.pop("frame_of_reference", None)
+    return PatientImages(patient_id=patient_id, pet=pet, ct=ct)
