@@ -1,0 +1,992 @@
+"""Cohort stage: validate the clinical table against the imaging folders; Table 1; Kaplan-Meier (paper 2.1, 2.4, 3.1-3.2).
+
+Entry point :func:`build_cohort` reads ``DATA/clinical.csv`` and the folder
+names under ``DATA/imaging/`` and writes, atomically, to ``WORK/cohort/``:
+
+* ``cohort.csv``: the validated clinical columns (DESIGN "Raw export") plus
+  ``de_ritis`` (AST/ALT), ``pfs_short`` (1 if ``pfs_months <= threshold``, 0
+  otherwise, empty where the class is undefined), ``has_imaging`` and
+  ``note`` (why a kept patient is not modelled, or empty);
+* ``exclusions.csv`` (``patient_id, stage, reason``): every patient who will
+  not reach the models, and why;
+* ``config.yaml`` (the :class:`CohortConfig`) and ``done.json`` (config hash
+  and input hashes, written last; the stage is skipped when they match).
+
+Decisions (stated here so a clinician can check them):
+
+* A row with a problem in its outcome, its laboratory values or its
+  identifier (text in a numeric column, an implausible value, an unknown
+  category, a duplicated ``patient_id``, a missing lab value) is left out of
+  ``cohort.csv`` entirely, Table 1 included, and listed in ``exclusions.csv``
+  with a message naming the patient, the column and the value. Keeping it in
+  Table 1 but not in the models would make the table describe other patients
+  than the models see. Missing *descriptive* values (age, Ki-67, grade, ...)
+  are allowed: they are not model inputs.
+* Patients without an imaging folder stay in ``cohort.csv`` with
+  ``has_imaging = False`` (they describe the clinical cohort) and are listed in
+  ``exclusions.csv``; an imaging folder without a clinical row is listed too.
+* Censoring: the paper classifies only patients with a progression event
+  (2.4, 3.2). With ``require_event=True`` every censored patient keeps
+  ``pfs_short`` empty; with ``False`` a patient censored after the threshold is
+  known to be long-PFS (0) and only one censored before it stays undefined.
+* ``prrt_cycles`` is a consequence of progression (therapy stops at
+  progression, paper 2.3): it is described in Table 1 and never a model input
+  (:data:`FORBIDDEN_INPUTS`).
+
+Statistics come from scipy (``fisher_exact``, ``mannwhitneyu``) and lifelines
+(``KaplanMeierFitter``); nothing is hand-written except the table layout.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from prrt_utils import store
+from prrt_utils.config import Config
+from prrt_utils.paper import PAPER_KM, PAPER_N, TABLE1_VARIABLES, paper_table1
+
+__all__ = [
+    "CLINICAL_COLUMNS",
+    "FORBIDDEN_INPUTS",
+    "LAB_COLUMNS",
+    "CohortConfig",
+    "CohortError",
+    "KMResult",
+    "build_cohort",
+    "cohort_summary",
+    "format_p",
+    "kaplan_meier",
+    "km_figure",
+    "load_clinical",
+    "read_cohort",
+    "read_exclusions",
+    "table1",
+    "table1_side_by_side",
+]
+
+LAB_COLUMNS: tuple[str, ...] = ("ast_u_l", "alt_u_l", "cga_ug_l", "ggt_u_l")
+"""Laboratory inputs of every model (paper 2.5: AST, ALT, CgA, GGT), units in the names."""
+
+FORBIDDEN_INPUTS: tuple[str, ...] = ("prrt_cycles", "pfs_months", "event", "pfs_short")
+"""Columns measured after baseline or derived from the outcome: never a model input."""
+
+MET_COLUMNS: tuple[str, ...] = (
+    "met_hepatic",
+    "met_lymphonodal",
+    "met_osseous",
+    "met_peritoneal",
+    "met_pulmonal",
+)
+
+CLINICAL_COLUMNS: tuple[str, ...] = (
+    "patient_id",
+    "age_years",
+    "sex",
+    "primary_site",
+    *MET_COLUMNS,
+    "functional",
+    "grade",
+    "ki67_pct",
+    "prrt_cycles",
+    "pfs_months",
+    "event",
+    *LAB_COLUMNS,
+)
+"""Required columns of ``clinical.csv`` (DESIGN "Raw export"); other columns are ignored, never copied."""
+
+DERIVED_COLUMNS: tuple[str, ...] = ("de_ritis", "pfs_short", "has_imaging", "note")
+
+CATEGORIES: dict[str, tuple[str, ...]] = {
+    "sex": ("M", "F"),
+    "primary_site": ("small_intestine", "pancreas", "colon_rectum", "stomach", "cup"),
+    "functional": ("yes", "no", "unknown"),
+    "grade": ("G1", "G2", "G3", "unknown"),
+}
+"""Allowed values of the categorical columns (matched case-insensitively, stored as here)."""
+
+# Plausible ranges: (low, high, low is exclusive). Values outside are typing or
+# unit errors (e.g. CgA in ng/ml vs ug/l is the same number, but AST of 28000
+# U/l is not a liver). The paper's ranges (Table 1) lie far inside.
+RANGES: dict[str, tuple[float, float, bool, str]] = {
+    "age_years": (0.0, 120.0, True, "years"),
+    "ki67_pct": (0.0, 100.0, False, "%"),
+    "prrt_cycles": (0.0, 20.0, False, "cycles"),
+    "pfs_months": (0.0, 600.0, False, "months"),
+    "ast_u_l": (0.0, 10_000.0, True, "U/l"),
+    "alt_u_l": (0.0, 10_000.0, True, "U/l"),
+    "cga_ug_l": (0.0, 1_000_000.0, True, "ug/l"),
+    "ggt_u_l": (0.0, 10_000.0, True, "U/l"),
+}
+BINARY_COLUMNS: tuple[str, ...] = (*MET_COLUMNS, "event")
+INTEGER_COLUMNS: tuple[str, ...] = ("prrt_cycles", *BINARY_COLUMNS)
+NUMERIC_COLUMNS: tuple[str, ...] = (*RANGES, *BINARY_COLUMNS)
+MUST_HAVE: tuple[str, ...] = ("pfs_months", "event", *LAB_COLUMNS)
+"""Columns that may not be empty: the outcome and every model input."""
+
+STAGE = "cohort"
+_STAGE_VERSION = 1  # bump when the stage's logic changes, so cached outputs are redone
+
+
+class CohortError(ValueError):
+    """A clinical table or imaging folder the cohort stage cannot accept (the message says which and why)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class CohortConfig(Config):
+    """Settings of the cohort stage.
+
+    Attributes
+    ----------
+    pfs_threshold_months : float
+        PFS split in months; ``pfs_short = 1`` if ``pfs_months <= threshold``
+        (paper 2.4: 1 year, the boundary belongs to the short group).
+    on_error : {"skip", "stop"}
+        ``"skip"``: a bad row or folder is listed in ``exclusions.csv`` and
+        the others go on; ``"stop"``: raise :class:`CohortError` at the first.
+    require_event : bool
+        ``True`` (paper 2.4, 3.2): only patients with a progression event are
+        classified; censored patients keep ``pfs_short`` empty.
+    imaging_subdir : str
+        Folder under the data folder that holds ``<patient_id>/`` image folders.
+    """
+
+    pfs_threshold_months: float = 12.0
+    on_error: str = "skip"
+    require_event: bool = True
+    imaging_subdir: str = "imaging"
+
+    def __post_init__(self) -> None:
+        if self.on_error not in ("skip", "stop"):
+            raise CohortError(f"on_error must be 'skip' or 'stop', got {self.on_error!r}")
+        if not (isinstance(self.pfs_threshold_months, int | float) and self.pfs_threshold_months > 0):
+            raise CohortError(
+                f"pfs_threshold_months must be a positive number, got {self.pfs_threshold_months!r}"
+            )
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _problem(problems: list[tuple[int, str, str]], line: int, pid: str, message: str) -> None:
+    problems.append((line, pid, message))
+
+
+def _who(pid: str, line: int) -> str:
+    return f"patient {pid}" if pid else f"row at line {line} (no patient_id)"
+
+
+def _format_value(value: float) -> str:
+    return f"{value:g}"
+
+
+def load_clinical(path: str | Path, cfg: CohortConfig | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Read and validate ``clinical.csv``.
+
+    Parameters
+    ----------
+    path : path
+        The clinical table (DESIGN "Raw export"), one row per patient.
+    cfg : CohortConfig, optional
+        Only ``on_error`` is used here.
+
+    Returns
+    -------
+    df : DataFrame
+        The rows without any problem, columns :data:`CLINICAL_COLUMNS` only,
+        parsed (numbers as float, 0/1 flags and cycles as nullable Int64,
+        categories normalised to :data:`CATEGORIES`). Extra columns of the
+        file are dropped.
+    problems : DataFrame
+        ``patient_id, stage, reason``, one row per problem, in file order;
+        ``reason`` names the patient (or the line), the column and the value.
+
+    Raises
+    ------
+    CohortError
+        If the file is missing or lacks required columns (always), or with
+        ``on_error="stop"`` at the first problem of a row.
+    """
+    cfg = cfg or CohortConfig()
+    path = Path(path)
+    if not path.is_file():
+        raise CohortError(f"clinical table {path} not found")
+    # Every cell as text so that parsing is ours and strict ("12,5" must not become 125 or NaN silently).
+    raw = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig", skipinitialspace=True)
+    raw.columns = [str(c).strip() for c in raw.columns]
+    missing = [c for c in CLINICAL_COLUMNS if c not in raw.columns]
+    if missing:
+        hint = ""
+        if len(raw.columns) == 1 and ";" in raw.columns[0]:
+            hint = " (the file looks semicolon-separated; save it with commas)"
+        raise CohortError(f"{path.name} lacks required column(s) {missing}{hint}; it has {list(raw.columns)}")
+    raw = raw[list(CLINICAL_COLUMNS)].apply(lambda s: s.str.strip())
+    lines = pd.Series(np.arange(len(raw)) + 2, index=raw.index)  # line 1 is the header
+    problems: list[tuple[int, str, str]] = []
+    bad = pd.Series(False, index=raw.index)
+    ids = raw["patient_id"]
+
+    for i in raw.index:
+        if not ids[i]:
+            _problem(problems, lines[i], "", f"row at line {lines[i]} has no patient_id")
+            bad[i] = True
+    counts = ids[ids != ""].value_counts()
+    for pid in counts[counts > 1].index:
+        where = lines[ids == pid].tolist()
+        for i in raw.index[ids == pid]:
+            _problem(
+                problems,
+                lines[i],
+                pid,
+                f"patient {pid} appears {len(where)} times in {path.name} (lines {', '.join(map(str, where))}); "
+                "keep one row per patient",
+            )
+            bad[i] = True
+
+    parsed: dict[str, pd.Series] = {}
+    for col in NUMERIC_COLUMNS:
+        text = raw[col]
+        values = pd.to_numeric(text.where(text != ""), errors="coerce").astype(float)
+        parsed[col] = values
+        for i in raw.index:
+            who = _who(ids[i], lines[i])
+            if text[i] == "":
+                if col in MUST_HAVE:
+                    what = "missing lab value" if col in LAB_COLUMNS else "missing value in"
+                    _problem(problems, lines[i], ids[i], f"{who}: {what} {col}")
+                    bad[i] = True
+                continue
+            v = values[i]
+            if not math.isfinite(v):
+                _problem(
+                    problems,
+                    lines[i],
+                    ids[i],
+                    f"{who}: column {col} has {text[i]!r} where a number is expected",
+                )
+                bad[i] = True
+            elif col in BINARY_COLUMNS and v not in (0.0, 1.0):
+                _problem(problems, lines[i], ids[i], f"{who}: column {col} is {text[i]!r}; expected 0 or 1")
+                bad[i] = True
+            elif col in INTEGER_COLUMNS and v != round(v):
+                _problem(
+                    problems, lines[i], ids[i], f"{who}: column {col} is {text[i]!r}; expected a whole number"
+                )
+                bad[i] = True
+            elif col in RANGES:
+                lo, hi, lo_open, unit = RANGES[col]
+                if v < 0:
+                    _problem(problems, lines[i], ids[i], f"{who}: column {col} is negative ({text[i]})")
+                    bad[i] = True
+                elif (v <= lo if lo_open else v < lo) or v > hi:
+                    rng = f"{'>' if lo_open else '>='} {_format_value(lo)} and <= {_format_value(hi)} {unit}"
+                    _problem(
+                        problems,
+                        lines[i],
+                        ids[i],
+                        f"{who}: column {col} = {text[i]} is implausible (expected {rng})",
+                    )
+                    bad[i] = True
+
+    cats: dict[str, pd.Series] = {}
+    for col, allowed in CATEGORIES.items():
+        lookup = {a.lower(): a for a in allowed}
+        text = raw[col]
+        cats[col] = text.str.lower().map(lookup)
+        for i in raw.index:
+            if text[i] and text[i].lower() not in lookup:
+                _problem(
+                    problems,
+                    lines[i],
+                    ids[i],
+                    f"{_who(ids[i], lines[i])}: column {col} is {text[i]!r}; expected one of {list(allowed)}",
+                )
+                bad[i] = True
+
+    problems.sort(key=lambda p: p[0])  # file order: with on_error="stop" the first line's problem is raised
+    if problems and cfg.on_error == "stop":
+        raise CohortError(problems[0][2])
+
+    df = pd.DataFrame({"patient_id": ids})
+    for col in CLINICAL_COLUMNS[1:]:
+        if col in cats:
+            df[col] = cats[col]
+        elif col in INTEGER_COLUMNS:
+            df[col] = parsed[col].round().astype("Int64")
+        else:
+            df[col] = parsed[col]
+    df = df[~bad].reset_index(drop=True)
+    table = pd.DataFrame(
+        [(pid if pid else f"(line {line})", STAGE, msg) for line, pid, msg in problems],
+        columns=["patient_id", "stage", "reason"],
+    ).drop_duplicates(ignore_index=True)
+    return df, table
+
+
+# --------------------------------------------------------------------------- stage entry point
+
+
+def _imaging_listing(imaging: Path) -> dict[str, bool]:
+    """``folder name -> contains at least one file`` for every visible sub-folder of ``imaging``."""
+    if not imaging.is_dir():
+        return {}
+    out = {}
+    for p in sorted(imaging.iterdir()):
+        if p.is_dir() and not p.name.startswith("."):
+            out[p.name] = any(q.is_file() for q in p.rglob("*"))
+    return out
+
+
+def _input_key(cfg: CohortConfig, clinical: Path, listing: dict[str, bool]) -> dict[str, Any]:
+    blob = "\n".join(f"{k}\t{int(v)}" for k, v in listing.items()).encode()
+    return {
+        "stage_version": _STAGE_VERSION,
+        "config_hash": cfg.hash(),
+        "clinical_sha256": store.sha256_file(clinical) if clinical.is_file() else None,
+        "imaging_listing_sha256": hashlib.sha256(blob).hexdigest(),
+    }
+
+
+def _pfs_class(df: pd.DataFrame, cfg: CohortConfig) -> tuple[pd.Series, pd.Series]:
+    thr = float(cfg.pfs_threshold_months)
+    short = (df["pfs_months"] <= thr).astype("Int64")
+    censored = df["event"].astype(int) == 0
+    undefined = censored if cfg.require_event else censored & (df["pfs_months"] <= thr)
+    short = short.mask(undefined, pd.NA)
+    note = pd.Series("", index=df.index, dtype=object)
+    for i in df.index[undefined]:
+        pfs = df.at[i, "pfs_months"]
+        if cfg.require_event:
+            note[i] = (
+                f"censored at {pfs:g} months (no progression event): not classified, "
+                "as in the paper (only patients with progression, 2.4)"
+            )
+        else:
+            note[i] = f"censored at {pfs:g} months, before the {thr:g}-month threshold: PFS class unknown"
+    return short, note
+
+
+def build_cohort(cfg: CohortConfig, data_dir: str | Path, work_dir: str | Path) -> pd.DataFrame:
+    """Validate the clinical table against the imaging folders and write ``WORK/cohort/`` (stage entry point).
+
+    Parameters
+    ----------
+    cfg : CohortConfig
+        Threshold, error policy, censoring rule, imaging sub-folder.
+    data_dir : path
+        ``DATA``: ``clinical.csv`` and ``<imaging_subdir>/<patient_id>/``.
+    work_dir : path
+        ``WORK``; outputs go to ``WORK/cohort/``.
+
+    Returns
+    -------
+    DataFrame
+        ``cohort.csv`` as :func:`read_cohort` reads it: :data:`CLINICAL_COLUMNS`
+        plus ``de_ritis`` (AST/ALT, dimensionless), ``pfs_short`` (Int64: 1
+        short, 0 long, <NA> undefined), ``has_imaging`` (bool), ``note`` (str).
+
+    Raises
+    ------
+    CohortError
+        Unreadable table or missing columns; with ``on_error="stop"`` also the
+        first bad row, patient without images or image folder without a row.
+
+    Notes
+    -----
+    Idempotent: when ``done.json`` records the same configuration hash,
+    ``clinical.csv`` content hash and imaging folder listing, nothing is
+    recomputed and the stored table is returned.
+    """
+    data_dir, work_dir = Path(data_dir), Path(work_dir)
+    out = work_dir / "cohort"
+    clinical = data_dir / "clinical.csv"
+    imaging = data_dir / cfg.imaging_subdir
+    listing = _imaging_listing(imaging)
+    key = _input_key(cfg, clinical, listing)
+    done = out / "done.json"
+    if done.is_file() and (out / "cohort.csv").is_file() and (out / "exclusions.csv").is_file():
+        try:
+            if json.loads(done.read_text()) == key:
+                return read_cohort(work_dir)
+        except ValueError:
+            pass
+
+    df, problems = load_clinical(clinical, cfg)
+    stop = cfg.on_error == "stop"
+    exclusions = [problems]
+
+    # Imaging: a patient needs a folder with files; a folder needs a clinical row.
+    has_imaging = df["patient_id"].map(lambda p: bool(listing.get(p, False))).astype(bool)
+    img_rows = []
+    for pid, ok in zip(df["patient_id"], has_imaging, strict=True):
+        if not ok:
+            why = "imaging folder is empty" if pid in listing else "no imaging folder"
+            msg = f"patient {pid}: {why} ({cfg.imaging_subdir}/{pid}); kept in Table 1, not in the models"
+            if stop:
+                raise CohortError(msg)
+            img_rows.append((pid, STAGE, msg))
+    all_ids = set(
+        pd.read_csv(
+            clinical,
+            dtype=str,
+            keep_default_na=False,
+            encoding="utf-8-sig",
+            skipinitialspace=True,
+            usecols=["patient_id"],
+        )["patient_id"].str.strip()
+    )
+    for name in listing:
+        if name not in all_ids:
+            msg = f"patient {name}: imaging folder without clinical row ({cfg.imaging_subdir}/{name})"
+            if stop:
+                raise CohortError(msg)
+            img_rows.append((name, STAGE, msg))
+    exclusions.append(pd.DataFrame(img_rows, columns=["patient_id", "stage", "reason"]))
+
+    df = df.assign(de_ritis=df["ast_u_l"] / df["alt_u_l"])
+    short, note = _pfs_class(df, cfg)
+    df["pfs_short"] = short
+    df["has_imaging"] = has_imaging.to_numpy()
+    undefined = df["pfs_short"].isna()
+    exclusions.append(
+        pd.DataFrame(
+            {
+                "patient_id": df.loc[undefined, "patient_id"],
+                "stage": STAGE,
+                "reason": "patient " + df.loc[undefined, "patient_id"] + ": " + note[undefined],
+            }
+        )
+    )
+    for i in df.index[~df["has_imaging"]]:
+        note[i] = f"{note[i]}; no imaging" if note[i] else "no imaging"
+    df["note"] = note.to_numpy()
+    excl = pd.concat(exclusions, ignore_index=True).drop_duplicates(ignore_index=True)
+
+    if done.exists():
+        done.unlink()  # outputs are about to change: never leave a stale done.json beside new files
+    store.write_csv(out / "cohort.csv", df[list(CLINICAL_COLUMNS) + list(DERIVED_COLUMNS)])
+    store.write_csv(out / "exclusions.csv", excl[["patient_id", "stage", "reason"]])
+    store.write_text(out / "config.yaml", cfg.to_yaml())
+    store.write_json(done, key)
+    return read_cohort(work_dir)
+
+
+def read_cohort(work_dir: str | Path) -> pd.DataFrame:
+    """``WORK/cohort/cohort.csv`` with its dtypes (see :func:`build_cohort`)."""
+    path = Path(work_dir) / "cohort" / "cohort.csv"
+    if not path.is_file():
+        raise CohortError(f"{path} not found: build the cohort first (prrt cohort)")
+    df = pd.read_csv(
+        path,
+        dtype={"patient_id": str, "note": str, **{c: str for c in CATEGORIES}},
+        keep_default_na=False,
+        na_values={c: [""] for c in CLINICAL_COLUMNS[1:] + DERIVED_COLUMNS[:2]},
+    )
+    for col in (*INTEGER_COLUMNS, "pfs_short"):
+        df[col] = pd.to_numeric(df[col]).astype("Int64")
+    for col in CATEGORIES:
+        df[col] = df[col].replace("", np.nan)
+    df["has_imaging"] = df["has_imaging"].astype(str).str.lower().isin(["true", "1"])
+    df["note"] = df["note"].fillna("")
+    return df
+
+
+def read_exclusions(work_dir: str | Path) -> pd.DataFrame:
+    """``WORK/cohort/exclusions.csv`` (``patient_id, stage, reason``); empty if the file is absent."""
+    path = Path(work_dir) / "cohort" / "exclusions.csv"
+    if not path.is_file():
+        return pd.DataFrame(columns=["patient_id", "stage", "reason"])
+    return pd.read_csv(path, dtype=str, keep_default_na=False)
+
+
+# --------------------------------------------------------------------------- Table 1
+
+_SEX = {"M": "male", "F": "female"}
+_SITES = {
+    "small_intestine": "small intestine",
+    "pancreas": "pancreas",
+    "colon_rectum": "colon/rectum",
+    "stomach": "stomach",
+    "cup": "CUP",
+}
+_METS = {c: c.removeprefix("met_") for c in MET_COLUMNS}
+_CATEGORICAL_ROWS: tuple[tuple[str, str, dict[str, str]], ...] = (
+    ("Sex", "sex", _SEX),
+    ("Primary site", "primary_site", _SITES),
+    ("Functional", "functional", {"yes": "yes", "no": "no", "unknown": "unknown"}),
+    ("Grade", "grade", {"G1": "G1", "G2": "G2", "G3": "G3", "unknown": "unknown"}),
+)
+# variable -> (column, digits of the printed median/min/max; None: up to one decimal)
+_CONTINUOUS_ROWS: dict[str, tuple[str, int | None]] = {
+    "Age (years)": ("age_years", 0),
+    "Ki-67 (%)": ("ki67_pct", None),
+    "CgA (µg/l)": ("cga_ug_l", 0),
+    "AST (U/l)": ("ast_u_l", 0),
+    "ALT (U/l)": ("alt_u_l", 0),
+    "γ-GT (U/l)": ("ggt_u_l", 0),
+    "De Ritis ratio (AST/ALT)": ("de_ritis", 2),
+    "PRRT cycles": ("prrt_cycles", 0),
+}
+CAT_LEVEL = "n (%)"
+CONT_LEVEL = "median (min–max)"
+
+
+def _pct(n: int, of: int) -> str:
+    # half-up, as printed in clinical tables (Python's round() rounds half to even)
+    return f"{n} ({math.floor(100 * n / of + 0.5)}%)" if of else f"{n} (–)"
+
+
+def _num(x: float, digits: int | None) -> str:
+    if not math.isfinite(x):
+        return "–"
+    if digits is None or (digits == 0 and x != round(x)):
+        return f"{round(x, 1):g}"
+    return f"{x:.{digits}f}"
+
+
+def _median_range(values: pd.Series, digits: int | None) -> str:
+    v = values.dropna().astype(float)
+    if v.empty:
+        return "–"
+    return (
+        f"{_num(float(v.median()), digits)} ({_num(float(v.min()), digits)}–{_num(float(v.max()), digits)})"
+    )
+
+
+def format_p(p: float) -> str:
+    """A p-value as a clinical table prints it: ``"0.045"``, ``"< 0.001"``, empty if undefined."""
+    if p is None or not math.isfinite(p):
+        return ""
+    return "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def table1(cohort: pd.DataFrame, threshold: float = 12.0, p_as_text: bool = False) -> pd.DataFrame:
+    """Patient characteristics stratified by PFS <= / > ``threshold`` months (paper Table 1).
+
+    Categorical rows: ``n (%)`` of the column's patients, and the two-sided
+    Fisher exact test of the 2 x 2 table "this level vs every other patient"
+    x "short vs long PFS" (``scipy.stats.fisher_exact``), one test per row as
+    the paper does (its printed p-values are reproduced exactly by this rule
+    from its counts). Binary metastasis flags count the patients with the flag.
+    Continuous rows: median (min–max) and the two-sided Mann-Whitney U
+    (Wilcoxon rank-sum) test (``scipy.stats.mannwhitneyu``, default method).
+    Missing values are left out of medians; a categorical variable with
+    missing values gets a ``missing`` row.
+
+    Parameters
+    ----------
+    cohort : DataFrame
+        Cohort table (:func:`read_cohort`); rows whose ``pfs_short`` is empty
+        (PFS class undefined, e.g. censored) are left out.
+    threshold : float
+        PFS split in months; ``pfs_months <= threshold`` is short.
+    p_as_text : bool
+        Print ``p`` as the paper does (``"0.045"``, ``"< 0.001"``) instead of a float.
+
+    Returns
+    -------
+    DataFrame
+        ``variable, level, Total (n=N), PFS <= 12 mo (n=a), PFS > 12 mo (n=b),
+        p, test`` in the paper's row order; ``p`` is a float (NaN where no test
+        applies); print it with :func:`format_p`.
+        ``attrs["n_left_out"]`` counts patients left out for an undefined class.
+    """
+    from scipy.stats import fisher_exact, mannwhitneyu
+
+    frame = cohort
+    n_left_out = 0
+    if "pfs_short" in frame.columns:
+        keep = frame["pfs_short"].notna()
+        n_left_out = int((~keep).sum())
+        frame = frame[keep]
+    frame = frame.assign(
+        de_ritis=frame["de_ritis"] if "de_ritis" in frame.columns else frame["ast_u_l"] / frame["alt_u_l"]
+    )
+    is_short = (frame["pfs_months"].astype(float) <= threshold).to_numpy()
+    n_all, n_s = len(frame), int(is_short.sum())
+    n_l = n_all - n_s
+    c_all, c_s, c_l = (
+        f"Total (n={n_all})",
+        f"PFS <= {threshold:g} mo (n={n_s})",
+        f"PFS > {threshold:g} mo (n={n_l})",
+    )
+    rows: list[dict[str, Any]] = [
+        {
+            "variable": "Patients",
+            "level": CAT_LEVEL,
+            c_all: _pct(n_all, n_all),
+            c_s: _pct(n_s, n_all),
+            c_l: _pct(n_l, n_all),
+            "p": math.nan,
+            "test": "",
+        }
+    ]
+
+    def categorical(variable: str, level: str, has: np.ndarray) -> None:
+        a, b = int(has[is_short].sum()), int(has[~is_short].sum())
+        p = math.nan
+        if n_s and n_l:
+            p = float(fisher_exact([[a, n_s - a], [b, n_l - b]], alternative="two-sided").pvalue)
+        rows.append(
+            {
+                "variable": variable,
+                "level": level,
+                c_all: _pct(a + b, n_all),
+                c_s: _pct(a, n_s),
+                c_l: _pct(b, n_l),
+                "p": p,
+                "test": "Fisher exact (level vs rest)",
+            }
+        )
+
+    def continuous(variable: str, column: str, digits: int | None) -> None:
+        values = pd.to_numeric(frame[column], errors="coerce").astype(float)
+        x, y = values[is_short].dropna(), values[~is_short].dropna()
+        p = float(mannwhitneyu(x, y, alternative="two-sided").pvalue) if len(x) and len(y) else math.nan
+        rows.append(
+            {
+                "variable": variable,
+                "level": CONT_LEVEL,
+                c_all: _median_range(values, digits),
+                c_s: _median_range(x, digits),
+                c_l: _median_range(y, digits),
+                "p": p,
+                "test": "Mann-Whitney U",
+            }
+        )
+
+    cat_rows = {v: (col, levels) for v, col, levels in _CATEGORICAL_ROWS}
+    for variable in TABLE1_VARIABLES[1:]:
+        if variable in _CONTINUOUS_ROWS:
+            continuous(variable, *_CONTINUOUS_ROWS[variable])
+        elif variable == "Metastatic sites":
+            for col, level in _METS.items():
+                categorical(variable, level, (pd.to_numeric(frame[col]) == 1).fillna(False).to_numpy(bool))
+        else:
+            col, levels = cat_rows[variable]
+            values = frame[col].astype(object)
+            for code, level in levels.items():
+                categorical(variable, level, (values == code).to_numpy(bool))
+            unexpected = sorted(set(values.dropna()) - set(levels))
+            for code in unexpected:
+                categorical(variable, str(code), (values == code).to_numpy(bool))
+            if values.isna().any():
+                categorical(variable, "missing", values.isna().to_numpy(bool))
+    table = pd.DataFrame(rows)
+    if p_as_text:
+        table["p"] = table["p"].map(format_p)
+    table.attrs["n_left_out"] = n_left_out
+    return table
+
+
+def table1_side_by_side(ours: pd.DataFrame, paper: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Our Table 1 beside the paper's (real cohort), aligned on ``variable, level``.
+
+    Parameters
+    ----------
+    ours : DataFrame
+        :func:`table1` output.
+    paper : DataFrame, optional
+        :func:`prrt_utils.paper.paper_table1` (the default).
+
+    Returns
+    -------
+    DataFrame
+        ``variable, level``, our two group columns and p (prefixed ``ours:``,
+        p printed with :func:`format_p`), then the paper's (prefixed ``paper:``).
+        Rows in our order, then any row only the paper has.
+    """
+    paper = paper_table1() if paper is None else paper
+    groups = [c for c in ours.columns if c.startswith("PFS ")]
+    left = ours[["variable", "level", *groups]].rename(columns={c: f"ours: {c}" for c in groups})
+    left["ours: p"] = ours["p"].map(lambda p: p if isinstance(p, str) else format_p(p))
+    n = PAPER_N
+    right = paper[["variable", "level", "pfs_short", "pfs_long", "p"]].rename(
+        columns={
+            "pfs_short": f"paper: PFS <= 1 year (n={n['pfs_short']})",
+            "pfs_long": f"paper: PFS > 1 year (n={n['pfs_long']})",
+            "p": "paper: p",
+        }
+    )
+    merged = left.merge(right, on=["variable", "level"], how="outer", sort=False, indicator=True)
+    order = {(v, lv): i for i, (v, lv) in enumerate(zip(ours["variable"], ours["level"], strict=True))}
+    merged["_o"] = [
+        order.get((v, lv), len(order) + i)
+        for i, (v, lv) in enumerate(zip(merged["variable"], merged["level"], strict=True))
+    ]
+    merged = merged.sort_values("_o", kind="stable").drop(columns=["_o", "_merge"]).reset_index(drop=True)
+    return merged.fillna("")
+
+
+def cohort_summary(cohort: pd.DataFrame, threshold: float = 12.0) -> pd.DataFrame:
+    """Counts of the cohort beside the paper's (116 patients, 42 short = 36 %).
+
+    Returns
+    -------
+    DataFrame
+        ``quantity, ours (synthetic cohort), paper (real cohort)``.
+    """
+    classified = cohort[cohort["pfs_short"].notna()] if "pfs_short" in cohort.columns else cohort
+    short = int((classified["pfs_months"] <= threshold).sum())
+    n_cls = len(classified)
+    n = PAPER_N
+    rows = [
+        ("patients in the cohort table", len(cohort), n["total"]),
+        (
+            "with imaging",
+            int(cohort["has_imaging"].sum()) if "has_imaging" in cohort.columns else len(cohort),
+            n["total"],
+        ),
+        ("progression events", int(cohort["event"].sum()), PAPER_KM["events"]),
+        ("with a PFS class (short/long)", n_cls, n["total"]),
+        (f"PFS <= {threshold:g} months (short)", short, n["pfs_short"]),
+        (f"PFS > {threshold:g} months (long)", n_cls - short, n["pfs_long"]),
+        (
+            "share short",
+            f"{100 * short / n_cls:.1f}%" if n_cls else "–",
+            f"{100 * n['pfs_short'] / n['total']:.1f}%",
+        ),
+    ]
+    return pd.DataFrame(
+        rows, columns=["quantity", "ours (synthetic cohort)", "paper (real cohort)"], dtype=object
+    )
+
+
+# --------------------------------------------------------------------------- Kaplan-Meier
+
+
+@dataclasses.dataclass(frozen=True)
+class KMResult:
+    """Kaplan-Meier estimate of PFS of the whole cohort (paper 3.2, Figure 2).
+
+    Attributes
+    ----------
+    n, events, censored : int
+        Patients, progression events, censored patients.
+    median : float
+        Median PFS in months: the first time the KM curve reaches 0.5 or below
+        (lifelines' convention); ``inf`` if it never does.
+    median_ci : tuple of float
+        95 % confidence interval of the median (lifelines, exponential Greenwood).
+    q1, q3 : float
+        Months at which the curve reaches 0.75 (a quarter have progressed)
+        and 0.25 (three quarters have): the interquartile range of PFS.
+    method : str
+        How the numbers were computed.
+    fitter : lifelines.KaplanMeierFitter
+        The fitted estimator (for curves; not compared).
+    """
+
+    n: int
+    events: int
+    censored: int
+    median: float
+    median_ci: tuple[float, float]
+    q1: float
+    q3: float
+    method: str = "Kaplan-Meier (lifelines.KaplanMeierFitter); quartiles by lifelines.utils.qth_survival_time"
+    fitter: Any = dataclasses.field(default=None, compare=False, repr=False)
+
+    @property
+    def iqr(self) -> tuple[float, float]:
+        return (self.q1, self.q3)
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row: n, events, censored, median PFS with its 95 % CI and the IQR, in months."""
+        return pd.DataFrame(
+            [
+                {
+                    "n": self.n,
+                    "events": self.events,
+                    "censored": self.censored,
+                    "median_pfs_months": self.median,
+                    "median_ci_lower": self.median_ci[0],
+                    "median_ci_upper": self.median_ci[1],
+                    "q1_months": self.q1,
+                    "q3_months": self.q3,
+                }
+            ]
+        )
+
+    def curve(self) -> pd.DataFrame:
+        """``time_months, survival, ci_lower, ci_upper`` of the step curve (starts at time 0, survival 1)."""
+        sf = self.fitter.survival_function_.iloc[:, 0]
+        ci = self.fitter.confidence_interval_survival_function_
+        return pd.DataFrame(
+            {
+                "time_months": sf.index.to_numpy(float),
+                "survival": sf.to_numpy(),
+                "ci_lower": ci.iloc[:, 0].to_numpy(),
+                "ci_upper": ci.iloc[:, 1].to_numpy(),
+            }
+        )
+
+    def at_risk(self, times: Sequence[float]) -> pd.DataFrame:
+        """Patients still at risk (no progression, not censored before) at each time: ``time_months, at_risk``."""
+        durations = np.asarray(self.fitter.durations, dtype=float)
+        return pd.DataFrame(
+            {"time_months": list(times), "at_risk": [int((durations >= t).sum()) for t in times]}
+        )
+
+
+def kaplan_meier(cohort: pd.DataFrame, duration: str = "pfs_months", event: str = "event") -> KMResult:
+    """Kaplan-Meier estimate of PFS: median, its CI and the IQR (paper 3.2).
+
+    Parameters
+    ----------
+    cohort : DataFrame
+        One row per patient with ``duration`` (months) and ``event`` (1
+        progression, 0 censored). Every row is used (the whole cohort, as in
+        Figure 2), whatever its PFS class.
+
+    Returns
+    -------
+    KMResult
+    """
+    from lifelines import KaplanMeierFitter
+    from lifelines.utils import median_survival_times, qth_survival_time
+
+    frame = cohort[[duration, event]].apply(pd.to_numeric, errors="coerce").dropna()
+    if frame.empty:
+        raise CohortError("kaplan_meier: no patient with a PFS and an event flag")
+    kmf = KaplanMeierFitter(label="PFS").fit(frame[duration].astype(float), frame[event].astype(int))
+    sf = kmf.survival_function_
+    ci = median_survival_times(kmf.confidence_interval_).iloc[0]
+    events = int(frame[event].sum())
+    return KMResult(
+        n=len(frame),
+        events=events,
+        censored=len(frame) - events,
+        median=float(kmf.median_survival_time_),
+        median_ci=(float(ci.iloc[0]), float(ci.iloc[1])),
+        q1=float(qth_survival_time(0.75, sf)),
+        q3=float(qth_survival_time(0.25, sf)),
+        fitter=kmf,
+    )
+
+
+def km_figure(
+    result: KMResult, threshold: float = 12.0, reference: dict[str, Any] | None = None, step: float = 6.0
+) -> Any:
+    """Plotly Kaplan-Meier curve with its 95 % band, the threshold and an at-risk table (paper Figure 2).
+
+    Parameters
+    ----------
+    result : KMResult
+    threshold : float
+        Months; drawn as a dashed red vertical line (the short/long split).
+    reference : dict, optional
+        ``{"median_pfs_months": m, "iqr_months": (q1, q3)}`` (e.g.
+        :data:`prrt_utils.paper.PAPER_KM`): drawn as grey crosses at survival
+        0.75, 0.5 and 0.25, labelled "paper (real cohort)".
+    step : float
+        Months between the at-risk counts.
+
+    Returns
+    -------
+    plotly.graph_objects.Figure
+    """
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    cur = result.curve()
+    t_max = float(cur["time_months"].max())
+    ticks = np.arange(0.0, t_max + 1e-9, step)
+    risk = result.at_risk(ticks)
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.84, 0.16], vertical_spacing=0.04)
+    fig.add_trace(
+        go.Scatter(
+            x=cur["time_months"],
+            y=cur["ci_upper"],
+            line={"width": 0, "shape": "hv"},
+            hoverinfo="skip",
+            showlegend=False,
+        ),
+        row=1,
+        col=1,
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=cur["time_months"],
+            y=cur["ci_lower"],
+            line={"width": 0, "shape": "hv"},
+            fill="tonexty",
+            fillcolor="rgba(31,119,180,0.2)",
+            name="95% CI",
+            hoverinfo="skip",
+        ),
+        row=1,
+        col=1,
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=cur["time_months"],
+            y=cur["survival"],
+            line={"color": "#1f77b4", "shape": "hv"},
+            name=f"ours (n={result.n})",
+            hovertemplate="%{x:.1f} months: %{y:.2f} progression-free<extra></extra>",
+        ),
+        row=1,
+        col=1,
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=[result.q1, result.median, result.q3],
+            y=[0.75, 0.5, 0.25],
+            mode="markers",
+            marker={"color": "#1f77b4", "symbol": "circle-open", "size": 9},
+            name=f"ours: median {result.median:.1f} (IQR {result.q1:.1f}–{result.q3:.1f})",
+        ),
+        row=1,
+        col=1,
+    )
+    if reference is not None:
+        m, (a, b) = reference["median_pfs_months"], reference["iqr_months"]
+        fig.add_trace(
+            go.Scatter(
+                x=[a, m, b],
+                y=[0.75, 0.5, 0.25],
+                mode="markers",
+                marker={"color": "grey", "symbol": "x", "size": 9},
+                name=f"paper (real cohort): median {m:g} (IQR {a:g}–{b:g})",
+            ),
+            row=1,
+            col=1,
+        )
+    fig.add_vline(
+        x=threshold,
+        line={"color": "red", "dash": "dash"},
+        row=1,
+        col=1,
+        annotation_text=f"{threshold:g} months",
+        annotation_position="top right",
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=risk["time_months"],
+            y=[0] * len(risk),
+            mode="text",
+            text=risk["at_risk"].astype(str),
+            showlegend=False,
+            hoverinfo="skip",
+        ),
+        row=2,
+        col=1,
+    )
+    fig.update_yaxes(title_text="Progression-free (proportion)", range=[0, 1.02], row=1, col=1)
+    fig.update_yaxes(title_text="at risk", showticklabels=False, showgrid=False, zeroline=False, row=2, col=1)
+    fig.update_xaxes(title_text="Months since the first PRRT cycle", tickvals=ticks, row=2, col=1)
+    fig.update_layout(
+        title="Progression-free survival (Kaplan-Meier)",
+        height=520,
+        legend={"x": 0.99, "xanchor": "right", "y": 0.99},
+    )
+    return fig
