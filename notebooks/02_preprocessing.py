@@ -50,7 +50,7 @@ on_error = "skip"
 # %%
 from prrt_utils.report import setup_notebook
 
-setup_notebook()
+setup_notebook(data_dir)
 
 # %%
 from pathlib import Path

@@ -36,7 +36,7 @@ models = ["rf_labs", "pet_only", "ct_only"]
 # %%
 from prrt_utils.report import setup_notebook
 
-setup_notebook()
+setup_notebook(data_dir)
 
 # %%
 from IPython.display import display

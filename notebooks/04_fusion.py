@@ -36,7 +36,7 @@ baseline = "rf_labs"
 # %%
 from prrt_utils.report import setup_notebook
 
-setup_notebook()
+setup_notebook(data_dir)
 
 # %%
 from IPython.display import display

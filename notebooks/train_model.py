@@ -34,7 +34,7 @@
 model = "pet_fusion"
 n_repeats = 5
 n_splits = 3
-epochs = 30
+epochs = 0  # 0: the training default (TrainConfig)
 seed = 0
 device = "auto"
 work_dir = "work"
@@ -45,7 +45,7 @@ scheduler = ""
 # %%
 from prrt_utils.report import setup_notebook
 
-setup_notebook()
+setup_notebook(data_dir)
 
 # %%
 from IPython.display import display
@@ -57,7 +57,7 @@ from prrt_utils.training import TrainConfig
 
 spec = get_spec(model)
 cv = CVConfig(n_splits=n_splits, n_repeats=n_repeats, seed=seed)
-train_cfg = TrainConfig(epochs=epochs, seed=seed, device=device)
+train_cfg = TrainConfig(seed=seed, device=device, **({"epochs": int(epochs)} if epochs else {}))
 names, _ = metrics.paper_reference()
 print(spec.to_yaml())
 print(spec.ct_init_note or "No CT branch.")

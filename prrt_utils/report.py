@@ -1,10 +1,104 @@
-"""Notebook set-up shared by every chapter (offline plotly, banner, versions).
+"""What every chapter of the book shares: offline figures, the data-source line, the run's facts.
 
-Placeholder: the book helper fills this in.
+:func:`setup_notebook` is the first call of every notebook. It makes plotly embed
+its JavaScript in the page (the ``notebook`` renderer; ``notebook_connected``
+would load it from a CDN, which an offline reader cannot reach), sets table
+display options, and prints which cohort the chapter ran on, so that no page of
+results can be mistaken for the paper's real cohort.
+
+:func:`environment_report` and :func:`data_fingerprint` give the versions, seed
+and input hash that the reproducibility page prints.
 """
 
+from __future__ import annotations
 
-def setup_notebook() -> None:
+import json
+import platform
+import sys
+from importlib import metadata
+from pathlib import Path
+
+import pandas as pd
+
+from prrt_utils import store
+
+__all__ = ["PACKAGES", "data_fingerprint", "data_source", "environment_report", "setup_notebook", "stage_configs"]
+
+#: Distributions whose versions the reproducibility page lists.
+PACKAGES = (
+    "prrt-pfs", "torch", "monai", "numpy", "scipy", "pandas", "scikit-learn", "lifelines", "pydicom",
+    "nibabel", "captum", "umap-learn", "plotly", "papermill", "jupytext", "jupyter-book", "dask",
+)
+
+
+def data_source(data_dir: str | Path) -> str:
+    """One sentence naming the cohort in ``data_dir``: synthetic (with its size and seed) or the user's own."""
+    data_dir = Path(data_dir)
+    complete = data_dir / "complete.json"
+    if complete.exists() and json.loads(complete.read_text()).get("generator") == "prrt_utils.synth":
+        import yaml
+
+        cfg = yaml.safe_load((data_dir / "config.yaml").read_text()) if (data_dir / "config.yaml").exists() else {}
+        return (f"Synthetic digital-twin cohort ({cfg.get('n_patients', '?')} simulated patients, "
+                f"seed {cfg.get('seed', '?')}): not real patients. Where the paper gives a number for its "
+                "real cohort, it is shown beside ours.")
+    return f"Own cohort read from `{data_dir.name}`: results are this cohort's, not the paper's."
+
+
+def setup_notebook(data_dir: str | Path | None = None) -> None:
+    """Configure plotly and pandas for an offline book page; print the data source if ``data_dir`` is given."""
     import plotly.io as pio
 
     pio.renderers.default = "notebook"
+    pd.set_option("display.max_rows", 200)
+    pd.set_option("display.max_columns", 50)
+    pd.set_option("display.width", 200)
+    if data_dir is not None:
+        from IPython.display import Markdown, display
+
+        display(Markdown(f"**Data:** {data_source(data_dir)}"))
+
+
+def environment_report() -> pd.DataFrame:
+    """Python, platform and the versions of :data:`PACKAGES` (``not installed`` where absent)."""
+    rows = [("python", sys.version.split()[0]), ("platform", platform.platform())]
+    for name in PACKAGES:
+        try:
+            rows.append((name, metadata.version(name)))
+        except metadata.PackageNotFoundError:
+            rows.append((name, "not installed"))
+    try:
+        import torch
+
+        rows.append(("torch device", "cuda: " + torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"))
+        rows.append(("torch threads", str(torch.get_num_threads())))
+    except ImportError:  # pragma: no cover - torch is a dependency
+        pass
+    return pd.DataFrame(rows, columns=["component", "version"])
+
+
+def data_fingerprint(data_dir: str | Path) -> pd.DataFrame:
+    """SHA-256 of the inputs the pipeline read: the clinical table and the whole imaging tree.
+
+    The imaging hash covers every file's relative path and bytes, so any change to
+    any slice changes it; names of patients never enter it.
+    """
+    data_dir = Path(data_dir)
+    rows = []
+    clinical = data_dir / "clinical.csv"
+    if clinical.exists():
+        rows.append(("clinical.csv", store.sha256_file(clinical)))
+    imaging = data_dir / "imaging"
+    if imaging.exists():
+        rows.append(("imaging/", store.sha256_tree(imaging)))
+    return pd.DataFrame(rows, columns=["input", "sha256"])
+
+
+def stage_configs(work_dir: str | Path) -> pd.DataFrame:
+    """Every ``config.yaml``/``model.yaml``/``train.yaml`` a stage wrote under ``work_dir``, as (file, text)."""
+    work_dir = Path(work_dir)
+    rows = []
+    for pattern in ("*/config.yaml", "results/*/model.yaml", "results/*/train.yaml", "folds.json"):
+        for path in sorted(work_dir.glob(pattern)):
+            rows.append((str(path.relative_to(work_dir)), path.read_text().strip()))
+    return pd.DataFrame(rows, columns=["file", "content"])

@@ -1,0 +1,53 @@
+# Two commands: `make book` and `make test` (see README.md).
+# Everything is installed into .venv; torch is installed first and exactly
+# (a CPU build on this kind of machine), so pip never pulls a multi-GB CUDA build.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+TORCH  ?= torch==2.13.0
+DATA   ?= data/synthetic
+WORK   ?= work
+JOBS   ?= 2
+
+.PHONY: book test install install-test chromium lint bench clean
+
+book: install
+	$(BIN)/prrt book --data $(DATA) --work $(WORK) --jobs $(JOBS)
+
+test: install-test chromium
+	$(BIN)/python -m pytest
+
+install: $(VENV)/.installed
+install-test: $(VENV)/.installed-test
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# Keep a torch that is already there (a GPU user's CUDA build); otherwise the exact CPU pin.
+$(VENV)/.torch: | $(BIN)/python
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install --disable-pip-version-check $(TORCH)
+	touch $@
+
+$(VENV)/.installed: pyproject.toml $(VENV)/.torch
+	$(BIN)/pip install --disable-pip-version-check -e .
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml $(VENV)/.installed
+	$(BIN)/pip install --disable-pip-version-check -e '.[test]'
+	touch $@
+
+# The browser test drives Debian's Chromium (a browser download by playwright cannot work offline).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium; \
+	  else echo "chromium not found: sudo apt-get install chromium (the browser test will be skipped)"; fi; }
+
+lint: install-test
+	$(BIN)/ruff check prrt_utils tests bench
+
+bench: install
+	$(BIN)/python bench/bench_models.py
+
+clean:
+	rm -rf $(WORK) _build book/executed

@@ -1,0 +1,310 @@
+"""Execute the notebooks in reading order with papermill and build the Jupyter Book.
+
+The notebooks in ``notebooks/`` are jupytext percent-format ``.py`` files and
+stay the only source: each is read with jupytext, executed by papermill with its
+parameters, and written to ``book/executed/<name>.ipynb`` (git-ignored) by an
+atomic rename, so a page that failed halfway is never rendered as if whole
+(its partial copy is kept as ``<name>.failed.ipynb`` for debugging). The book is
+then rendered by Jupyter Book 1 with execution off.
+
+Order (the data flow of DESIGN.md):
+
+1. the synthetic cohort is generated if the data folder is the default one and
+   holds no cohort yet (:mod:`prrt_utils.synth`);
+2. ``01_cohort``, ``02_preprocessing``;
+3. ``train_model`` once per model (papermill parameter ``model``), each run
+   training or resuming that model's folds (:func:`run_models`);
+4. ``03_unimodal``, ``04_fusion``, ``05_statistics``, ``06_explainability``
+   (read stored results; never retrain);
+5. ``90_reproducibility`` (versions, seed, configurations, input hashes, the
+   execution time of every page above);
+6. ``jupyter-book build`` into ``_build/html``.
+
+Every stage caches its outputs, so a second ``make book`` re-executes the pages
+quickly without retraining.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from prrt_utils import store
+from prrt_utils.config import SEED, Config
+
+__all__ = [
+    "ANALYSIS_CHAPTERS",
+    "DATA_CHAPTERS",
+    "BookConfig",
+    "BookError",
+    "build_html",
+    "ensure_data",
+    "execute_notebook",
+    "make_book",
+    "repo_root",
+    "run_models",
+]
+
+DATA_CHAPTERS = ("01_cohort", "02_preprocessing")
+ANALYSIS_CHAPTERS = ("03_unimodal", "04_fusion", "05_statistics", "06_explainability", "90_reproducibility")
+TRAIN_TEMPLATE = "train_model"
+DEFAULT_SYNTHETIC = Path("data/synthetic")
+
+
+class BookError(RuntimeError):
+    """A notebook failed (named with its cell) or the book could not be built."""
+
+
+@dataclasses.dataclass(frozen=True)
+class BookConfig(Config):
+    """What ``prrt book`` runs.
+
+    Attributes
+    ----------
+    data_dir, work_dir : str
+        Raw cohort (DESIGN.md "Raw export") and the folder of every stage's outputs,
+        relative to the repository root or absolute.
+    seed : int
+        Fixes the synthetic cohort, the splits and every network's initial weights.
+    n_jobs : int
+        Worker processes for generation, preprocessing and training.
+    models : tuple of str
+        Model keys to train (``models/*.yaml``); empty means the paper's seven.
+    n_repeats, n_splits : int
+        Repeated stratified cross-validation (paper: 5 x 3).
+    epochs : int
+        Training epochs; 0 keeps the training default.
+    device : str
+        ``auto`` (CUDA when present), ``cpu`` or ``cuda``.
+    scheduler : str
+        Dask scheduler address for the folds; empty runs local processes.
+    synth_patients : int
+        Size of the synthetic cohort generated when ``data_dir`` is the default and empty.
+    on_error : str
+        ``skip`` a patient whose data cannot be used (and list it) or ``stop``.
+    kernel : str
+        Jupyter kernel that executes the notebooks.
+    """
+
+    data_dir: str = str(DEFAULT_SYNTHETIC)
+    work_dir: str = "work"
+    seed: int = SEED
+    n_jobs: int = 2
+    models: tuple[str, ...] = ()
+    n_repeats: int = 5
+    n_splits: int = 3
+    epochs: int = 0
+    device: str = "auto"
+    scheduler: str = ""
+    synth_patients: int = 116
+    on_error: str = "skip"
+    kernel: str = "python3"
+
+    def __post_init__(self) -> None:
+        if self.on_error not in ("skip", "stop"):
+            raise BookError(f"on_error must be 'skip' or 'stop', got {self.on_error!r}")
+        object.__setattr__(self, "models", tuple(self.models))
+
+    @property
+    def model_keys(self) -> tuple[str, ...]:
+        if self.models:
+            return self.models
+        from prrt_utils.paper import MODEL_KEYS
+
+        return tuple(MODEL_KEYS)
+
+    def parameters(self) -> dict[str, Any]:
+        """Values offered to every notebook; each takes those its ``parameters`` cell declares."""
+        return {
+            "data_dir": self.data_dir,
+            "work_dir": self.work_dir,
+            "seed": self.seed,
+            "n_jobs": self.n_jobs,
+            "n_repeats": self.n_repeats,
+            "n_splits": self.n_splits,
+            "epochs": self.epochs,
+            "device": self.device,
+            "scheduler": self.scheduler,
+            "on_error": self.on_error,
+        }
+
+
+def repo_root(start: str | Path | None = None) -> Path:
+    """The folder holding ``_toc.yml`` and ``notebooks/``: ``start`` (default cwd) or a parent, else the package's parent."""
+    here = Path(start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / "_toc.yml").exists() and (folder / "notebooks").is_dir():
+            return folder
+    pkg_parent = Path(__file__).resolve().parent.parent
+    if (pkg_parent / "_toc.yml").exists():
+        return pkg_parent
+    raise BookError(f"no _toc.yml and notebooks/ in {here} or its parents: run prrt book from the repository")
+
+
+def _executed_dir(root: Path) -> Path:
+    return root / "book" / "executed"
+
+
+def execute_notebook(source: str | Path, output: str | Path, parameters: dict[str, Any], cwd: str | Path,
+                     kernel: str = "python3") -> float:
+    """Execute a jupytext ``.py`` notebook with papermill; write it atomically; return seconds.
+
+    Only the parameters the notebook declares are passed. On failure the partial
+    notebook is kept beside the output as ``<name>.failed.ipynb`` and
+    :class:`BookError` names the notebook and the error.
+    """
+    import jupytext
+    import papermill as pm
+
+    source, output = Path(source), Path(output)
+    nb = jupytext.read(source)
+    nb.metadata.setdefault("kernelspec", {"name": kernel, "language": "python", "display_name": "Python 3"})
+    declared = pm.inspect_notebook(nb)
+    params = {k: v for k, v in parameters.items() if k in declared}
+    output.parent.mkdir(parents=True, exist_ok=True)
+    failed = output.with_suffix(".failed.ipynb")
+    partial = output.with_name(f".partial.{output.name}")
+    t0 = time.perf_counter()
+    try:
+        pm.execute_notebook(nb, str(partial), parameters=params, kernel_name=kernel, cwd=str(cwd),
+                            progress_bar=False, log_output=False)
+    except pm.PapermillExecutionError as exc:
+        os.replace(partial, failed)
+        first = next((line for line in str(exc.source).splitlines() if line.strip()), "")
+        raise BookError(f"{source.name} failed in the cell beginning {first!r}: {exc.ename}: {exc.evalue} "
+                        f"(the executed copy is {failed})") from None
+    os.replace(partial, output)
+    failed.unlink(missing_ok=True)
+    return time.perf_counter() - t0
+
+
+def ensure_data(cfg: BookConfig, root: Path, progress: bool = True) -> Path:
+    """The raw cohort folder; the default synthetic one is generated when it holds no complete cohort."""
+    data = (root / cfg.data_dir).resolve()
+    if (data / "clinical.csv").exists() and ((data / "complete.json").exists() or Path(cfg.data_dir) != DEFAULT_SYNTHETIC):
+        return data
+    if Path(cfg.data_dir) != DEFAULT_SYNTHETIC:
+        raise BookError(f"{data} has no clinical.csv: point --data at a cohort export (see DESIGN.md)")
+    from prrt_utils.synth import SynthConfig, generate_cohort
+
+    print(f"generating the synthetic cohort ({cfg.synth_patients} patients, seed {cfg.seed}) in {data}", flush=True)
+    generate_cohort(SynthConfig(n_patients=cfg.synth_patients, seed=cfg.seed), data, progress=progress,
+                    n_jobs=cfg.n_jobs)
+    return data
+
+
+def _record(timings: dict[str, float], root: Path, name: str, seconds: float) -> None:
+    timings[name] = round(seconds, 1)
+    store.write_json(_executed_dir(root) / "timings.json", timings)
+    print(f"  {name}: {seconds:.1f} s", flush=True)
+
+
+def _timings(root: Path) -> dict[str, float]:
+    path = _executed_dir(root) / "timings.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def run_models(cfg: BookConfig, root: Path | None = None, models: Sequence[str] | None = None) -> dict[str, float]:
+    """Train (or resume) each model by executing ``notebooks/train_model.py`` once per model.
+
+    Each executed copy, ``book/executed/train_<model>.ipynb``, is that model's page
+    of the book. Returns seconds per page.
+    """
+    root = root or repo_root()
+    timings = _timings(root)
+    for model in models or cfg.model_keys:
+        params = {**cfg.parameters(), "model": model}
+        seconds = execute_notebook(root / "notebooks" / f"{TRAIN_TEMPLATE}.py",
+                                   _executed_dir(root) / f"train_{model}.ipynb", params, root, cfg.kernel)
+        _record(timings, root, f"train_{model}", seconds)
+    return timings
+
+
+def _copy_mathjax(static: Path) -> None:
+    """Copy MathJax 3 (es5 build) from the django-static-mathjax wheel so formulas render offline."""
+    from importlib.resources import files
+
+    src = Path(str(files("mathjax"))) / "static" / "mathjax" / "es5"
+    if not (src / "tex-chtml.js").exists():
+        raise BookError(f"MathJax not found at {src}: reinstall the package (pip install -e .)")
+    dst = static / "mathjax"
+    if (dst / "tex-chtml.js").exists():
+        return
+    tmp = static / ".mathjax.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    # sre (speech) is loaded only when a reader turns on the accessibility explorer; 'latest.js' would
+    # look for a CDN copy: neither is needed offline.
+    shutil.copytree(src, tmp, ignore=shutil.ignore_patterns("sre", "latest.js", "node-main.js"))
+    os.replace(tmp, dst)
+
+
+def build_html(cfg: BookConfig, root: Path | None = None) -> Path:
+    """Render the executed notebooks and pages with Jupyter Book 1; return ``_build/html/index.html``.
+
+    The data-source banner (synthetic or own cohort) is written into a copy of
+    ``_config.yml`` under ``book/executed/`` so that every page says which
+    patients it shows.
+    """
+    import yaml
+
+    from prrt_utils.report import data_source
+
+    root = root or repo_root()
+    executed = _executed_dir(root)
+    static = executed / "_static"
+    static.mkdir(parents=True, exist_ok=True)
+    _copy_mathjax(static)
+    config = yaml.safe_load((root / "_config.yml").read_text())
+    config.setdefault("html", {})["announcement"] = data_source(root / cfg.data_dir).split(":")[0].replace("`", "")
+    config_path = executed / "_config.yml"
+    store.write_text(config_path, yaml.safe_dump(config, sort_keys=False))
+    jb = Path(sys.executable).with_name("jupyter-book")
+    cmd = [str(jb) if jb.exists() else "jupyter-book", "build", str(root), "--config", str(config_path),
+           "--toc", str(root / "_toc.yml"), "--path-output", str(root)]
+    proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True)
+    log = executed / "build.log"
+    store.write_text(log, proc.stdout + proc.stderr)
+    index = root / "_build" / "html" / "index.html"
+    if proc.returncode != 0 or not index.exists():
+        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-25:])
+        raise BookError(f"jupyter-book build failed (log: {log}):\n{tail}")
+    return index
+
+
+def make_book(cfg: BookConfig | None = None, root: str | Path | None = None, execute: bool = True,
+              progress: bool = True) -> Path:
+    """The whole book: data, every notebook in order, the HTML. Returns the path of ``index.html``."""
+    cfg = cfg or BookConfig()
+    root = repo_root(root)
+    t_start = time.perf_counter()
+    if execute:
+        timings: dict[str, float] = {}
+        store.write_json(_executed_dir(root) / "timings.json", timings)
+        t0 = time.perf_counter()
+        ensure_data(cfg, root, progress)
+        _record(timings, root, "synthetic cohort (generated or reused)", time.perf_counter() - t0)
+        for name in DATA_CHAPTERS:
+            print(f"executing {name}", flush=True)
+            _record(timings, root, name, execute_notebook(root / "notebooks" / f"{name}.py",
+                                                          _executed_dir(root) / f"{name}.ipynb",
+                                                          cfg.parameters(), root, cfg.kernel))
+        print(f"training {len(cfg.model_keys)} models", flush=True)
+        run_models(cfg, root)
+        timings = _timings(root)
+        for name in ANALYSIS_CHAPTERS:
+            print(f"executing {name}", flush=True)
+            _record(timings, root, name, execute_notebook(root / "notebooks" / f"{name}.py",
+                                                          _executed_dir(root) / f"{name}.ipynb",
+                                                          cfg.parameters(), root, cfg.kernel))
+    print("building the HTML book", flush=True)
+    index = build_html(cfg, root)
+    print(f"done in {time.perf_counter() - t_start:.0f} s", flush=True)
+    return index

@@ -1,0 +1,156 @@
+"""The ``prrt`` command line: one subcommand per pipeline stage.
+
+Every subcommand is a thin wrapper over the stage's entry point in
+``prrt_utils`` so that a batch user never opens a notebook and the notebooks,
+the Makefile and the CLI share one implementation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from prrt_utils.book import BookConfig
+
+DEFAULT_DATA = "data/synthetic"
+DEFAULT_WORK = "work"
+
+
+def _synth(args: argparse.Namespace) -> int:
+    from prrt_utils.synth import SynthConfig, generate_cohort
+
+    cfg = SynthConfig(
+        n_patients=args.n,
+        seed=args.seed,
+        censor_fraction=args.censor_fraction,
+        clinical_size=args.clinical_size,
+        image_format=args.format,
+    )
+    out = generate_cohort(cfg, Path(args.out), progress=not args.quiet, n_jobs=args.jobs, overwrite=args.overwrite)
+    print(f"synthetic cohort of {cfg.n_patients} patients in {out} (config hash {cfg.hash()})")
+    return 0
+
+
+def _cohort(args: argparse.Namespace) -> int:
+    from prrt_utils.cohort import CohortConfig, build_cohort
+
+    cfg = CohortConfig(pfs_threshold_months=args.threshold, on_error=args.on_error)
+    cohort = build_cohort(cfg, Path(args.data), Path(args.work))
+    n_short = int(cohort["pfs_short"].sum()) if "pfs_short" in cohort else 0
+    print(f"{len(cohort)} patients in {Path(args.work) / 'cohort' / 'cohort.csv'} ({n_short} with PFS <= {args.threshold:g} months)")
+    return 0
+
+
+def _preprocess(args: argparse.Namespace) -> int:
+    from prrt_utils.preprocess import PreprocessConfig, run_preprocessing
+
+    data, work = Path(args.data), Path(args.work)
+    cohort_csv = work / "cohort" / "cohort.csv"
+    if not cohort_csv.exists():
+        print(f"{cohort_csv} not found: every folder under {data / 'imaging'} is processed (run `prrt cohort` first "
+              "to restrict to the validated cohort)")
+    cfg = PreprocessConfig(on_error=args.on_error)
+    index = run_preprocessing(cfg, cohort_csv if cohort_csv.exists() else None, data / "imaging", work,
+                              progress=not args.quiet, n_jobs=args.jobs)
+    ok = int((index["status"] == "ok").sum())
+    print(f"{ok} of {len(index)} patients preprocessed into {work / 'preprocessed'}")
+    return 0
+
+
+def _book_config(args: argparse.Namespace) -> BookConfig:
+    return BookConfig(
+        data_dir=args.data, work_dir=args.work, seed=args.seed, n_jobs=args.jobs,
+        models=tuple(getattr(args, "models", None) or ()), n_repeats=args.repeats, n_splits=args.folds,
+        epochs=args.epochs, device=args.device, scheduler=args.scheduler,
+    )
+
+
+def _run(args: argparse.Namespace) -> int:
+    from prrt_utils.book import run_models
+
+    timings = run_models(_book_config(args))
+    print("trained: " + ", ".join(f"{k} ({v:.0f} s)" for k, v in timings.items() if k.startswith("train_")))
+    return 0
+
+
+def _book(args: argparse.Namespace) -> int:
+    from prrt_utils.book import make_book
+
+    index = make_book(_book_config(args), execute=not args.build_only, progress=not args.quiet)
+    print(f"book built: {index}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="prrt",
+        description=(
+            "Predict progression-free survival after PRRT from PET/CT and laboratory values. "
+            "Each subcommand runs one pipeline stage; outputs are cached, so rerunning skips finished work."
+        ),
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def common(p: argparse.ArgumentParser, data: bool = True, work: bool = True) -> None:
+        if data:
+            p.add_argument("--data", default=DEFAULT_DATA, help="raw cohort folder: clinical.csv and imaging/<patient_id>/ (default: %(default)s)")
+        if work:
+            p.add_argument("--work", default=DEFAULT_WORK, help="folder for every stage's outputs and caches (default: %(default)s)")
+        p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    p = sub.add_parser("synth", help="write the synthetic digital-twin cohort (DICOM + CSV + ground truth)")
+    p.add_argument("--out", default=DEFAULT_DATA, help="output folder (default: %(default)s)")
+    p.add_argument("--n", type=int, default=116, help="number of patients (default: %(default)s, as in the paper)")
+    p.add_argument("--seed", type=int, default=0, help="seed; the same seed gives byte-identical files (default: %(default)s)")
+    p.add_argument("--censor-fraction", type=float, default=0.0, help="fraction of patients censored administratively (default: %(default)s: every patient progresses, as in the paper)")
+    p.add_argument("--clinical-size", action="store_true", help="write clinical matrix sizes (CT 512x512, PET ~200x200) for benchmarks")
+    p.add_argument("--format", choices=("dicom", "nifti"), default="dicom", help="image format of the export (default: %(default)s)")
+    p.add_argument("--jobs", type=int, default=2, help="worker processes; the files do not depend on it (default: %(default)s)")
+    p.add_argument("--overwrite", action="store_true", help="replace a cohort of another configuration in --out (otherwise refused)")
+    common(p, data=False, work=False)
+    p.set_defaults(func=_synth)
+
+    p = sub.add_parser("cohort", help="validate the clinical table against the imaging folders; write work/cohort/")
+    common(p)
+    p.add_argument("--threshold", type=float, default=12.0, help="PFS threshold in months for short vs long PFS (default: %(default)s)")
+    p.add_argument("--on-error", choices=("skip", "stop"), default="skip", help="skip a bad patient (listed in the exclusion table) or stop at the first problem (default: %(default)s)")
+    p.set_defaults(func=_cohort)
+
+    p = sub.add_parser("preprocess", help="load DICOM/NIfTI, convert to SUVbw and HU, resample to 75x50x50; write work/preprocessed/")
+    common(p)
+    p.add_argument("--on-error", choices=("skip", "stop"), default="skip", help="skip a bad patient (listed in the exclusion table) or stop at the first problem (default: %(default)s)")
+    p.add_argument("--jobs", type=int, default=2, help="parallel worker processes (default: %(default)s)")
+    p.set_defaults(func=_preprocess)
+
+    def training(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--repeats", type=int, default=5, help="cross-validation repeats (default: %(default)s, as in the paper)")
+        p.add_argument("--folds", type=int, default=3, help="folds per repeat (default: %(default)s, as in the paper)")
+        p.add_argument("--epochs", type=int, default=0, help="training epochs; 0 keeps the training default (default: %(default)s)")
+        p.add_argument("--seed", type=int, default=0, help="seed fixing the synthetic cohort, the splits and every initial weight (default: %(default)s)")
+        p.add_argument("--device", default="auto", help="'auto' (CUDA when present), 'cpu' or 'cuda' (default: %(default)s)")
+        p.add_argument("--jobs", type=int, default=2, help="worker processes for generation, preprocessing and folds (default: %(default)s)")
+        p.add_argument("--scheduler", default="", help="Dask scheduler address (tcp://host:8786): folds run on that cluster instead of local processes")
+
+    p = sub.add_parser("run", help="train and evaluate models under repeated stratified cross-validation (one papermill page per model)")
+    common(p)
+    p.add_argument("--models", nargs="+", default=None, help="model keys to run, e.g. pet_fusion (default: the paper's seven, models/*.yaml)")
+    training(p)
+    p.set_defaults(func=_run)
+
+    p = sub.add_parser("book", help="the main job: generate the synthetic cohort if needed, execute every notebook with papermill in order, build the HTML book")
+    common(p)
+    training(p)
+    p.add_argument("--build-only", action="store_true", help="only rebuild the HTML from the notebooks already executed in book/executed/")
+    p.set_defaults(func=_book)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
