@@ -15,8 +15,9 @@
 #
 # ## Overview
 #
-# This chapter sets all seven models side by side, from their stored cross-validated predictions
-# (nothing is retrained), as in sections 2.6, 3.2 and 3.3 of the paper:
+# This chapter sets the models side by side (every model with stored results; by default the paper's
+# seven), from their stored cross-validated predictions (nothing is retrained), as in sections 2.6,
+# 3.2 and 3.3 of the paper:
 #
 # * Table 2: AUROC, AUPRC and accuracy as mean ± standard error over the 5 repeats, beside the
 #   paper's values for its real cohort, and the bar plot;
@@ -34,7 +35,7 @@
 # %% tags=["parameters"]
 work_dir = "work"
 data_dir = "data/synthetic"
-models = ["rf_labs", "pet_only", "ct_only", "pet_fusion", "ct_fusion", "petct_fusion", "petct_fusion_pretrained"]
+models = []
 km_model = ""
 km_repeat = -1
 threshold = 0.5
@@ -52,14 +53,16 @@ from IPython.display import Markdown, display
 from prrt_utils import explain, grid, metrics, stats
 
 names, paper = metrics.paper_reference()
+models = list(models) or explain.available_models(work_dir)
 predictions = grid.read_results(work_dir, models)
 results = metrics.evaluate(predictions, order=models)
 fold_metrics = results.fold_metrics
 truth = metrics.read_truth(data_dir)
 ceiling = metrics.bayes_ceiling(predictions, truth) if truth is not None else None
 fusion = explain.fusion_models(models)
-best_fusion = explain.best_model(fold_metrics, fusion)
-display(Markdown(f"Best fusion model by mean AUROC: **{names.get(best_fusion, best_fusion)}**."))
+best_fusion = explain.best_model(fold_metrics, fusion or models)
+display(Markdown(f"Models: {', '.join(names.get(m, m) for m in models)}. Best "
+                 f"{'fusion ' if fusion else ''}model by mean AUROC: **{names.get(best_fusion, best_fusion)}**."))
 
 # %% [markdown]
 # ## Table 2: all models
@@ -129,17 +132,21 @@ metrics.curves_figure(metrics.roc_curves(predictions), metrics.pr_curves(predict
 
 # %%
 fam = explain.families(models)
-order = explain.family_order()
-by_fold = stats.compare_families(fold_metrics, fam, order, unit="fold")
-by_repeat = stats.compare_families(fold_metrics, fam, order, unit="repeat")
+order = [f for f in explain.family_order() if f in fam.values()]
 print("Families:", {f: [names.get(m, m) for m in models if fam[m] == f] for f in order})
-explain.family_table(by_fold, by_repeat)
+comparisons = {}
+if len(order) >= 2:
+    comparisons = {unit: stats.compare_families(fold_metrics, fam, order, unit=unit) for unit in ("fold", "repeat")}
+    display(explain.family_table(*comparisons.values()))
+else:
+    print("Fewer than two model families have results: nothing to compare.")
 
 # %% [markdown]
 # Where the two tests disagree at the 5 % level (Bonferroni-adjusted p-values of both):
 
 # %%
-for label, comparison in (("per-fold", by_fold), ("per-repeat", by_repeat)):
+for unit, comparison in comparisons.items():
+    label = f"per-{unit}"
     dis = stats.disagreements(comparison, alpha=alpha)
     if dis.empty:
         print(f"Mann-Whitney on {label} AUROCs and the corrected t-test agree for every comparison at alpha = {alpha}.")

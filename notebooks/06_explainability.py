@@ -37,7 +37,7 @@
 work_dir = "work"
 data_dir = "data/synthetic"
 cache_dir = ""
-models = ["rf_labs", "pet_only", "ct_only", "pet_fusion", "ct_fusion", "petct_fusion", "petct_fusion_pretrained"]
+models = []
 compare = ["pet_only", "pet_fusion"]
 repeat = 0
 umap_repeat = 0
@@ -62,13 +62,17 @@ from IPython.display import display
 from prrt_utils import explain, grid, metrics, stats
 
 names, _ = metrics.paper_reference()
+models = list(models) or explain.available_models(work_dir)
 predictions = grid.read_results(work_dir, models)
 config = explain.ExplainConfig(repeat=repeat, umap_repeat=umap_repeat, umap_fold=umap_fold, seed=seed,
                                n_permutations=n_permutations)
 ex = explain.Explainer(work_dir, data_dir, config, cache_dir=cache_dir or None)
 fusion = explain.fusion_models(models)
 pet_models = explain.image_models(models, "pet")
+compare = [m for m in compare if m in pet_models]
 has_truth = (Path(data_dir) / "ground_truth" / "labels").is_dir()
+print("Models:", ", ".join(names.get(m, m) for m in models), "| PET models compared:",
+      ", ".join(names.get(m, m) for m in compare) or "none")
 
 # %% [markdown]
 # ## Embeddings (UMAP)
@@ -101,7 +105,7 @@ explain.umap_figure(umap_frame, names).show()
 # embedding" bar shuffles all image features together: how much the model relies on the image.
 
 # %%
-importance = ex.permutation_importance(["rf_labs", *fusion])
+importance = ex.permutation_importance([m for m in models if m == "rf_labs" or m in fusion])
 summary = explain.importance_summary(importance)
 explain.importance_figure(summary, names).show()
 summary
@@ -126,8 +130,9 @@ print("Spearman correlation of AST and ALT in this cohort:",
 # reacts; mean signed value: in which direction (positive = a higher value pushes towards short PFS).
 
 # %%
-gradients = explain.lab_gradient_summary(ex.lab_gradients(fusion))
-gradients.pivot(index="feature", columns="model", values=["mean_abs_gradient", "mean_gradient"]).round(3)
+if fusion:
+    gradients = explain.lab_gradient_summary(ex.lab_gradients(fusion))
+    display(gradients.pivot(index="feature", columns="model", values=["mean_abs_gradient", "mean_gradient"]).round(3))
 
 # %% [markdown]
 # ## PET saliency maps
@@ -143,10 +148,10 @@ gradients.pivot(index="feature", columns="model", values=["mean_abs_gradient", "
 # left), coronal seen from the front, sagittal with anterior on the left; 10 mm voxels.
 
 # %%
-patients = list(saliency_patients) or ex.pick_patients(predictions, compare[-1])
+patients = (list(saliency_patients) or ex.pick_patients(predictions, compare[-1])) if compare else []
 volumes = ex.data
 lesion_maps = {}
-if has_truth:
+if has_truth and patients:
     lab = ex.labels_on_grid(patients)
     lesion_code = {v: k for k, v in lab["names"].items()}["lesion"]
     lesion_maps = {p: lab["labels"][i] == lesion_code for i, p in enumerate(patients)}
@@ -169,7 +174,7 @@ for pid in patients:
 # shows the static images above.
 
 # %%
-if interactive:
+if interactive and patients:
     pid = patients[0]
     row = volumes.rows([pid])[0]
     display(explain.slice_viewer(volumes.volumes["pet"][row, 0],
@@ -188,13 +193,16 @@ if interactive:
 # the distances themselves are the result. The paper's values (real cohort) are given beside ours.
 
 # %%
-gd = ex.gradient_distributions(compare)
-explain.gradient_histogram_figure(gd["hist"], names).show()
-a, b = compare[0], compare[-1]
-comparison = stats.distribution_distances(gd["samples"][a], gd["samples"][b], bins=config.bins, range=(0.0, 1.0))
-print(f"{names.get(a, a)} vs {names.get(b, b)}, {gd['n_patients']} test patients of repeat {repeat}; "
-      f"{comparison.n_a:,} and {comparison.n_b:,} voxels in the distances")
-explain.distance_table(comparison)
+if len(compare) == 2:
+    gd = ex.gradient_distributions(compare)
+    explain.gradient_histogram_figure(gd["hist"], names).show()
+    a, b = compare
+    comparison = stats.distribution_distances(gd["samples"][a], gd["samples"][b], bins=config.bins, range=(0.0, 1.0))
+    print(f"{names.get(a, a)} vs {names.get(b, b)}, {gd['n_patients']} test patients of repeat {repeat}; "
+          f"{comparison.n_a:,} and {comparison.n_b:,} voxels in the distances")
+    display(explain.distance_table(comparison))
+else:
+    print("Two PET models are needed for this comparison (parameter `compare`).")
 
 # %% [markdown]
 # ## Where the saliency falls (synthetic cohort)
@@ -210,7 +218,7 @@ explain.distance_table(comparison)
 # more than the region's size alone would explain).
 
 # %%
-if has_truth:
+if has_truth and pet_models:
     mass = ex.saliency_mass(pet_models)
     display(mass.pivot(index="region", columns="model", values="mass_fraction").round(3))
     display(mass.pivot(index="region", columns="model", values="enrichment").round(2))
@@ -229,7 +237,7 @@ else:
 # underestimate.
 
 # %%
-if has_truth:
+if has_truth and pet_models:
     ids = sorted(ex.folds.loc[ex.folds["repeat"] == repeat, "patient_id"].unique())
     vol = ex.labels_on_grid(ids)["volumes"].groupby("region", sort=False)[["volume_ml_fractional", "volume_ml_majority"]].sum()
     display(vol.assign(ratio=vol["volume_ml_majority"] / vol["volume_ml_fractional"]).round(2))

@@ -70,6 +70,7 @@ __all__ = [
     "ExplainConfig",
     "ExplainError",
     "Explainer",
+    "available_models",
     "best_model",
     "cohort_data",
     "display_names",
@@ -150,6 +151,27 @@ def model_keys() -> list[str]:
     paper = _paper()
     keys = getattr(paper, "MODEL_KEYS", None) if paper is not None else None
     return list(keys) if keys else list(load_registry())
+
+
+def available_models(work_dir: str | Path) -> list[str]:
+    """Models whose every fold of ``WORK/folds.csv`` is finished, in :func:`model_keys` order, then others.
+
+    Chapters default to these, so a run of a subset of the models still renders.
+    """
+    work_dir = Path(work_dir)
+    folds = pd.read_csv(work_dir / "folds.csv", dtype={"patient_id": str})
+    pairs = set(zip(folds["repeat"].astype(int), folds["fold"].astype(int), strict=True))
+    root = work_dir / "results"
+    present = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    keys = model_keys()
+    ordered = [m for m in keys if m in present] + [m for m in present if m not in keys]
+    out = []
+    for m in ordered:
+        done = {(int(d.parent.name[1:].split("_f")[0]), int(d.parent.name.split("_f")[1]))
+                for d in (root / m).glob("r*_f*/done.json")}
+        if pairs and pairs <= done:
+            out.append(m)
+    return out
 
 
 def family_order() -> tuple[str, ...]:
