@@ -12,14 +12,14 @@ Paper sections implemented
   fold (:func:`representative_fold`), the best fusion model (:func:`best_model`).
 * 3.3 and Figure 5: Kaplan-Meier of PFS by predicted probability for one model
   and repeat (:func:`survival_frame`, :func:`km_figure`, :func:`km_over_repeats`).
-* 3.4 and Figure 6: UMAP of the embeddings of each image and fusion model
+* 2.7, 3.4 and Figure 6: UMAP of the embeddings of each image and fusion model
   (:meth:`Explainer.umap`).
-* 3.4 and Figure 7: permutation importance of each laboratory value, single and
+* 2.7, 3.4 and Figure 7: permutation importance of each laboratory value, single and
   grouped (AST with ALT), for the Random Forest and every fusion model
   (:meth:`Explainer.permutation_importance`), and the gradient of the output
   with respect to the laboratory inputs of the fusion layer
   (:meth:`Explainer.lab_gradients`).
-* 3.4, Figures 8-9: PET saliency maps (gradients of the prediction with
+* 2.7, 3.4, Figures 8-9: PET saliency maps (gradients of the prediction with
   respect to the PET input), their overlays in three planes, the distribution
   of normalised gradient magnitudes of PET-only vs PET-fusion with six
   distances (:meth:`Explainer.gradient_distributions`) and, on the synthetic
