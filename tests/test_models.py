@@ -136,3 +136,9 @@ def test_the_monai_resnet10_reference_encoder_gives_512_features():
     enc = Resnet10Encoder().eval()
     with torch.no_grad():
         assert enc(torch.randn(1, 1, 16, 16, 16)).shape == (1, 512)
+
+
+def test_max_pooling_embedding_is_the_maximum_of_the_feature_map():
+    enc = ConvEncoder(3, 1, channels=(4,), strides=(2,), pooling="max", dropout_prob=0.0, img_size=(8, 8, 8)).eval()
+    x = torch.randn(2, 1, 8, 8, 8)
+    assert torch.equal(enc(x), enc.features(x).amax(dim=(2, 3, 4)))

@@ -35,12 +35,14 @@ def folds_of(data: CohortData, n_repeats: int = 1) -> pd.DataFrame:
     return make_folds(pd.DataFrame({"patient_id": data.patient_ids, "pfs_short": data.y}), 3, n_repeats, 0)
 
 
-def cv_auroc(spec_key: str, data: CohortData, cfg: TrainConfig = FAST) -> list[float]:
+def cv_auroc(spec_key: str, data: CohortData, cfg: TrainConfig = FAST, min_sd: float = 0.0) -> list[float]:
+    """AUROC of each of 3 folds; every fold's test predictions must vary by more than ``min_sd``."""
     folds = folds_of(data)
     out = []
     for fold in range(3):
         train, test = fold_ids(folds, 0, fold)
         p = train_fold(REG[spec_key], cfg, data, train, test, 0, fold).predictions
+        assert p["prob"].std() > min_sd, f"{spec_key} fold {fold}: constant output (sd {p['prob'].std():.4f})"
         out.append(roc_auc_score(p["y_true"], p["prob"]))
     return out
 
@@ -106,9 +108,18 @@ def test_an_extreme_test_patient_leaves_the_fitted_normalisation_and_weights_unc
     assert changed.loc[test[0]] and not changed.drop(test[0]).any()
 
 
-@pytest.mark.parametrize("key", ["rf_labs", "pet_only", "ct_only", "petct_fusion"])
-def test_each_model_family_learns_a_planted_signal(signal, key):
-    assert np.mean(cv_auroc(key, signal)) > 0.8
+def test_defaults_are_the_papers_except_decoupled_weight_decay_and_adam_stays_available():
+    cfg = TrainConfig()
+    assert (cfg.lr, cfg.weight_decay, cfg.dropout, cfg.loss, cfg.epochs, cfg.batch_size) == (0.01, 0.2, 0.1, "bce", 30, 16)
+    assert cfg.optimizer == "adamw" and not cfg.augment
+    assert TrainConfig(optimizer="adam").optimizer == "adam"
+    with pytest.raises(TrainingError, match="optimizer"):
+        TrainConfig(optimizer="sgd")
+
+
+@pytest.mark.parametrize("key", ["rf_labs", "pet_only", "ct_only", "pet_fusion", "petct_fusion"])
+def test_each_model_family_learns_a_planted_signal_without_collapsing_to_a_constant(signal, key):
+    assert np.mean(cv_auroc(key, signal, min_sd=0.02)) > 0.8
 
 
 def test_with_labels_unrelated_to_the_inputs_every_family_is_at_chance(noise):
@@ -180,3 +191,24 @@ def test_the_random_forest_fold_is_stored_and_reloaded(tmp_path, signal):
 
 def test_auto_device_is_cuda_exactly_when_cuda_is_available():
     assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_augmentation_moves_pet_and_ct_of_a_patient_together_and_leaves_labs_alone():
+    from prrt_utils.training import _augment
+
+    x = torch.arange(2 * 4 * 3 * 5, dtype=torch.float32).reshape(2, 1, 4, 3, 5)
+    labs = torch.randn(2, 4)
+    pet, ct, lab = _augment([x, x.clone(), labs], [True, True, False], torch.Generator().manual_seed(3), 1)
+    assert torch.equal(pet, ct) and torch.equal(lab, labs)
+    assert not torch.equal(pet, x)
+    for i in range(2):  # each patient's volume is a flip/roll of itself: same voxel values
+        assert torch.equal(pet[i].flatten().sort().values, x[i].flatten().sort().values)
+
+
+def test_two_augmented_runs_give_identical_predictions_on_cpu(signal):
+    folds = folds_of(signal)
+    train, test = fold_ids(folds, 0, 2)
+    cfg = TrainConfig(epochs=2, device="cpu", augment=True)
+    a = train_fold(REG["pet_fusion"], cfg, signal, train, test, 0, 2)
+    b = train_fold(REG["pet_fusion"], cfg, signal, train, test, 0, 2)
+    pd.testing.assert_frame_equal(a.predictions, b.predictions)
