@@ -50,6 +50,7 @@ __all__ = [
     "execute_notebook",
     "make_book",
     "repo_root",
+    "resolve_cohort",
     "run_models",
 ]
 
@@ -92,6 +93,12 @@ class BookConfig(Config):
         ``skip`` a patient whose data cannot be used (and list it) or ``stop``.
     kernel : str
         Jupyter kernel that executes the notebooks.
+    cohort_yaml : str
+        Own cohort (:class:`prrt_utils.intake.CohortSource` YAML); when set, the
+        export is normalised into ``data/intake/<name>/`` and read from there
+        (``data_dir`` is replaced), with the YAML's PFS threshold.
+    pfs_threshold_months : float
+        PFS split in months passed to the cohort chapter (paper: 12).
     """
 
     data_dir: str = str(DEFAULT_SYNTHETIC)
@@ -107,6 +114,8 @@ class BookConfig(Config):
     synth_patients: int = 116
     on_error: str = "skip"
     kernel: str = "python3"
+    cohort_yaml: str = ""
+    pfs_threshold_months: float = 12.0
 
     def __post_init__(self) -> None:
         if self.on_error not in ("skip", "stop"):
@@ -134,7 +143,20 @@ class BookConfig(Config):
             "device": self.device,
             "scheduler": self.scheduler,
             "on_error": self.on_error,
+            "pfs_threshold_months": self.pfs_threshold_months,
         }
+
+
+def resolve_cohort(cfg: BookConfig, root: Path) -> BookConfig:
+    """With ``cohort_yaml`` set: run the intake and point ``data_dir`` and the threshold at its result."""
+    if not cfg.cohort_yaml:
+        return cfg
+    from prrt_utils.intake import CohortSource, intake, intake_dir
+
+    path = Path(cfg.cohort_yaml)
+    source = CohortSource.load(path if path.is_absolute() else root / path)
+    data = intake(source, intake_dir(root, source))
+    return cfg.replace(data_dir=str(data), pfs_threshold_months=float(source.pfs_threshold_months))
 
 
 def repo_root(start: str | Path | None = None) -> Path:
@@ -219,6 +241,7 @@ def run_models(cfg: BookConfig, root: Path | None = None, models: Sequence[str] 
     of the book. Returns seconds per page.
     """
     root = root or repo_root()
+    cfg = resolve_cohort(cfg, root)
     timings = _timings(root)
     for model in models or cfg.model_keys:
         params = {**cfg.parameters(), "model": model}
@@ -284,6 +307,7 @@ def make_book(cfg: BookConfig | None = None, root: str | Path | None = None, exe
     """The whole book: data, every notebook in order, the HTML. Returns the path of ``index.html``."""
     cfg = cfg or BookConfig()
     root = repo_root(root)
+    cfg = resolve_cohort(cfg, root)
     t_start = time.perf_counter()
     if execute:
         timings: dict[str, float] = {}

@@ -32,20 +32,42 @@ def _synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _own_cohort(args: argparse.Namespace) -> tuple[Path, float | None]:
+    """``--cohort COHORT.yaml``: run the intake into data/intake/<name>/ and use it as the data folder."""
+    if not getattr(args, "cohort", None):
+        return Path(args.data), None
+    from prrt_utils.intake import CohortSource, intake, intake_dir
+
+    source = CohortSource.load(args.cohort)
+    data = intake(source, intake_dir(Path.cwd(), source))
+    print(f"own cohort {source.name!r} normalised into {data} (see {data / 'intake_report.csv'})")
+    return data, float(source.pfs_threshold_months)
+
+
 def _cohort(args: argparse.Namespace) -> int:
     from prrt_utils.cohort import CohortConfig, build_cohort
 
-    cfg = CohortConfig(pfs_threshold_months=args.threshold, on_error=args.on_error)
-    cohort = build_cohort(cfg, Path(args.data), Path(args.work))
+    data, yaml_threshold = _own_cohort(args)
+    threshold = args.threshold if args.threshold is not None else (yaml_threshold or 12.0)
+    cfg = CohortConfig(pfs_threshold_months=threshold, on_error=args.on_error)
+    cohort = build_cohort(cfg, data, Path(args.work))
     n_short = int(cohort["pfs_short"].sum()) if "pfs_short" in cohort else 0
-    print(f"{len(cohort)} patients in {Path(args.work) / 'cohort' / 'cohort.csv'} ({n_short} with PFS <= {args.threshold:g} months)")
+    print(f"{len(cohort)} patients in {Path(args.work) / 'cohort' / 'cohort.csv'} ({n_short} with PFS <= {threshold:g} months)")
     return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    from prrt_utils.intake import CohortSource, check, format_check
+
+    result = check(CohortSource.load(args.cohort_yaml), quick=args.quick, n_jobs=args.jobs)
+    print(format_check(result))
+    return 0 if result["usable"].any() else 1
 
 
 def _preprocess(args: argparse.Namespace) -> int:
     from prrt_utils.preprocess import PreprocessConfig, run_preprocessing
 
-    data, work = Path(args.data), Path(args.work)
+    data, work = _own_cohort(args)[0], Path(args.work)
     cohort_csv = work / "cohort" / "cohort.csv"
     if not cohort_csv.exists():
         print(f"{cohort_csv} not found: every folder under {data / 'imaging'} is processed (run `prrt cohort` first "
@@ -63,6 +85,7 @@ def _book_config(args: argparse.Namespace) -> BookConfig:
         data_dir=args.data, work_dir=args.work, seed=args.seed, n_jobs=args.jobs,
         models=tuple(getattr(args, "models", None) or ()), n_repeats=args.repeats, n_splits=args.folds,
         epochs=args.epochs, device=args.device, scheduler=args.scheduler,
+        cohort_yaml=str(Path(args.cohort).resolve()) if args.cohort else "",
     )
 
 
@@ -97,6 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--data", default=DEFAULT_DATA, help="raw cohort folder: clinical.csv and imaging/<patient_id>/ (default: %(default)s)")
         if work:
             p.add_argument("--work", default=DEFAULT_WORK, help="folder for every stage's outputs and caches (default: %(default)s)")
+        if data and work:
+            p.add_argument("--cohort", metavar="COHORT.yaml", default=None, help="run on your own cohort described by this YAML (see book/own_cohort.md); replaces --data")
         p.add_argument("--quiet", action="store_true", help="no progress bars")
 
     p = sub.add_parser("synth", help="write the synthetic digital-twin cohort (DICOM + CSV + ground truth)")
@@ -113,9 +138,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("cohort", help="validate the clinical table against the imaging folders; write work/cohort/")
     common(p)
-    p.add_argument("--threshold", type=float, default=12.0, help="PFS threshold in months for short vs long PFS (default: %(default)s)")
+    p.add_argument("--threshold", type=float, default=None, help="PFS threshold in months for short vs long PFS (default: the cohort YAML's, else 12)")
     p.add_argument("--on-error", choices=("skip", "stop"), default="skip", help="skip a bad patient (listed in the exclusion table) or stop at the first problem (default: %(default)s)")
     p.set_defaults(func=_cohort)
+
+    p = sub.add_parser("check", help="validate your own cohort (COHORT.yaml) before any training: one line per patient, usable or not, and why")
+    p.add_argument("cohort_yaml", metavar="COHORT.yaml", help="description of the export (see examples/cohort.example.yaml)")
+    p.add_argument("--quick", action="store_true", help="DICOM headers only: no voxel is read, slice geometry and coverage are not checked")
+    p.add_argument("--jobs", type=int, default=2, help="parallel worker processes (default: %(default)s)")
+    p.set_defaults(func=_check)
 
     p = sub.add_parser("preprocess", help="load DICOM/NIfTI, convert to SUVbw and HU, resample to 75x50x50; write work/preprocessed/")
     common(p)
@@ -149,7 +180,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except ValueError as exc:
+        from prrt_utils.intake import IntakeError
+
+        if not isinstance(exc, IntakeError):
+            raise
+        print(f"prrt {args.command}: {exc}", file=sys.stderr)  # a cohort YAML or table that cannot be used
+        return 2
 
 
 if __name__ == "__main__":

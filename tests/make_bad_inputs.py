@@ -1,0 +1,421 @@
+"""Write the bad-input corpus: a raw export (DESIGN "Raw export") full of deliberately broken inputs.
+
+Usage::
+
+    python tests/make_bad_inputs.py OUT      # writes OUT/clinical.csv, OUT/imaging/, OUT/cases.csv
+
+or ``make_bad_inputs(folder)`` from a test. Nothing here is a committed binary:
+one valid DICOM patient is written by :mod:`dicom_factory` (straight from the
+DICOM standard, independent of the code under test), and every broken case is
+a copy of it with one thing broken by pydicom, or a small NIfTI, or a row of
+the clinical table. ``cases.csv`` lists every case with the stage that must
+catch it and words its message must contain; :data:`CASES` is the same list.
+
+The corpus mixes patients who must pass (a good DICOM and a good NIfTI patient,
+and inputs whose handling is documented: stray non-DICOM files, other
+modalities in the folder, a censored patient) with patients each broken in
+one way, so a test can assert that the good ones still complete beside them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import dicom_factory as fac  # noqa: E402
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """One patient of the corpus.
+
+    Attributes
+    ----------
+    patient_id : str
+        Study id (``"(line N)"`` for the row without an id).
+    what : str
+        What is broken (or special), in words.
+    stage : str
+        ``"cohort"`` or ``"preprocess"``: the stage that excludes the patient
+        with a message; ``""``: nobody excludes it (documented handling).
+    expect : str
+        Words the stage's message must contain (``""`` if none is expected).
+    classified : bool
+        The patient reaches the models (a PFS class and preprocessed images).
+    preprocessed : bool
+        The preprocessing stage writes a volume for it.
+    """
+
+    patient_id: str
+    what: str
+    stage: str
+    expect: str
+    classified: bool = False
+    preprocessed: bool = False
+
+
+def _ok(pid: str, what: str) -> Case:
+    return Case(pid, what, "", "", classified=True, preprocessed=True)
+
+
+def _img(pid: str, what: str, expect: str) -> Case:
+    return Case(pid, what, "preprocess", expect)
+
+
+def _row(pid: str, what: str, expect: str) -> Case:
+    return Case(pid, what, "cohort", expect)
+
+
+CASES: tuple[Case, ...] = (
+    _ok("PRRT-001", "good DICOM patient"),
+    _ok("PRRT-002", "good NIfTI patient (SUVbw with pet.json)"),
+    _ok(
+        "PRRT-003",
+        "non-DICOM files (text, PDF, thumbnail database, .DS_Store) in the series folders: skipped",
+    ),
+    _ok(
+        "PRRT-004", "mixed modalities in one flat folder (PET, CT, an MR series, a DICOMDIR): others ignored"
+    ),
+    Case(
+        "PRRT-005",
+        "censored (no progression event): kept, not classified",
+        "cohort",
+        "censored",
+        preprocessed=True,
+    ),
+    _img("PRRT-006", "zero-byte DICOM file in the PET series", "is empty (0 bytes)"),
+    _img("PRRT-007", "DICOM file cut inside its pixel data", "is truncated (pixel data needs"),
+    _img("PRRT-008", "DICOM file cut inside its header", "truncated"),
+    _img("PRRT-009", "CT series with a missing slice", "CT has missing slices"),
+    _img("PRRT-010", "CT series with two slices at the same position", "CT has duplicated slice positions"),
+    _img("PRRT-011", "CT acquired with gantry tilt (GantryDetectorTilt 15)", "gantry tilt of 15 degrees"),
+    _img("PRRT-012", "CT with tilted geometry but no tilt tag", "gantry tilt"),
+    _img("PRRT-013", "PET without DecayCorrection", "DecayCorrection missing is not supported"),
+    _img("PRRT-014", "PET without the radionuclide half-life", "RadionuclideHalfLife is missing"),
+    _img("PRRT-015", "PET without the injection time", "injection time"),
+    _img("PRRT-016", "PET in counts (Units CNTS): no SUV possible", "counts (Units CNTS)"),
+    _img("PRRT-017", "CT without RescaleSlope/RescaleIntercept", "no RescaleSlope/RescaleIntercept"),
+    _img("PRRT-018", "NIfTI PET with a singular affine", "singular or broken affine"),
+    _img("PRRT-019", "NIfTI PET without orientation (qform and sform codes 0)", "has no orientation"),
+    _img("PRRT-020", "NIfTI CT with NaN in its affine", "broken affine"),
+    _img("PRRT-021", "PET only, no CT series", "no CT series found"),
+    _img("PRRT-022", "folder of non-DICOM files only", "no PET series found"),
+    _row(
+        "PRRT-023", "text in a laboratory value (CgA 'n/a')", "cga_ug_l has 'n/a' where a number is expected"
+    ),
+    _row("PRRT-024", "negative laboratory value (ALT -12)", "alt_u_l is negative"),
+    _row("PRRT-025", "absurd laboratory value (AST 28000 U/l)", "ast_u_l = 28000 is implausible"),
+    _row("PRRT-026", "patient id twice in the table", "appears 2 times"),
+    _row("(line 29)", "row without a patient id", "row at line 29 has no patient_id"),
+    _row("PRRT-027", "missing laboratory value (GGT empty)", "missing lab value ggt_u_l"),
+    _row("PRRT-028", "decimal comma in our layout (ALT '12,5')", "alt_u_l has '12,5'"),
+    _row("PRRT-029", "event flag not 0/1 ('yes')", "column event has 'yes' where a number is expected"),
+    _row("PRRT-030", "clinical row without an imaging folder", "no imaging folder"),
+    _row("PRRT-031", "empty imaging folder", "imaging folder is empty"),
+    _row("PRRT-032", "imaging folder without a clinical row", "imaging folder without clinical row"),
+)
+"""Every case of the corpus, in the order of the clinical table."""
+
+
+def _row_values(i: int) -> dict[str, str]:
+    """A valid clinical row (every cell as text); PFS alternates between the short and long class."""
+    return {
+        "patient_id": f"PRRT-{i:03d}",
+        "age_years": str(50 + i % 20),
+        "sex": "MF"[i % 2],
+        "primary_site": ("small_intestine", "pancreas", "cup")[i % 3],
+        "met_hepatic": "1",
+        "met_lymphonodal": str(i % 2),
+        "met_osseous": "0",
+        "met_peritoneal": "0",
+        "met_pulmonal": "0",
+        "functional": "no",
+        "grade": "G2",
+        "ki67_pct": "5",
+        "prrt_cycles": "4",
+        "pfs_months": ("8.5", "20.25")[i % 2],
+        "event": "1",
+        "ast_u_l": "30",
+        "alt_u_l": "24",
+        "cga_ug_l": "180",
+        "ggt_u_l": "45",
+    }
+
+
+def _clinical() -> pd.DataFrame:
+    rows = []
+    for case in CASES:
+        if case.patient_id == "PRRT-032":  # images without a row
+            continue
+        if case.patient_id.startswith("(line"):
+            row = _row_values(99)
+            row["patient_id"] = ""
+            rows.append(row)
+            continue
+        row = _row_values(int(case.patient_id[5:]))
+        edits = {
+            "PRRT-005": ("event", "0"),
+            "PRRT-023": ("cga_ug_l", "n/a"),
+            "PRRT-024": ("alt_u_l", "-12"),
+            "PRRT-025": ("ast_u_l", "28000"),
+            "PRRT-027": ("ggt_u_l", ""),
+            "PRRT-028": ("alt_u_l", "12,5"),
+            "PRRT-029": ("event", "yes"),
+        }
+        if case.patient_id in edits:
+            col, value = edits[case.patient_id]
+            row[col] = value
+        rows.append(row)
+        if case.patient_id == "PRRT-026":
+            rows.append(dict(row, pfs_months="30"))  # the same id again, another row
+    return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------------------
+# Breaking a copy of the good patient
+# ---------------------------------------------------------------------------
+
+
+def _copy(src: Path, dst: Path) -> None:
+    """A copy of a patient folder (hard links where possible: the files are never edited in place)."""
+
+    def link(a: str, b: str) -> None:
+        try:
+            os.link(a, b)
+        except OSError:
+            shutil.copy2(a, b)
+
+    shutil.copytree(src, dst, copy_function=link)
+
+
+def _by_position(files: list[Path]) -> list[tuple[Path, Any]]:
+    import pydicom
+
+    items = [(p, pydicom.dcmread(p)) for p in files]
+    return sorted(items, key=lambda item: -float(item[1].ImagePositionPatient[2]))
+
+
+def _edit(folder: Path, edit: Callable[[Any, int], None]) -> None:
+    """Apply ``edit(ds, d)`` to every slice of the series in ``folder`` (``d``: rank head to feet), rewriting files."""
+    files = sorted(p for p in folder.iterdir() if p.is_file())
+    for d, (path, ds) in enumerate(_by_position(files)):
+        edit(ds, d)
+        path.unlink()  # break the hard link before writing
+        ds.save_as(path, enforce_file_format=True)
+
+
+def _truncate(folder: Path, n_bytes: int) -> None:
+    path = sorted(folder.iterdir())[3]
+    data = path.read_bytes()[:n_bytes]
+    path.unlink()
+    path.write_bytes(data)
+
+
+def _nifti(
+    folder: Path,
+    *,
+    pet_affine: np.ndarray | None = None,
+    ct_affine: np.ndarray | None = None,
+    header_codes: int = 1,
+) -> None:
+    """A NIfTI patient (SUVbw PET, HU CT) on the factory's grids, optionally with a broken affine."""
+    import gzip
+
+    import nibabel as nib
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, geom, modality, affine in (
+        ("pet.nii.gz", fac.PET_GEOM, "PT", pet_affine),
+        ("ct.nii.gz", fac.CT_GEOM, "CT", ct_affine),
+    ):
+        values = fac.patient_values(geom, modality).astype(np.float32)
+        fac.write_nifti(folder / name, values, geom.affine() if affine is None else affine)
+        if header_codes == 0 and modality == "PT":
+            img = nib.load(str(folder / name))
+            img = nib.Nifti1Image(np.asarray(img.dataobj), None, img.header)
+            img.header.set_qform(None, code=0)
+            img.header.set_sform(None, code=0)
+            (folder / name).write_bytes(gzip.compress(img.to_bytes(), mtime=0))
+    (folder / "pet.json").write_text(json.dumps({"units": "SUVbw"}))
+
+
+def _nan_affine(folder: Path) -> None:
+    """Give the CT a NaN in its sform (some converters write that for an unknown geometry), no qform."""
+    import gzip
+
+    import nibabel as nib
+
+    path = folder / "ct.nii.gz"
+    img = nib.load(str(path))
+    hdr = img.header.copy()
+    hdr["srow_x"] = [np.nan, 0.0, 0.0, 0.0]
+    hdr["sform_code"], hdr["qform_code"] = 1, 0
+    path.write_bytes(gzip.compress(nib.Nifti1Image(np.asarray(img.dataobj), None, hdr).to_bytes(), mtime=0))
+
+
+def make_bad_inputs(root: str | Path) -> tuple[Case, ...]:
+    """Write the corpus into ``root`` (``clinical.csv``, ``imaging/``, ``cases.csv``); return :data:`CASES`.
+
+    Parameters
+    ----------
+    root : path
+        An empty or absent folder; it becomes a raw export (DESIGN "Raw export").
+
+    Returns
+    -------
+    tuple of Case
+    """
+    import pydicom
+
+    root = Path(root)
+    img = root / "imaging"
+    img.mkdir(parents=True, exist_ok=True)
+    good = img / "PRRT-001"
+    fac.write_patient(good, key="corpus")
+    pet, ct = "pet", "ct"
+
+    def copy(pid: str) -> Path:
+        _copy(good, img / pid)
+        return img / pid
+
+    _nifti(img / "PRRT-002")
+
+    f = copy("PRRT-003")
+    (f / pet / "README.txt").write_text("PET/CT export of the department of nuclear medicine\n")
+    (f / ct / "Thumbs.db").write_bytes(bytes(range(256)) * 8)
+    (f / ct / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1" + bytes(64))
+    (f / "report.pdf").write_bytes(b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n1 0 obj\n<<>>\nendobj\n%%EOF\n")
+
+    f = img / "PRRT-004"
+    f.mkdir()
+    for sub in (pet, ct):
+        for p in sorted((good / sub).iterdir()):
+            os.link(p, f / f"{sub}_{p.name}")
+    for k, p in enumerate(sorted((good / ct).iterdir())[:5]):  # an MR localiser: a modality we do not use
+        ds = pydicom.dcmread(p)
+        ds.Modality = "MR"
+        ds.SeriesInstanceUID = fac._uid("mr-localiser")
+        ds.SOPInstanceUID = fac._uid("mr-localiser", k)
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.save_as(f / f"mr_{k:02d}", enforce_file_format=True)
+    dicomdir = pydicom.Dataset()
+    dicomdir.file_meta = pydicom.dataset.FileMetaDataset()
+    dicomdir.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.1.3.10"
+    dicomdir.file_meta.MediaStorageSOPInstanceUID = fac._uid("dicomdir")
+    dicomdir.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+    dicomdir.FileSetID = "EXPORT"
+    dicomdir.save_as(f / "DICOMDIR", enforce_file_format=True)
+
+    copy("PRRT-005")
+
+    f = copy("PRRT-006")
+    (f / pet / "IM0000.dcm").write_bytes(b"")
+    _truncate(copy("PRRT-007") / pet, 3000)
+    _truncate(copy("PRRT-008") / pet, 400)
+
+    f = copy("PRRT-009")
+    _by_position(sorted((f / ct).iterdir()))[10][0].unlink()
+
+    positions = fac.CT_GEOM.positions()
+
+    def duplicate(ds: Any, d: int) -> None:
+        if d == 7:
+            ds.ImagePositionPatient = [f"{v:.6f}" for v in positions[6]]
+
+    _edit(copy("PRRT-010") / ct, duplicate)
+
+    def tilt_tag(ds: Any, d: int) -> None:
+        ds.GantryDetectorTilt = "15"
+
+    _edit(copy("PRRT-011") / ct, tilt_tag)
+
+    def tilt_geometry(ds: Any, d: int) -> None:
+        p = positions[d]
+        ds.ImagePositionPatient = [
+            f"{p[0]:.6f}",
+            f"{p[1] + d * 20.0 * np.tan(np.radians(12)):.6f}",
+            f"{p[2]:.6f}",
+        ]
+
+    _edit(copy("PRRT-012") / ct, tilt_geometry)
+
+    def no_decay(ds: Any, d: int) -> None:
+        del ds.DecayCorrection
+
+    _edit(copy("PRRT-013") / pet, no_decay)
+
+    def no_half_life(ds: Any, d: int) -> None:
+        del ds.RadiopharmaceuticalInformationSequence[0].RadionuclideHalfLife
+
+    _edit(copy("PRRT-014") / pet, no_half_life)
+
+    def no_injection_time(ds: Any, d: int) -> None:
+        radio = ds.RadiopharmaceuticalInformationSequence[0]
+        del radio.RadiopharmaceuticalStartTime
+        del radio.RadiopharmaceuticalStartDateTime
+
+    _edit(copy("PRRT-015") / pet, no_injection_time)
+
+    def counts(ds: Any, d: int) -> None:
+        ds.Units = "CNTS"
+
+    _edit(copy("PRRT-016") / pet, counts)
+
+    def no_rescale(ds: Any, d: int) -> None:
+        del ds.RescaleSlope
+        del ds.RescaleIntercept
+
+    _edit(copy("PRRT-017") / ct, no_rescale)
+
+    singular = fac.PET_GEOM.affine()
+    singular[:3, 2] = singular[:3, 1]  # two equal columns
+    _nifti(img / "PRRT-018", pet_affine=singular)
+    _nifti(img / "PRRT-019", header_codes=0)
+    _nifti(img / "PRRT-020")
+    _nan_affine(img / "PRRT-020")
+
+    shutil.rmtree(copy("PRRT-021") / ct)
+
+    f = img / "PRRT-022" / "export"
+    f.mkdir(parents=True)
+    for k in range(3):
+        (f / f"slice{k}.jpg").write_bytes(b"\xff\xd8\xff\xe0" + bytes(100))
+
+    for pid in ("PRRT-023", "PRRT-032"):
+        copy(pid)  # good images: only the clinical row is wrong (or missing)
+    for pid in ("PRRT-024", "PRRT-025", "PRRT-026", "PRRT-027", "PRRT-028", "PRRT-029"):
+        (img / pid).mkdir()  # a bad row is excluded before its images are looked at: a token file is enough
+        (img / pid / "not-read.txt").write_text("the clinical row of this patient is broken\n")
+    (img / "PRRT-031").mkdir()
+
+    _clinical().to_csv(root / "clinical.csv", index=False)
+    pd.DataFrame([dataclasses.asdict(c) for c in CASES]).to_csv(root / "cases.csv", index=False)
+    return CASES
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python tests/make_bad_inputs.py OUT_FOLDER", file=sys.stderr)
+        return 2
+    out = Path(args[0])
+    if out.exists() and any(out.iterdir()):
+        print(f"{out} is not empty", file=sys.stderr)
+        return 2
+    cases = make_bad_inputs(out)
+    print(f"{len(cases)} cases written to {out} (list: {out / 'cases.csv'})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
