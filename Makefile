@@ -9,11 +9,13 @@ TORCH  ?= torch==2.13.0
 DATA   ?= data/synthetic
 WORK   ?= work
 JOBS   ?= 2
+# Own cohort: a cohort description (see book/own_cohort.md); empty runs the synthetic cohort
+COHORT ?=
 
-.PHONY: book test install install-test chromium lint bench clean
+.PHONY: book test check install install-test chromium lint bench clean
 
 book: install
-	$(BIN)/prrt book --data $(DATA) --work $(WORK) --jobs $(JOBS)
+	$(BIN)/prrt book --data $(DATA) --work $(WORK) --jobs $(JOBS) $(if $(COHORT),--cohort $(COHORT))
 
 test: install-test chromium
 	$(BIN)/python -m pytest
@@ -42,6 +44,10 @@ chromium:
 	@command -v chromium >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium; \
 	  else echo "chromium not found: sudo apt-get install chromium (the browser test will be skipped)"; fi; }
+
+# Validate an own cohort before any training: make check COHORT=cohort.yaml
+check: install
+	$(BIN)/prrt check $(COHORT)
 
 lint: install-test
 	$(BIN)/ruff check prrt_utils tests bench
