@@ -801,6 +801,9 @@ def run_preprocessing(
         if records[pid]["status"] == "ok"
     ]
     qc_frame = pd.DataFrame(qc)
+    # the same columns in the same order whether a patient's facts were computed now or read from the
+    # cache (whose JSON is key-sorted), so a resumed run writes the same qc.csv as an uninterrupted one
+    qc_frame = qc_frame[["patient_id", *sorted(c for c in qc_frame.columns if c != "patient_id")]] if qc else qc_frame
     for col in qc_frame.columns:
         if qc_frame[col].map(lambda v: isinstance(v, list)).any():
             qc_frame[col] = qc_frame[col].map(
