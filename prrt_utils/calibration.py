@@ -1,0 +1,534 @@
+"""Clinical value of the classification models: calibration, decision curves, uncertainty (chapter 07).
+
+The paper (Baur et al. 2025, sections 2.6 and 3.2) reports discrimination only
+(AUROC, AUPRC, accuracy). A statistician would ask three more questions of the
+stored out-of-fold predictions (``WORK/results/predictions.parquet``,
+``prob`` = predicted probability of PFS <= 12 months):
+
+* **Calibration**: do predicted probabilities match observed frequencies?
+  Reliability diagram (:func:`reliability_curve`, scikit-learn's
+  ``calibration_curve``), Brier score, and logistic recalibration intercept
+  ("calibration in the large", 0 is ideal) and slope (1 is ideal; < 1 means
+  too extreme predictions) (:func:`calibration_stats`, statsmodels GLM).
+  :func:`recalibrate_within_folds` fits a logistic (Platt) recalibration on the
+  training patients of each fold only.
+* **Decision curves**: net benefit of "closer follow-up after PRRT if P(short
+  PFS) >= threshold" against treat-all and treat-none (:func:`decision_curve`
+  calls ``dcurves.dca``; :func:`net_benefit` is the formula of Vickers & Elkin
+  2006, checked equal to dcurves in the tests).
+* **Uncertainty**: percentile bootstrap confidence intervals of AUROC and AUPRC
+  of the pooled out-of-fold predictions of each repeat (:func:`bootstrap_ci`,
+  :func:`bootstrap_table`), and DeLong's test of two correlated AUROCs
+  (:func:`delong_test`; the fast algorithm of Sun & Xu 2014, written by hand
+  because no maintained Python library provides it; tested against a
+  brute-force DeLong 1988 covariance and scikit-learn's AUROC).
+
+Every function takes ``y`` (0/1, 1 = short PFS) and ``p`` (probability of short
+PFS) for one set of patients; the ``*_table`` helpers loop over models and
+repeats of a predictions frame (``model, repeat, fold, patient_id, y_true, prob``).
+Within one repeat each patient is in exactly one test fold, so the pooled
+out-of-fold set of a repeat has each patient once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import warnings
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+from numpy.typing import ArrayLike
+from scipy import stats as sps
+from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
+
+__all__ = [
+    "BootstrapCI",
+    "CalibrationError",
+    "CalibrationResult",
+    "DeLongResult",
+    "bootstrap_ci",
+    "bootstrap_table",
+    "calibration_stats",
+    "calibration_table",
+    "decision_curve",
+    "delong_table",
+    "delong_test",
+    "net_benefit",
+    "pooled_predictions",
+    "recalibrate_within_folds",
+    "reliability_curve",
+    "reliability_table",
+]
+
+EPS = 1e-6
+"""Probabilities are clipped to ``[EPS, 1 - EPS]`` before the logit (a forest can predict exactly 0 or 1)."""
+
+
+class CalibrationError(ValueError):
+    """Inputs that cannot be scored (one class only, mismatched lengths, missing model)."""
+
+
+def _yp(y: ArrayLike, p: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    y = np.asarray(y, dtype=float).ravel()
+    p = np.asarray(p, dtype=float).ravel()
+    if y.shape != p.shape:
+        raise CalibrationError(f"y has {y.size} values but p has {p.size}")
+    if not np.isin(y, (0.0, 1.0)).all():
+        raise CalibrationError("y must be 0/1 (1 = short PFS)")
+    if not np.isfinite(p).all() or (p < 0).any() or (p > 1).any():
+        raise CalibrationError("p must be probabilities in [0, 1]")
+    return y.astype(int), p
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    q = np.clip(p, EPS, 1 - EPS)
+    return np.log(q / (1 - q))
+
+
+# --------------------------------------------------------------------------- calibration
+
+
+@dataclasses.dataclass(frozen=True)
+class CalibrationResult:
+    """Calibration of one set of predictions.
+
+    Attributes
+    ----------
+    n : int
+        Patients.
+    prevalence : float
+        Observed share of short PFS.
+    mean_prob : float
+        Mean predicted probability (equal to ``prevalence`` for predictions
+        calibrated in the large).
+    brier : float
+        Mean squared error of the probabilities, 0 = perfect; a constant
+        prediction of the prevalence scores ``prevalence * (1 - prevalence)``.
+    intercept : float
+        Calibration in the large: ``a`` in ``logit P(y=1) = a + logit(p)``
+        (slope fixed at 1). 0 is ideal; > 0 means the model under-predicts risk.
+    slope : float
+        ``b`` in ``logit P(y=1) = a' + b logit(p)``. 1 is ideal; < 1 means the
+        predictions are too extreme (over-fitting), > 1 too modest.
+    intercept_ci, slope_ci : tuple of float
+        95 % Wald confidence intervals.
+    method : str
+    """
+
+    n: int
+    prevalence: float
+    mean_prob: float
+    brier: float
+    intercept: float
+    intercept_ci: tuple[float, float]
+    slope: float
+    slope_ci: tuple[float, float]
+    method: str
+
+    def to_frame(self) -> pd.DataFrame:
+        return pd.DataFrame([dataclasses.asdict(self)])
+
+
+def calibration_stats(y: ArrayLike, p: ArrayLike) -> CalibrationResult:
+    """Brier score and logistic calibration intercept and slope (Cox 1958; Van Calster et al. 2019).
+
+    Parameters
+    ----------
+    y : array, shape (n,)
+        Observed class, 1 = short PFS.
+    p : array, shape (n,)
+        Predicted probability of short PFS.
+
+    Returns
+    -------
+    CalibrationResult
+        Intercept and slope come from unpenalised logistic regressions
+        (``statsmodels`` GLM, binomial family) on ``logit(p)``: the intercept with
+        ``logit(p)`` as an offset, the slope with ``logit(p)`` as the covariate.
+    """
+    import statsmodels.api as sm
+
+    y, p = _yp(y, p)
+    if y.min() == y.max():
+        raise CalibrationError("calibration needs both classes among the patients")
+    lp = _logit(p)
+    fam = sm.families.Binomial()
+    large = sm.GLM(y, np.ones((len(y), 1)), family=fam, offset=lp).fit()
+    if np.ptp(lp) > 0:
+        weak = sm.GLM(y, sm.add_constant(lp), family=fam).fit()
+        slope, slope_ci = float(weak.params[1]), tuple(float(v) for v in weak.conf_int()[1])
+    else:  # constant predictions: no slope can be estimated
+        slope, slope_ci = math.nan, (math.nan, math.nan)
+    return CalibrationResult(
+        n=len(y),
+        prevalence=float(y.mean()),
+        mean_prob=float(p.mean()),
+        brier=float(brier_score_loss(y, p)),
+        intercept=float(large.params[0]),
+        intercept_ci=tuple(float(v) for v in large.conf_int()[0]),
+        slope=slope,
+        slope_ci=slope_ci,
+        method="Brier (sklearn); logistic recalibration intercept (offset logit p) and slope (statsmodels GLM)",
+    )
+
+
+def reliability_curve(y: ArrayLike, p: ArrayLike, n_bins: int = 5, strategy: str = "quantile") -> pd.DataFrame:
+    """Points of a reliability diagram: mean predicted vs observed share of short PFS per bin.
+
+    Returns
+    -------
+    DataFrame
+        ``mean_predicted, observed, n`` per non-empty bin (``sklearn.calibration.calibration_curve``,
+        with the bin sizes added for the marker size).
+    """
+    from sklearn.calibration import calibration_curve
+
+    y, p = _yp(y, p)
+    observed, predicted = calibration_curve(y, p, n_bins=n_bins, strategy=strategy)
+    if strategy == "quantile":  # the bins of sklearn's calibration_curve, to count patients per point
+        edges = np.percentile(p, np.linspace(0, 100, n_bins + 1))
+    else:
+        edges = np.linspace(0.0, 1.0, n_bins + 1)
+    counts = np.bincount(np.searchsorted(edges[1:-1], p), minlength=n_bins)
+    counts = counts[counts > 0]
+    return pd.DataFrame({"mean_predicted": predicted, "observed": observed, "n": counts[: len(observed)]})
+
+
+def pooled_predictions(predictions: pd.DataFrame, model: str, repeat: int) -> pd.DataFrame:
+    """One repeat's out-of-fold predictions of ``model``: each patient once (``patient_id, y_true, prob, fold``)."""
+    sub = predictions[(predictions["model"] == model) & (predictions["repeat"] == repeat)]
+    if sub.empty:
+        raise CalibrationError(f"no predictions of model {model!r} in repeat {repeat}")
+    if sub["patient_id"].duplicated().any():
+        raise CalibrationError(f"model {model!r}, repeat {repeat}: a patient appears in two test folds")
+    return sub.sort_values("patient_id").reset_index(drop=True)
+
+
+def _model_repeats(predictions: pd.DataFrame, models: Sequence[str] | None) -> list[tuple[str, int]]:
+    models = list(models) if models is not None else list(dict.fromkeys(predictions["model"]))
+    return [(m, int(r)) for m in models for r in sorted(predictions.loc[predictions["model"] == m, "repeat"].unique())]
+
+
+def calibration_table(predictions: pd.DataFrame, models: Sequence[str] | None = None) -> pd.DataFrame:
+    """:func:`calibration_stats` per model and repeat of pooled out-of-fold predictions.
+
+    Returns
+    -------
+    DataFrame
+        ``model, repeat, n, prevalence, mean_prob, brier, intercept, slope`` (and CIs).
+    """
+    rows = []
+    for m, r in _model_repeats(predictions, models):
+        pooled = pooled_predictions(predictions, m, r)
+        res = calibration_stats(pooled["y_true"], pooled["prob"])
+        rows.append({"model": m, "repeat": r, **dataclasses.asdict(res)})
+    return pd.DataFrame(rows).drop(columns="method")
+
+
+def reliability_table(predictions: pd.DataFrame, models: Sequence[str] | None = None, n_bins: int = 5) -> pd.DataFrame:
+    """Reliability points of every model from all repeats' out-of-fold predictions pooled (``model`` column added).
+
+    Quantile bins over the 5 x N predictions: each repeat contributes each
+    patient once, so a point is an average over repeats as well as patients.
+    """
+    parts = []
+    for m in (list(models) if models is not None else list(dict.fromkeys(predictions["model"]))):
+        sub = predictions[predictions["model"] == m]
+        parts.append(reliability_curve(sub["y_true"], sub["prob"], n_bins=n_bins).assign(model=m))
+    return pd.concat(parts, ignore_index=True)[["model", "mean_predicted", "observed", "n"]]
+
+
+def recalibrate_within_folds(predictions: pd.DataFrame) -> pd.DataFrame:
+    """Logistic (Platt) recalibration of each fold's test predictions, fitted on its training patients only.
+
+    The stored files hold test-fold predictions only. Within one repeat, the
+    training patients of fold k are exactly the test patients of the other
+    folds, and their out-of-fold probabilities come from models that never saw
+    them. So for each (model, repeat, fold) a logistic regression
+    ``y ~ a + b logit(p)`` is fitted on the other folds' out-of-fold predictions
+    of that repeat and applied to fold k; no test patient of fold k informs its
+    own recalibration.
+
+    Returns
+    -------
+    DataFrame
+        The input with ``prob`` replaced by the recalibrated probability and the
+        original kept as ``prob_raw``.
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    out = []
+    for (_, _), sub in predictions.groupby(["model", "repeat"], sort=False):
+        for fold in sorted(sub["fold"].unique()):
+            test = sub[sub["fold"] == fold]
+            train = sub[sub["fold"] != fold]
+            if train["y_true"].nunique() < 2:
+                raise CalibrationError("recalibration needs both classes in the training patients of every fold")
+            with warnings.catch_warnings():  # C=inf is sklearn 1.8's spelling of "no penalty"; it still warns
+                warnings.simplefilter("ignore", UserWarning)
+                lr = LogisticRegression(C=np.inf).fit(_logit(train["prob"].to_numpy())[:, None], train["y_true"])
+            new = lr.predict_proba(_logit(test["prob"].to_numpy())[:, None])[:, 1]
+            out.append(test.assign(prob_raw=test["prob"], prob=new))
+    return pd.concat(out).sort_index()
+
+
+# --------------------------------------------------------------------------- decision curves
+
+
+def net_benefit(y: ArrayLike, p: ArrayLike, thresholds: ArrayLike) -> np.ndarray:
+    """Net benefit of acting when ``p >= pt`` (Vickers & Elkin 2006): ``TP/n - FP/n * pt / (1 - pt)``.
+
+    Parameters
+    ----------
+    y, p : array, shape (n,)
+    thresholds : array, shape (T,)
+        Threshold probabilities in [0, 1).
+
+    Returns
+    -------
+    ndarray, shape (T,)
+        Net benefit in units of true positives per patient. Treat-all is
+        ``net_benefit(y, ones, pt)``; treat-none is 0.
+    """
+    y, p = _yp(y, p)
+    pt = np.asarray(thresholds, dtype=float)
+    act = p[None, :] >= pt[:, None]
+    tp = (act & (y[None, :] == 1)).sum(axis=1) / len(y)
+    fp = (act & (y[None, :] == 0)).sum(axis=1) / len(y)
+    return tp - fp * pt / (1 - pt)
+
+
+def decision_curve(frame: pd.DataFrame, models: Sequence[str], thresholds: ArrayLike | None = None,
+                   outcome: str = "y_true") -> pd.DataFrame:
+    """Net benefit of each model against treat-all and treat-none, via ``dcurves.dca``.
+
+    Parameters
+    ----------
+    frame : DataFrame
+        One row per patient: ``outcome`` (0/1) and one probability column per model.
+    models : sequence of str
+        Columns of ``frame`` holding probabilities of short PFS.
+    thresholds : array, optional
+        Threshold probabilities, default 0.05 to 0.80 in steps of 0.01.
+
+    Returns
+    -------
+    DataFrame
+        ``model, threshold, net_benefit`` (``model`` also ``all`` and ``none``).
+    """
+    import dcurves
+
+    th = np.round(np.arange(0.05, 0.801, 0.01), 2) if thresholds is None else np.asarray(thresholds, dtype=float)
+    res = dcurves.dca(data=frame[[outcome, *models]].reset_index(drop=True), outcome=outcome,
+                      modelnames=list(models), thresholds=list(th))
+    return res[["model", "threshold", "net_benefit"]].reset_index(drop=True)
+
+
+# --------------------------------------------------------------------------- bootstrap
+
+
+@dataclasses.dataclass(frozen=True)
+class BootstrapCI:
+    """Percentile bootstrap interval of a statistic over resampled patients.
+
+    Attributes
+    ----------
+    estimate : float
+        The statistic on the original sample.
+    lower, upper : float
+        ``(1 - level) / 2`` and ``(1 + level) / 2`` percentiles of the bootstrap replicates.
+    level : float
+    n_boot : int
+        Replicates drawn; those with one class only are skipped (``n_valid``).
+    n_valid : int
+    """
+
+    estimate: float
+    lower: float
+    upper: float
+    level: float
+    n_boot: int
+    n_valid: int
+
+    def format(self, digits: int = 2) -> str:
+        return f"{self.estimate:.{digits}f} [{self.lower:.{digits}f}, {self.upper:.{digits}f}]"
+
+
+METRIC_FUNCS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
+    "auroc": roc_auc_score,
+    "auprc": average_precision_score,
+}
+
+
+def bootstrap_ci(y: ArrayLike, p: ArrayLike, metric: str | Callable = "auroc", n_boot: int = 1000,
+                 level: float = 0.95, seed: int = 0) -> BootstrapCI:
+    """Percentile bootstrap CI of ``metric(y, p)`` resampling patients with replacement.
+
+    Parameters
+    ----------
+    metric : {"auroc", "auprc"} or callable ``f(y, p) -> float``
+    n_boot : int
+        Bootstrap replicates.
+    seed : int
+        Seed of ``numpy.random.default_rng``: the same seed gives the same interval.
+    """
+    y, p = _yp(y, p)
+    f = METRIC_FUNCS[metric] if isinstance(metric, str) else metric
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(y), size=(n_boot, len(y)))
+    reps = [f(y[i], p[i]) for i in idx if 0 < y[i].sum() < len(i)]
+    lo, hi = np.percentile(reps, [50 * (1 - level), 50 * (1 + level)])
+    return BootstrapCI(float(f(y, p)), float(lo), float(hi), level, n_boot, len(reps))
+
+
+def bootstrap_table(predictions: pd.DataFrame, models: Sequence[str] | None = None, n_boot: int = 1000,
+                    level: float = 0.95, seed: int = 0) -> pd.DataFrame:
+    """Bootstrap CIs of AUROC and AUPRC of pooled out-of-fold predictions, per model and repeat.
+
+    Returns
+    -------
+    DataFrame
+        ``model, repeat, metric, estimate, lower, upper`` (same seed for every
+        model and repeat, so the intervals of two models resample the same
+        patients).
+    """
+    rows = []
+    for m, r in _model_repeats(predictions, models):
+        pooled = pooled_predictions(predictions, m, r)
+        for metric in METRIC_FUNCS:
+            ci = bootstrap_ci(pooled["y_true"], pooled["prob"], metric, n_boot, level, seed)
+            rows.append({"model": m, "repeat": r, "metric": metric, "estimate": ci.estimate,
+                         "lower": ci.lower, "upper": ci.upper})
+    return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------- DeLong
+
+
+@dataclasses.dataclass(frozen=True)
+class DeLongResult:
+    """DeLong's test of two correlated AUROCs on the same patients (DeLong et al. 1988).
+
+    Attributes
+    ----------
+    auc1, auc2 : float
+        AUROC of each score (equal to ``sklearn.metrics.roc_auc_score``).
+    difference : float
+        ``auc1 - auc2``.
+    se : float
+        Standard error of the difference.
+    ci : tuple of float
+        95 % normal-approximation interval of the difference.
+    z : float
+        ``difference / se``.
+    p_value : float
+        Two-sided; small values mean the AUROCs differ.
+    covariance : ndarray, shape (2, 2)
+        DeLong covariance of ``(auc1, auc2)``.
+    method : str
+    """
+
+    auc1: float
+    auc2: float
+    difference: float
+    se: float
+    ci: tuple[float, float]
+    z: float
+    p_value: float
+    covariance: np.ndarray = dataclasses.field(compare=False, repr=False)
+    method: str = "DeLong test, fast algorithm of Sun & Xu (2014)"
+
+    def to_frame(self) -> pd.DataFrame:
+        d = dataclasses.asdict(self)
+        d.pop("covariance")
+        return pd.DataFrame([d])
+
+
+def _midrank(x: np.ndarray) -> np.ndarray:
+    """Mid-ranks (ties share the average rank), 1-based, along the last axis."""
+    return sps.rankdata(x, method="average", axis=-1)
+
+
+def delong_covariance(y: ArrayLike, scores: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    """AUROCs and their DeLong covariance for ``k`` scores on the same patients (Sun & Xu 2014).
+
+    Parameters
+    ----------
+    y : array, shape (n,)
+        0/1 labels.
+    scores : array, shape (k, n)
+        Higher score = more likely class 1.
+
+    Returns
+    -------
+    aucs : ndarray, shape (k,)
+    cov : ndarray, shape (k, k)
+        ``S10 / m + S01 / n`` with the covariance matrices of the structural
+        components (placement values) of the m positives and n negatives.
+    """
+    y = np.asarray(y).astype(int).ravel()
+    s = np.atleast_2d(np.asarray(scores, dtype=float))
+    pos, neg = s[:, y == 1], s[:, y == 0]
+    m, n = pos.shape[1], neg.shape[1]
+    if m < 2 or n < 2:
+        raise CalibrationError("DeLong needs at least two patients of each class")
+    tx, ty = _midrank(pos), _midrank(neg)
+    tz = _midrank(np.concatenate([pos, neg], axis=1))
+    aucs = (tz[:, :m].sum(axis=1) / m - (m + 1) / 2) / n
+    v10 = (tz[:, :m] - tx) / n  # per positive: share of negatives scored below it (ties count 1/2)
+    v01 = 1.0 - (tz[:, m:] - ty) / m  # per negative: share of positives scored above it
+    cov = np.atleast_2d(np.cov(v10)) / m + np.atleast_2d(np.cov(v01)) / n
+    return aucs, cov
+
+
+def delong_test(y: ArrayLike, p1: ArrayLike, p2: ArrayLike, level: float = 0.95) -> DeLongResult:
+    """Two-sided DeLong test of ``AUROC(p1) == AUROC(p2)`` on the same patients.
+
+    Written by hand (no maintained Python library; pROC's ``roc.test`` is R).
+    """
+    y, a = _yp(y, p1)
+    _, b = _yp(y, p2)
+    aucs, cov = delong_covariance(y, np.vstack([a, b]))
+    diff = float(aucs[0] - aucs[1])
+    var = float(cov[0, 0] + cov[1, 1] - 2 * cov[0, 1])
+    se = math.sqrt(max(var, 0.0))
+    zq = sps.norm.ppf(0.5 + level / 2)
+    if se > 0:
+        z = diff / se
+        p = float(2 * sps.norm.sf(abs(z)))
+    else:  # identical rankings
+        z, p = (0.0, 1.0) if diff == 0 else (math.inf, 0.0)
+    return DeLongResult(float(aucs[0]), float(aucs[1]), diff, se, (diff - zq * se, diff + zq * se), float(z), p, cov)
+
+
+def delong_table(predictions: pd.DataFrame, reference: str, others: Sequence[str]) -> pd.DataFrame:
+    """DeLong test of ``reference`` against each of ``others``, per repeat (pooled out-of-fold predictions).
+
+    Returns
+    -------
+    DataFrame
+        ``model, repeat, auc_reference, auc_model, difference, ci_low, ci_high, p_value,
+        p_holm`` where ``p_holm`` is Holm-adjusted over the ``others`` within a
+        repeat (statsmodels ``multipletests``).
+    """
+    from statsmodels.stats.multitest import multipletests
+
+    rows = []
+    repeats = sorted(predictions.loc[predictions["model"] == reference, "repeat"].unique())
+    for r in repeats:
+        ref = pooled_predictions(predictions, reference, int(r)).set_index("patient_id")
+        part = []
+        for m in others:
+            oth = pooled_predictions(predictions, m, int(r)).set_index("patient_id").loc[ref.index]
+            res = delong_test(ref["y_true"], ref["prob"], oth["prob"])
+            part.append({"model": m, "repeat": int(r), "auc_reference": res.auc1, "auc_model": res.auc2,
+                         "difference": res.difference, "ci_low": res.ci[0], "ci_high": res.ci[1],
+                         "z": res.z, "p_value": res.p_value})
+        if part:
+            adj = multipletests([row["p_value"] for row in part], method="holm")[1]
+            for row, pa in zip(part, adj, strict=True):
+                row["p_holm"] = float(pa)
+        rows.extend(part)
+    return pd.DataFrame(rows)

@@ -1,0 +1,162 @@
+"""Calibration, decision curves, bootstrap and DeLong: known answers (chapter 07)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats as sps
+from sklearn.calibration import calibration_curve
+from sklearn.metrics import roc_auc_score
+
+from prrt_utils import calibration as cal
+
+
+def _sigmoid(x):
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def _draw(n=20000, a=0.0, b=1.0, seed=0):
+    """p uniform-ish; y ~ Bernoulli(sigmoid(a + b logit p)): true intercept a (for b=1) and slope b."""
+    rng = np.random.default_rng(seed)
+    p = _sigmoid(rng.normal(0, 1.5, n))
+    y = rng.binomial(1, _sigmoid(a + b * np.log(p / (1 - p))))
+    return y, p
+
+
+def test_calibrated_predictions_have_intercept_zero_and_slope_one():
+    y, p = _draw()
+    res = cal.calibration_stats(y, p)
+    assert abs(res.intercept) < 0.05 and abs(res.slope - 1) < 0.05
+    assert res.intercept_ci[0] < 0 < res.intercept_ci[1]
+    assert res.brier == pytest.approx(np.mean((p - y) ** 2))
+
+
+def test_overconfident_predictions_have_slope_below_one_and_shift_gives_intercept():
+    y, p = _draw(b=0.5)
+    assert cal.calibration_stats(y, p).slope == pytest.approx(0.5, abs=0.05)
+    y, p = _draw(a=-1.0)
+    assert cal.calibration_stats(y, p).intercept == pytest.approx(-1.0, abs=0.06)
+
+
+def test_reliability_curve_equals_sklearn_and_counts_every_patient():
+    y, p = _draw(n=500, seed=3)
+    pts = cal.reliability_curve(y, p, n_bins=5)
+    obs, pred = calibration_curve(y, p, n_bins=5, strategy="quantile")
+    np.testing.assert_allclose(pts["observed"], obs)
+    np.testing.assert_allclose(pts["mean_predicted"], pred)
+    assert pts["n"].sum() == 500
+
+
+def test_net_benefit_by_hand_and_equal_to_dcurves():
+    y = np.array([1, 1, 0, 0])
+    p = np.array([0.9, 0.4, 0.6, 0.1])
+    # pt = 0.5: treat 0.9 (TP) and 0.6 (FP): 1/4 - 1/4 * 1 = 0; pt = 0.2: TP 2, FP 1: 2/4 - 1/4 * 0.25
+    np.testing.assert_allclose(cal.net_benefit(y, p, [0.5, 0.2]), [0.0, 0.4375])
+    yy, pp = _draw(n=300, seed=1)
+    th = np.round(np.arange(0.05, 0.8, 0.05), 2)
+    dc = cal.decision_curve(pd.DataFrame({"y_true": yy, "m": pp}), ["m"], th)
+    for name, probs in (("m", pp), ("all", np.ones_like(pp))):
+        got = dc[dc["model"] == name].sort_values("threshold")["net_benefit"].to_numpy()
+        np.testing.assert_allclose(got, cal.net_benefit(yy, probs, th), atol=1e-12)
+    assert (dc.loc[dc["model"] == "none", "net_benefit"] == 0).all()
+
+
+def test_bootstrap_ci_is_reproducible_and_covers_the_binormal_auroc():
+    rng = np.random.default_rng(0)
+    n = 1500
+    y = np.r_[np.ones(n), np.zeros(n)].astype(int)
+    s = np.r_[rng.normal(1, 1, n), rng.normal(0, 1, n)]
+    p = _sigmoid(s)
+    a = cal.bootstrap_ci(y, p, "auroc", n_boot=300, seed=5)
+    b = cal.bootstrap_ci(y, p, "auroc", n_boot=300, seed=5)
+    assert a == b
+    truth = sps.norm.cdf(1 / math.sqrt(2))  # binormal AUROC with d' = 1: 0.760
+    assert a.lower < truth < a.upper and a.upper - a.lower < 0.05
+    assert a.lower < a.estimate < a.upper
+
+
+def _delong_bruteforce(y, scores):
+    """DeLong et al. (1988) by the definition: placement values by double loops, then sample covariances."""
+    pos = [i for i in range(len(y)) if y[i] == 1]
+    neg = [j for j in range(len(y)) if y[j] == 0]
+
+    def psi(a, b):
+        return 1.0 if a > b else 0.5 if a == b else 0.0
+
+    k = len(scores)
+    v10 = np.array([[np.mean([psi(s[i], s[j]) for j in neg]) for i in pos] for s in scores])
+    v01 = np.array([[np.mean([psi(s[i], s[j]) for i in pos]) for j in neg] for s in scores])
+    aucs = v10.mean(axis=1)
+    s10 = np.array([[np.sum((v10[r] - aucs[r]) * (v10[c] - aucs[c])) / (len(pos) - 1) for c in range(k)] for r in range(k)])
+    s01 = np.array([[np.sum((v01[r] - aucs[r]) * (v01[c] - aucs[c])) / (len(neg) - 1) for c in range(k)] for r in range(k)])
+    return aucs, s10 / len(pos) + s01 / len(neg)
+
+
+def test_fast_delong_equals_the_1988_definition_and_sklearn_with_ties():
+    rng = np.random.default_rng(2)
+    y = rng.binomial(1, 0.4, 40)
+    a = np.round(rng.normal(y, 1.0), 1)  # rounded: ties inside and across classes
+    b = np.round(rng.normal(0.5 * y, 1.0), 1)
+    aucs, cov = cal.delong_covariance(y, np.vstack([a, b]))
+    ref_aucs, ref_cov = _delong_bruteforce(y, [a, b])
+    np.testing.assert_allclose(aucs, ref_aucs)
+    np.testing.assert_allclose(cov, ref_cov)
+    res = cal.delong_test(y, _sigmoid(a), _sigmoid(b))
+    assert res.auc1 == pytest.approx(roc_auc_score(y, a)) and res.auc2 == pytest.approx(roc_auc_score(y, b))
+    se = math.sqrt(ref_cov[0, 0] + ref_cov[1, 1] - 2 * ref_cov[0, 1])
+    assert res.p_value == pytest.approx(2 * sps.norm.sf(abs(ref_aucs[0] - ref_aucs[1]) / se))
+
+
+def test_delong_by_hand_on_three_by_three():
+    # positives 0.9, 0.8, 0.3; negatives 0.7, 0.2, 0.1 -> placements of positives 1, 1, 2/3 (AUROC 8/9)
+    y = np.array([1, 1, 1, 0, 0, 0])
+    s = np.array([0.9, 0.8, 0.3, 0.7, 0.2, 0.1])
+    aucs, cov = cal.delong_covariance(y, s[None, :])
+    assert aucs[0] == pytest.approx(8 / 9)
+    # V10 = (1, 1, 2/3): var 1/27; V01 = (2/3, 1, 1): var 1/27 -> 1/27/3 + 1/27/3
+    assert cov[0, 0] == pytest.approx(2 / 81)
+
+
+def test_delong_of_identical_scores_is_not_significant():
+    y, p = _draw(n=200, seed=4)
+    res = cal.delong_test(y, p, p)
+    assert res.difference == 0 and res.p_value == 1.0
+
+
+def _predictions(shift=0.0, seed=0):
+    rng = np.random.default_rng(seed)
+    rows = []
+    ids = [f"P{i:03d}" for i in range(90)]
+    y = rng.binomial(1, 0.4, 90)
+    for r in range(2):
+        fold = rng.permutation(np.arange(90) % 3)
+        for m, noise in (("good", 0.6), ("weak", 2.0)):
+            p = _sigmoid(2 * (y - 0.5) + noise * rng.normal(size=90) + shift)
+            rows.append(pd.DataFrame({"model": m, "repeat": r, "fold": fold, "patient_id": ids, "y_true": y, "prob": p}))
+    return pd.concat(rows, ignore_index=True)
+
+
+def test_recalibration_uses_training_patients_only_and_removes_a_shift():
+    pred = _predictions(shift=1.5)
+    rec = cal.recalibrate_within_folds(pred)
+    assert rec["prob"].mean() < pred["prob"].mean() - 0.1
+    # flipping the labels of one fold's test patients leaves that fold's recalibrated probabilities unchanged
+    flip = pred.copy()
+    mask = (flip["repeat"] == 0) & (flip["fold"] == 0)
+    flip.loc[mask, "y_true"] = 1 - flip.loc[mask, "y_true"]
+    again = cal.recalibrate_within_folds(flip)
+    np.testing.assert_allclose(again.loc[mask, "prob"], rec.loc[mask, "prob"])
+    assert not np.allclose(again.loc[~mask, "prob"], rec.loc[~mask, "prob"])
+
+
+def test_tables_have_one_row_per_model_and_repeat():
+    pred = _predictions()
+    assert len(cal.calibration_table(pred)) == 4
+    boot = cal.bootstrap_table(pred, n_boot=50)
+    assert len(boot) == 8 and (boot["lower"] <= boot["estimate"]).all()
+    dl = cal.delong_table(pred, "good", ["weak"])
+    assert len(dl) == 2 and (dl["auc_reference"] > dl["auc_model"]).all()
+    assert (dl["p_holm"] == dl["p_value"]).all()  # one comparison: Holm changes nothing

@@ -1,0 +1,132 @@
+"""Survival helpers of chapter 07: censoring, Breslow, sksurv metrics, hazard ratio, cached fold runs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from lifelines import CoxPHFitter
+from lifelines.datasets import load_rossi
+from lifelines.utils import concordance_index
+from sklearn.metrics import roc_auc_score
+
+from prrt_utils import survival as sv
+from prrt_utils.folds import make_folds
+from prrt_utils.training import toy_cohort_data
+
+
+def _cohort(n=200, seed=0):
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame({"patient_id": [f"P{i:03d}" for i in range(n)],
+                         "pfs_months": rng.exponential(20.0, n) + 0.5, "event": 1})
+
+
+def test_administrative_censoring_censors_the_asked_fraction_and_never_extends_follow_up():
+    c = _cohort()
+    out = sv.administrative_censoring(c, 0.3, seed=1)
+    assert (out["event"] == 0).sum() == 60
+    assert (out["pfs_months"] <= out["pfs_true_months"] + 1e-12).all()
+    # progression is seen exactly when it happens before the end of follow-up
+    assert ((out["pfs_true_months"] <= out["followup_months"]) == (out["event"] == 1)).all()
+    # censored patients were the longest-surviving relative to their entry: exit after the cut-off
+    cutoff = out.attrs["cutoff_months"]
+    exit_ = out["entry_months"] + out["pfs_true_months"]
+    assert ((exit_ > cutoff) == (out["event"] == 0)).all()
+    # where the label is known it equals the truth (administrative censoring never mislabels)
+    known = out["label_known"]
+    assert (out.loc[known, "pfs_short_observed"] == out.loc[known, "pfs_short_true"]).all()
+    assert out.loc[~known, "pfs_short_observed"].isna().all()
+    pd.testing.assert_frame_equal(out, sv.administrative_censoring(c, 0.3, seed=1))
+
+
+def test_no_censoring_keeps_the_truth():
+    c = _cohort(50)
+    out = sv.administrative_censoring(c, 0.0)
+    assert out["event"].all() and np.allclose(out["pfs_months"], c["pfs_months"])
+
+
+def test_complete_cases_over_represent_short_pfs():
+    out = sv.administrative_censoring(_cohort(2000), 0.4, seed=2)
+    s = sv.complete_case_summary(out).set_index("design")["share_short"]
+    assert s.iloc[1] > s.iloc[0] + 0.1  # complete cases vs truth
+    assert abs(s.iloc[2] - s.iloc[0]) < 0.05  # label-known cases lose few long-PFS patients
+
+
+def test_breslow_equals_lifelines_baseline_on_rossi():
+    rossi = load_rossi()
+    cph = CoxPHFitter(baseline_estimation_method="breslow").fit(rossi, "week", "arrest")
+    eta = cph.predict_log_partial_hazard(rossi).to_numpy()
+    b = sv.BreslowEstimator().fit(eta, rossi["week"].to_numpy(), rossi["arrest"].to_numpy())
+    ref = cph.baseline_cumulative_hazard_.iloc[:, 0]
+    np.testing.assert_allclose(b.cumulative_hazard(ref.index.to_numpy()), ref.to_numpy(), rtol=1e-8)
+    times = [5.0, 20.0, 40.0, 52.0]
+    np.testing.assert_allclose(b.survival_function(eta[:10], times),
+                               cph.predict_survival_function(rossi.iloc[:10], times=times).to_numpy().T, rtol=1e-8)
+
+
+def test_metrics_against_definitions_without_censoring():
+    rng = np.random.default_rng(0)
+    n = 120
+    t = rng.exponential(15, n) + 0.1
+    risk = -np.log(t) + rng.normal(0, 0.7, n)
+    e = np.ones(n, int)
+    times = np.linspace(3, 30, 10)
+    s = np.exp(-np.outer(np.exp(risk - risk.mean()), times / 15))
+    m = sv.survival_metrics(t, e, t, e, risk, s, times, horizon=12.0, true_time=t)
+    assert m["harrell"] == pytest.approx(concordance_index(t, -risk, e))
+    assert m["harrell"] == pytest.approx(m["c_true"])
+    # cumulative/dynamic AUROC without censoring = AUROC of risk for T <= 12 vs T > 12
+    assert m["auc_horizon"] == pytest.approx(roc_auc_score(t <= 12, risk))
+    # integrated Brier score without censoring: mean squared error of S(t) vs 1[T > t], trapezoid over times
+    keep = (times >= t.min()) & (times < t.max())
+    bs = ((t[:, None] > times[None, keep]) - s[:, keep]) ** 2
+    assert m["ibs"] == pytest.approx(np.trapezoid(bs.mean(0), times[keep]) / (times[keep][-1] - times[keep][0]))
+
+
+def test_perfect_risk_scores_one_and_harrell_agrees_with_lifelines_under_censoring():
+    c = sv.administrative_censoring(_cohort(300), 0.3, seed=3)
+    t, e, true = c["pfs_months"].to_numpy(), c["event"].to_numpy(), c["pfs_true_months"].to_numpy()
+    m = sv.survival_metrics(t, e, t, e, -true, None, sv.time_grid(t), true_time=true)
+    assert m["harrell"] == pytest.approx(1.0) and m["c_true"] == pytest.approx(1.0) and m["uno"] > 0.99
+    noisy = -np.log(true) + np.random.default_rng(0).normal(0, 1, len(t))
+    assert sv.harrell_lifelines(t, e, noisy) == pytest.approx(
+        sv.survival_metrics(t, e, t, e, noisy, None, sv.time_grid(t))["harrell"])
+
+
+def test_cox_hr_by_group_recovers_a_known_hazard_ratio():
+    rng = np.random.default_rng(1)
+    n = 3000
+    short = rng.binomial(1, 0.5, n)
+    t = rng.exponential(1.0 / np.where(short == 1, 2.0, 1.0))  # hazard 2 vs 1
+    df = pd.DataFrame({"prob": np.where(short == 1, 0.8, 0.2), "pfs_months": t, "event": 1})
+    res = sv.cox_hr_by_group(df, prob_is="short")
+    assert res.ci[0] < 2.0 < res.ci[1] and abs(res.hazard_ratio - 2.0) < 0.15 and res.p_value < 1e-20
+    assert res.n_short == short.sum()
+    flipped = sv.cox_hr_by_group(df.assign(prob=1 - df["prob"]), prob_is="long")
+    assert flipped.hazard_ratio == pytest.approx(res.hazard_ratio)
+    empty = sv.cox_hr_by_group(df.assign(prob=0.1), prob_is="short")
+    assert np.isnan(empty.hazard_ratio)
+
+
+def _toy(n=45):
+    data = toy_cohort_data(n, shape=(12, 8, 8), seed=0)
+    rng = np.random.default_rng(0)
+    pfs = np.where(data.y == 1, rng.uniform(2, 12, n), rng.uniform(12.5, 40, n))
+    cohort = pd.DataFrame({"patient_id": data.patient_ids, "pfs_months": pfs, "event": 1, "pfs_short": data.y})
+    folds = make_folds(cohort, n_splits=3, n_repeats=1)
+    return data, cohort, folds
+
+
+def test_run_survival_fits_caches_and_rereads(tmp_path):
+    data, cohort, folds = _toy()
+    folds.to_csv(tmp_path / "folds.csv", index=False)
+    cens = sv.administrative_censoring(cohort, 0.2)
+    cfg = sv.SurvivalConfig(cnn_model="pet_fusion", epochs=2, batch_size=8, downsample=2, device="cpu")
+    first = sv.run_survival(cfg, tmp_path, cens, data, folds, threads=1)
+    assert set(first["model"]) == {"cox_labs", "cox_pet_fusion"} and len(first) == 6
+    assert np.allclose(first["harrell"], first["harrell_lifelines"])
+    assert first.loc[first["model"] == "cox_labs", "c_true"].mean() > 0.6  # CgA and GGT carry the signal
+    again = sv.run_survival(cfg, tmp_path, cens, None, folds)  # no inputs: everything from the cache
+    pd.testing.assert_frame_equal(first, again)
+    pred = first.attrs["predictions"]
+    assert pred["p_short"].between(0, 1).all() and len(pred) == 2 * len(cohort)
