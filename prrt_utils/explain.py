@@ -819,13 +819,19 @@ def region_fractions(labels: np.ndarray, affine: np.ndarray, grid_affine: np.nda
     grid = TargetGrid(affine=np.asarray(grid_affine, dtype=float), shape=tuple(int(s) for s in shape), anchor="stored")
     out: dict[str, np.ndarray] = {}
     total = np.zeros(grid.shape, dtype=np.float64)
-    for name, codes in regions.items():
-        mask = np.isin(labels, list(codes))
-        if not mask.any():
+    labels = np.asarray(labels)
+    lut = np.full(int(labels.max()) + 1 if labels.size else 1, -1, dtype=np.int16)  # code -> region, one pass
+    for r, codes in enumerate(regions.values()):
+        lut[[c for c in codes if 0 <= c < lut.size]] = r
+    region_of = lut[np.clip(labels, 0, lut.size - 1)]
+    for r, name in enumerate(regions):
+        mask = region_of == r
+        along = [np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != k))) for k in range(3)]
+        if along[0].size == 0:
             out[name] = np.zeros(grid.shape, dtype=np.float32)
             continue
-        idx = np.argwhere(mask)
-        lo, hi = idx.min(axis=0), idx.max(axis=0) + 1
+        lo = np.array([a[0] for a in along])
+        hi = np.array([a[-1] + 1 for a in along])
         crop = mask[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]].astype(np.float32)
         shift = np.eye(4)
         shift[:3, 3] = lo
@@ -1005,6 +1011,7 @@ class Explainer:
             root = Path(cache_dir) if cache_dir else self.work_dir / "explain"
         self.cache = _Cache(root)
         self._data = data
+        self._memo: dict[tuple[Any, ...], np.ndarray] = {}
         self.folds = pd.read_csv(self.work_dir / "folds.csv", dtype={"patient_id": str})
         self.pairs = sorted(set(zip(self.folds["repeat"].astype(int), self.folds["fold"].astype(int), strict=True)))
 
@@ -1266,6 +1273,9 @@ class Explainer:
         spec = get_spec(model)
         if "pet" not in spec.image_inputs:
             raise ExplainError(f"model {model!r} has no PET input")
+        memo_key = (model, repeat, tuple(patient_ids))
+        if memo_key in self._memo:  # whole-repeat maps are used twice (distributions, saliency mass)
+            return self._memo[memo_key]
         data = self.data
         out: dict[str, np.ndarray] = {}
         by_fold: dict[int, list[str]] = {}
@@ -1275,7 +1285,10 @@ class Explainer:
             loaded = self._load(model, repeat, fold)
             sal = pet_saliency(loaded.model, loaded.inputs(data, ids), index=spec.ordered_inputs.index("pet"))
             out.update(zip(ids, sal, strict=True))
-        return np.stack([out[p] for p in patient_ids])
+        result = np.stack([out[p] for p in patient_ids])
+        if len(patient_ids) > 8:
+            self._memo = {memo_key: result, **{k: v for k, v in self._memo.items() if k[0] != model}}
+        return result
 
     def gradient_distributions(self, models: Sequence[str], repeat: int | None = None) -> dict[str, Any]:
         """Normalised PET gradient magnitudes of every test patient of one repeat, per model (paper Fig. 8).
