@@ -173,6 +173,9 @@ survival = explain.read_survival(work_dir)
 km = stats.km_by_prediction(explain.survival_frame(predictions, survival, km_name, km_rep), threshold,
                             prob_is="short")
 print(km.rule)
+if min(km.n_long, km.n_short) == 0:
+    print(f"Every patient falls in one group at threshold {threshold}: the model's probabilities do not cross it, "
+          "so there is nothing to compare (log-rank undefined).")
 explain.km_figure(km, title=f"{names.get(km_name, km_name)}, repeat {km_rep}:").show()
 km.to_frame()
 
