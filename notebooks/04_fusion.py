@@ -39,7 +39,7 @@ from prrt_utils.report import setup_notebook
 setup_notebook(data_dir)
 
 # %%
-from IPython.display import display
+from IPython.display import Markdown, display
 
 from prrt_utils import grid, metrics
 from prrt_utils.models import get_spec
@@ -73,6 +73,22 @@ print("Recorded by the folds:", *grid.fold_table(work_dir, ["petct_fusion_pretra
 
 # %%
 results.table(names=names)
+
+# %% [markdown]
+# Did fusion help on this cohort? The sentence below is computed from the table: the best fusion
+# model against the laboratory-only Random Forest, with the standard errors over repeats. On the
+# paper's real cohort PET fusion reached 0.68 ± 0.01 against the forest's 0.59 ± 0.02.
+
+# %%
+best = max(models, key=lambda m: results.get(m).mean)
+b, r = with_baseline.get(best), with_baseline.get(baseline)
+gap = b.mean - r.mean
+verdict = ("beats" if gap > 2 * max(b.se, r.se) else "does not clearly beat" if gap > 0 else "does not beat")
+display(Markdown(
+    f"On this cohort the best fusion model, **{names.get(best, best)}** (AUROC {b.format()}), {verdict} the "
+    f"laboratory-only {names.get(baseline, baseline)} (AUROC {r.format()}); difference {gap:+.2f}."
+    + ("" if ceiling is None else f" The Bayes ceiling on the same folds is {ceiling.get('bayes_ceiling').mean:.2f}.")
+))
 
 # %%
 metrics.metrics_figure(with_baseline, ceiling, names=names).show()

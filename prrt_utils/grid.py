@@ -175,6 +175,11 @@ def prepare_inputs(work_dir: str | Path, cohort: pd.DataFrame, modalities: Seque
         "lab_columns": list(LAB_COLUMNS),
         "volumes": {m: str(f) for m, f in files.items()},
     }
+    # what a fold's results depend on besides the splits: the patients' preprocessed files, labs and labels
+    # (independent of which modalities this run loads, so models run separately share it)
+    manifest["inputs_sha256"] = hashlib.sha256(
+        json.dumps([key, manifest["y"], manifest["labs"]], sort_keys=True).encode()
+    ).hexdigest()
     digest = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()[:16]
     path = cache / f"inputs_{digest}.json"  # keyed on content: changed labs or labels give a new manifest
     if not path.exists():
@@ -331,9 +336,12 @@ def run_grid(
     cohort = eligible_cohort(work_dir, cv.label, require_images=any(s.image_inputs for s in specs))
     folds = ensure_folds(cohort, work_dir, cv)
     folds_csv = work_dir / "folds.csv"
-    folds_sha = store.sha256_file(folds_csv)
     modalities = sorted({m for s in specs if s.kind == "cnn" for m in s.image_inputs})
     manifest = prepare_inputs(work_dir, cohort, modalities, cv.label)
+    # a finished fold is reused only for the same splits AND the same inputs (re-preprocessed volumes or
+    # corrected labs make it stale instead of silently reused)
+    inputs_sha = json.loads(manifest.read_text())["inputs_sha256"]
+    folds_sha = hashlib.sha256(f"{store.sha256_file(folds_csv)}:{inputs_sha}".encode()).hexdigest()
     if torch_threads is None:
         torch_threads = 1 if scheduler else max(1, _cores() // max(1, n_jobs))
     pairs = sorted(set(zip(folds["repeat"], folds["fold"], strict=True)))

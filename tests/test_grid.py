@@ -134,6 +134,16 @@ def test_a_changed_training_config_is_refused_instead_of_mixed_with_old_folds(tm
     assert len(pred) == 36
 
 
+def test_re_preprocessed_volumes_or_corrected_labs_make_finished_folds_stale_not_reused(tmp_path, data):
+    work = write_toy_work(tmp_path, data)
+    grid.run_grid(["rf_labs"], work, CVConfig(n_repeats=1), CFG, n_jobs=1, progress=False)
+    labs = data.labs.copy()
+    labs[0, 2] *= 3.0  # a corrected CgA value for one patient
+    write_toy_work(work, CohortData(data.patient_ids, data.y, labs, data.volumes))
+    with pytest.raises(grid.GridError, match="folds_sha256"):
+        grid.run_grid(["rf_labs"], work, CVConfig(n_repeats=1), CFG, n_jobs=1, progress=False)
+
+
 def test_history_and_embedding_readers_return_tidy_tables(reference):
     work, _ = reference
     hist = grid.load_histories(work, ["pet_fusion"])
