@@ -30,6 +30,7 @@ def built_book(tmp_path_factory: pytest.TempPathFactory) -> Path:
             shutil.copytree(src, root / name, ignore=shutil.ignore_patterns("executed", "*.ipynb", "__pycache__"))
         else:
             shutil.copy2(src, root / name)
-    cfg = BookConfig(synth_patients=21, n_repeats=2, n_splits=3, epochs=2, n_jobs=2, seed=0)
+    # n_jobs=1: folds train inside each page's kernel, sparing two worker start-ups (torch + MONAI imports) per page
+    cfg = BookConfig(synth_patients=21, n_repeats=2, n_splits=3, epochs=2, n_jobs=1, seed=0)
     make_book(cfg, root=root, progress=False)
     return root

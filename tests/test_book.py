@@ -117,7 +117,7 @@ def test_the_book_builds_end_to_end_with_every_chapter(built_book: Path):
         errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
         assert not errors, f"{nb_path.name} has error outputs"
     assert not list((built_book / "book" / "executed").glob("*.failed.ipynb"))
-    assert "Synthetic digital-twin cohort" in (html / "index.html").read_text(), "the data-source banner is missing"
+    assert "Synthetic digital-twin cohort" in (html / "book" / "intro.html").read_text(), "the data-source banner is missing"
 
 
 @pytest.mark.slow
