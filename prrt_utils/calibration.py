@@ -53,12 +53,16 @@ __all__ = [
     "calibration_stats",
     "calibration_table",
     "decision_curve",
+    "decision_curve_over_repeats",
+    "decision_figure",
+    "delong_summary",
     "delong_table",
     "delong_test",
     "net_benefit",
     "pooled_predictions",
     "recalibrate_within_folds",
     "reliability_curve",
+    "reliability_figure",
     "reliability_table",
 ]
 
@@ -326,6 +330,26 @@ def decision_curve(frame: pd.DataFrame, models: Sequence[str], thresholds: Array
     return res[["model", "threshold", "net_benefit"]].reset_index(drop=True)
 
 
+def decision_curve_over_repeats(predictions: pd.DataFrame, models: Sequence[str],
+                                thresholds: ArrayLike | None = None) -> pd.DataFrame:
+    """Decision curves of each repeat's pooled out-of-fold predictions, averaged over repeats.
+
+    Returns
+    -------
+    DataFrame
+        ``model, threshold, net_benefit`` (mean over repeats; ``all`` and ``none`` included).
+    """
+    parts = []
+    for r in sorted(predictions["repeat"].unique()):
+        sub = predictions[(predictions["repeat"] == r) & predictions["model"].isin(list(models))]
+        wide = sub.pivot(index="patient_id", columns="model", values="prob")
+        wide["y_true"] = sub.groupby("patient_id")["y_true"].first()
+        parts.append(decision_curve(wide.reset_index(), list(models), thresholds).assign(repeat=int(r)))
+    allc = pd.concat(parts, ignore_index=True)
+    out = allc.groupby(["model", "threshold"], sort=False)["net_benefit"].mean().reset_index()
+    return out
+
+
 # --------------------------------------------------------------------------- bootstrap
 
 
@@ -378,7 +402,15 @@ def bootstrap_ci(y: ArrayLike, p: ArrayLike, metric: str | Callable = "auroc", n
     f = METRIC_FUNCS[metric] if isinstance(metric, str) else metric
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, len(y), size=(n_boot, len(y)))
-    reps = [f(y[i], p[i]) for i in idx if 0 < y[i].sum() < len(i)]
+    yb, pb = y[idx], p[idx]
+    npos = yb.sum(axis=1)
+    valid = (npos > 0) & (npos < len(y))
+    if metric == "auroc":  # all replicates at once: Mann-Whitney form of the AUROC (equals roc_auc_score)
+        ranks = sps.rankdata(pb, axis=1)
+        m, n = npos[valid], len(y) - npos[valid]
+        reps = ((ranks[valid] * yb[valid]).sum(axis=1) - m * (m + 1) / 2) / (m * n)
+    else:
+        reps = [f(a, b) for a, b in zip(yb[valid], pb[valid], strict=True)]
     lo, hi = np.percentile(reps, [50 * (1 - level), 50 * (1 + level)])
     return BootstrapCI(float(f(y, p)), float(lo), float(hi), level, n_boot, len(reps))
 
@@ -532,3 +564,60 @@ def delong_table(predictions: pd.DataFrame, reference: str, others: Sequence[str
                 row["p_holm"] = float(pa)
         rows.extend(part)
     return pd.DataFrame(rows)
+
+
+def delong_summary(table: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
+    """Per compared model: mean AUROC difference and in how many repeats DeLong's test rejects.
+
+    Returns
+    -------
+    DataFrame
+        ``model, repeats, mean_difference, significant_raw, significant_holm, verdict``
+        where the verdict says whether the difference survives Holm's adjustment
+        in every repeat, in some, or in none.
+    """
+    rows = []
+    for m, sub in table.groupby("model", sort=False):
+        k, n = int((sub["p_holm"] < alpha).sum()), len(sub)
+        verdict = ("survives in every repeat" if k == n else "survives in none of the repeats" if k == 0
+                   else f"survives in {k} of {n} repeats")
+        rows.append({"model": m, "repeats": n, "mean_difference": float(sub["difference"].mean()),
+                     "significant_raw": int((sub["p_value"] < alpha).sum()), "significant_holm": k,
+                     "verdict": verdict})
+    return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def reliability_figure(points: pd.DataFrame, names: dict[str, str] | None = None) -> object:
+    """Plotly reliability diagram from :func:`reliability_table`: one line per model and the diagonal."""
+    import plotly.graph_objects as go
+
+    names = names or {}
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line={"dash": "dash", "color": "grey"},
+                             name="perfect calibration"))
+    for m, sub in points.groupby("model", sort=False):
+        fig.add_trace(go.Scatter(x=sub["mean_predicted"], y=sub["observed"], mode="lines+markers",
+                                 marker={"size": 4 + 10 * sub["n"] / points["n"].max()}, name=names.get(m, m),
+                                 customdata=sub["n"], hovertemplate="predicted %{x:.2f}<br>observed %{y:.2f}<br>n %{customdata}"))
+    fig.update_layout(xaxis_title="mean predicted P(PFS ≤ 12 months)", yaxis_title="observed share with PFS ≤ 12 months",
+                      xaxis_range=[0, 1], yaxis_range=[0, 1], width=650, height=500)
+    return fig
+
+
+def decision_figure(curves: pd.DataFrame, names: dict[str, str] | None = None) -> object:
+    """Plotly decision curves from :func:`decision_curve` output (``model, threshold, net_benefit``)."""
+    import plotly.graph_objects as go
+
+    names = {"all": "follow up everyone", "none": "follow up no one", **(names or {})}
+    fig = go.Figure()
+    for m, sub in curves.groupby("model", sort=False):
+        style = {"dash": "dot", "color": "black"} if m in ("all", "none") else {}
+        fig.add_trace(go.Scatter(x=sub["threshold"], y=sub["net_benefit"], mode="lines", line=style,
+                                 name=names.get(m, m)))
+    top = curves["net_benefit"].max()
+    fig.update_layout(xaxis_title="threshold probability of PFS ≤ 12 months for closer follow-up",
+                      yaxis_title="net benefit", yaxis_range=[-0.05, max(top, 0.05) * 1.1], width=750, height=480)
+    return fig

@@ -65,7 +65,9 @@ __all__ = [
     "complete_case_summary",
     "cox_hr_by_group",
     "evaluation_bias",
+    "downsample_volumes",
     "harrell_lifelines",
+    "km_truth_figure",
     "run_survival",
     "summarise_survival",
     "survival_metrics",
@@ -730,3 +732,31 @@ def cox_hr_by_group(df: pd.DataFrame, threshold: float = 0.5, *, prob_is: Litera
     lo, hi = [c for c in cph.summary.columns if c.startswith("exp(coef) lower")][0], \
         [c for c in cph.summary.columns if c.startswith("exp(coef) upper")][0]
     return CoxHRResult(float(s["exp(coef)"]), (float(s[lo]), float(s[hi])), float(s["p"]), **counts, method=method)
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def km_truth_figure(censored: pd.DataFrame, horizon_months: float = 12.0) -> object:
+    """Kaplan-Meier of the TRUE PFS beside the estimate from censored data and from complete cases only.
+
+    Lifelines ``KaplanMeierFitter``; a plotly figure with the horizon marked.
+    """
+    import plotly.graph_objects as go
+    from lifelines import KaplanMeierFitter
+
+    curves = {
+        "true PFS, all patients (unknowable in practice)": (censored["pfs_true_months"], np.ones(len(censored))),
+        "censored data, censored patients kept (Kaplan-Meier)": (censored["pfs_months"], censored["event"]),
+        "complete cases only (censored patients dropped)": (censored.loc[censored["complete_case"], "pfs_months"],
+                                                            np.ones(int(censored["complete_case"].sum()))),
+    }
+    fig = go.Figure()
+    for (name, (t, e)), dash in zip(curves.items(), ("solid", "dash", "dot"), strict=True):
+        sf = KaplanMeierFitter().fit(t, e).survival_function_.iloc[:, 0]
+        fig.add_trace(go.Scatter(x=sf.index, y=sf.to_numpy(), mode="lines", line={"shape": "hv", "dash": dash},
+                                 name=name))
+    fig.add_vline(x=horizon_months, line={"dash": "dash", "color": "grey"})
+    fig.update_layout(xaxis_title="months since start of PRRT", yaxis_title="progression-free survival",
+                      yaxis_range=[0, 1.02], width=750, height=450, legend={"x": 0.35, "y": 0.95})
+    return fig

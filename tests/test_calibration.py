@@ -76,6 +76,10 @@ def test_bootstrap_ci_is_reproducible_and_covers_the_binormal_auroc():
     truth = sps.norm.cdf(1 / math.sqrt(2))  # binormal AUROC with d' = 1: 0.760
     assert a.lower < truth < a.upper and a.upper - a.lower < 0.05
     assert a.lower < a.estimate < a.upper
+    # the vectorised AUROC path gives exactly the interval of scikit-learn's roc_auc_score per replicate
+    c = cal.bootstrap_ci(y[::10], p[::10], roc_auc_score, n_boot=200, seed=1)
+    d = cal.bootstrap_ci(y[::10], p[::10], "auroc", n_boot=200, seed=1)
+    assert (c.lower, c.upper, c.n_valid) == pytest.approx((d.lower, d.upper, d.n_valid))
 
 
 def _delong_bruteforce(y, scores):
