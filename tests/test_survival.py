@@ -130,3 +130,14 @@ def test_run_survival_fits_caches_and_rereads(tmp_path):
     pd.testing.assert_frame_equal(first, again)
     pred = first.attrs["predictions"]
     assert pred["p_short"].between(0, 1).all() and len(pred) == 2 * len(cohort)
+
+
+def test_survival_cnn_trains_identically_twice(tmp_path):
+    data, cohort, folds = _toy(30)
+    one = folds[(folds["repeat"] == 0) & (folds["fold"] == 0)]
+    cens = sv.administrative_censoring(cohort, 0.2)
+    cfg = sv.SurvivalConfig(cnn_model="pet_fusion", epochs=2, batch_size=8, downsample=2, device="cpu")
+    a = sv.run_survival(cfg, tmp_path / "a", cens, data, one, threads=1).attrs["predictions"]
+    b = sv.run_survival(cfg, tmp_path / "b", cens, data, one, threads=1).attrs["predictions"]
+    pd.testing.assert_frame_equal(a, b)
+    assert a.loc[a["model"] == "cox_pet_fusion", "log_risk"].std() > 0  # not a constant network
