@@ -444,7 +444,8 @@ def run_survival(cfg: SurvivalConfig, work_dir: str | Path, censored: pd.DataFra
     cfg : SurvivalConfig
     work_dir : path
         ``WORK``: reads ``folds.csv``; writes ``survival/<key>/`` where the key
-        hashes ``cfg``, the folds and the censored outcome. A fold whose file
+        hashes ``cfg``, the folds, the preprocessing index (volume checksums) and
+        the censored outcome. A fold whose file
         exists is read, not refitted.
     censored : DataFrame
         :func:`administrative_censoring` output (``patient_id, pfs_months, event, pfs_true_months``).
@@ -470,6 +471,8 @@ def run_survival(cfg: SurvivalConfig, work_dir: str | Path, censored: pd.DataFra
         folds = pd.read_csv(work_dir / "folds.csv", dtype={"patient_id": str})
     out_key = {"config": cfg.to_dict(),
                "folds": store.sha256_file(work_dir / "folds.csv") if (work_dir / "folds.csv").exists() else "",
+               "inputs": store.sha256_file(work_dir / "preprocessed" / "index.csv")
+               if (work_dir / "preprocessed" / "index.csv").exists() else "",
                "outcome": pd.util.hash_pandas_object(censored[["patient_id", "pfs_months", "event"]], index=False).sum().item()}
     key = cfg.hash() + "_" + hashlib.sha256(json.dumps(out_key, sort_keys=True).encode()).hexdigest()[:8]
     root = work_dir / "survival" / key
