@@ -14,8 +14,8 @@ Order (the data flow of DESIGN.md):
 2. ``01_cohort``, ``02_preprocessing``;
 3. ``train_model`` once per model (papermill parameter ``model``), each run
    training or resuming that model's folds (:func:`run_models`);
-4. ``03_unimodal``, ``04_fusion``, ``05_statistics``, ``06_explainability``
-   (read stored results; never retrain);
+4. ``03_unimodal``, ``04_fusion``, ``05_statistics``, ``06_explainability`` (read
+   stored results; never retrain), ``07_survival`` (survival models on the same folds);
 5. ``90_reproducibility`` (versions, seed, configurations, input hashes, the
    execution time of every page above);
 6. ``jupyter-book build`` into ``_build/html``.
@@ -55,7 +55,9 @@ __all__ = [
 ]
 
 DATA_CHAPTERS = ("01_cohort", "02_preprocessing")
-ANALYSIS_CHAPTERS = ("03_unimodal", "04_fusion", "05_statistics", "06_explainability", "90_reproducibility")
+ANALYSIS_CHAPTERS = (
+    "03_unimodal", "04_fusion", "05_statistics", "06_explainability", "07_survival", "90_reproducibility",
+)
 TRAIN_TEMPLATE = "train_model"
 DEFAULT_SYNTHETIC = Path("data/synthetic")
 
