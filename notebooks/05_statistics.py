@@ -179,6 +179,16 @@ if min(km.n_long, km.n_short) == 0:
 explain.km_figure(km, title=f"{names.get(km_name, km_name)}, repeat {km_rep}:").show()
 km.to_frame()
 
+# %% [markdown]
+# The log-rank test says whether the two groups differ; a Cox proportional-hazards model says by how
+# much: the hazard ratio of progression of the predicted-short group against the predicted-long group,
+# with its 95 % confidence interval (lifelines; NaN when a group is empty).
+
+# %%
+from prrt_utils.survival import cox_hr_by_group
+
+cox_hr_by_group(explain.survival_frame(predictions, survival, km_name, km_rep), threshold, prob_is="short").to_frame()
+
 # %%
 explain.km_over_repeats(predictions, survival, km_name, threshold)
 
