@@ -220,6 +220,10 @@ else:
 # %%
 if has_truth and pet_models:
     mass = ex.saliency_mass(pet_models)
+    flat = mass.groupby("model")[["n_patients", "n_without_saliency"]].first()
+    if flat["n_without_saliency"].any():
+        print("Patients whose prediction does not depend on the PET at all (zero gradient everywhere; left out):")
+        display(flat)
     display(mass.pivot(index="region", columns="model", values="mass_fraction").round(3))
     display(mass.pivot(index="region", columns="model", values="enrichment").round(2))
     import plotly.express as px

@@ -1415,8 +1415,17 @@ class Explainer:
             parts = []
             for m in models:
                 mag = np.abs(self.saliency(m, ids, repeat))
-                mag /= mag.reshape(len(mag), -1).sum(axis=1).reshape(-1, 1, 1, 1)
-                parts.append(saliency_mass_fraction(mag, lab["labels"], lab["names"]).assign(model=m))
+                total = mag.reshape(len(mag), -1).sum(axis=1)
+                # a network whose output does not depend on the PET of a patient (dead units, a constant
+                # output) has no saliency to distribute: such patients are counted, not divided by zero
+                keep = total > 0
+                if not keep.any():
+                    continue
+                mag = mag[keep] / total[keep].reshape(-1, 1, 1, 1)
+                parts.append(saliency_mass_fraction(mag, np.asarray(lab["labels"])[keep], lab["names"])
+                             .assign(model=m, n_patients=int(keep.sum()), n_without_saliency=int((~keep).sum())))
+            if not parts:
+                raise ExplainError(f"no model of {list(models)} has any PET saliency in repeat {repeat}")
             out = pd.concat(parts, ignore_index=True)
             out = out[out["region"].isin(REGIONS)]  # stats adds "other" for unlisted codes: there are none
             return out[["model", *[c for c in out.columns if c != "model"]]].reset_index(drop=True)
