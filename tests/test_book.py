@@ -106,7 +106,7 @@ def test_the_book_builds_end_to_end_with_every_chapter(built_book: Path):
     html = built_book / "_build" / "html"
     assert (html / "index.html").exists()
     for name in ("01_cohort", "02_preprocessing", "03_unimodal", "04_fusion", "05_statistics",
-                 "06_explainability", "90_reproducibility", "train_pet_fusion"):
+                 "06_explainability", "07_survival", "90_reproducibility", "train_pet_fusion"):
         page = html / "book" / "executed" / f"{name}.html"
         assert page.exists(), name
         assert "Traceback (most recent call last)" not in page.read_text(), name
@@ -171,7 +171,8 @@ def test_pages_draw_figures_tables_and_formulas_offline_without_any_external_req
         open_page("book/synthetic_cohort.html")
         page.wait_for_selector("mjx-container", timeout=20000)
         assert page.locator("mjx-container").count() > 3, "formulas are not typeset"
-        for rel in ("index.html", "book/executed/05_statistics.html", "book/executed/06_explainability.html"):
+        for rel in ("index.html", "book/executed/05_statistics.html", "book/executed/06_explainability.html",
+                    "book/executed/07_survival.html", "book/own_cohort.html"):
             open_page(rel)
         page.screenshot(path=str(built_book / "06_explainability.png"), full_page=False)
         browser.close()
