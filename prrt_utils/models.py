@@ -58,12 +58,9 @@ import torch
 from monai.networks.blocks import Convolution
 from torch import nn
 
+from prrt_utils.cohort import LAB_COLUMNS  # the cohort stage owns the list of lab inputs
 from prrt_utils.config import Config
-
-try:  # the cohort stage owns the list of lab inputs; fall back to DESIGN.md's contract
-    from prrt_utils.cohort import LAB_COLUMNS
-except ImportError:  # pragma: no cover - only while the cohort module is being written
-    LAB_COLUMNS: tuple[str, ...] = ("ast_u_l", "alt_u_l", "cga_ug_l", "ggt_u_l")
+from prrt_utils.paper import MODEL_KEYS
 
 __all__ = [
     "IMAGE_INPUTS",
@@ -92,16 +89,8 @@ IMAGE_INPUTS: tuple[str, ...] = ("pet", "ct")
 IMG_SIZE: tuple[int, int, int] = (75, 50, 50)
 """``(D, H, W)`` of the preprocessed volumes (paper 2.5; DESIGN "Preprocessed volumes")."""
 
-PAPER_MODEL_KEYS: tuple[str, ...] = (
-    "rf_labs",
-    "pet_only",
-    "ct_only",
-    "pet_fusion",
-    "ct_fusion",
-    "petct_fusion",
-    "petct_fusion_pretrained",
-)
-"""The seven models of the paper in the order of its Table 2."""
+PAPER_MODEL_KEYS: tuple[str, ...] = MODEL_KEYS
+"""The seven models of the paper in the order of its Table 2 (from :mod:`prrt_utils.paper`)."""
 
 KINDS = ("random_forest", "cnn")
 ENCODERS = ("convnet", "resnet10")
