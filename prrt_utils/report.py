@@ -1,8 +1,9 @@
 """What every chapter of the book shares: offline figures, the data-source line, the run's facts.
 
 :func:`setup_notebook` is the first call of every notebook. It makes plotly embed
-its JavaScript in the page (the ``notebook`` renderer; ``notebook_connected``
-would load it from a CDN, which an offline reader cannot reach), sets table
+its JavaScript in the page (a ``notebook`` renderer without the MathJax CDN tag;
+``notebook_connected`` would load plotly.js from a CDN, which an offline reader
+cannot reach), sets table
 display options, and prints which cohort the chapter ran on, so that no page of
 results can be mistaken for the paper's real cohort.
 
@@ -45,11 +46,34 @@ def data_source(data_dir: str | Path) -> str:
     return f"Own cohort read from `{data_dir.name}`: results are this cohort's, not the paper's."
 
 
+def _offline_renderer():
+    """plotly's ``notebook`` renderer without its MathJax CDN script tag.
+
+    The ``notebook`` renderer embeds plotly.js in the page once (good) but adds
+    ``<script src="https://cdnjs...mathjax...">`` to every figure (hard-coded
+    ``include_mathjax="cdn"`` in plotly 6-7), which an offline reader cannot
+    load and which the browser test catches. The book serves its own MathJax.
+    """
+    from plotly.io import to_html
+    from plotly.io._base_renderers import NotebookRenderer
+
+    class OfflineNotebookRenderer(NotebookRenderer):
+        def to_mimebundle(self, fig_dict):
+            html = to_html(fig_dict, config=self.config, auto_play=self.auto_play, include_plotlyjs=False,
+                           include_mathjax=False, full_html=False, default_width="100%", default_height=525,
+                           validate=False)
+            return {"text/html": html}
+
+    return OfflineNotebookRenderer()
+
+
 def setup_notebook(data_dir: str | Path | None = None) -> None:
     """Configure plotly and pandas for an offline book page; print the data source if ``data_dir`` is given."""
     import plotly.io as pio
 
-    pio.renderers.default = "notebook"
+    if "prrt_offline" not in pio.renderers:
+        pio.renderers["prrt_offline"] = _offline_renderer()
+    pio.renderers.default = "prrt_offline"
     pd.set_option("display.max_rows", 200)
     pd.set_option("display.max_columns", 50)
     pd.set_option("display.width", 200)

@@ -177,4 +177,7 @@ def test_pages_draw_figures_tables_and_formulas_offline_without_any_external_req
         page.screenshot(path=str(built_book / "06_explainability.png"), full_page=False)
         browser.close()
     assert external == [], f"pages requested external URLs: {sorted(set(external))}"
+    # sphinx-thebe (loaded by Jupyter Book 1 even with launch buttons off) includes its script twice, and
+    # the second copy's `const THEBE_JS_URL` throws; thebe is unused here, so that one error is tolerated
+    errors = [e for e in errors if "THEBE_JS_URL" not in e]
     assert errors == [], f"JavaScript errors: {errors}"
