@@ -55,6 +55,7 @@ import numpy as np
 import pandas as pd
 
 from prrt_utils import store
+from prrt_utils.cohort import CLINICAL_COLUMNS  # the columns of clinical.csv: the cohort stage owns them
 from prrt_utils.config import SEED, Config
 
 __all__ = [
@@ -123,28 +124,7 @@ LESION_LABELS = {"primary": 10, "hepatic": 11, "nodal": 12, "osseous": 13, "peri
 
 PRIMARY_SITES = ("small_intestine", "pancreas", "colon_rectum", "stomach", "cup")
 METASTATIC_SITES = ("hepatic", "lymphonodal", "osseous", "peritoneal", "pulmonal")
-CLINICAL_COLUMNS = (
-    "patient_id",
-    "age_years",
-    "sex",
-    "primary_site",
-    "met_hepatic",
-    "met_lymphonodal",
-    "met_osseous",
-    "met_peritoneal",
-    "met_pulmonal",
-    "functional",
-    "grade",
-    "ki67_pct",
-    "prrt_cycles",
-    "pfs_months",
-    "event",
-    "ast_u_l",
-    "alt_u_l",
-    "cga_ug_l",
-    "ggt_u_l",
-)
-"""Columns of ``clinical.csv`` in order (DESIGN "Raw export")."""
+
 
 # Lesion site of each clinical metastasis flag (the tumour sites rendered into the images).
 _MET_TO_SITE = {
