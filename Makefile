@@ -11,11 +11,12 @@ WORK   ?= work
 JOBS   ?= 2
 # Own cohort: a cohort description (see book/own_cohort.md); empty runs the synthetic cohort
 COHORT ?=
+CT_INIT ?=
 
 .PHONY: book test check install install-test chromium lint bench clean
 
 book: install
-	$(BIN)/prrt book --data $(DATA) --work $(WORK) --jobs $(JOBS) $(if $(COHORT),--cohort $(COHORT))
+	$(BIN)/prrt book --data $(DATA) --work $(WORK) --jobs $(JOBS) $(if $(COHORT),--cohort $(COHORT)) $(if $(CT_INIT),--ct-init $(CT_INIT))
 
 test: install-test chromium
 	$(BIN)/python -m pytest

@@ -85,7 +85,9 @@ print("Models:", ", ".join(names.get(m, m) for m in models), "| PET models compa
 # three test sets of a repeat would come from three different networks, whose features do not share
 # axes, so they cannot be drawn on one map. Red is short PFS (≤ 12 months), blue long PFS. The
 # silhouette in each title measures class separation in the full embedding (−1 to 1; 0 = none):
-# distances on a UMAP are not to be read literally.
+# distances on a UMAP are not to be read literally. As in the paper's Figure 6, the panel of PET CT
+# fusion (pretrained CT) shows the features of the model whose CT branch started from the
+# anatomy-pretrained encoder (see the CT pretraining page), beside the same network from scratch.
 
 # %%
 umap_frame = ex.umap(explain.image_models(models))

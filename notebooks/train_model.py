@@ -41,6 +41,7 @@ work_dir = "work"
 data_dir = "data/synthetic"
 n_jobs = 2
 scheduler = ""
+ct_init = ""  # pretrained CT branch: empty = as declared; none = from scratch; else a checkpoint path
 
 # %%
 from prrt_utils.report import setup_notebook
@@ -48,6 +49,8 @@ from prrt_utils.report import setup_notebook
 setup_notebook(data_dir)
 
 # %%
+from pathlib import Path
+
 from IPython.display import display
 
 from prrt_utils import grid, metrics
@@ -56,18 +59,26 @@ from prrt_utils.models import get_spec
 from prrt_utils.training import TrainConfig
 
 spec = get_spec(model)
+if ct_init and spec.pretrained:
+    spec = spec.replace(ct_init=None if ct_init == "none" else Path(ct_init))
 cv = CVConfig(n_splits=n_splits, n_repeats=n_repeats, seed=seed)
 train_cfg = TrainConfig(seed=seed, device=device, **({"epochs": int(epochs)} if epochs else {}))
 names, _ = metrics.paper_reference()
 print(spec.to_yaml())
 print(spec.ct_init_note or "No CT branch.")
+if spec.pretrained:
+    # what the CT branch actually took from the checkpoint (every fold loads the same file)
+    from prrt_utils.models import FusionNet, load_encoder_checkpoint, resolve_ct_init
+
+    print(load_encoder_checkpoint(FusionNet(spec).encoders["ct"], resolve_ct_init(spec, work_dir).ct_init,
+                                  prefix=spec.ct_init_prefix).summary())
 
 # %% [markdown]
 # ## Training
 #
 # Every fold fits its own laboratory scaling and image intensity normalisation on its training
 # part, trains and predicts its test part. The settings are the paper's (learning rate 0.01, weight
-# decay 0.2, dropout 0.1, binary cross-entropy, 30 epochs, batch 16) with one deliberate difference:
+# decay 0.2, dropout 0.1, binary cross-entropy, batch 16; the paper gives no number of epochs, we train 15) with one deliberate difference:
 # the weight decay is decoupled (AdamW). The paper says "Adam with weight decay 0.2" without saying
 # which kind; read as an L2 penalty inside Adam, it shrinks the networks to a constant output in
 # most folds of this cohort (the measurements are in the docstring of

@@ -12,10 +12,13 @@ Order (the data flow of DESIGN.md):
 1. the synthetic cohort is generated if the data folder is the default one and
    holds no cohort yet (:mod:`prrt_utils.synth`);
 2. ``01_cohort``, ``02_preprocessing``;
-3. ``train_model`` once per model (papermill parameter ``model``), each run
+3. ``pretrain_ct`` (CT encoder pretrained on anatomy, no outcome) when a model
+   starts its CT branch from it, then ``train_model`` once per model (papermill parameter ``model``), each run
    training or resuming that model's folds (:func:`run_models`);
 4. ``03_unimodal``, ``04_fusion``, ``05_statistics``, ``06_explainability`` (read
-   stored results; never retrain), ``07_survival`` (survival models on the same folds);
+   stored results; never retrain), ``07_survival`` (survival models on the same folds),
+   ``08_validation`` (a model package applied to the synthetic second centre, generated
+   beside the synthetic cohort);
 5. ``90_reproducibility`` (versions, seed, configurations, input hashes, the
    execution time of every page above);
 6. ``jupyter-book build`` into ``_build/html``.
@@ -56,9 +59,11 @@ __all__ = [
 
 DATA_CHAPTERS = ("01_cohort", "02_preprocessing")
 ANALYSIS_CHAPTERS = (
-    "03_unimodal", "04_fusion", "05_statistics", "06_explainability", "07_survival", "90_reproducibility",
+    "03_unimodal", "04_fusion", "05_statistics", "06_explainability", "07_survival", "08_validation",
+    "90_reproducibility",
 )
 TRAIN_TEMPLATE = "train_model"
+PRETRAIN_PAGE = "pretrain_ct"
 DEFAULT_SYNTHETIC = Path("data/synthetic")
 
 
@@ -101,6 +106,15 @@ class BookConfig(Config):
         (``data_dir`` is replaced), with the YAML's PFS threshold.
     pfs_threshold_months : float
         PFS split in months passed to the cohort chapter (paper: 12).
+    ct_init : str
+        Where the CT branch of models declared ``ct_init: pretrain-ct`` starts:
+        ``""`` as declared (route 1: CT pretraining on anatomy runs first, page
+        ``pretrain_ct``), ``"none"`` from scratch, or a checkpoint path (route 2).
+    ct_labels_dir : str
+        Label maps for CT pretraining; empty = ``DATA/ground_truth/labels``.
+    validation_model : str
+        Model packaged and validated in chapter 08 on the synthetic second
+        centre (empty: no validation chapter content).
     """
 
     data_dir: str = str(DEFAULT_SYNTHETIC)
@@ -118,6 +132,9 @@ class BookConfig(Config):
     kernel: str = "python3"
     cohort_yaml: str = ""
     pfs_threshold_months: float = 12.0
+    ct_init: str = ""
+    ct_labels_dir: str = ""
+    validation_model: str = "pet_fusion"
 
     def __post_init__(self) -> None:
         if self.on_error not in ("skip", "stop"):
@@ -146,7 +163,17 @@ class BookConfig(Config):
             "scheduler": self.scheduler,
             "on_error": self.on_error,
             "pfs_threshold_months": self.pfs_threshold_months,
+            "ct_init": self.ct_init,
+            "labels_dir": self.ct_labels_dir,
+            "validation_model": self.validation_model,
         }
+
+    @property
+    def has_pretrained_model(self) -> bool:
+        """True when a model to train declares a pretrained CT branch (its page ``pretrain_ct`` is then made)."""
+        from prrt_utils.models import get_spec
+
+        return any(get_spec(m).pretrained for m in self.model_keys)
 
 
 def resolve_cohort(cfg: BookConfig, root: Path) -> BookConfig:
@@ -222,6 +249,27 @@ def ensure_data(cfg: BookConfig, root: Path, progress: bool = True) -> Path:
     print(f"generating the synthetic cohort ({cfg.synth_patients} patients, seed {cfg.seed}) in {data}", flush=True)
     generate_cohort(SynthConfig(n_patients=cfg.synth_patients, seed=cfg.seed), data, progress=progress,
                     n_jobs=cfg.n_jobs)
+    return data
+
+
+SECOND_CENTRE = DEFAULT_SYNTHETIC.parent / "synthetic-b"
+
+
+def ensure_second_centre(cfg: BookConfig, root: Path, progress: bool = True) -> Path | None:
+    """The synthetic second centre beside the default synthetic cohort (generated if missing); else ``None``.
+
+    48 patients for the default 116 (fewer for a smaller cohort, at least 16), seed ``seed + 1``.
+    """
+    if Path(cfg.data_dir) != DEFAULT_SYNTHETIC or not cfg.validation_model:
+        return None
+    from prrt_utils.synth import SynthConfig, generate_cohort
+
+    data = (root / SECOND_CENTRE).resolve()
+    n = max(16, round(cfg.synth_patients * 48 / 116))
+    synth_cfg = SynthConfig.second_centre(n_patients=n, seed=cfg.seed + 1)
+    if not (data / "complete.json").exists():
+        print(f"generating the synthetic second centre ({n} patients) in {data}", flush=True)
+    generate_cohort(synth_cfg, data, progress=progress, n_jobs=cfg.n_jobs)
     return data
 
 
@@ -322,9 +370,25 @@ def make_book(cfg: BookConfig | None = None, root: str | Path | None = None, exe
             _record(timings, root, name, execute_notebook(root / "notebooks" / f"{name}.py",
                                                           _executed_dir(root) / f"{name}.ipynb",
                                                           cfg.parameters(), root, cfg.kernel))
+        if cfg.has_pretrained_model:
+            from prrt_utils.pretrain import find_labels
+
+            if not cfg.ct_init and find_labels(root / cfg.data_dir, cfg.ct_labels_dir)[0] is None:
+                # said on the pretraining page and on the model's page, not only here
+                print("NO CT LABEL MAPS in this cohort: CT pretraining cannot run, so the pretrained model's CT "
+                      "branch is trained FROM SCRATCH in this run (give ct_labels in COHORT.yaml, or --ct-init PATH)",
+                      flush=True)
+                cfg = cfg.replace(ct_init="none")
+            print(f"executing {PRETRAIN_PAGE}", flush=True)
+            _record(timings, root, PRETRAIN_PAGE, execute_notebook(root / "notebooks" / f"{PRETRAIN_PAGE}.py",
+                                                                   _executed_dir(root) / f"{PRETRAIN_PAGE}.ipynb",
+                                                                   cfg.parameters(), root, cfg.kernel))
         print(f"training {len(cfg.model_keys)} models", flush=True)
         run_models(cfg, root)
         timings = _timings(root)
+        t0 = time.perf_counter()
+        if ensure_second_centre(cfg, root, progress) is not None:
+            _record(timings, root, "synthetic second centre (generated or reused)", time.perf_counter() - t0)
         for name in ANALYSIS_CHAPTERS:
             print(f"executing {name}", flush=True)
             _record(timings, root, name, execute_notebook(root / "notebooks" / f"{name}.py",

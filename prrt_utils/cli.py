@@ -20,13 +20,12 @@ DEFAULT_WORK = "work"
 def _synth(args: argparse.Namespace) -> int:
     from prrt_utils.synth import SynthConfig, generate_cohort
 
-    cfg = SynthConfig(
-        n_patients=args.n,
-        seed=args.seed,
-        censor_fraction=args.censor_fraction,
-        clinical_size=args.clinical_size,
-        image_format=args.format,
-    )
+    if args.second_centre:
+        base = SynthConfig.second_centre(**({"n_patients": args.n} if args.n else {}),
+                                         **({"seed": args.seed} if args.seed is not None else {}))
+    else:
+        base = SynthConfig(n_patients=args.n or 116, seed=args.seed or 0)
+    cfg = base.replace(censor_fraction=args.censor_fraction, clinical_size=args.clinical_size, image_format=args.format)
     out = generate_cohort(cfg, Path(args.out), progress=not args.quiet, n_jobs=args.jobs, overwrite=args.overwrite)
     print(f"synthetic cohort of {cfg.n_patients} patients in {out} (config hash {cfg.hash()})")
     return 0
@@ -86,7 +85,57 @@ def _book_config(args: argparse.Namespace) -> BookConfig:
         models=tuple(getattr(args, "models", None) or ()), n_repeats=args.repeats, n_splits=args.folds,
         epochs=args.epochs, device=args.device, scheduler=args.scheduler,
         cohort_yaml=str(Path(args.cohort).resolve()) if args.cohort else "",
+        ct_init=args.ct_init, ct_labels_dir=args.ct_labels,
     )
+
+
+def _pretrain_ct(args: argparse.Namespace) -> int:
+    from prrt_utils.pretrain import PretrainConfig, pretrain_ct
+
+    data = _own_cohort(args)[0]
+    cfg = PretrainConfig(labels_dir=args.labels or "", seed=args.seed, device=args.device,
+                         **({"epochs": args.epochs} if args.epochs else {}))
+    result = pretrain_ct(Path(args.work), data, cfg, force=args.force, progress=not args.quiet)
+    card = result.card
+    print(f"{'reused' if result.reused else 'wrote'} {result.checkpoint}: {card['n_train']} patients trained, "
+          f"{card['n_held_out']} held out, held-out Dice (mean over classes) {card['held_out_dice_mean_foreground']:.2f}")
+    return 0
+
+
+def _train_final(args: argparse.Namespace) -> int:
+    from prrt_utils.package import train_final
+    from prrt_utils.training import TrainConfig
+
+    cfg = TrainConfig(seed=args.seed, device=args.device, **({"epochs": args.epochs} if args.epochs else {}))
+    for model in args.models:
+        out = train_final(Path(args.work), Path(args.out) / model, model, cfg, force=args.force)
+        print(f"{model}: package written to {out}")
+    return 0
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from prrt_utils.validation import run_validation, write_report
+
+    data, yaml_threshold = _own_cohort(args)
+    out = run_validation(args.model, data, Path(args.work), pfs_threshold_months=yaml_threshold or 12.0,
+                         n_jobs=args.jobs, progress=not args.quiet)
+    page = write_report(out, args.out)
+    print(f"validation of {args.model} on {data}: predictions in {out}, report {page}")
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from prrt_utils.package import load_package
+    from prrt_utils.patient_report import parse_labs, predict_patient, write_report
+
+    pkg = load_package(args.model)
+    labs = parse_labs(args.labs, tuple(pkg.manifest["lab_columns"]))
+    result = predict_patient(pkg, args.patient, labs)
+    out = write_report(pkg, result, args.out)
+    print(f"report {result.report_id}: probability of PFS <= 12 months {result.prediction['prob']:.2f} "
+          f"(fold models {result.prediction['prob_folds_q05']:.2f}-{result.prediction['prob_folds_q95']:.2f}); "
+          f"written to {out}")
+    return 0
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -126,8 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("synth", help="write the synthetic digital-twin cohort (DICOM + CSV + ground truth)")
     p.add_argument("--out", default=DEFAULT_DATA, help="output folder (default: %(default)s)")
-    p.add_argument("--n", type=int, default=116, help="number of patients (default: %(default)s, as in the paper)")
-    p.add_argument("--seed", type=int, default=0, help="seed; the same seed gives byte-identical files (default: %(default)s)")
+    p.add_argument("--n", type=int, default=None, help="number of patients (default: 116, as in the paper; 48 with --second-centre)")
+    p.add_argument("--seed", type=int, default=None, help="seed; the same seed gives byte-identical files (default: 0; 1 with --second-centre)")
+    p.add_argument("--second-centre", action="store_true", help="an external validation centre: another scanner, other lab assays, another case mix (book/synthetic_cohort.md)")
     p.add_argument("--censor-fraction", type=float, default=0.0, help="fraction of patients censored administratively (default: %(default)s: every patient progresses, as in the paper)")
     p.add_argument("--clinical-size", action="store_true", help="write clinical matrix sizes (CT 512x512, PET ~200x200) for benchmarks")
     p.add_argument("--format", choices=("dicom", "nifti"), default="dicom", help="image format of the export (default: %(default)s)")
@@ -162,6 +212,42 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--device", default="auto", help="'auto' (CUDA when present), 'cpu' or 'cuda' (default: %(default)s)")
         p.add_argument("--jobs", type=int, default=2, help="worker processes for generation, preprocessing and folds (default: %(default)s)")
         p.add_argument("--scheduler", default="", help="Dask scheduler address (tcp://host:8786): folds run on that cluster instead of local processes")
+        p.add_argument("--ct-init", default="", metavar="PATH|none", help="CT branch of the pretrained model: '' = as declared in models/*.yaml (CT pretraining on anatomy first), 'none' = from scratch, or a checkpoint file, e.g. a MONAI CT segmentation bundle's model.pt (default: as declared)")
+        p.add_argument("--ct-labels", default="", metavar="DIR", help="label maps <patient_id>.nii.gz for CT pretraining (default: DATA/ground_truth/labels, the synthetic cohort's)")
+
+    p = sub.add_parser("pretrain-ct", help="pretrain the CT encoder of the pretrained model on anatomy segmentation (no outcome used); write work/pretrained/")
+    common(p)
+    p.add_argument("--labels", default="", metavar="DIR", help="label maps <patient_id>.nii.gz (e.g. TotalSegmentator outputs; default: DATA/ground_truth/labels)")
+    p.add_argument("--epochs", type=int, default=0, help="epochs; 0 keeps the default (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the held-out split and the weights (default: %(default)s)")
+    p.add_argument("--device", default="auto", help="'auto', 'cpu' or 'cuda' (default: %(default)s)")
+    p.add_argument("--force", action="store_true", help="train again even if a checkpoint with the same data and settings exists")
+    p.set_defaults(func=_pretrain_ct)
+
+    p = sub.add_parser("train-final", help="fit models on the whole development cohort and write model packages (after `prrt run`)")
+    p.add_argument("--work", default=DEFAULT_WORK, help="work folder of the development cohort, with finished cross-validation (default: %(default)s)")
+    p.add_argument("--models", nargs="+", default=["pet_fusion"], help="model keys (default: %(default)s)")
+    p.add_argument("--out", default="packages", help="folder for the packages, one sub-folder per model (default: %(default)s)")
+    p.add_argument("--epochs", type=int, default=0, help="training epochs; 0 keeps the training default (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="global seed (default: %(default)s)")
+    p.add_argument("--device", default="auto", help="'auto', 'cpu' or 'cuda' (default: %(default)s)")
+    p.add_argument("--force", action="store_true", help="replace an existing package")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_train_final)
+
+    p = sub.add_parser("validate", help="apply a model package to another cohort, no retraining: discrimination, calibration, decision curve, KM, shift (HTML)")
+    p.add_argument("--model", required=True, metavar="PACKAGE", help="model package folder (prrt train-final)")
+    common(p)
+    p.add_argument("--jobs", type=int, default=2, help="parallel worker processes for preprocessing (default: %(default)s)")
+    p.add_argument("--out", default="validation.html", help="HTML report to write (default: %(default)s)")
+    p.set_defaults(func=_validate)
+
+    p = sub.add_parser("predict", help="one new patient through a model package: a one-page HTML report that opens offline")
+    p.add_argument("--model", required=True, metavar="PACKAGE", help="model package folder (prrt train-final)")
+    p.add_argument("--patient", required=True, metavar="DIR", help="the patient's PET/CT folder (DICOM in any sub-folders, or pet.nii.gz + pet.json + ct.nii.gz)")
+    p.add_argument("--labs", required=True, help="laboratory values before PRRT, 'ast_u_l=38,alt_u_l=27,cga_ug_l=142,ggt_u_l=56' (U/l, ug/l), or a JSON file with that mapping")
+    p.add_argument("--out", default="report.html", help="HTML report to write (default: %(default)s)")
+    p.set_defaults(func=_predict)
 
     p = sub.add_parser("run", help="train and evaluate models under repeated stratified cross-validation (one papermill page per model)")
     common(p)
@@ -184,10 +270,14 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except ValueError as exc:
         from prrt_utils.intake import IntakeError
+        from prrt_utils.models import ModelError
+        from prrt_utils.package import PackageError
+        from prrt_utils.pretrain import PretrainError
 
-        if not isinstance(exc, IntakeError):
+        if not isinstance(exc, IntakeError | ModelError | PretrainError | PackageError):
             raise
-        print(f"prrt {args.command}: {exc}", file=sys.stderr)  # a cohort YAML or table that cannot be used
+        # a cohort YAML, table, model declaration or checkpoint that cannot be used: the message says why
+        print(f"prrt {args.command}: {exc}", file=sys.stderr)
         return 2
 
 

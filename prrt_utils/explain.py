@@ -768,22 +768,20 @@ def load_label_map(data_dir: str | Path, patient_id: str) -> tuple[np.ndarray, n
 
     Returns
     -------
-    labels : ndarray of int, as stored in the NIfTI (axes i, j, k)
+    labels : ndarray of int, canonical ``(D, H, W)`` (:func:`prrt_utils.loading.load_label_map`)
     affine : ndarray (4, 4)
-        Voxel index -> LPS mm (the NIfTI's RAS affine with x and y negated, as
-        :mod:`prrt_utils.loading` reads NIfTI).
+        Voxel index -> LPS mm.
     names : dict code -> name (``labels.json``)
     """
-    import nibabel as nib
+    from prrt_utils.loading import load_label_map as read_label_map
 
     gt = Path(data_dir) / "ground_truth"
     path = gt / "labels" / f"{patient_id}.nii.gz"
     if not path.is_file():
         raise ExplainError(f"{path} not found: no ground-truth labels for {patient_id} (only the synthetic cohort has them)")
-    img = nib.load(str(path))
     names = {int(k): v for k, v in json.loads((gt / "labels.json").read_text()).items()}
-    lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ np.asarray(img.affine, dtype=float)
-    return np.asarray(img.dataobj).astype(np.int32).reshape(img.shape[:3]), lps, names
+    labels, lps = read_label_map(path, patient_id)
+    return labels, lps, names
 
 
 def region_fractions(labels: np.ndarray, affine: np.ndarray, grid_affine: np.ndarray, shape: Sequence[int],

@@ -40,7 +40,7 @@ import pandas as pd
 
 from prrt_utils import store
 from prrt_utils.folds import CVConfig, ensure_folds
-from prrt_utils.models import LAB_COLUMNS, ModelSpec, get_spec
+from prrt_utils.models import LAB_COLUMNS, ModelSpec, get_spec, resolve_ct_init
 from prrt_utils.training import (
     PREDICTION_COLUMNS,
     CohortData,
@@ -330,7 +330,7 @@ def run_grid(
     work_dir = Path(work_dir).resolve()
     cv = cv or CVConfig(label=label)
     train_cfg = train_cfg or TrainConfig()
-    specs = [get_spec(m) for m in models]
+    specs = [resolve_ct_init(get_spec(m), work_dir) for m in models]
     if len({s.name for s in specs}) != len(specs):
         raise GridError(f"model names must be unique, got {[s.name for s in specs]}")
     cohort = eligible_cohort(work_dir, cv.label, require_images=any(s.image_inputs for s in specs))
@@ -471,9 +471,17 @@ def fold_table(work_dir: str | Path, models: Sequence[str] | None = None) -> pd.
                 "n_val": done.get("n_val"),
                 "n_test": done.get("n_test"),
                 "ct_init_note": done.get("ct_init_note", ""),
+                "ct_tensors_loaded": _loaded(done.get("ct_load")),
             }
         )
     return pd.DataFrame(rows)
+
+
+def _loaded(report: dict[str, Any] | None) -> str:
+    if not report:
+        return ""
+    n = len(report["loaded"]) + len(report["not_loaded"])
+    return f"{len(report['loaded'])} of {n} from {report['file']}"
 
 
 def load_histories(work_dir: str | Path, models: Sequence[str] | None = None) -> pd.DataFrame:

@@ -240,6 +240,16 @@ class CohortSource(Config):
         ``<yaml name>.salt`` beside the YAML. Never inside an output folder.
     link : {"auto", "hardlink", "symlink", "copy"}
         How image files reach the intake folder (module docstring).
+    ct_labels : str
+        Optional CT label maps for CT pretraining (:mod:`prrt_utils.pretrain`),
+        one NIfTI per patient, e.g. a centre's TotalSegmentator outputs: the
+        file relative to the YAML's folder with ``{id}`` for the table's id
+        (``"export/TotalSegmentator/{id}.nii.gz"``). They are linked as
+        ``ct_labels/<patient_id>.nii.gz`` under the intake's pseudonyms.
+    ct_label_codes : list of str
+        With ``ct_labels``: ``"code:class"`` for every code in the maps, class
+        one of :data:`prrt_utils.pretrain.ANATOMY_CLASSES` (body, lung, liver,
+        spleen, kidney, bladder, bone, lesion, background).
     base_dir : str
         Folder relative paths are resolved against (set by :meth:`load` to the
         YAML's folder; empty: the working directory).
@@ -263,6 +273,8 @@ class CohortSource(Config):
     pseudonymise: str = "auto"
     salt_file: str = ""
     link: str = "auto"
+    ct_labels: str = ""
+    ct_label_codes: tuple[str, ...] = ()
     base_dir: str = ""
 
     def __post_init__(self) -> None:
@@ -330,6 +342,15 @@ class CohortSource(Config):
             raise IntakeError(
                 f"pfs_threshold_months must be a positive number, got {self.pfs_threshold_months!r}"
             )
+        if self.ct_labels:
+            from prrt_utils.pretrain import PretrainConfig, PretrainError
+
+            if "{id}" not in self.ct_labels or not self.ct_label_codes:
+                raise IntakeError("ct_labels needs {id} in its file pattern and ct_label_codes ('code:class' per code)")
+            try:
+                PretrainConfig(label_map=tuple(self.ct_label_codes))
+            except PretrainError as exc:
+                raise IntakeError(f"ct_label_codes: {exc}") from None
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", self.name):
             raise IntakeError(f"name must be a short folder name (letters, digits, . _ -), got {self.name!r}")
 
@@ -722,12 +743,29 @@ def _folder_ids(source: CohortSource) -> list[str]:
 
 def _listing_key(source: CohortSource) -> str:
     h = hashlib.sha256()
-    root = source.imaging_path
-    if root.is_dir():
-        for p in _files(root):
-            st = p.stat()
-            h.update(f"{p.relative_to(root).as_posix()}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+    roots = [source.imaging_path]
+    if source.ct_labels:  # the folder above the first {id}
+        prefix = source.ct_labels.split("{id}")[0]
+        roots.append(source.path(prefix.rsplit("/", 1)[0] if "/" in prefix else "."))
+    for root in roots:
+        if root.is_dir():
+            for p in _files(root):
+                st = p.stat()
+                h.update(f"{p.relative_to(root).as_posix()}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
     return h.hexdigest()
+
+
+def _place_label_map(source: CohortSource, raw_id: str, dst: Path, used: set[str]) -> str:
+    """Link one patient's CT label map to ``dst``; return ``""`` or why there is none."""
+    src = source.path(source.ct_labels.format(id=raw_id))
+    if not src.is_file():
+        return "no CT label map (CT pretraining leaves this patient out)"
+    if src.name.endswith(".nii"):  # pretraining reads <patient>.nii.gz: compress
+        store.write_bytes(dst, gzip.compress(src.read_bytes(), mtime=0))
+        used.add("copy")
+    else:
+        _link(src, dst, source.link, used)
+    return ""
 
 
 # --------------------------------------------------------------------------- the entry point
@@ -828,6 +866,10 @@ def intake(source: CohortSource, out_dir: str | Path) -> Path:
             why = _place_images(source, raw_id, partial / "imaging" / pid, used)
             if why:
                 rows.append((pid, str(line), "imaging", why))
+            if source.ct_labels:
+                why = _place_label_map(source, raw_id, partial / "ct_labels" / f"{pid}.nii.gz", used)
+                if why:
+                    rows.append((pid, str(line), "ct_labels", why))
         for raw_id in _folder_ids(source):
             pid = mapping.get(raw_id, raw_id)
             if pid not in seen:
@@ -837,6 +879,8 @@ def intake(source: CohortSource, out_dir: str | Path) -> Path:
                     (pid, "", "imaging", "imaging folder without clinical row (its images are not linked)")
                 )
         (partial / "imaging").mkdir(exist_ok=True)
+        if source.ct_labels:
+            store.write_json(partial / "ct_labels" / "codes.json", list(source.ct_label_codes))
         if "symlink" in used and source.link == "auto":
             rows.insert(
                 0,

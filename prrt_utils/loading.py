@@ -109,6 +109,7 @@ __all__ = [
     "choose_series",
     "decay_factor",
     "discover_series",
+    "load_label_map",
     "load_nifti",
     "load_patient",
     "load_series",
@@ -889,6 +890,32 @@ def _nifti_volume(
         meta=meta,
         raw=None if raw is None else raw.astype(np.float32),
     )
+
+
+def load_label_map(path: str | Path, patient_id: str) -> tuple[np.ndarray, np.ndarray]:
+    """A label map (NIfTI of integer codes, e.g. a TotalSegmentator output) in canonical order.
+
+    Returns
+    -------
+    labels, affine
+        int32 ``(D, H, W)`` (head to feet, anterior to posterior, right to left)
+        and its ``(4, 4)`` voxel -> LPS affine, as for :class:`Volume`.
+
+    Raises
+    ------
+    InputError
+        Unreadable file, no orientation, broken affine, or values that are not
+        non-negative integers.
+    """
+    path = Path(path)
+    img, lps = _nifti(path, patient_id)
+    data = np.asarray(img.get_fdata(dtype=np.float32)).reshape(img.shape[:3])
+    if not np.all(np.isfinite(data)) or np.any(data < 0) or np.any(data != np.round(data)):
+        raise InputError(patient_id, f"{path.name} is not a label map (values must be non-negative integers)")
+    perm = np.zeros((4, 4))
+    perm[0, 2] = perm[1, 1] = perm[2, 0] = perm[3, 3] = 1.0
+    array, affine = reorient(np.transpose(data.astype(np.int32), (2, 1, 0)), lps @ perm)
+    return array, affine
 
 
 def load_nifti(folder: str | Path, patient_id: str, *, keep_raw: bool = False) -> PatientImages:

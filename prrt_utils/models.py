@@ -40,11 +40,24 @@ Networks
 
 Pretrained CT branch
 --------------------
-``ct_init`` names a checkpoint (a ``state_dict`` of the CT encoder, see
-:func:`load_encoder_checkpoint`). When it is ``None`` the CT branch is
-trained from scratch and :attr:`ModelSpec.ct_init_note` says so in plain
-words; the book prints that note. A path that does not exist is an error,
-never a silent fallback.
+``ct_init`` says where the CT encoder's weights start (:attr:`ModelSpec.ct_init_note`
+says it in plain words; the book prints that note):
+
+* ``null``: from scratch (random initialisation);
+* ``pretrain-ct`` (route 1, the seventh model's default): the checkpoint that
+  ``prrt pretrain-ct`` (:mod:`prrt_utils.pretrain`) trained on anatomy in
+  ``WORK/pretrained/ct_encoder.pt``; :func:`resolve_ct_init` turns the word
+  into that path for a work folder;
+* a path (route 2): a centre's own checkpoint, e.g. the ``models/model.pt`` of
+  a MONAI CT segmentation bundle. :func:`load_encoder_checkpoint` maps its
+  tensors onto the encoder by name (finding the prefix under which the encoder
+  sits), reports which were loaded and which were not, and stops when a
+  matching name has another shape. For a SegResNet bundle declare the model
+  with ``encoder: segresnet`` (:class:`SegResNetEncoder`, the bundle
+  network's own encoder half) and the bundle's ``channels: [init_filters]``,
+  ``blocks_down`` and ``norm: group``.
+
+A path that does not exist is an error, never a silent fallback.
 """
 
 from __future__ import annotations
@@ -58,6 +71,7 @@ import torch
 from monai.networks.blocks import Convolution
 from torch import nn
 
+from prrt_utils import store
 from prrt_utils.cohort import LAB_COLUMNS  # the cohort stage owns the list of lab inputs
 from prrt_utils.config import Config
 from prrt_utils.paper import MODEL_KEYS
@@ -72,13 +86,18 @@ __all__ = [
     "FusionNet",
     "ModelError",
     "ModelSpec",
+    "PRETRAIN_CT",
+    "LoadReport",
     "Resnet10Encoder",
+    "SegResNetEncoder",
     "build_network",
     "get_spec",
     "load_encoder_checkpoint",
     "load_registry",
     "make_forest",
     "models_dir",
+    "pretrained_ct_path",
+    "resolve_ct_init",
 ]
 
 INPUT_ORDER: tuple[str, ...] = ("pet", "ct", "labs")
@@ -93,7 +112,15 @@ PAPER_MODEL_KEYS: tuple[str, ...] = MODEL_KEYS
 """The seven models of the paper in the order of its Table 2 (from :mod:`prrt_utils.paper`)."""
 
 KINDS = ("random_forest", "cnn")
-ENCODERS = ("convnet", "resnet10")
+ENCODERS = ("convnet", "resnet10", "segresnet")
+
+PRETRAIN_CT = "pretrain-ct"
+"""Value of ``ct_init`` meaning "the checkpoint ``prrt pretrain-ct`` wrote into the work folder" (route 1)."""
+
+
+def pretrained_ct_path(work_dir: str | Path) -> Path:
+    """Where CT pretraining (:mod:`prrt_utils.pretrain`) writes its checkpoint: ``WORK/pretrained/ct_encoder.pt``."""
+    return Path(work_dir) / "pretrained" / "ct_encoder.pt"
 POOLINGS = ("avgmax", "avg", "max", "flatten")
 
 
@@ -115,16 +142,22 @@ class ModelSpec(Config):
         A Random Forest takes ``("labs",)`` only.
     description : str
         One line for the book.
-    encoder : {"convnet", "resnet10"}
-        Image encoder: the project's small MONAI CNN, or MONAI's ``resnet10``.
+    encoder : {"convnet", "resnet10", "segresnet"}
+        Image encoder: the project's small MONAI CNN, MONAI's ``resnet10``, or
+        the encoder half of MONAI's ``SegResNet`` (to load a SegResNet CT
+        segmentation bundle's weights).
     channels : tuple of int
-        Output channels of the encoder's convolution blocks.
+        Output channels of the encoder's convolution blocks (``segresnet``:
+        ``channels[0]`` is ``init_filters``; each level doubles it).
+    blocks_down : tuple of int
+        ``segresnet`` only: residual blocks per level (MONAI's ``blocks_down``).
     strides : tuple of int
         Stride of each block (same length as ``channels``); the first is the stem.
     kernel_size : int
         Convolution kernel size of every block.
     norm : str or None
-        MONAI norm name (``"batch"``, ``"instance"``) or ``None``.
+        MONAI norm name (``"batch"``, ``"instance"``) or ``None``; for
+        ``segresnet``, ``"group"`` is SegResNet's own group norm (8 groups).
     pooling : {"avgmax", "avg", "max", "flatten"}
         How the encoder output becomes a vector (module docstring says why
         ``avgmax`` is the default and ``flatten`` the paper's).
@@ -135,7 +168,11 @@ class ModelSpec(Config):
         Widths of the two hidden layers of the 3-layer MLP head (the third
         layer has one output, the logit of short PFS).
     ct_init : Path or None
-        Checkpoint of the CT encoder (``state_dict``); ``None`` = not pretrained.
+        Where the CT encoder starts: ``None`` (from scratch), ``pretrain-ct``
+        (route 1) or a checkpoint path (route 2); see the module docstring.
+    ct_init_prefix : str or None
+        Route 2: the prefix under which the encoder's tensors sit in the
+        checkpoint (e.g. ``"model."``); ``None`` finds it.
     n_estimators, min_samples_leaf, max_features
         Random Forest hyper-parameters (scikit-learn names).
     """
@@ -152,7 +189,9 @@ class ModelSpec(Config):
     pooling: str = "avgmax"
     dropout_prob: float | None = None
     head: tuple[int, ...] = (32, 16)
+    blocks_down: tuple[int, ...] = (1, 2, 2, 4)
     ct_init: Path | None = None
+    ct_init_prefix: str | None = None
     n_estimators: int = 500
     min_samples_leaf: int = 2
     max_features: str | None = "sqrt"
@@ -185,6 +224,8 @@ class ModelSpec(Config):
             raise ModelError(f"{where}: dropout_prob must lie in [0, 1), got {self.dropout_prob}")
         if self.ct_init is not None and "ct" not in self.inputs:
             raise ModelError(f"{where}: ct_init is set but the model has no CT input")
+        if self.encoder == "segresnet" and (not self.blocks_down or min(self.blocks_down) < 1):
+            raise ModelError(f"{where}: blocks_down must list >= 1 block per level, got {self.blocks_down}")
 
     @property
     def ordered_inputs(self) -> tuple[str, ...]:
@@ -205,13 +246,24 @@ class ModelSpec(Config):
         return self.ct_init is not None
 
     @property
+    def uses_pretrain_ct(self) -> bool:
+        """True for route 1 (``ct_init: pretrain-ct``) before :func:`resolve_ct_init`."""
+        return self.ct_init is not None and str(self.ct_init) == PRETRAIN_CT
+
+    @property
     def ct_init_note(self) -> str:
         """Plain statement of where the CT branch's weights start (empty for models without CT)."""
         if "ct" not in self.inputs or self.kind != "cnn":
             return ""
         if self.ct_init is None:
             return "CT branch NOT pretrained: no checkpoint is configured (ct_init is empty), so it is trained from scratch."
-        return f"CT branch initialised from the checkpoint {self.ct_init} and fine-tuned."
+        if self.uses_pretrain_ct:
+            return ("CT branch initialised from the anatomy-pretrained checkpoint that `prrt pretrain-ct` writes "
+                    "(WORK/pretrained/ct_encoder.pt; no outcome used) and fine-tuned.")
+        if Path(self.ct_init).name == "ct_encoder.pt" and Path(self.ct_init).parent.name == "pretrained":
+            return ("CT branch initialised from the anatomy-pretrained checkpoint of `prrt pretrain-ct` "
+                    "(pretrained/ct_encoder.pt in the work folder; no outcome used) and fine-tuned.")
+        return f"CT branch initialised from the checkpoint {Path(self.ct_init).name} (given by path) and fine-tuned."
 
 
 def models_dir() -> Path:
@@ -253,6 +305,23 @@ def get_spec(model: str | ModelSpec, directory: str | Path | None = None) -> Mod
     if model not in registry:
         raise ModelError(f"unknown model {model!r}; known: {list(registry)}")
     return registry[model]
+
+
+def resolve_ct_init(spec: ModelSpec, work_dir: str | Path) -> ModelSpec:
+    """``spec`` with ``ct_init: pretrain-ct`` replaced by that work folder's checkpoint path.
+
+    Raises :class:`ModelError` when the checkpoint has not been made yet.
+    """
+    if not spec.uses_pretrain_ct:
+        return spec
+    path = pretrained_ct_path(work_dir).resolve()
+    if not path.is_file():
+        raise ModelError(
+            f"model {spec.name!r} starts its CT branch from the anatomy-pretrained checkpoint, which does not "
+            f"exist yet ({path}). Run `prrt pretrain-ct --work {work_dir}` first (make book does), or set ct_init "
+            "to null (from scratch) or to a checkpoint path."
+        )
+    return spec.replace(ct_init=path)
 
 
 # --------------------------------------------------------------------------- networks
@@ -348,6 +417,34 @@ class Resnet10Encoder(nn.Module):
         return self.net(x)
 
 
+class SegResNetEncoder(nn.Module):
+    """The encoder half of MONAI's ``SegResNet`` (``convInit`` and ``down_layers``), globally pooled.
+
+    Its tensor names are those of a whole ``SegResNet``, so the weights of a
+    SegResNet CT segmentation bundle load by name (:func:`load_encoder_checkpoint`);
+    the decoder's tensors in such a checkpoint are reported as unused.
+    ``(B, 1, D, H, W) -> (B, 2 * init_filters * 2 ** (levels - 1))`` (average and max pooling).
+    """
+
+    def __init__(self, init_filters: int = 8, blocks_down: Sequence[int] = (1, 2, 2, 4), norm: Any = None,
+                 in_channels: int = 1) -> None:
+        super().__init__()
+        from monai.networks.nets import SegResNet
+
+        net = SegResNet(spatial_dims=3, in_channels=in_channels, out_channels=2, init_filters=init_filters,
+                        blocks_down=tuple(blocks_down), blocks_up=(1,) * (len(blocks_down) - 1),
+                        norm=norm or ("GROUP", {"num_groups": min(8, init_filters)}))
+        self.convInit = net.convInit
+        self.down_layers = net.down_layers
+        self.out_features = 2 * init_filters * 2 ** (len(blocks_down) - 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.convInit(x)
+        for down in self.down_layers:
+            x = down(x)
+        return torch.cat([x.mean((2, 3, 4)), x.amax((2, 3, 4))], dim=1)
+
+
 class FusionNet(nn.Module):
     """Image branch(es), optional labs, 3-layer MLP head -> one logit (paper 2.5, Figure 1).
 
@@ -383,6 +480,9 @@ class FusionNet(nn.Module):
         for modality in spec.image_inputs:
             if spec.encoder == "resnet10":
                 encoders[modality] = Resnet10Encoder(3, 1)
+            elif spec.encoder == "segresnet":
+                norm = None if spec.norm in (None, "group") else spec.norm  # None: SegResNet's group norm
+                encoders[modality] = SegResNetEncoder(spec.channels[0], spec.blocks_down, norm)
             else:
                 encoders[modality] = ConvEncoder(
                     3, 1, spec.channels, spec.strides, spec.kernel_size, spec.norm, p, spec.pooling, img_size
@@ -415,54 +515,144 @@ class FusionNet(nn.Module):
 
 def build_network(spec: ModelSpec, n_labs: int = len(LAB_COLUMNS), img_size: Sequence[int] = IMG_SIZE,
                   dropout_prob: float = 0.1) -> FusionNet:
-    """The :class:`FusionNet` of ``spec`` with the CT branch loaded from ``spec.ct_init`` if set."""
+    """The :class:`FusionNet` of ``spec`` with the CT branch loaded from ``spec.ct_init`` if set.
+
+    What was loaded is kept in ``net.ct_load_report`` (a :class:`LoadReport`, or ``None``).
+    """
     net = FusionNet(spec, n_labs=n_labs, img_size=img_size, dropout_prob=dropout_prob)
+    net.ct_load_report = None
     if spec.ct_init is not None:
-        load_encoder_checkpoint(net.encoders["ct"], spec.ct_init, model=spec.name)
+        if spec.uses_pretrain_ct:
+            raise ModelError(f"model {spec.name!r}: ct_init 'pretrain-ct' must be resolved to a work folder's "
+                             "checkpoint first (models.resolve_ct_init)")
+        net.ct_load_report = load_encoder_checkpoint(net.encoders["ct"], spec.ct_init, model=spec.name,
+                                                     prefix=spec.ct_init_prefix)
     return net
 
 
-def load_encoder_checkpoint(encoder: nn.Module, path: str | Path, model: str = "") -> list[str]:
-    """Load a pretrained image encoder's weights (paper 2.5: pretrained CT branch).
+@dataclasses.dataclass(frozen=True)
+class LoadReport:
+    """What :func:`load_encoder_checkpoint` took from a checkpoint.
 
-    The checkpoint is a file written with :func:`torch.save` holding either the
-    encoder's ``state_dict`` or a dict with a ``"state_dict"`` entry; keys may
-    carry a prefix (``"encoders.ct."``, ``"encoder."``, ``"module."``), which is
-    stripped. Every tensor whose name and shape match is loaded; at least one
-    must, and every encoder parameter that is not loaded is listed in the error.
+    Attributes
+    ----------
+    file, sha256 : str
+        The checkpoint's file name (not its folder) and content hash.
+    prefix : str
+        Prefix under which the encoder's tensors were found (``""``: none).
+    loaded : tuple of str
+        Encoder tensors taken from the checkpoint.
+    not_loaded : tuple of str
+        Encoder tensors the checkpoint does not have: they keep their random
+        initialisation and are trained from scratch.
+    unused : int
+        Checkpoint tensors that are not part of the encoder (e.g. a segmentation decoder).
+    """
 
-    Returns
-    -------
-    list of str
-        Names of the loaded parameters.
+    file: str
+    sha256: str
+    prefix: str
+    loaded: tuple[str, ...]
+    not_loaded: tuple[str, ...]
+    unused: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def summary(self) -> str:
+        n = len(self.loaded) + len(self.not_loaded)
+        text = (f"{self.file}: loaded {len(self.loaded)} of {n} CT-encoder tensors"
+                f"{f' (prefix {self.prefix!r})' if self.prefix else ''}; {self.unused} checkpoint tensor(s) unused")
+        if self.not_loaded:
+            text += f"; NOT loaded (trained from scratch): {', '.join(self.not_loaded[:6])}"
+            text += f" and {len(self.not_loaded) - 6} more" if len(self.not_loaded) > 6 else ""
+        return text
+
+
+def _state_dict_of(blob: Any, path: Path, where: str) -> dict[str, torch.Tensor]:
+    for key in ("state_dict", "model", "model_state_dict", "network"):
+        if isinstance(blob, dict) and isinstance(blob.get(key), dict):
+            blob = blob[key]
+            break
+    if not isinstance(blob, dict) or not any(isinstance(v, torch.Tensor) for v in blob.values()):
+        raise ModelError(f"{where}{path.name} holds no state_dict (a dict of tensors, or one under 'state_dict')")
+    return {str(k): v for k, v in blob.items() if isinstance(v, torch.Tensor)}
+
+
+def _find_prefix(own: Sequence[str], theirs: Sequence[str]) -> str:
+    """The prefix ``p`` for which most encoder names ``n`` exist as ``p + n`` in the checkpoint."""
+    counts: dict[str, int] = {}
+    own_set = set(own)
+    for key in theirs:
+        parts = key.split(".")
+        for i in range(len(parts)):
+            if ".".join(parts[i:]) in own_set:
+                prefix = ".".join(parts[:i]) + ("." if i else "")
+                counts[prefix] = counts.get(prefix, 0) + 1
+    if not counts:
+        return ""
+    return max(sorted(counts, key=len), key=lambda p: counts[p])
+
+
+def load_encoder_checkpoint(encoder: nn.Module, path: str | Path, model: str = "",
+                            prefix: str | None = None) -> LoadReport:
+    """Load a pretrained image encoder's weights by name; report what was and was not loaded.
+
+    The checkpoint is a file written with :func:`torch.save` holding a
+    ``state_dict`` (plain, as in a MONAI bundle's ``models/model.pt``, or under
+    ``"state_dict"``/``"model"``). The encoder's tensors are looked up under a
+    prefix (``prefix``, or the one under which most of them are found, e.g.
+    ``"encoders.ct."`` of a whole :class:`FusionNet` or ``"encoder."`` of
+    :class:`prrt_utils.pretrain.AnatomySegNet`).
+
+    Partial checkpoints load: the tensors they lack keep their initialisation
+    and are listed in :attr:`LoadReport.not_loaded`. It stops with
+    :class:`ModelError` when a tensor of the same name has another shape (the
+    architectures differ: the message lists them) or when nothing matches.
     """
     path = Path(path)
     where = f"model {model!r}: " if model else ""
     if not path.is_file():
         raise ModelError(
-            f"{where}ct_init checkpoint {path} does not exist. Produce it (CT pretraining) or set ct_init to "
+            f"{where}ct_init checkpoint {path} does not exist. Produce it (prrt pretrain-ct) or set ct_init to "
             "null, in which case the CT branch is trained from scratch and the book says so."
         )
-    blob: Any = torch.load(path, map_location="cpu", weights_only=True)
-    state = blob.get("state_dict", blob) if isinstance(blob, dict) else None
-    if not isinstance(state, dict):
-        raise ModelError(f"{where}{path} holds no state_dict")
+    try:
+        blob: Any = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same clear message
+        raise ModelError(f"{where}{path.name} cannot be read as a torch checkpoint ({type(exc).__name__}); "
+                         "TorchScript (.ts) and pickled whole models are not accepted, only state_dicts") from None
+    state = _state_dict_of(blob, path, where)
     own = encoder.state_dict()
-    matched = {}
-    for key, value in state.items():
-        for prefix in ("", "encoders.ct.", "encoder.", "module.", "ct_encoder."):
-            k = key[len(prefix):] if key.startswith(prefix) else None
-            if k is not None and k in own and tuple(own[k].shape) == tuple(value.shape):
-                matched[k] = value
-                break
-    if not matched:
-        raise ModelError(f"{where}no tensor of {path} matches the CT encoder (names or shapes differ)")
-    missing = sorted(k for k in own if k not in matched and not k.endswith("num_batches_tracked"))
-    if missing:
-        raise ModelError(f"{where}{path} lacks {len(missing)} CT-encoder tensor(s), e.g. {missing[:3]}")
+    names = [k for k in own if not k.endswith("num_batches_tracked")]
+    if prefix is None:
+        prefix = _find_prefix(list(own), list(state))
+    matched = {k: state[prefix + k] for k in own if prefix + k in state}
+    if not any(k in matched for k in names):
+        raise ModelError(
+            f"{where}no tensor of {path.name} matches the CT encoder by name. The encoder expects e.g. "
+            f"{names[:2]}; the checkpoint has e.g. {list(state)[:3]}. Declare the encoder the checkpoint was "
+            "made with (encoder, channels, blocks_down) or set ct_init_prefix."
+        )
+    wrong = [f"{k}: checkpoint {tuple(v.shape)} vs encoder {tuple(own[k].shape)}"
+             for k, v in matched.items() if tuple(v.shape) != tuple(own[k].shape)]
+    if wrong:
+        raise ModelError(
+            f"{where}{path.name} does not fit the CT encoder: {len(wrong)} tensor(s) have another shape, e.g. "
+            f"{'; '.join(wrong[:3])}. The checkpoint was made with other channels or kernel sizes: declare the "
+            "model with the checkpoint's architecture."
+        )
     own.update(matched)
     encoder.load_state_dict(own)
-    return sorted(matched)
+    used = {prefix + k for k in matched}
+    return LoadReport(
+        file=path.name,
+        sha256=store.sha256_file(path),
+        prefix=prefix,
+        loaded=tuple(k for k in names if k in matched),
+        not_loaded=tuple(k for k in names if k not in matched),
+        unused=sum(1 for k in state if k not in used),
+    )
 
 
 def make_forest(spec: ModelSpec, seed: int) -> Any:

@@ -634,7 +634,8 @@ def classification_bias(censored: pd.DataFrame, labs: pd.DataFrame, folds: pd.Da
         }
         for name, (keep, label) in designs.items():
             ids = [p for p, k in zip(tr, keep, strict=True) if k]
-            rf = make_forest(spec, fold_seed(seed, int(r), int(f), "rf_labs")).fit(
+            # n_jobs=-1: the trees are the same for any number of jobs (each has its own seed)
+            rf = make_forest(spec, fold_seed(seed, int(r), int(f), "rf_labs")).set_params(n_jobs=-1).fit(
                 np.log1p(lab.loc[ids].to_numpy(float)), label[keep].astype(int).to_numpy())
             p = rf.predict_proba(np.log1p(lab.loc[te].to_numpy(float)))[:, 1]
             preds.append(pd.DataFrame({"design": name, "repeat": int(r), "fold": int(f), "patient_id": te,

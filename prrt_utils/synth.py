@@ -175,6 +175,16 @@ class SynthConfig(Config):
     pet_matrix, ct_matrix, slice_mm, axial_extent_mm
         Image grid: in-plane matrix of PET and CT (the field of view is the
         scanner profile's), slice spacing and cranio-caudal extent in mm.
+    id_prefix
+        Study pseudonyms are ``<id_prefix>-001`` ...
+    scanner_probs
+        Share of patients scanned on each profile of :data:`SCANNERS` (A, B, C).
+    lab_assay_factors
+        How this centre's assays report AST, ALT, CgA and GGT relative to the
+        development centre's (1 = the same). The risk depends on the biology
+        (the values an assay of factor 1 would report); the table holds what
+        this centre's laboratory reports: a model trained elsewhere sees shifted
+        values. :meth:`second_centre` uses it for external validation.
     """
 
     n_patients: int = 116
@@ -182,6 +192,9 @@ class SynthConfig(Config):
     censor_fraction: float = 0.0
     clinical_size: bool = False
     image_format: str = "dicom"
+    id_prefix: str = "PRRT"
+    scanner_probs: tuple[float, float, float] = (0.5, 0.5, 0.0)
+    lab_assay_factors: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0)
     # --- image grid
     pet_matrix: int = 96
     ct_matrix: int = 128
@@ -247,6 +260,12 @@ class SynthConfig(Config):
             raise SynthError(f"censor_fraction must lie in [0, 1), got {self.censor_fraction}")
         if self.image_format not in ("dicom", "nifti"):
             raise SynthError(f"image_format must be 'dicom' or 'nifti', got {self.image_format!r}")
+        if not self.id_prefix.isalnum():
+            raise SynthError(f"id_prefix must be letters and digits, got {self.id_prefix!r}")
+        if len(self.scanner_probs) != len(SCANNERS) or min(self.scanner_probs) < 0 or sum(self.scanner_probs) <= 0:
+            raise SynthError(f"scanner_probs needs {len(SCANNERS)} non-negative shares, got {self.scanner_probs}")
+        if len(self.lab_assay_factors) != 4 or min(self.lab_assay_factors) <= 0:
+            raise SynthError(f"lab_assay_factors needs 4 positive factors (AST, ALT, CgA, GGT), got {self.lab_assay_factors}")
         for name, k in (
             ("primary_site_probs", len(PRIMARY_SITES)),
             ("metastasis_probs", len(METASTATIC_SITES)),
@@ -254,6 +273,24 @@ class SynthConfig(Config):
         ):
             if len(getattr(self, name)) != k:
                 raise SynthError(f"{name} needs {k} entries, got {len(getattr(self, name))}")
+
+    @classmethod
+    def second_centre(cls, n_patients: int = 48, seed: int = 1) -> SynthConfig:
+        """An external validation centre: another scanner, other assays, another case mix.
+
+        Scanner C (another vendor, sharper PET, less CT noise) for 70 % of the
+        patients and B for the rest; a CgA kit that reads 1.6 times higher and a
+        GGT method 0.8 times lower; more pancreatic primaries and G2/G3 tumours,
+        and a larger tumour burden (shorter PFS on average). The PFS model
+        itself is the development centre's: a model that learned it should
+        still discriminate, while its calibration may suffer from the shifts.
+        """
+        return cls(
+            n_patients=n_patients, seed=seed, id_prefix="EXT", scanner_probs=(0.0, 0.3, 0.7),
+            lab_assay_factors=(1.0, 1.0, 1.6, 0.8),
+            primary_site_probs=(0.30, 0.45, 0.08, 0.02, 0.15), grade_probs=(0.10, 0.70, 0.15, 0.05),
+            burden_median_ml=90.0,
+        )
 
     @property
     def grid(self) -> tuple[int, int, float]:
@@ -385,9 +422,9 @@ def _rng(cfg: SynthConfig, stream: str, *extra: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([cfg.seed, _STREAMS[stream], *extra]))
 
 
-def patient_ids(n: int) -> list[str]:
+def patient_ids(n: int, prefix: str = "PRRT") -> list[str]:
     """Study pseudonyms ``PRRT-001`` ... in cohort order."""
-    return [f"PRRT-{i + 1:03d}" for i in range(n)]
+    return [f"{prefix}-{i + 1:03d}" for i in range(n)]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -446,7 +483,7 @@ def _sample_demographics(cfg: SynthConfig, n: int) -> pd.DataFrame:
     ).astype(int)
     frame = pd.DataFrame(
         {
-            "patient_id": patient_ids(n),
+            "patient_id": patient_ids(n, cfg.id_prefix),
             "age_years": age,
             "sex": np.where(female, "F", "M"),
             "primary_site": primary,
@@ -567,6 +604,12 @@ def _sample_labs(cfg: SynthConfig, feats: pd.DataFrame) -> pd.DataFrame:
     )
 
 
+def _scanners(cfg: SynthConfig, u: np.ndarray) -> np.ndarray:
+    """Scanner of each patient from one uniform draw each (A below 0.5, B above, for the default shares)."""
+    edges = np.cumsum(cfg.scanner_probs) / sum(cfg.scanner_probs)
+    return np.asarray(list(SCANNERS))[np.minimum(np.searchsorted(edges, u, side="right"), len(SCANNERS) - 1)]
+
+
 def _sample_acquisition(cfg: SynthConfig, demo: pd.DataFrame) -> pd.DataFrame:
     rng = _rng(cfg, "acquisition")
     n = len(demo)
@@ -585,7 +628,7 @@ def _sample_acquisition(cfg: SynthConfig, demo: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(
         {
             "patient_id": demo["patient_id"],
-            "scanner": np.where(rng.random(n) < 0.5, "A", "B"),
+            "scanner": _scanners(cfg, rng.random(n)),
             "ct_contrast": rng.random(n) < cfg.contrast_fraction,
             "ct_rescale": rng.integers(0, len(CT_RESCALE_VARIANTS), n),
             "instance_order": _categorical(rng, ("head_first", "feet_first", "shuffled"), (0.5, 0.3, 0.2), n),
@@ -631,7 +674,11 @@ def sample_cohort(cfg: SynthConfig) -> SyntheticCohort:
         pfs, planned, rng_cy.uniform(*cfg.cycle_interval_months, n), rng_cy.uniform(*cfg.cycle_lag_months, n)
     )
     clinical = demo.assign(prrt_cycles=cycles, pfs_months=pfs, event=(~censored).astype(int))
-    clinical = pd.concat([clinical, labs], axis=1)[list(CLINICAL_COLUMNS)]
+    reported = labs.copy()  # what this centre's assays report (the risk above used the biology)
+    for col, factor in zip(("ast_u_l", "alt_u_l", "cga_ug_l", "ggt_u_l"), cfg.lab_assay_factors, strict=True):
+        if factor != 1.0:
+            reported[col] = np.maximum(np.rint(labs[col] * factor), 1).astype(int)
+    clinical = pd.concat([clinical, reported], axis=1)[list(CLINICAL_COLUMNS)]
     truth = pd.DataFrame(
         {
             "patient_id": demo["patient_id"],
@@ -725,8 +772,21 @@ SCANNERS: dict[str, dict[str, Any]] = {
         "reconstruction": "VPFX 2i16s",
         "kernel": "STANDARD",
     },
+    "C": {  # the second centre's (SynthConfig.second_centre)
+        "manufacturer": "Philips",
+        "model": "Vereos",
+        "pet_fov_mm": 576.0,
+        "ct_fov_mm": 500.0,
+        "psf_fwhm_mm": 5.0,
+        "counts_per_suv": 40.0,
+        "ct_noise_hu": 9.0,
+        "bed_mm": 164.0,
+        "bed_s": 90,
+        "reconstruction": "BLOB-OS-TF 3i15s",
+        "kernel": "B",
+    },
 }
-"""Two PET/CT scanner profiles: field of view (hence pixel size), PET resolution
+"""Three PET/CT scanner profiles (C only at the synthetic second centre): field of view (hence pixel size), PET resolution
 (Gaussian PSF FWHM), PET noise (Poisson counts per SUV unit in a (5 mm)^3 voxel, scaled
 with the voxel volume), CT noise (HU) and the PET bed length and duration."""
 
@@ -1248,6 +1308,7 @@ _OPERATORS = ("Quarrington^Jocelyn", "Umbleby^Tarquin", "Blankenheim^Roswitha", 
 _INSTITUTIONS = {
     "A": ("Klinikum Tiefenbrunn", "TFBPETCT01", "TFB"),
     "B": ("St Aldhelm Hospital Wexcombe", "ALDHPET2", "ALW"),
+    "C": ("Ospedale San Bertoldo Valfonda", "SBVPETCT", "SBV"),
 }
 
 

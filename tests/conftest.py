@@ -34,3 +34,53 @@ def built_book(tmp_path_factory: pytest.TempPathFactory) -> Path:
     cfg = BookConfig(synth_patients=21, n_repeats=2, n_splits=3, epochs=2, n_jobs=1, seed=0)
     make_book(cfg, root=root, progress=False)
     return root
+
+
+class OfflineBrowser:
+    """Headless Debian chromium that aborts and records every request not to a local file."""
+
+    ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--no-first-run", "--disable-sync"]
+
+    def __init__(self, playwright_api, chromium: str) -> None:
+        self.external: list[str] = []
+        self.errors: list[str] = []
+        self._p = playwright_api.sync_playwright().start()
+        self.browser = self._p.chromium.launch(executable_path=chromium, args=self.ARGS)
+        context = self.browser.new_context()
+        context.route("**/*", self._route)
+        self.page = context.new_page()
+        self.page.on("pageerror", lambda e: self.errors.append(str(e)))
+
+    def _route(self, r) -> None:
+        if r.request.url.startswith(("file://", "data:", "blob:", "about:")):
+            r.continue_()
+        else:
+            self.external.append(r.request.url)
+            r.abort()
+
+    def open(self, path: Path):
+        self.page.goto(Path(path).as_uri())
+        self.page.wait_for_load_state("load")
+        return self.page
+
+    def assert_clean(self, tolerated: tuple[str, ...] = ()) -> None:
+        assert self.external == [], f"pages requested external URLs: {sorted(set(self.external))}"
+        errors = [e for e in self.errors if not any(t in e for t in tolerated)]
+        assert errors == [], f"JavaScript errors: {errors}"
+
+    def close(self) -> None:
+        self.browser.close()
+        self._p.stop()
+
+
+@pytest.fixture()
+def offline_browser():
+    """An :class:`OfflineBrowser` (skips where playwright or Debian's chromium is missing)."""
+    playwright_api = pytest.importorskip("playwright.sync_api")
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("Debian's chromium is not installed (make test installs it)")
+    b = OfflineBrowser(playwright_api, chromium)
+    yield b
+    b.close()

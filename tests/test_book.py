@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import shutil
 import textwrap
 from pathlib import Path
 
@@ -11,6 +10,8 @@ import pytest
 import yaml
 
 from prrt_utils.book import BookConfig, BookError, execute_notebook
+
+ROOT = Path(__file__).resolve().parent.parent
 
 NOTEBOOK = textwrap.dedent(
     '''\
@@ -105,7 +106,7 @@ def _pages(root: Path) -> list[Path]:
 def test_the_book_builds_end_to_end_with_every_chapter(built_book: Path):
     html = built_book / "_build" / "html"
     assert (html / "index.html").exists()
-    for name in ("01_cohort", "02_preprocessing", "03_unimodal", "04_fusion", "05_statistics",
+    for name in ("01_cohort", "02_preprocessing", "pretrain_ct", "03_unimodal", "04_fusion", "05_statistics",
                  "06_explainability", "07_survival", "90_reproducibility", "train_pet_fusion"):
         page = html / "book" / "executed" / f"{name}.html"
         assert page.exists(), name
@@ -122,62 +123,50 @@ def test_the_book_builds_end_to_end_with_every_chapter(built_book: Path):
 
 @pytest.mark.slow
 @pytest.mark.browser
-def test_pages_draw_figures_tables_and_formulas_offline_without_any_external_request(built_book: Path):
-    playwright = pytest.importorskip("playwright.sync_api")
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
-        pytest.skip("Debian's chromium is not installed (make test installs it)")
+def test_pages_draw_figures_tables_and_formulas_offline_without_any_external_request(built_book: Path,
+                                                                                    offline_browser):
     html = built_book / "_build" / "html"
-    external: list[str] = []
-    failed: list[str] = []
-    with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=chromium,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                  "--no-first-run", "--disable-sync"],
-        )
-        context = browser.new_context()
+    page = offline_browser.page
 
-        def route(r):
-            if r.request.url.startswith(("file://", "data:", "blob:", "about:")):
-                r.continue_()
-            else:
-                external.append(r.request.url)
-                r.abort()
+    def open_page(rel: str):
+        offline_browser.open(html / rel)
 
-        context.route("**/*", route)
-        page = context.new_page()
-        page.on("requestfailed", lambda req: failed.append(req.url))
-        errors: list[str] = []
-        page.on("pageerror", lambda e: errors.append(str(e)))
-
-        def open_page(rel: str):
-            page.goto((html / rel).as_uri())
-            page.wait_for_load_state("load")
-
-        open_page("book/executed/03_unimodal.html")
-        page.wait_for_selector(".js-plotly-plot .main-svg", timeout=20000)
-        n_plots = page.locator(".js-plotly-plot").count()
-        assert n_plots >= 2
-        drawn = page.evaluate(
-            "() => [...document.querySelectorAll('.js-plotly-plot')].map(d => d.querySelectorAll('.main-svg path, .main-svg .point').length)"
-        )
-        assert all(n > 0 for n in drawn), f"some plotly figures have no marks: {drawn}"
-        open_page("book/executed/01_cohort.html")
-        box = page.locator("table").first.bounding_box()
-        assert box and box["width"] > 100 and box["height"] > 50, "the cohort table is not drawn"
-        assert page.locator("table tbody tr").count() > 10
-        page.wait_for_selector(".js-plotly-plot .main-svg", timeout=20000)
-        open_page("book/synthetic_cohort.html")
-        page.wait_for_selector("mjx-container", timeout=20000)
-        assert page.locator("mjx-container").count() > 3, "formulas are not typeset"
-        for rel in ("index.html", "book/executed/05_statistics.html", "book/executed/06_explainability.html",
-                    "book/executed/07_survival.html", "book/own_cohort.html"):
-            open_page(rel)
-        page.screenshot(path=str(built_book / "06_explainability.png"), full_page=False)
-        browser.close()
-    assert external == [], f"pages requested external URLs: {sorted(set(external))}"
+    open_page("book/executed/03_unimodal.html")
+    page.wait_for_selector(".js-plotly-plot .main-svg", timeout=20000)
+    n_plots = page.locator(".js-plotly-plot").count()
+    assert n_plots >= 2
+    drawn = page.evaluate(
+        "() => [...document.querySelectorAll('.js-plotly-plot')].map(d => d.querySelectorAll('.main-svg path, .main-svg .point').length)"
+    )
+    assert all(n > 0 for n in drawn), f"some plotly figures have no marks: {drawn}"
+    open_page("book/executed/01_cohort.html")
+    box = page.locator("table").first.bounding_box()
+    assert box and box["width"] > 100 and box["height"] > 50, "the cohort table is not drawn"
+    assert page.locator("table tbody tr").count() > 10
+    page.wait_for_selector(".js-plotly-plot .main-svg", timeout=20000)
+    open_page("book/synthetic_cohort.html")
+    page.wait_for_selector("mjx-container", timeout=20000)
+    assert page.locator("mjx-container").count() > 3, "formulas are not typeset"
+    open_page("book/executed/pretrain_ct.html")
+    page.wait_for_selector(".js-plotly-plot .main-svg", timeout=20000)  # the loss curve of CT pretraining
+    for rel in ("index.html", "book/executed/05_statistics.html", "book/executed/06_explainability.html",
+                "book/executed/07_survival.html", "book/own_cohort.html"):
+        open_page(rel)
+    page.screenshot(path=str(built_book / "06_explainability.png"), full_page=False)
     # sphinx-thebe (loaded by Jupyter Book 1 even with launch buttons off) includes its script twice, and
     # the second copy's `const THEBE_JS_URL` throws; thebe is unused here, so that one error is tolerated
-    errors = [e for e in errors if "THEBE_JS_URL" not in e]
-    assert errors == [], f"JavaScript errors: {errors}"
+    offline_browser.assert_clean(tolerated=("THEBE_JS_URL",))
+
+
+def test_the_tripod_page_lists_every_item_and_links_only_to_pages_that_exist():
+    page = (ROOT / "book" / "tripod.md").read_text()
+    items = set(re.findall(r"^\| (\d+)[a-f]?(?:–\d+[a-f])? \|", page, flags=re.M))
+    assert items == {str(i) for i in range(1, 28)}
+    toc = (ROOT / "_toc.yml").read_text()
+    for target in set(re.findall(r"\]\(([^)#]+)\)", page)):
+        if "executed" in target:  # an executed notebook: its source is notebooks/<name>.py
+            source = ROOT / "notebooks" / Path(target).with_suffix(".py").name
+        else:
+            source = ROOT / "book" / target
+        assert source.exists(), target
+        assert f"book/{Path(target).with_suffix('').as_posix()}" in toc, f"{target} is not a page of the book"

@@ -82,6 +82,23 @@ def test_bootstrap_ci_is_reproducible_and_covers_the_binormal_auroc():
     assert (c.lower, c.upper, c.n_valid) == pytest.approx((d.lower, d.upper, d.n_valid))
 
 
+def test_vectorised_average_precision_equals_scikit_learn_row_by_row_with_ties():
+    from sklearn.metrics import average_precision_score
+
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, size=(200, 40))
+    y[:, 0] = 1  # every row has a positive
+    s = np.round(rng.random((200, 40)) + 0.3 * y, 1)  # rounded: many tied scores
+    got = cal.average_precision_rows(y, s)
+    want = [average_precision_score(a, b) for a, b in zip(y, s, strict=True)]
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
+    # and so the bootstrap interval of AUPRC is the one scikit-learn gives per replicate
+    yy, pp = y[0], s[0] / 1.3  # probabilities, ties kept
+    c = cal.bootstrap_ci(yy, pp, average_precision_score, n_boot=200, seed=1)
+    d = cal.bootstrap_ci(yy, pp, "auprc", n_boot=200, seed=1)
+    assert (c.lower, c.upper, c.n_valid) == pytest.approx((d.lower, d.upper, d.n_valid))
+
+
 def _delong_bruteforce(y, scores):
     """DeLong et al. (1988) by the definition: placement values by double loops, then sample covariances."""
     pos = [i for i in range(len(y)) if y[i] == 1]

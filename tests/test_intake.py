@@ -484,3 +484,34 @@ def test_the_how_to_shows_the_example_yaml_and_every_command_it_names() -> None:
         ["preprocess", "--cohort", "c.yaml"],
     ):
         parser.parse_args(argv)
+
+
+def test_ct_label_maps_follow_the_pseudonyms_with_their_codes(centre: Path, tmp_path: Path) -> None:
+    from prrt_utils.pretrain import ANATOMY_CLASSES, find_labels, save_label_map
+
+    seg = centre.parent / "export" / "TotalSeg"
+    for raw in WITH_IMAGES[:2]:  # the third patient has images but no label map
+        save_label_map(seg / f"{raw}_seg.nii.gz", np.full((4, 4, 4), 5, dtype=np.uint8), np.eye(4))
+    text = centre.read_text(encoding="utf-8")
+    centre.write_text(text + '\nct_labels: export/TotalSeg/{id}_seg.nii.gz\nct_label_codes: ["0:background", "5:liver"]\n',
+                      encoding="utf-8")
+    out = intake.intake(CohortSource.load(centre), tmp_path / "data")
+    ids = pd.read_csv(out / "clinical.csv", dtype=str).set_index("patient_id")
+    salt = (centre.parent / "cohort.salt").read_text().strip().encode()
+    pid = {raw: "P-" + _hmac_by_hand(salt, raw.encode())[:10] for raw in WITH_IMAGES}
+    assert set(ids.index) >= set(pid.values())
+    linked = sorted(p.name for p in (out / "ct_labels").glob("*.nii.gz"))
+    assert linked == sorted(f"{pid[r]}.nii.gz" for r in WITH_IMAGES[:2])  # under pseudonyms, never hospital ids
+    report = intake.read_report(out)
+    missing = report[(report["column"] == "ct_labels")]
+    assert pid[WITH_IMAGES[2]] in set(missing["patient_id"])
+    assert not set(missing["patient_id"]) & {pid[r] for r in WITH_IMAGES[:2]}
+    assert missing["problem"].str.contains("no CT label map").all()
+    folder, codes = find_labels(out)
+    assert folder == out / "ct_labels" and codes == ("0:background", "5:liver")
+    assert ANATOMY_CLASSES[3] == "liver"
+    # a class that does not exist is refused when the YAML is read
+    centre.write_text(text + '\nct_labels: export/TotalSeg/{id}_seg.nii.gz\nct_label_codes: ["5:brain"]\n',
+                      encoding="utf-8")
+    with pytest.raises(IntakeError, match="ct_label_codes"):
+        CohortSource.load(centre)

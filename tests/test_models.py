@@ -14,9 +14,13 @@ from prrt_utils.models import (
     ModelError,
     ModelSpec,
     Resnet10Encoder,
+    SegResNetEncoder,
     build_network,
+    load_encoder_checkpoint,
     load_registry,
     models_dir,
+    pretrained_ct_path,
+    resolve_ct_init,
 )
 
 torch.set_num_threads(1)
@@ -67,14 +71,27 @@ def test_impossible_declarations_are_refused_with_the_reason(fields, message):
         ModelSpec(name="bad", **fields)
 
 
-def test_the_pretrained_model_without_a_checkpoint_says_it_is_not_pretrained():
+def test_the_seventh_model_starts_from_ct_pretraining_and_says_so():
     spec = load_registry()["petct_fusion_pretrained"]
-    if spec.ct_init is None:
-        assert not spec.pretrained
-        assert "NOT pretrained" in spec.ct_init_note
-    else:
-        assert spec.pretrained and str(spec.ct_init) in spec.ct_init_note
+    assert spec.pretrained and spec.uses_pretrain_ct
+    assert "pretrain-ct" in spec.ct_init_note and "no outcome" in spec.ct_init_note
+    assert "NOT pretrained" in spec.replace(ct_init=None).ct_init_note
     assert load_registry()["pet_fusion"].ct_init_note == ""
+
+
+def test_route_1_resolves_to_the_work_folders_checkpoint_or_says_to_make_it(tmp_path):
+    spec = load_registry()["petct_fusion_pretrained"]
+    with pytest.raises(ModelError, match="prrt pretrain-ct"):
+        resolve_ct_init(spec, tmp_path)
+    with pytest.raises(ModelError, match="resolved"):
+        build_network(spec, img_size=(12, 8, 8))  # never silently from scratch
+    path = pretrained_ct_path(tmp_path)
+    path.parent.mkdir()
+    torch.save(ConvEncoder(img_size=(12, 8, 8)).state_dict(), path)
+    resolved = resolve_ct_init(spec, tmp_path)
+    assert resolved.ct_init == path.resolve() and not resolved.uses_pretrain_ct
+    assert "anatomy-pretrained" in resolved.ct_init_note and str(tmp_path) not in resolved.ct_init_note
+    assert resolve_ct_init(load_registry()["petct_fusion"], tmp_path) == load_registry()["petct_fusion"]
 
 
 def test_a_missing_checkpoint_is_an_error_not_a_silent_fallback(tmp_path):
@@ -86,12 +103,37 @@ def test_a_missing_checkpoint_is_an_error_not_a_silent_fallback(tmp_path):
 def test_a_checkpoint_is_loaded_into_the_ct_branch_only(tmp_path):
     base = ModelSpec(name="m", inputs=("pet", "ct", "labs"))
     donor = FusionNet(base, img_size=(12, 8, 8))
-    torch.save({"state_dict": {f"encoders.ct.{k}": v for k, v in donor.encoders["ct"].state_dict().items()}},
-               tmp_path / "ct.pt")
+    torch.save({"state_dict": donor.state_dict()}, tmp_path / "ct.pt")  # a whole FusionNet: prefix encoders.ct.
     net = build_network(base.replace(ct_init=tmp_path / "ct.pt"), img_size=(12, 8, 8))
     for k, v in donor.encoders["ct"].state_dict().items():
         assert torch.equal(net.encoders["ct"].state_dict()[k], v)
     assert not torch.equal(net.encoders["pet"].features[0].conv.weight, donor.encoders["pet"].features[0].conv.weight)
+    report = net.ct_load_report
+    assert report.prefix == "encoders.ct." and not report.not_loaded
+    assert len(report.loaded) == len([k for k in donor.encoders["ct"].state_dict() if "num_batches" not in k])
+    assert report.unused == len(donor.state_dict()) - len(donor.encoders["ct"].state_dict())
+
+
+def test_a_partial_checkpoint_loads_what_it_has_and_lists_the_rest(tmp_path):
+    donor = ConvEncoder(img_size=(12, 8, 8))
+    first = {f"encoder.{k}": v for k, v in donor.state_dict().items() if k.startswith("features.0.")}
+    torch.save(first, tmp_path / "partial.pt")
+    target = ConvEncoder(img_size=(12, 8, 8))
+    before = {k: v.clone() for k, v in target.state_dict().items()}
+    report = load_encoder_checkpoint(target, tmp_path / "partial.pt")
+    assert report.prefix == "encoder."
+    assert report.loaded and all(k.startswith("features.0.") for k in report.loaded)
+    assert report.not_loaded and all(not k.startswith("features.0.") for k in report.not_loaded)
+    assert torch.equal(target.features[0].conv.weight, donor.features[0].conv.weight)
+    assert torch.equal(target.features[1].conv.weight, before["features.1.conv.weight"])  # kept its init
+    assert "NOT loaded" in report.summary()
+
+
+def test_a_checkpoint_whose_shapes_do_not_fit_stops_with_the_tensors_named(tmp_path):
+    torch.save(ConvEncoder(channels=(4, 8, 16), img_size=(12, 8, 8)).state_dict(), tmp_path / "narrow.pt")
+    spec = ModelSpec(name="m", inputs=("ct",), ct_init=tmp_path / "narrow.pt")
+    with pytest.raises(ModelError, match=r"another shape.*features\.0\.conv\.weight: checkpoint \(4, 1, 3, 3, 3\) vs encoder \(8, 1, 3, 3, 3\)"):
+        build_network(spec, img_size=(12, 8, 8))
 
 
 def test_a_checkpoint_of_another_architecture_is_refused(tmp_path):
@@ -99,12 +141,43 @@ def test_a_checkpoint_of_another_architecture_is_refused(tmp_path):
     spec = ModelSpec(name="m", inputs=("ct",), ct_init=tmp_path / "other.pt")
     with pytest.raises(ModelError, match="matches"):
         build_network(spec, img_size=(12, 8, 8))
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ModelError, match="cannot be read"):
+        build_network(spec.replace(ct_init=tmp_path / "junk.pt"), img_size=(12, 8, 8))
+
+
+def test_a_monai_segresnet_bundle_checkpoint_loads_into_the_segresnet_encoder(tmp_path):
+    from monai.networks.nets import SegResNet
+
+    # what a MONAI CT segmentation bundle's models/model.pt holds: a whole SegResNet's state_dict
+    bundle = SegResNet(spatial_dims=3, in_channels=1, out_channels=5, init_filters=4, blocks_down=(1, 2),
+                       blocks_up=(1,), norm=("GROUP", {"num_groups": 4}))
+    torch.save(bundle.state_dict(), tmp_path / "model.pt")
+    spec = ModelSpec(name="m", inputs=("ct", "labs"), encoder="segresnet", channels=(4,), strides=(1,),
+                     blocks_down=(1, 2), norm="group", ct_init=tmp_path / "model.pt")
+    net = build_network(spec, img_size=(16, 16, 16))
+    report = net.ct_load_report
+    assert not report.not_loaded and report.prefix == ""
+    assert report.unused > 0  # the decoder (up_layers, conv_final) is not part of the encoder
+    assert torch.equal(net.encoders["ct"].convInit.conv.weight, bundle.convInit.conv.weight)
+    x = torch.randn(2, 1, 16, 16, 16)
+    assert net.eval()(x, torch.randn(2, 4)).shape == (2,)
+    with torch.no_grad():
+        expect = bundle.eval().encode(x)[0]
+    assert torch.allclose(net.encoders["ct"](x)[:, :8], expect.mean((2, 3, 4)), atol=1e-6)
+    # a bundle of another width is refused with the reason
+    wide = SegResNet(spatial_dims=3, in_channels=1, out_channels=5, init_filters=8, blocks_down=(1, 2), blocks_up=(1,))
+    torch.save(wide.state_dict(), tmp_path / "wide.pt")
+    with pytest.raises(ModelError, match="another shape"):
+        build_network(spec.replace(ct_init=tmp_path / "wide.pt"), img_size=(16, 16, 16))
+    assert SegResNetEncoder(4, (1, 2), ("GROUP", {"num_groups": 4})).out_features == 16
 
 
 def test_every_cnn_maps_its_inputs_to_one_logit_per_patient():
     for spec in load_registry().values():
         if spec.kind != "cnn":
             continue
+        spec = spec.replace(ct_init=None) if spec.uses_pretrain_ct else spec  # weights are not the point here
         net = build_network(spec, img_size=(24, 16, 16)).eval()
         xs = [torch.randn(3, 4) if m == "labs" else torch.randn(3, 1, 24, 16, 16) for m in spec.ordered_inputs]
         assert net(*xs).shape == (3,)

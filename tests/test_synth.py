@@ -474,8 +474,8 @@ def test_book_page_tables_of_uptake_attenuation_and_scanners_match_the_code():
     for name, suv, native, contrast in tissues:
         assert tuple(yaml.safe_load(suv)) == synth.ORGAN_SUV[name]
         assert (float(native), float(contrast)) == synth.CT_HU[name]
-    scanners = re.findall(r"^\| ([AB]) \|" + r" `([\d.]+)` \|" * 5, page, flags=re.M)
-    assert len(scanners) == 2
+    scanners = re.findall(r"^\| ([ABC]) \|" + r" `([\d.]+)` \|" * 5, page, flags=re.M)
+    assert len(scanners) == len(synth.SCANNERS) == 3
     for name, *values in scanners:
         prof = synth.SCANNERS[name]
         keys = ("pet_fov_mm", "ct_fov_mm", "psf_fwhm_mm", "counts_per_suv", "ct_noise_hu")
