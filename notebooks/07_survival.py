@@ -166,7 +166,7 @@ per.round(3)
 # show that shift.
 
 # %%
-bias = sv.classification_bias(censored, cohort, folds, surv_pred, seed=cfg.seed)
+bias = sv.classification_bias(censored, cohort, folds, surv_pred, seed=cfg.seed, n_jobs=n_jobs)
 bias_mean = bias.groupby("design", sort=False)[["n_train_mean", "auroc_true", "mean_prob", "true_prevalence",
                                                 "calibration_in_large", "brier_true"]].mean()
 bias_mean.round(3)

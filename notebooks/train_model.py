@@ -78,7 +78,7 @@ if spec.pretrained:
 #
 # Every fold fits its own laboratory scaling and image intensity normalisation on its training
 # part, trains and predicts its test part. The settings are the paper's (learning rate 0.01, weight
-# decay 0.2, dropout 0.1, binary cross-entropy, batch 16; the paper gives no number of epochs, we train 15) with one deliberate difference:
+# decay 0.2, dropout 0.1, binary cross-entropy, batch 16; the paper gives no number of epochs, we train 8) with one deliberate difference:
 # the weight decay is decoupled (AdamW). The paper says "Adam with weight decay 0.2" without saying
 # which kind; read as an L2 penalty inside Adam, it shrinks the networks to a constant output in
 # most folds of this cohort (the measurements are in the docstring of

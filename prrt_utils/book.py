@@ -258,14 +258,14 @@ SECOND_CENTRE = DEFAULT_SYNTHETIC.parent / "synthetic-b"
 def ensure_second_centre(cfg: BookConfig, root: Path, progress: bool = True) -> Path | None:
     """The synthetic second centre beside the default synthetic cohort (generated if missing); else ``None``.
 
-    48 patients for the default 116 (fewer for a smaller cohort, at least 16), seed ``seed + 1``.
+    32 patients for the default 116 (fewer for a smaller cohort, at least 16), seed ``seed + 1``.
     """
     if Path(cfg.data_dir) != DEFAULT_SYNTHETIC or not cfg.validation_model:
         return None
     from prrt_utils.synth import SynthConfig, generate_cohort
 
     data = (root / SECOND_CENTRE).resolve()
-    n = max(16, round(cfg.synth_patients * 48 / 116))
+    n = max(16, round(cfg.synth_patients * 32 / 116))
     synth_cfg = SynthConfig.second_centre(n_patients=n, seed=cfg.seed + 1)
     if not (data / "complete.json").exists():
         print(f"generating the synthetic second centre ({n} patients) in {data}", flush=True)

@@ -175,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("synth", help="write the synthetic digital-twin cohort (DICOM + CSV + ground truth)")
     p.add_argument("--out", default=DEFAULT_DATA, help="output folder (default: %(default)s)")
-    p.add_argument("--n", type=int, default=None, help="number of patients (default: 116, as in the paper; 48 with --second-centre)")
+    p.add_argument("--n", type=int, default=None, help="number of patients (default: 116, as in the paper; 32 with --second-centre)")
     p.add_argument("--seed", type=int, default=None, help="seed; the same seed gives byte-identical files (default: 0; 1 with --second-centre)")
     p.add_argument("--second-centre", action="store_true", help="an external validation centre: another scanner, other lab assays, another case mix (book/synthetic_cohort.md)")
     p.add_argument("--censor-fraction", type=float, default=0.0, help="fraction of patients censored administratively (default: %(default)s: every patient progresses, as in the paper)")

@@ -275,7 +275,7 @@ class SynthConfig(Config):
                 raise SynthError(f"{name} needs {k} entries, got {len(getattr(self, name))}")
 
     @classmethod
-    def second_centre(cls, n_patients: int = 48, seed: int = 1) -> SynthConfig:
+    def second_centre(cls, n_patients: int = 32, seed: int = 1) -> SynthConfig:
         """An external validation centre: another scanner, other assays, another case mix.
 
         Scanner C (another vendor, sharper PET, less CT noise) for 70 % of the

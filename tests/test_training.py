@@ -110,7 +110,7 @@ def test_an_extreme_test_patient_leaves_the_fitted_normalisation_and_weights_unc
 
 def test_defaults_are_the_papers_with_decoupled_weight_decay_and_our_epochs_and_adam_stays_available():
     cfg = TrainConfig()
-    assert (cfg.lr, cfg.weight_decay, cfg.dropout, cfg.loss, cfg.epochs, cfg.batch_size) == (0.01, 0.2, 0.1, "bce", 15, 16)
+    assert (cfg.lr, cfg.weight_decay, cfg.dropout, cfg.loss, cfg.epochs, cfg.batch_size) == (0.01, 0.2, 0.1, "bce", 8, 16)
     assert cfg.optimizer == "adamw" and not cfg.augment
     assert TrainConfig(optimizer="adam").optimizer == "adam"
     with pytest.raises(TrainingError, match="optimizer"):
