@@ -49,18 +49,14 @@ from prrt_utils.report import setup_notebook
 setup_notebook(data_dir)
 
 # %%
-from pathlib import Path
-
 from IPython.display import display
 
 from prrt_utils import grid, metrics
 from prrt_utils.folds import CVConfig
-from prrt_utils.models import get_spec
+from prrt_utils.models import get_spec, override_ct_init
 from prrt_utils.training import TrainConfig
 
-spec = get_spec(model)
-if ct_init and spec.pretrained:
-    spec = spec.replace(ct_init=None if ct_init == "none" else Path(ct_init))
+spec = override_ct_init(get_spec(model), ct_init)
 cv = CVConfig(n_splits=n_splits, n_repeats=n_repeats, seed=seed)
 train_cfg = TrainConfig(seed=seed, device=device, **({"epochs": int(epochs)} if epochs else {}))
 names, _ = metrics.paper_reference()

@@ -284,8 +284,28 @@ def _timings(root: Path) -> dict[str, float]:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
+def train_all(cfg: BookConfig, root: Path, models: Sequence[str]) -> None:
+    """Every fold of every model in ONE pool of workers, with exactly the settings the model pages use.
+
+    Each page would train its own model (starting its own workers, which
+    import torch and MONAI, about 15 s a page here); run first, this leaves the
+    pages only finished folds to read, and keeps both processes busy across
+    models. The pages still call the same :func:`prrt_utils.grid.run_grid`,
+    which trains whatever is missing and refuses folds made with other settings.
+    """
+    from prrt_utils import grid
+    from prrt_utils.folds import CVConfig
+    from prrt_utils.models import get_spec, override_ct_init
+    from prrt_utils.training import TrainConfig
+
+    specs = [override_ct_init(get_spec(m), cfg.ct_init) for m in models]
+    train_cfg = TrainConfig(seed=cfg.seed, device=cfg.device, **({"epochs": int(cfg.epochs)} if cfg.epochs else {}))
+    cv = CVConfig(n_splits=cfg.n_splits, n_repeats=cfg.n_repeats, seed=cfg.seed)
+    grid.run_grid(specs, root / cfg.work_dir, cv, train_cfg, n_jobs=cfg.n_jobs, scheduler=cfg.scheduler or None)
+
+
 def run_models(cfg: BookConfig, root: Path | None = None, models: Sequence[str] | None = None) -> dict[str, float]:
-    """Train (or resume) each model by executing ``notebooks/train_model.py`` once per model.
+    """Train (or resume) each model (:func:`train_all`), then execute ``notebooks/train_model.py`` once per model.
 
     Each executed copy, ``book/executed/train_<model>.ipynb``, is that model's page
     of the book. Returns seconds per page.
@@ -293,6 +313,9 @@ def run_models(cfg: BookConfig, root: Path | None = None, models: Sequence[str] 
     root = root or repo_root()
     cfg = resolve_cohort(cfg, root)
     timings = _timings(root)
+    t0 = time.perf_counter()
+    train_all(cfg, root, models or cfg.model_keys)
+    _record(timings, root, "training (all models' folds, one pool of workers)", time.perf_counter() - t0)
     for model in models or cfg.model_keys:
         params = {**cfg.parameters(), "model": model}
         seconds = execute_notebook(root / "notebooks" / f"{TRAIN_TEMPLATE}.py",

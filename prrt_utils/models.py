@@ -96,6 +96,7 @@ __all__ = [
     "load_registry",
     "make_forest",
     "models_dir",
+    "override_ct_init",
     "pretrained_ct_path",
     "resolve_ct_init",
 ]
@@ -305,6 +306,17 @@ def get_spec(model: str | ModelSpec, directory: str | Path | None = None) -> Mod
     if model not in registry:
         raise ModelError(f"unknown model {model!r}; known: {list(registry)}")
     return registry[model]
+
+
+def override_ct_init(spec: ModelSpec, ct_init: str) -> ModelSpec:
+    """``spec`` with its CT start overridden for one run: ``""`` as declared, ``"none"`` from scratch, else a path.
+
+    Only models that declare a pretrained CT branch are changed (the book's and
+    ``prrt run``'s ``--ct-init`` option).
+    """
+    if not ct_init or not spec.pretrained:
+        return spec
+    return spec.replace(ct_init=None if ct_init == "none" else Path(ct_init))
 
 
 def resolve_ct_init(spec: ModelSpec, work_dir: str | Path) -> ModelSpec:
