@@ -103,7 +103,9 @@ if ready:
 #
 # Each laboratory value and image intensity of the other cohort against the development cohort's
 # summary in the package. `shift_iqr` is the difference of medians in development interquartile
-# ranges; **shifted** marks a validation median outside the development IQR.
+# ranges, `median_ratio` their ratio (laboratory values); **shifted** marks a validation median
+# outside the development IQR, or a laboratory median more than 1.5 times higher or lower (a screening
+# rule: the package keeps quantiles, not patients' values, so no two-sample test can be run).
 
 # %%
 if ready:
@@ -112,7 +114,7 @@ if ready:
     note = "." if validation_data else (
         f" Expected on the synthetic second centre: {', '.join(sorted(expected))}; "
         + ("all of them flagged." if expected <= set(flagged) else
-           f"not flagged: {', '.join(sorted(expected - set(flagged)))} (its shift stays inside the development IQR).")
+           f"not flagged: {', '.join(sorted(expected - set(flagged)))} (its shift stays under the screening rule's thresholds).")
     )
     display(Markdown(f"Flagged: **{', '.join(flagged) or 'none'}**.{note}"))
     display(shift.round(3))

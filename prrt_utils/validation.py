@@ -28,16 +28,23 @@ import pandas as pd
 from prrt_utils import store
 from prrt_utils.package import ModelPackage, cohort_summary, load_package
 
-__all__ = ["recalibrate_in_the_large", "run_validation", "shift_table"]
+__all__ = ["RATIO_FLAG", "recalibrate_in_the_large", "run_validation", "shift_table"]
+
+RATIO_FLAG = 1.5
+"""A laboratory value whose validation median is more than 1.5 times (or less than 1/1.5 of) the
+development median is flagged as shifted (:func:`shift_table`)."""
 
 
 def shift_table(development: dict, validation: dict) -> pd.DataFrame:
     """Each laboratory value and image intensity: development vs validation median and IQR, and a flag.
 
     ``shift_iqr`` is the difference of medians in units of the development
-    interquartile range; a feature is flagged ``shifted`` when its validation
-    median lies outside the development IQR (``|shift_iqr|`` large enough to
-    move a typical patient past a quarter of the development patients).
+    interquartile range and ``median_ratio`` their ratio. A feature is flagged
+    ``shifted`` when its validation median lies outside the development IQR,
+    or, for laboratory values (skewed, positive; an assay's calibration scales
+    them), when the medians differ by more than a factor of 1.5 either way.
+    The package holds quantiles, not patients' values, so no two-sample test
+    is possible: this is a screening rule, stated with its thresholds.
     """
     rows = []
     for group in ("labs", "images"):
@@ -47,10 +54,13 @@ def shift_table(development: dict, validation: dict) -> pd.DataFrame:
                 continue
             iqr = dev["q75"] - dev["q25"]
             shift = (val["q50"] - dev["q50"]) / iqr if iqr > 0 else np.nan
+            ratio = val["q50"] / dev["q50"] if group == "labs" and dev["q50"] > 0 else np.nan
+            outside = val["q50"] < dev["q25"] or val["q50"] > dev["q75"]
+            scaled = bool(np.isfinite(ratio) and (ratio > RATIO_FLAG or ratio < 1 / RATIO_FLAG))
             rows.append({"feature": name, "kind": group, "development_median": dev["q50"],
                          "development_iqr": f"{dev['q25']:.4g}-{dev['q75']:.4g}", "validation_median": val["q50"],
                          "validation_iqr": f"{val['q25']:.4g}-{val['q75']:.4g}", "shift_iqr": shift,
-                         "shifted": bool(val["q50"] < dev["q25"] or val["q50"] > dev["q75"])})
+                         "median_ratio": ratio, "shifted": bool(outside or scaled)})
     return pd.DataFrame(rows)
 
 
@@ -213,7 +223,8 @@ estimated on this cohort (the ranking, hence the AUROC, is unchanged).</p>{plots
 <h2>Decision curve</h2>{plots[1]}
 <h2>Kaplan-Meier by prediction</h2><p>{hr_text}</p>{plots[2]}
 <h2>Shift against the development cohort</h2>
-<p>Flagged (validation median outside the development interquartile range):
+<p>Flagged (validation median outside the development interquartile range, or a laboratory median
+more than 1.5 times higher or lower):
 <b>{html_.escape(', '.join(flagged) or 'none')}</b>.</p>{table(shift)}
 </body></html>"""
     store.write_text(path, page)

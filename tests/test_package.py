@@ -199,3 +199,9 @@ def test_a_shifted_lab_is_flagged_and_an_unshifted_one_is_not():
     table = shift_table(dev, val).set_index("feature")
     assert bool(table.loc["cga_ug_l", "shifted"]) and not bool(table.loc["ast_u_l", "shifted"])
     assert table.loc["cga_ug_l", "shift_iqr"] == pytest.approx(1.0)  # (500 - 200) / (400 - 100)
+    # a lab scaled by an assay (x 1.6) is flagged even when its median stays inside a wide development IQR
+    wide = {"labs": {"cga_ug_l": {"q25": 80.0, "q50": 380.0, "q75": 1200.0}}}
+    scaled = {"labs": {"cga_ug_l": {"q25": 130.0, "q50": 608.0, "q75": 1900.0}}}
+    row = shift_table(wide, scaled).iloc[0]
+    assert row["median_ratio"] == pytest.approx(1.6) and bool(row["shifted"])
+    assert not bool(shift_table(wide, wide).iloc[0]["shifted"])
