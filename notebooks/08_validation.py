@@ -37,7 +37,7 @@
 # %% tags=["parameters"]
 work_dir = "work"
 data_dir = "data/synthetic"
-validation_data = ""  # empty = the synthetic second centre beside the synthetic cohort, if any
+validation_data = ""  # empty: the synthetic second centre beside the synthetic cohort, if any
 validation_model = "pet_fusion"
 seed = 0
 n_jobs = 2

@@ -39,7 +39,7 @@ work_dir = "work"
 data_dir = "data/synthetic"
 labels_dir = ""
 pretrain_epochs = 0  # 0: the default (PretrainConfig)
-ct_init = ""  # empty = as the model declares; none = from scratch; else a checkpoint path (route 2)
+ct_init = ""  # empty as the model declares, none from scratch, or a checkpoint path (route 2)
 seed = 0
 device = "auto"
 

@@ -41,7 +41,7 @@ work_dir = "work"
 data_dir = "data/synthetic"
 n_jobs = 2
 scheduler = ""
-ct_init = ""  # pretrained CT branch: empty = as declared; none = from scratch; else a checkpoint path
+ct_init = ""  # pretrained CT branch: empty as declared, none from scratch, or a checkpoint path
 
 # %%
 from prrt_utils.report import setup_notebook

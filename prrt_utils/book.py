@@ -204,6 +204,23 @@ def _executed_dir(root: Path) -> Path:
     return root / "book" / "executed"
 
 
+def declared_parameters(nb: Any) -> set[str]:
+    """Names assigned in a notebook's ``parameters`` cell (read with :mod:`ast`).
+
+    Not papermill's own ``inspect_notebook``: its line parser gives up on a line
+    whose comment holds ``=`` and then drops that parameter silently.
+    """
+    import ast
+
+    names: set[str] = set()
+    for cell in nb.cells:
+        if cell.cell_type == "code" and "parameters" in cell.metadata.get("tags", []):
+            for node in ast.parse(cell.source).body:
+                targets = node.targets if isinstance(node, ast.Assign) else [getattr(node, "target", None)]
+                names |= {t.id for t in targets if isinstance(t, ast.Name)}
+    return names
+
+
 def execute_notebook(source: str | Path, output: str | Path, parameters: dict[str, Any], cwd: str | Path,
                      kernel: str = "python3") -> float:
     """Execute a jupytext ``.py`` notebook with papermill; write it atomically; return seconds.
@@ -218,7 +235,7 @@ def execute_notebook(source: str | Path, output: str | Path, parameters: dict[st
     source, output = Path(source), Path(output)
     nb = jupytext.read(source)
     nb.metadata.setdefault("kernelspec", {"name": kernel, "language": "python", "display_name": "Python 3"})
-    declared = pm.inspect_notebook(nb)
+    declared = declared_parameters(nb)
     params = {k: v for k, v in parameters.items() if k in declared}
     output.parent.mkdir(parents=True, exist_ok=True)
     failed = output.with_suffix(".failed.ipynb")

@@ -170,3 +170,17 @@ def test_the_tripod_page_lists_every_item_and_links_only_to_pages_that_exist():
             source = ROOT / "book" / target
         assert source.exists(), target
         assert f"book/{Path(target).with_suffix('').as_posix()}" in toc, f"{target} is not a page of the book"
+
+
+def test_every_parameter_a_notebook_declares_is_seen_and_comments_cannot_hide_one():
+    import jupytext
+
+    from prrt_utils.book import declared_parameters
+
+    for path in sorted((ROOT / "notebooks").glob("*.py")):
+        nb = jupytext.read(path)
+        cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+        lines = [ln for ln in cell.source.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+        assert len(declared_parameters(nb)) == len(lines), path.name
+    nb = jupytext.reads('# %% tags=["parameters"]\nct_init = ""  # empty = as declared; none = scratch\n', fmt="py:percent")
+    assert declared_parameters(nb) == {"ct_init"}  # papermill's parser drops this line
