@@ -62,10 +62,11 @@ ceiling = metrics.bayes_ceiling(predictions, truth) if truth is not None else No
 # many of the CT encoder's tensors were loaded from the checkpoint.
 
 # %%
-print(get_spec("petct_fusion_pretrained").ct_init_note)
+print("Declared in models/petct_fusion_pretrained.yaml:", get_spec("petct_fusion_pretrained").ct_init_note)
 recorded = grid.fold_table(work_dir, ["petct_fusion_pretrained"])
-print("Recorded by the folds:", *recorded["ct_init_note"].unique())
-print("CT-encoder tensors loaded per fold:", *recorded["ct_tensors_loaded"].unique())
+pretrained_here = not recorded["ct_init_note"].str.contains("NOT pretrained").any()
+print("What this run's folds recorded (this is what happened):", *recorded["ct_init_note"].unique())
+print("CT-encoder tensors loaded per fold:", *(recorded["ct_tensors_loaded"].unique() if pretrained_here else ["none"]))
 
 # %% [markdown]
 # ## Results
@@ -116,7 +117,9 @@ direction = ("higher" if per_repeat.mean() > 2 * se else "lower" if per_repeat.m
 display(Markdown(
     f"Pretrained minus from scratch, AUROC: **{per_repeat.mean():+.3f} ± {se:.3f}** (mean ± standard error "
     f"over {len(per_repeat)} repeats); the pretrained start scored higher on {wins} of {len(paired)} test folds. "
-    f"On this cohort the pretrained CT branch is **{direction}**."))
+    + (f"On this cohort the pretrained CT branch is **{direction}**." if pretrained_here else
+       "**In this run both CT branches started from scratch** (no pretraining, see above): the difference is "
+       "only that of another random initialisation.")))
 paired.round(3)
 
 # %% [markdown]
