@@ -225,6 +225,30 @@ def test_same_seed_gives_byte_identical_files_and_another_seed_does_not(tmp_path
     assert store.sha256_tree(other) != store.sha256_tree(first)
 
 
+def test_slice_files_are_byte_identical_to_pydicom_save_as(tmp_path, monkeypatch):
+    """The series writer encodes the shared header once; every file must still be what save_as writes."""
+    from pydicom.dataset import Dataset
+    from pydicom.filebase import DicomBytesIO
+
+    write = synth._SeriesWriter.write
+    checked: dict[str, set[tuple[str, int]]] = {"PT": set(), "CT": set()}
+
+    def write_and_compare(self, path, sop_uid, ds):
+        write(self, path, sop_uid, ds)
+        whole = Dataset({e.tag: e for e in self.base})
+        whole.update(ds)
+        whole.file_meta = synth._file_meta(self.sop_class, sop_uid)
+        reference = DicomBytesIO()
+        whole.save_as(reference, enforce_file_format=True)
+        assert path.read_bytes() == reference.getvalue(), path.name
+        checked[whole.Modality].add((str(whole.get("RescaleIntercept")), int(whole.PixelRepresentation)))
+
+    monkeypatch.setattr(synth._SeriesWriter, "write", write_and_compare)
+    generate_cohort(SynthConfig(n_patients=10, **TINY), tmp_path / "x", progress=False)
+    # every kind of file was compared: PET, and CT with several rescale/sign/padding variants
+    assert checked["PT"] and len(checked["CT"]) >= 3
+
+
 def test_layout_follows_the_raw_export_contract(tiny_dicom):
     cfg, root = tiny_dicom
     assert list(pd.read_csv(root / "clinical.csv").columns) == list(CLINICAL_COLUMNS)
