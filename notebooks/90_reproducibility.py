@@ -77,8 +77,10 @@ for row in report.stage_configs(work_dir).itertuples():
 # %% [markdown]
 # ## Execution time of each page
 #
-# Wall-clock seconds to execute each notebook of this build (training pages include training,
-# unless their folds were already finished and were read from disk).
+# Wall-clock seconds of each step of this build. The folds of every model are trained in one step
+# before the model pages, which then read them. The model pages and chapters 03-08 only read stored
+# results, so they are executed side by side (as many at a time as the build's worker processes):
+# their seconds overlap, and the row "pages above, ... at a time" gives the wall clock of the group.
 
 # %%
 timings_path = Path("book/executed/timings.json")

@@ -18,7 +18,8 @@ Order (the data flow of DESIGN.md):
 4. ``03_unimodal``, ``04_fusion``, ``05_statistics``, ``06_explainability`` (read
    stored results; never retrain), ``07_survival`` (survival models on the same folds),
    ``08_validation`` (a model package applied to the synthetic second centre, generated
-   beside the synthetic cohort);
+   beside the synthetic cohort); these and the model pages read only what the
+   stages before them stored, so they run ``n_jobs`` at a time (:func:`execute_pages`);
 5. ``90_reproducibility`` (versions, seed, configurations, input hashes, the
    execution time of every page above);
 6. ``jupyter-book build`` into ``_build/html``.
@@ -63,6 +64,7 @@ ANALYSIS_CHAPTERS = (
     "90_reproducibility",
 )
 TRAIN_TEMPLATE = "train_model"
+_LONG_PAGES = ("08_validation", "07_survival", "06_explainability")
 PRETRAIN_PAGE = "pretrain_ct"
 DEFAULT_SYNTHETIC = Path("data/synthetic")
 
@@ -83,7 +85,8 @@ class BookConfig(Config):
     seed : int
         Fixes the synthetic cohort, the splits and every network's initial weights.
     n_jobs : int
-        Worker processes for generation, preprocessing and training.
+        Worker processes for generation, preprocessing and training, and pages
+        executed at once after training (:func:`execute_pages`).
     models : tuple of str
         Model keys to train (``models/*.yaml``); empty means the paper's seven.
     n_repeats, n_splits : int
@@ -321,6 +324,61 @@ def train_all(cfg: BookConfig, root: Path, models: Sequence[str]) -> None:
     grid.run_grid(specs, root / cfg.work_dir, cv, train_cfg, n_jobs=cfg.n_jobs, scheduler=cfg.scheduler or None)
 
 
+def _model_pages(cfg: BookConfig, models: Sequence[str]) -> list[tuple[str, str, dict[str, Any]]]:
+    """``(page, notebook, parameters)`` of each model's page (the ``train_model`` template)."""
+    return [(f"train_{m}", TRAIN_TEMPLATE, {**cfg.parameters(), "model": m}) for m in models]
+
+
+def _execute_page(cfg: BookConfig, root: Path, page: str, notebook: str, params: dict[str, Any]) -> dict[str, float]:
+    """Execute one page (in a worker of :func:`execute_pages`); chapter 08 first makes its second centre."""
+    seconds: dict[str, float] = {}
+    if page == "08_validation":
+        t0 = time.perf_counter()
+        if ensure_second_centre(cfg, root, progress=False) is not None:
+            seconds["synthetic second centre (generated or reused)"] = time.perf_counter() - t0
+    seconds[page] = execute_notebook(root / "notebooks" / f"{notebook}.py", _executed_dir(root) / f"{page}.ipynb",
+                                     params, root, cfg.kernel)
+    return seconds
+
+
+def execute_pages(cfg: BookConfig, root: Path, pages: Sequence[tuple[str, str, dict[str, Any]]],
+                  at_once: int) -> dict[str, float]:
+    """Execute independent pages, ``at_once`` at a time, in the order given; record each page's seconds.
+
+    The pages after training only read stored results (no page reads another's
+    output), and much of a page is single-threaded (starting a kernel, importing
+    torch and MONAI, drawing figures): two at a time keep both cores of a small
+    machine busy. Pages that run side by side share the cores, so their seconds
+    overlap; :func:`make_book` also records the wall time of the whole group.
+    The first page that fails stops the group (pages already running finish,
+    none is started) and raises its :class:`BookError`.
+    """
+    timings = _timings(root)
+    if at_once <= 1 or len(pages) <= 1:
+        for page in pages:
+            print(f"executing {page[0]}", flush=True)
+            for name, sec in _execute_page(cfg, root, *page).items():
+                _record(timings, root, name, sec)
+        return timings
+    import multiprocessing
+    from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+
+    # spawn: the parent has imported torch for training, and forking a process with its threads is unsafe
+    with ProcessPoolExecutor(max_workers=at_once, mp_context=multiprocessing.get_context("spawn")) as pool:
+        print(f"executing {len(pages)} pages, {at_once} at a time: {', '.join(p[0] for p in pages)}", flush=True)
+        futures = {pool.submit(_execute_page, cfg, root, *page): page[0] for page in pages}
+        done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+        failed = [f for f in done if f.exception() is not None]
+        if failed:
+            for f in futures:
+                f.cancel()
+            raise failed[0].exception()
+        for fut in futures:  # in submission order, so timings.json lists the pages in a stable order
+            for name, sec in fut.result().items():
+                _record(timings, root, name, sec)
+    return timings
+
+
 def run_models(cfg: BookConfig, root: Path | None = None, models: Sequence[str] | None = None) -> dict[str, float]:
     """Train (or resume) each model (:func:`train_all`), then execute ``notebooks/train_model.py`` once per model.
 
@@ -333,12 +391,7 @@ def run_models(cfg: BookConfig, root: Path | None = None, models: Sequence[str] 
     t0 = time.perf_counter()
     train_all(cfg, root, models or cfg.model_keys)
     _record(timings, root, "training (all models' folds, one pool of workers)", time.perf_counter() - t0)
-    for model in models or cfg.model_keys:
-        params = {**cfg.parameters(), "model": model}
-        seconds = execute_notebook(root / "notebooks" / f"{TRAIN_TEMPLATE}.py",
-                                   _executed_dir(root) / f"train_{model}.ipynb", params, root, cfg.kernel)
-        _record(timings, root, f"train_{model}", seconds)
-    return timings
+    return execute_pages(cfg, root, _model_pages(cfg, models or cfg.model_keys), cfg.n_jobs)
 
 
 def _copy_mathjax(static: Path) -> None:
@@ -424,16 +477,24 @@ def make_book(cfg: BookConfig | None = None, root: str | Path | None = None, exe
                                                                    _executed_dir(root) / f"{PRETRAIN_PAGE}.ipynb",
                                                                    cfg.parameters(), root, cfg.kernel))
         print(f"training {len(cfg.model_keys)} models", flush=True)
-        run_models(cfg, root)
-        timings = _timings(root)
         t0 = time.perf_counter()
-        if ensure_second_centre(cfg, root, progress) is not None:
-            _record(timings, root, "synthetic second centre (generated or reused)", time.perf_counter() - t0)
-        for name in ANALYSIS_CHAPTERS:
-            print(f"executing {name}", flush=True)
-            _record(timings, root, name, execute_notebook(root / "notebooks" / f"{name}.py",
-                                                          _executed_dir(root) / f"{name}.ipynb",
-                                                          cfg.parameters(), root, cfg.kernel))
+        train_all(cfg, root, cfg.model_keys)
+        timings = _timings(root)
+        _record(timings, root, "training (all models' folds, one pool of workers)", time.perf_counter() - t0)
+        # every page from here on only reads what the stages above stored: n_jobs of them at a time,
+        # the longest first (the order only changes how well the two cores are kept busy)
+        *chapters, last = ANALYSIS_CHAPTERS
+        pages = [(name, name, cfg.parameters()) for name in chapters]
+        pages = [p for p in pages if p[0] in _LONG_PAGES] + _model_pages(cfg, cfg.model_keys) + \
+            [p for p in pages if p[0] not in _LONG_PAGES]
+        t0 = time.perf_counter()
+        execute_pages(cfg, root, pages, cfg.n_jobs)
+        timings = _timings(root)
+        _record(timings, root, f"pages above, {cfg.n_jobs} at a time (wall clock)", time.perf_counter() - t0)
+        print(f"executing {last}", flush=True)
+        _record(timings, root, last, execute_notebook(root / "notebooks" / f"{last}.py",
+                                                      _executed_dir(root) / f"{last}.ipynb",
+                                                      cfg.parameters(), root, cfg.kernel))
     print("building the HTML book", flush=True)
     index = build_html(cfg, root)
     print(f"done in {time.perf_counter() - t_start:.0f} s", flush=True)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from prrt_utils.book import BookConfig, BookError, execute_notebook
+from prrt_utils.book import BookConfig, BookError, execute_notebook, execute_pages
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -58,6 +58,21 @@ def test_a_failing_notebook_names_the_cell_and_leaves_no_page_that_looks_whole(n
     assert out.with_suffix(".failed.ipynb").exists()
     execute_notebook(notebook, out, {}, cwd=tmp_path)  # a later success replaces the failed copy
     assert out.exists() and not out.with_suffix(".failed.ipynb").exists()
+
+
+def test_pages_run_side_by_side_and_a_failing_one_stops_the_group_with_its_name(tmp_path: Path):
+    (tmp_path / "notebooks").mkdir()
+    (tmp_path / "notebooks" / "nb.py").write_text(NOTEBOOK)
+    cfg = BookConfig(work_dir=str(tmp_path / "work"))
+    pages = [(f"p{i}", "nb", {"x": i}) for i in range(3)]
+    timings = execute_pages(cfg, tmp_path, pages, at_once=2)
+    for i in range(3):
+        assert f"x is {i}" in _outputs(tmp_path / "book" / "executed" / f"p{i}.ipynb")
+    assert [k for k in timings if k.startswith("p")] == ["p0", "p1", "p2"]
+    bad = [("ok", "nb", {}), ("broken", "nb", {"fail": True})]
+    with pytest.raises(BookError, match=r"nb\.py failed .*planted failure.*broken\.failed\.ipynb"):
+        execute_pages(cfg, tmp_path, bad, at_once=2)
+    assert not (tmp_path / "book" / "executed" / "broken.ipynb").exists()
 
 
 def test_book_config_rejects_an_unknown_error_policy():
