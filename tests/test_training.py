@@ -88,6 +88,24 @@ def test_fold_normaliser_statistics_are_those_of_the_training_voxels():
     np.testing.assert_array_equal(again.transform({"ct": ct})["ct"], norm.transform({"ct": ct})["ct"])
 
 
+def test_inputs_from_the_shared_clipped_volumes_equal_normalising_each_fold_from_raw(signal):
+    from prrt_utils.training import model_inputs
+
+    data = CohortData(signal.patient_ids, signal.y, signal.labs, dict(signal.volumes))  # fresh cache
+    rows = np.arange(5, 45)
+    raw = FoldNormaliser(pet_clip_suv=8.0).fit({m: data.volumes[m][rows] for m in ("pet", "ct")})
+    cached = FoldNormaliser(pet_clip_suv=8.0)
+    cached.fit({m: data.clipped(m, cached)[rows] for m in ("pet", "ct")}, clipped=True)
+    assert (cached.mean_, cached.std_) == (raw.mean_, raw.std_)
+    lab = LabScaler().fit(data.labs[rows])
+    got = model_inputs(REG["petct_fusion"], data, np.arange(60), cached, lab)
+    want = raw.transform({m: data.volumes[m] for m in ("pet", "ct")})
+    assert np.array_equal(got[0], want["pet"]) and np.array_equal(got[1], want["ct"])
+    # another clip setting is not served from the cache of the first
+    other = FoldNormaliser(pet_clip_suv=2.0)
+    assert not np.array_equal(data.clipped("pet", other), data.clipped("pet", cached))
+
+
 def test_an_extreme_test_patient_leaves_the_fitted_normalisation_and_weights_unchanged(signal):
     folds = folds_of(signal)
     train, test = fold_ids(folds, 0, 0)
