@@ -68,7 +68,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from monai.networks.blocks import Convolution
 from torch import nn
 
 from prrt_utils import store
@@ -374,6 +373,8 @@ class ConvEncoder(nn.Module):
         img_size: Sequence[int] = IMG_SIZE,
     ) -> None:
         super().__init__()
+        from monai.networks.blocks import Convolution  # here: importing MONAI costs pages that only read results 2 s
+
         if pooling not in POOLINGS:
             raise ModelError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
         blocks, c_in = [], in_channels
