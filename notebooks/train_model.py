@@ -85,7 +85,10 @@ if spec.pretrained:
 print(train_cfg.to_yaml())
 
 # %%
-predictions = grid.run_grid([spec], work_dir, cv, train_cfg, n_jobs=n_jobs, scheduler=scheduler or None)
+# no progress bar: in a notebook it is an ipywidget, and a page with a widget makes the book load the
+# widget manager from a CDN
+predictions = grid.run_grid([spec], work_dir, cv, train_cfg, n_jobs=n_jobs, scheduler=scheduler or None,
+                            progress=False)
 results = metrics.evaluate(predictions)
 grid.fold_table(work_dir, [model])
 
