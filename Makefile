@@ -61,6 +61,7 @@ lint: install-test
 	$(BIN)/ruff check prrt_utils tests bench
 
 bench: install
+	$(BIN)/python bench/bench_io.py
 	$(BIN)/python bench/bench_models.py
 
 clean:

@@ -131,6 +131,22 @@ def test_fast_delong_equals_the_1988_definition_and_sklearn_with_ties():
     assert res.p_value == pytest.approx(2 * sps.norm.sf(abs(ref_aucs[0] - ref_aucs[1]) / se))
 
 
+def test_delong_reproduces_the_published_worked_example_of_hanley_and_mcneil_ct_ratings():
+    """Hanley & McNeil (1982, Radiology 143:29), Table 1: 109 CT images rated 1 (definitely normal) to 5.
+
+    Published answers for these data: area 0.893 (Hanley & McNeil); with DeLong's standard error
+    0.0307 and asymptotic 95 % interval 0.83295-0.95339 (Stata Base Reference Manual, ``roctab``,
+    example 1, ``webuse hanley``, whose standard error is DeLong et al. 1988's).
+    """
+    normal, abnormal = [33, 6, 6, 11, 2], [3, 2, 2, 11, 33]
+    y = np.array([0] * sum(normal) + [1] * sum(abnormal))
+    rating = np.concatenate([np.repeat(np.arange(1, 6), normal), np.repeat(np.arange(1, 6), abnormal)]).astype(float)
+    aucs, cov = cal.delong_covariance(y, rating[None, :])
+    se = math.sqrt(cov[0, 0])
+    assert round(float(aucs[0]), 4) == 0.8932 and round(se, 4) == 0.0307
+    assert (round(float(aucs[0]) - 1.959964 * se, 5), round(float(aucs[0]) + 1.959964 * se, 5)) == (0.83295, 0.95339)
+
+
 def test_delong_by_hand_on_three_by_three():
     # positives 0.9, 0.8, 0.3; negatives 0.7, 0.2, 0.1 -> placements of positives 1, 1, 2/3 (AUROC 8/9)
     y = np.array([1, 1, 1, 0, 0, 0])
