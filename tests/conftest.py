@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BOOK_SOURCES = ("_config.yml", "_toc.yml", "notebooks", "book", "models")
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Every test that reads the built book runs in one pytest-xdist worker, so the book is built once."""
     for item in items:
@@ -37,8 +38,8 @@ def built_book(tmp_path_factory: pytest.TempPathFactory) -> Path:
             shutil.copytree(src, root / name, ignore=shutil.ignore_patterns("executed", "*.ipynb", "__pycache__"))
         else:
             shutil.copy2(src, root / name)
-    # n_jobs=1: folds train inside each page's kernel, sparing two worker start-ups (torch + MONAI imports) per page
-    cfg = BookConfig(synth_patients=21, n_repeats=2, n_splits=3, epochs=2, n_jobs=1, seed=0)
+    # n_jobs=2 as make book runs it: the folds in a pool of two workers, the pages after training two at a time
+    cfg = BookConfig(synth_patients=21, n_repeats=2, n_splits=3, epochs=2, n_jobs=2, seed=0)
     make_book(cfg, root=root, progress=False)
     return root
 
