@@ -373,7 +373,8 @@ class ConvEncoder(nn.Module):
         img_size: Sequence[int] = IMG_SIZE,
     ) -> None:
         super().__init__()
-        from monai.networks.blocks import Convolution  # here: importing MONAI costs pages that only read results 2 s
+        # imported here: importing MONAI would cost every page that only reads results 2 s
+        from monai.networks.blocks import Convolution
 
         if pooling not in POOLINGS:
             raise ModelError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
