@@ -387,11 +387,15 @@ def run_models(cfg: BookConfig, root: Path | None = None, models: Sequence[str] 
     """
     root = root or repo_root()
     cfg = resolve_cohort(cfg, root)
-    timings = _timings(root)
-    t0 = time.perf_counter()
-    train_all(cfg, root, models or cfg.model_keys)
-    _record(timings, root, "training (all models' folds, one pool of workers)", time.perf_counter() - t0)
+    _train_timed(cfg, root, models or cfg.model_keys)
     return execute_pages(cfg, root, _model_pages(cfg, models or cfg.model_keys), cfg.n_jobs)
+
+
+def _train_timed(cfg: BookConfig, root: Path, models: Sequence[str]) -> None:
+    """:func:`train_all`, its seconds recorded in ``timings.json``."""
+    t0 = time.perf_counter()
+    train_all(cfg, root, models)
+    _record(_timings(root), root, "training (all models' folds, one pool of workers)", time.perf_counter() - t0)
 
 
 def _copy_mathjax(static: Path) -> None:
@@ -477,10 +481,7 @@ def make_book(cfg: BookConfig | None = None, root: str | Path | None = None, exe
                                                                    _executed_dir(root) / f"{PRETRAIN_PAGE}.ipynb",
                                                                    cfg.parameters(), root, cfg.kernel))
         print(f"training {len(cfg.model_keys)} models", flush=True)
-        t0 = time.perf_counter()
-        train_all(cfg, root, cfg.model_keys)
-        timings = _timings(root)
-        _record(timings, root, "training (all models' folds, one pool of workers)", time.perf_counter() - t0)
+        _train_timed(cfg, root, cfg.model_keys)
         # every page from here on only reads what the stages above stored: n_jobs of them at a time,
         # the longest first (the order only changes how well the two cores are kept busy)
         *chapters, last = ANALYSIS_CHAPTERS
