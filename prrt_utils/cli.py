@@ -25,7 +25,8 @@ def _synth(args: argparse.Namespace) -> int:
                                          **({"seed": args.seed} if args.seed is not None else {}))
     else:
         base = SynthConfig(n_patients=args.n or 116, seed=args.seed or 0)
-    cfg = base.replace(censor_fraction=args.censor_fraction, clinical_size=args.clinical_size, image_format=args.format)
+    cfg = base.replace(censor_fraction=args.censor_fraction, clinical_size=args.clinical_size, image_format=args.format,
+                       scenario=args.scenario)
     out = generate_cohort(cfg, Path(args.out), progress=not args.quiet, n_jobs=args.jobs, overwrite=args.overwrite)
     print(f"synthetic cohort of {cfg.n_patients} patients in {out} (config hash {cfg.hash()})")
     return 0
@@ -178,6 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=None, help="number of patients (default: 116, as in the paper; 32 with --second-centre)")
     p.add_argument("--seed", type=int, default=None, help="seed; the same seed gives byte-identical files (default: 0; 1 with --second-centre)")
     p.add_argument("--second-centre", action="store_true", help="an external validation centre: another scanner, other lab assays, another case mix (book/synthetic_cohort.md)")
+    p.add_argument("--scenario", choices=("twin", "positive-control"), default="twin",
+                   help="outcome model: the digital twin (labs and images carry prognosis additively) or the positive "
+                        "control (PFS fixed by the tumour burden visible on PET; a pipeline must learn it) (default: %(default)s)")
     p.add_argument("--censor-fraction", type=float, default=0.0, help="fraction of patients censored administratively (default: %(default)s: every patient progresses, as in the paper)")
     p.add_argument("--clinical-size", action="store_true", help="write clinical matrix sizes (CT 512x512, PET ~200x200) for benchmarks")
     p.add_argument("--format", choices=("dicom", "nifti"), default="dicom", help="image format of the export (default: %(default)s)")

@@ -185,6 +185,8 @@ def family_order() -> tuple[str, ...]:
 
 def _rule_family(spec: ModelSpec, order: Sequence[str]) -> str:
     """Family from the inputs (paper 2.6): one modality; one image + labs; two images + labs."""
+    if spec.kind == "logistic":
+        return "other"  # the baselines stand beside the paper's families, not in them
     n_img = len(spec.image_inputs) if spec.kind == "cnn" else 0
     n_modalities = n_img + int(spec.uses_labs)
     if n_modalities == 1:
@@ -1136,8 +1138,8 @@ class Explainer:
         loaded = self._load(model, repeat, fold)
         labs = list(loaded.lab_scaler.columns) if spec.uses_labs else []
         head = None
-        if spec.kind == "random_forest":
-            forest, offset = loaded.model, 0
+        if spec.kind != "cnn":  # forest or logistic: the embedding is its input (radiomics first, labs last)
+            forest, offset = loaded.model, emb.shape[1] - len(labs)
 
             def predict(v: np.ndarray) -> np.ndarray:
                 return forest.predict_proba(v)[:, 1]

@@ -141,7 +141,7 @@ def prepare_inputs(work_dir: str | Path, cohort: pd.DataFrame, modalities: Seque
     """Write the model inputs of ``cohort`` once and return the manifest path.
 
     Volumes go to ``WORK/cache/volumes/<modality>_<key>.npy`` (float32,
-    ``(N, 1, D, H, W)``), keyed by the patient ids and the SHA-256 of their
+    ``(N, 1, D, H, W)``; the organ masks as ``organs``, beside PET), keyed by the patient ids and the SHA-256 of their
     preprocessed files, so a changed preprocessing gives a new cache. The
     manifest (``WORK/cache/inputs_<key>.json``) lists ids, labels, labs and the
     ``.npy`` files; workers open it with :func:`_worker_data`.
@@ -157,6 +157,7 @@ def prepare_inputs(work_dir: str | Path, cohort: pd.DataFrame, modalities: Seque
     key = h.hexdigest()[:16]
     cache = work_dir / "cache"
     files = {m: cache / "volumes" / f"{m}_{key}.npy" for m in sorted(modalities)}
+    organs = cache / "volumes" / f"organs_{key}.npy"
     if any(not f.exists() for f in files.values()):
         vols = _load_volumes(work_dir, ids)
         for m in vols:  # every modality read is cached, so that a later model needing it reads nothing
@@ -168,6 +169,8 @@ def prepare_inputs(work_dir: str | Path, cohort: pd.DataFrame, modalities: Seque
                 raise GridError(f"load_volumes returned {m} of shape {arr.shape} for {len(ids)} patients")
             with store.atomic_path(target) as tmp, open(tmp, "wb") as fh:
                 np.save(fh, arr)
+    if "pet" in files and organs.exists():  # the PET models' liver reference and organ masking need them
+        files["organs"] = organs
     manifest = {
         "patient_id": ids,
         "y": cohort[label].astype(int).tolist(),
@@ -336,7 +339,7 @@ def run_grid(
     cohort = eligible_cohort(work_dir, cv.label, require_images=any(s.image_inputs for s in specs))
     folds = ensure_folds(cohort, work_dir, cv)
     folds_csv = work_dir / "folds.csv"
-    modalities = sorted({m for s in specs if s.kind == "cnn" for m in s.image_inputs})
+    modalities = sorted({m for s in specs if s.kind != "random_forest" for m in s.image_inputs})
     manifest = prepare_inputs(work_dir, cohort, modalities, cv.label)
     # a finished fold is reused only for the same splits AND the same inputs (re-preprocessed volumes or
     # corrected labs make it stale instead of silently reused)

@@ -170,7 +170,7 @@ def train_final(work_dir: str | Path, out_dir: str | Path, model: str, train_cfg
     try:
         final = tmp / "final"
         final.mkdir()
-        if spec.kind == "random_forest":
+        if spec.kind != "cnn":
             import joblib
 
             joblib.dump(result.model, final / "forest.joblib")
@@ -249,8 +249,8 @@ class ModelPackage:
 
     def _probs(self, member: _Member, data: CohortData) -> np.ndarray:
         rows = np.arange(len(data.patient_ids))
-        if self.spec.kind == "random_forest":
-            return member.model.predict_proba(member.lab_scaler.transform(data.labs))[:, 1]
+        if self.spec.kind != "cnn":
+            return member.model.predict_proba(data.features(self.spec, rows, member.lab_scaler))[:, 1]
         xs = [torch.from_numpy(x) for x in model_inputs(self.spec, data, rows, member.normaliser, member.lab_scaler)]
         with torch.no_grad():
             return torch.sigmoid(member.model(*xs)).double().numpy()
@@ -276,7 +276,7 @@ class ModelPackage:
 
 def _member(path: Path, spec: ModelSpec, n_labs: int, img_size: Sequence[int] | None) -> _Member:
     norm = json.loads((path / "normalisation.json").read_text())
-    if spec.kind == "random_forest":
+    if spec.kind != "cnn":
         import joblib
 
         model = joblib.load(path / "forest.joblib" if (path / "forest.joblib").exists() else path / "weights.joblib")

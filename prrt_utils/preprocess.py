@@ -77,6 +77,7 @@ labelling, filtering, sparse products and interpolation.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
 import json
 import zipfile
@@ -89,8 +90,16 @@ import numpy as np
 import pandas as pd
 
 from prrt_utils import store
+from prrt_utils.anatomy import (
+    SYNTHETIC_LABEL_MAP,
+    AnatomyError,
+    find_labels,
+    label_lookup,
+    liver_reference,
+    organs_on_grid,
+)
 from prrt_utils.config import Config
-from prrt_utils.loading import InputError, PatientImages, Volume, load_patient
+from prrt_utils.loading import InputError, PatientImages, Volume, load_label_map, load_patient
 
 __all__ = [
     "HarmonisationSummary",
@@ -113,7 +122,7 @@ __all__ = [
 ]
 
 STAGE = "preprocess"
-_CACHE_VERSION = 1  # bump when the stored result of the same inputs and config changes
+_CACHE_VERSION = 2  # bump when the stored result of the same inputs and config changes
 
 
 class PreprocessError(ValueError):
@@ -601,8 +610,20 @@ def _scrub(message: str, folder: Path) -> str:
     return message
 
 
-def _process_patient(job: tuple[PreprocessConfig, str, str, str, str]) -> dict[str, Any]:
-    cfg, pid, folder_s, out_s, input_hash = job
+def _organs(pid: str, labels: tuple[str, tuple[str, ...]] | None, result: Preprocessed) -> np.ndarray | None:
+    """The patient's organ masks on the preprocessed grid (:mod:`prrt_utils.anatomy`), or None without a label map."""
+    if labels is None:
+        return None
+    path, label_map = labels
+    lab, affine = load_label_map(path, pid)
+    try:
+        return organs_on_grid(lab, affine, result.grid.affine, result.pet.shape, label_lookup(label_map), pid)
+    except AnatomyError as exc:
+        raise InputError(pid, str(exc).removeprefix(f"patient {pid}: ")) from None
+
+
+def _process_patient(job: tuple[PreprocessConfig, str, str, str, str, Any]) -> dict[str, Any]:
+    cfg, pid, folder_s, out_s, input_hash, labels = job
     folder, out = Path(folder_s), Path(out_s)
     npz = out / f"{pid}.npz"
     record: dict[str, Any] = {
@@ -618,6 +639,7 @@ def _process_patient(job: tuple[PreprocessConfig, str, str, str, str]) -> dict[s
     try:
         images = load_patient(folder, pid)
         result = preprocess_patient(images, cfg)
+        organs = _organs(pid, labels, result)
     except InputError as exc:
         if cfg.on_error == "stop":
             raise InputError(pid, exc.problem) from None
@@ -633,13 +655,14 @@ def _process_patient(job: tuple[PreprocessConfig, str, str, str, str]) -> dict[s
         record["reason"] = problem
         record["cache_version"] = -1
         return record
-    _write_npz(npz, {"pet": result.pet, "ct": result.ct, "affine": result.grid.affine})
-    record.update(
-        status="ok",
-        file=npz.name,
-        sha256=store.sha256_file(npz),
-        facts={**_meta_facts(images), **result.facts},
-    )
+    arrays = {"pet": result.pet, "ct": result.ct, "affine": result.grid.affine}
+    facts = {**_meta_facts(images), **result.facts}
+    if organs is not None:
+        arrays["organs"] = organs
+        ref = liver_reference(result.pet, organs)
+        facts["liver_suv_median"] = round(ref, 3) if ref is not None else None
+    _write_npz(npz, arrays)
+    record.update(status="ok", file=npz.name, sha256=store.sha256_file(npz), facts=facts)
     store.write_json(out / "cache" / f"{pid}.json", record)
     return record
 
@@ -736,6 +759,8 @@ def run_preprocessing(
     store.write_text(out / "config.yaml", cfg.to_yaml())
     store.write_json(out / "config_hash.json", {"config_hash": cfg.hash(), "stage": STAGE})
     patients = _patient_ids(cohort_csv, imaging)
+    labels_dir, label_codes = find_labels(imaging.parent)
+    label_map = label_codes or SYNTHETIC_LABEL_MAP
     records: dict[str, dict[str, Any]] = {}
     jobs = []
     for pid, has_imaging in patients:
@@ -760,11 +785,18 @@ def run_preprocessing(
             records[pid] = {**base, "reason": reason}
             continue
         input_hash = store.sha256_tree(folder)
+        labels = None
+        if labels_dir is not None:
+            found = [p for p in (labels_dir / f"{pid}.nii.gz", labels_dir / f"{pid}.nii") if p.is_file()]
+            if found:  # the label map and its description are inputs too
+                labels = (str(found[0]), tuple(label_map))
+                input_hash = hashlib.sha256(
+                    f"{input_hash}:{store.sha256_file(found[0])}:{json.dumps(list(label_map))}".encode()).hexdigest()
         hit = _cached(out, pid, input_hash, cfg)
         if hit is not None:
             records[pid] = hit
         else:
-            jobs.append((cfg, pid, str(folder), str(out), input_hash))
+            jobs.append((cfg, pid, str(folder), str(out), input_hash, labels))
     bar = tqdm(
         total=len(patients), initial=len(patients) - len(jobs), desc="preprocess", disable=not progress
     )
@@ -819,7 +851,9 @@ def load_volumes(work_dir: str | Path, patient_ids: Sequence[str]) -> dict[str, 
     Returns
     -------
     dict
-        ``{"pet": (N, 1, D, H, W), "ct": (N, 1, D, H, W)}`` float32 (SUVbw, HU).
+        ``{"pet": (N, 1, D, H, W), "ct": (N, 1, D, H, W)}`` float32 (SUVbw, HU), and
+        ``"organs"`` ``(N, 1, D, H, W)`` uint8 (:data:`prrt_utils.anatomy.ORGAN_CODES`)
+        when every one of the patients has organ masks (a CT label map was found).
 
     Raises
     ------
@@ -832,6 +866,7 @@ def load_volumes(work_dir: str | Path, patient_ids: Sequence[str]) -> dict[str, 
         raise PreprocessError(f"{path} not found: run the preprocessing stage first")
     index = pd.read_csv(path, dtype={"patient_id": str}, keep_default_na=False).set_index("patient_id")
     vols: dict[str, list[np.ndarray]] = {"pet": [], "ct": []}
+    organs: list[np.ndarray] | None = []
     for pid in patient_ids:
         if pid not in index.index:
             raise PreprocessError(f"patient {pid}: not in {path}")
@@ -841,9 +876,14 @@ def load_volumes(work_dir: str | Path, patient_ids: Sequence[str]) -> dict[str, 
         with np.load(out / row["file"]) as z:
             for m in vols:
                 vols[m].append(np.asarray(z[m], dtype=np.float32)[None])
+            if organs is not None:
+                organs = organs + [np.asarray(z["organs"], dtype=np.uint8)[None]] if "organs" in z.files else None
     if not vols["pet"]:
         return {m: np.zeros((0, 1, 75, 50, 50), np.float32) for m in vols}
-    return {m: np.stack(v) for m, v in vols.items()}
+    result = {m: np.stack(v) for m, v in vols.items()}
+    if organs:  # only when every patient has them: a model never mixes referenced and raw PET
+        result["organs"] = np.stack(organs)
+    return result
 
 
 # ---------------------------------------------------------------------------

@@ -53,6 +53,14 @@ import torch
 from torch import nn
 
 from prrt_utils import store
+from prrt_utils.anatomy import (
+    ANATOMY_CLASSES,
+    SYNTHETIC_LABEL_MAP,
+    AnatomyError,
+    find_labels,
+    label_lookup,
+    labels_on_grid,
+)
 from prrt_utils.config import SEED, Config
 from prrt_utils.models import ConvEncoder, ModelSpec, get_spec
 
@@ -72,19 +80,6 @@ __all__ = [
     "read_card",
     "save_label_map",
 ]
-
-ANATOMY_CLASSES: tuple[str, ...] = (
-    "background", "body", "lung", "liver", "spleen", "kidney", "bladder", "bone", "lesion",
-)
-"""Classes of the proxy task; index = class code of the network's output."""
-
-SYNTHETIC_LABEL_MAP: tuple[str, ...] = (
-    "0:background", "1:body", "2:lung", "3:liver", "4:spleen", "5:kidney", "6:bladder", "7:bone",
-    "8:body", "9:body", "10:lesion", "11:lesion", "12:lesion", "13:lesion", "14:lesion", "15:lesion",
-    "16:background",
-)
-"""Codes of the generator's label maps (:data:`prrt_utils.synth.LABELS`) -> proxy classes
-(heart and aorta count as body; the scanner table as background)."""
 
 CHECKPOINT_NAME = "ct_encoder.pt"
 CHECKPOINT_FORMAT = "prrt-pfs CT encoder, version 1"
@@ -145,33 +140,10 @@ class PretrainConfig(Config):
 
     def lookup(self) -> dict[int, int]:
         """``label_map`` as ``source code -> class index``."""
-        out: dict[int, int] = {}
-        for item in self.label_map:
-            code, _, name = str(item).partition(":")
-            if not code.strip().isdigit() or name.strip() not in ANATOMY_CLASSES:
-                raise PretrainError(f"label_map entry {item!r} must be 'code:class' with class one of {ANATOMY_CLASSES}")
-            if int(code) in out:
-                raise PretrainError(f"label_map lists code {code} twice")
-            out[int(code)] = ANATOMY_CLASSES.index(name.strip())
-        return out
-
-
-def find_labels(data_dir: str | Path, labels_dir: str | Path = "") -> tuple[Path | None, tuple[str, ...] | None]:
-    """Where the label maps of a cohort are, and their codes if the cohort says them.
-
-    In order: ``labels_dir`` if given; ``DATA/ct_labels/`` (an own cohort's maps,
-    linked by the intake with their ``codes.json``); ``DATA/ground_truth/labels/``
-    (the synthetic cohort's, :data:`SYNTHETIC_LABEL_MAP`). ``(None, None)`` when
-    there are none.
-    """
-    if labels_dir:
-        return Path(labels_dir), None
-    own = Path(data_dir) / "ct_labels"
-    if own.is_dir():
-        codes = own / "codes.json"
-        return own, tuple(json.loads(codes.read_text())) if codes.is_file() else None
-    synthetic = Path(data_dir) / "ground_truth" / "labels"
-    return (synthetic, None) if synthetic.is_dir() else (None, None)
+        try:
+            return label_lookup(self.label_map)
+        except AnatomyError as exc:
+            raise PretrainError(str(exc)) from None
 
 
 def checkpoint_path(work_dir: str | Path) -> Path:
@@ -183,22 +155,6 @@ def read_card(work_dir: str | Path) -> dict[str, Any] | None:
     """The model card of a finished pretraining, or ``None``."""
     path = Path(work_dir) / "pretrained" / "card.json"
     return json.loads(path.read_text()) if path.is_file() and checkpoint_path(work_dir).is_file() else None
-
-
-def labels_on_grid(labels: np.ndarray, affine: np.ndarray, grid_affine: np.ndarray,
-                   shape: Sequence[int]) -> np.ndarray:
-    """Resample a label map onto a preprocessed grid by nearest neighbour (in LPS millimetres).
-
-    Both affines map voxel index ``(d, h, w, 1)`` to LPS mm. Target voxels whose
-    centre falls outside the label map are background (0).
-    """
-    from scipy.ndimage import map_coordinates
-
-    d, h, w = np.meshgrid(*[np.arange(n, dtype=float) for n in shape], indexing="ij")
-    target = np.stack([d.ravel(), h.ravel(), w.ravel(), np.ones(d.size)])
-    source = (np.linalg.inv(affine) @ np.asarray(grid_affine, dtype=float) @ target)[:3]
-    out = map_coordinates(labels.astype(np.float32), source, order=0, mode="constant", cval=0.0)
-    return np.rint(out).astype(np.int32).reshape(tuple(shape))
 
 
 def save_label_map(path: str | Path, labels: np.ndarray, affine: np.ndarray) -> None:

@@ -12,13 +12,19 @@ Generative model (documented with its equations in ``book/synthetic_cohort.md``)
   lymph nodes, bone, peritoneum, lung) of 1.5-6 cm share that volume and are
   rendered into the PET and CT volumes.
 * Lesion uptake relative to the liver (SSTR expression, ``sstr_ratio``) is
-  visible on PET.
-* ``log CgA = m + a (B - B0) + e``: CgA tracks the burden; ``e`` (CgA in excess
-  of the burden, a marker of dedifferentiation) is only recoverable when the
-  labs AND the images are seen together.
-* Risk ``r = b_e e - b_s log(sstr_ratio / s0) + b_g log(GGT / g0)`` and
-  ``PFS = lambda exp(-r) E^(1/k)``, ``E ~ Exp(1)`` (Weibull accelerated failure
+  visible on PET; the hepatic share of the burden (``hepatic_fraction``) is
+  visible on PET and CT.
+* A biology factor ``u`` (dedifferentiation) is visible in no image; CgA
+  tracks both the burden and ``u``, gamma-GT the hepatic tumour volume.
+* Risk, additive as the NET literature has it (scenario ``"twin"``):
+  ``r = b_B (B - B0)/s_B - b_s log(sstr_ratio / s0)/s_s + b_h (f_hep - f0) + b_u u``
+  and ``PFS = lambda exp(-r) E^(1/k)``, ``E ~ Exp(1)`` (Weibull accelerated failure
   time), so ``P(PFS <= t | covariates)`` is analytic (:func:`bayes_probability`).
+  Labs see ``B`` (through CgA), part of ``u`` and ``f_hep`` (through GGT); the
+  image sees ``B``, ``sstr_ratio`` and ``f_hep``; fusion sees the most.
+* Scenario ``"positive-control"``: the risk is the burden alone with a strong
+  effect and a small noise (Bayes AUROC >= 0.95), so that a pipeline that
+  cannot learn it from PET is shown to be broken.
 * PRRT cycles follow from PFS (therapy stops at progression) and never enter
   the risk.
 
@@ -69,13 +75,16 @@ __all__ = [
     "SCANNERS",
     "Grid",
     "Phantom",
+    "SCENARIOS",
     "SynthConfig",
     "SynthError",
     "SyntheticCohort",
     "bayes_probability",
+    "CEILING_FAMILIES",
     "bqml_to_suv",
+    "ceiling_features",
+    "pfs_shape",
     "build_phantom",
-    "cga_excess",
     "ct_measurement",
     "cycles_from_pfs",
     "decay_factor",
@@ -148,6 +157,11 @@ padded)``: HU = stored * slope + intercept. ``padded``: voxels outside the circu
 reconstruction field of view hold -3024 HU (PixelPaddingValue), as some scanners write."""
 
 
+SCENARIOS = ("twin", "positive-control")
+"""Outcome models of :class:`SynthConfig`: the digital twin (labs and images carry prognosis
+additively) and the positive control (outcome fixed by the visible tumour burden)."""
+
+
 class SynthError(ValueError):
     """A synthetic-cohort request that cannot be fulfilled (bad config, foreign output folder)."""
 
@@ -164,6 +178,9 @@ class SynthConfig(Config):
     ----------
     n_patients, seed
         Cohort size and the one seed every random draw derives from.
+    scenario : {"twin", "positive-control"}
+        Outcome model (:data:`SCENARIOS`); images, labs and everything else are
+        drawn the same way in both.
     censor_fraction
         Fraction of patients censored administratively (``event = 0``; their
         ``pfs_months`` is the censoring time, a uniform fraction of the true PFS).
@@ -189,6 +206,7 @@ class SynthConfig(Config):
 
     n_patients: int = 116
     seed: int = SEED
+    scenario: str = "twin"
     censor_fraction: float = 0.0
     clinical_size: bool = False
     image_format: str = "dicom"
@@ -224,20 +242,26 @@ class SynthConfig(Config):
     lesion_suv_range: tuple[float, float] = (8.0, 80.0)
     # --- laboratory values
     cga_median_ug_l: float = 400.0
-    cga_per_log_burden: float = 1.3
-    cga_excess_log_sd: float = 0.7
+    cga_per_log_burden: float = 0.9
+    cga_per_biology: float = 0.6
+    cga_log_sd: float = 0.6
     ggt_median_u_l: float = 58.0
-    ggt_per_log_hepatic: float = 0.25
-    ggt_log_sd: float = 0.75
+    ggt_per_log_hepatic: float = 0.4
+    ggt_log_sd: float = 0.4
     ast_median_u_l: float = 29.0
     alt_median_u_l: float = 26.0
     ast_per_log_hepatic: float = 0.06
     transaminase_log_sd: float = 0.38
-    # --- PFS model: log-risk coefficients (per natural-log unit) and Weibull
-    beta_cga_excess: float = 0.75
-    beta_sstr: float = 0.71
-    beta_ggt: float = 0.18
-    pfs_scale_months: float = 19.9
+    # --- PFS model: additive log-risk (per SD of log burden and log SSTR ratio, per unit of
+    # hepatic fraction and of the hidden biology) and Weibull
+    beta_burden: float = 0.22
+    beta_sstr: float = 0.26
+    beta_hepatic: float = 0.5
+    beta_biology: float = 0.45
+    hepatic_fraction_centre: float = 0.35
+    positive_control_beta: float = 1.6
+    positive_control_shape: float = 6.0
+    pfs_scale_months: float = 20.4
     pfs_shape: float = 2.1
     pfs_threshold_months: float = 12.0
     # --- PRRT cycles (a consequence of PFS, never a risk factor)
@@ -258,6 +282,8 @@ class SynthConfig(Config):
             raise SynthError(f"n_patients must be <= 999 (ids PRRT-001..PRRT-999), got {self.n_patients}")
         if not 0.0 <= self.censor_fraction < 1.0:
             raise SynthError(f"censor_fraction must lie in [0, 1), got {self.censor_fraction}")
+        if self.scenario not in SCENARIOS:
+            raise SynthError(f"scenario must be one of {SCENARIOS}, got {self.scenario!r}")
         if self.image_format not in ("dicom", "nifti"):
             raise SynthError(f"image_format must be 'dicom' or 'nifti', got {self.image_format!r}")
         if not self.id_prefix.isalnum():
@@ -339,36 +365,36 @@ def bqml_to_suv(
     return np.asarray(bqml, dtype=float) * (weight_kg * 1000.0) / dose_at_scan
 
 
-def cga_excess(cga_ug_l: Any, tumour_volume_ml: Any, cfg: SynthConfig) -> np.ndarray:
-    """CgA in excess of what the tumour volume explains (natural-log units).
-
-    ``e = log CgA - log m_CgA - a (log V - log V_0)``; a patient whose CgA is
-    high for the volume seen on the images has a positive excess.
-    """
-    return (
-        np.log(np.asarray(cga_ug_l, dtype=float))
-        - math.log(cfg.cga_median_ug_l)
-        - cfg.cga_per_log_burden
-        * (np.log(np.asarray(tumour_volume_ml, dtype=float)) - math.log(cfg.burden_median_ml))
-    )
-
-
 def risk_linear_predictor(
-    cga_ug_l: Any, ggt_u_l: Any, tumour_volume_ml: Any, sstr_ratio: Any, cfg: SynthConfig
+    tumour_volume_ml: Any, sstr_ratio: Any, hepatic_fraction: Any, biology: Any, cfg: SynthConfig
 ) -> np.ndarray:
     """Log-risk ``r`` of the PFS model (higher = earlier progression).
 
-    ``r = b_e e - b_s log(sstr_ratio / s_0) + b_g log(GGT / g_0)`` with ``e``
-    from :func:`cga_excess`. Inputs are the recorded CgA (ug/l) and GGT (U/l)
-    and the image truth: total tumour volume (ml) and the volume-weighted
-    lesion-to-liver SUV ratio. PRRT cycles are not an argument: they are a
-    consequence of PFS.
+    Twin: ``r = b_B (log V - log V0) / s_B - b_s log(rho / s0) / s_s + b_h (f_hep - f0) + b_u u``,
+    each term a known prognostic factor of NET under PRRT: tumour burden
+    (higher: shorter PFS), receptor expression relative to the liver (higher:
+    longer), hepatic tumour fraction (higher: shorter) and a biology factor
+    ``u ~ N(0, 1)`` that no input shows fully. ``s_B`` and ``s_s`` are
+    ``burden_log_sd`` and ``sstr_log_sd``, so ``b_B`` and ``b_s`` are per SD.
+    Positive control: ``r = b_pc (log V - log V0) / s_B`` (burden alone).
+    Laboratory values are not arguments: they are markers of the same
+    biology, not causes; PRRT cycles are a consequence of PFS.
     """
+    z_burden = (np.log(np.asarray(tumour_volume_ml, dtype=float)) - math.log(cfg.burden_median_ml)) / cfg.burden_log_sd
+    if cfg.scenario == "positive-control":
+        return cfg.positive_control_beta * z_burden
+    z_sstr = (np.log(np.asarray(sstr_ratio, dtype=float)) - math.log(cfg.sstr_ratio_median)) / cfg.sstr_log_sd
     return (
-        cfg.beta_cga_excess * cga_excess(cga_ug_l, tumour_volume_ml, cfg)
-        - cfg.beta_sstr * (np.log(np.asarray(sstr_ratio, dtype=float)) - math.log(cfg.sstr_ratio_median))
-        + cfg.beta_ggt * (np.log(np.asarray(ggt_u_l, dtype=float)) - math.log(cfg.ggt_median_u_l))
+        cfg.beta_burden * z_burden
+        - cfg.beta_sstr * z_sstr
+        + cfg.beta_hepatic * (np.asarray(hepatic_fraction, dtype=float) - cfg.hepatic_fraction_centre)
+        + cfg.beta_biology * np.asarray(biology, dtype=float)
     )
+
+
+def pfs_shape(cfg: SynthConfig) -> float:
+    """Weibull shape of the scenario (the positive control's is larger: less noise around the risk)."""
+    return cfg.positive_control_shape if cfg.scenario == "positive-control" else cfg.pfs_shape
 
 
 def bayes_probability(
@@ -383,7 +409,7 @@ def bayes_probability(
     """
     cfg = cfg or SynthConfig()
     t = cfg.pfs_threshold_months if threshold_months is None else threshold_months
-    z = (t * np.exp(np.asarray(risk_lp, dtype=float)) / cfg.pfs_scale_months) ** cfg.pfs_shape
+    z = (t * np.exp(np.asarray(risk_lp, dtype=float)) / cfg.pfs_scale_months) ** pfs_shape(cfg)
     return -np.expm1(-z)
 
 
@@ -415,6 +441,7 @@ _STREAMS = {
     "acquisition": 7,
     "phi": 8,
     "phantom": 9,
+    "biology": 10,
 }
 
 
@@ -563,20 +590,23 @@ def _sample_lesions(cfg: SynthConfig, demo: pd.DataFrame) -> tuple[pd.DataFrame,
                 "liver_suv": float(liver_suv[i]),
                 "sstr_ratio": float((vol_ml * suv).sum() / total / liver_suv[i]),
                 "total_lesion_activity": float((vol_ml * suv).sum()),
+                "hepatic_fraction": by_site["hepatic"] / total,
                 **{f"{s}_volume_ml": v for s, v in by_site.items()},
             }
         )
     return pd.DataFrame(rows), pd.DataFrame(feats)
 
 
-def _sample_labs(cfg: SynthConfig, feats: pd.DataFrame) -> pd.DataFrame:
+def _sample_labs(cfg: SynthConfig, feats: pd.DataFrame, biology: np.ndarray) -> pd.DataFrame:
+    """Laboratory values: CgA follows burden and biology, GGT and AST the hepatic tumour volume."""
     rng = _rng(cfg, "labs")
     n = len(feats)
     log_hep = np.log1p(feats["hepatic_volume_ml"].to_numpy() / 10.0)
     cga = np.exp(
         math.log(cfg.cga_median_ug_l)
         + cfg.cga_per_log_burden * (feats["log_burden"].to_numpy() - math.log(cfg.burden_median_ml))
-        + cfg.cga_excess_log_sd * rng.normal(size=n)
+        + cfg.cga_per_biology * biology
+        + cfg.cga_log_sd * rng.normal(size=n)
     )
     ggt = np.exp(
         math.log(cfg.ggt_median_u_l)
@@ -652,13 +682,13 @@ def sample_cohort(cfg: SynthConfig) -> SyntheticCohort:
     n = cfg.n_patients
     demo = _sample_demographics(cfg, n)
     lesions, feats = _sample_lesions(cfg, demo)
-    labs = _sample_labs(cfg, feats)
-    excess = cga_excess(labs["cga_ug_l"], feats["tumour_volume_ml"], cfg)
+    biology = _rng(cfg, "biology").normal(size=n)
+    labs = _sample_labs(cfg, feats, biology)
     risk = risk_linear_predictor(
-        labs["cga_ug_l"], labs["ggt_u_l"], feats["tumour_volume_ml"], feats["sstr_ratio"], cfg
+        feats["tumour_volume_ml"], feats["sstr_ratio"], feats["hepatic_fraction"], biology, cfg
     )
     rng_out = _rng(cfg, "outcome")
-    pfs_true = cfg.pfs_scale_months * np.exp(-risk) * rng_out.exponential(size=n) ** (1.0 / cfg.pfs_shape)
+    pfs_true = cfg.pfs_scale_months * np.exp(-risk) * rng_out.exponential(size=n) ** (1.0 / pfs_shape(cfg))
     # censoring: a fixed fraction, censored at a uniform fraction of their true PFS
     rng_c = _rng(cfg, "censoring")
     n_cens = int(round(cfg.censor_fraction * n))
@@ -685,7 +715,7 @@ def sample_cohort(cfg: SynthConfig) -> SyntheticCohort:
             "risk_lp": risk,
             "p_short_bayes": bayes_probability(risk, cfg),
             "pfs_true_months": pfs_true,
-            "cga_excess": excess,
+            "biology": biology,
         }
     )
     truth = truth.merge(feats, on="patient_id")
@@ -699,15 +729,44 @@ def sample_clinical(cfg: SynthConfig) -> pd.DataFrame:
     return sample_cohort(cfg).clinical
 
 
+CEILING_FAMILIES: dict[str, tuple[str, ...]] = {
+    "labs": ("log_ast", "log_alt", "log_cga", "log_ggt"),
+    "image": ("log_burden", "log_sstr_ratio", "hepatic_fraction"),
+    "labs+image": ("log_ast", "log_alt", "log_cga", "log_ggt", "log_burden", "log_sstr_ratio", "hepatic_fraction"),
+}
+"""Inputs of each truth-based ceiling: the recorded labs (log), the image truth (what an ideal
+reader of the PET/CT measures: log tumour volume, log lesion-to-liver ratio, hepatic fraction),
+and both (everything a model observes). The Bayes ceiling adds the hidden biology."""
+
+
+def ceiling_features(clinical: pd.DataFrame, truth: pd.DataFrame) -> pd.DataFrame:
+    """The columns of :data:`CEILING_FAMILIES` per patient (``patient_id`` index), from ``clinical.csv`` and ``truth.csv``."""
+    df = clinical[["patient_id", "ast_u_l", "alt_u_l", "cga_ug_l", "ggt_u_l"]].merge(truth, on="patient_id")
+    out = pd.DataFrame(
+        {
+            "log_ast": np.log(df["ast_u_l"].to_numpy(float)),
+            "log_alt": np.log(df["alt_u_l"].to_numpy(float)),
+            "log_cga": np.log(df["cga_ug_l"].to_numpy(float)),
+            "log_ggt": np.log(df["ggt_u_l"].to_numpy(float)),
+            "log_burden": np.log(df["tumour_volume_ml"].to_numpy(float)),
+            "log_sstr_ratio": np.log(df["sstr_ratio"].to_numpy(float)),
+            "hepatic_fraction": df["hepatic_fraction"].to_numpy(float),
+        },
+        index=pd.Index(df["patient_id"].astype(str), name="patient_id"),
+    )
+    return out
+
+
 def modality_ceilings(cfg: SynthConfig | None = None, n_samples: int = 20000, cv: int = 3) -> pd.DataFrame:
-    """What each input family can reach at best on this generative model.
+    """What each input family can reach at best on this generative model, with unlimited patients.
 
     Samples ``n_samples`` patients from ``cfg`` and fits a cross-validated
-    logistic regression (scikit-learn) on the recorded labs (log AST, ALT, CgA,
-    GGT), on the latent image features (log tumour volume, log lesion-to-liver
-    ratio, lesion count, log hepatic volume), and on both; the Bayes row is
-    :func:`bayes_probability`. Returns one row per family with its AUROC for
-    ``PFS <= threshold`` (events only, i.e. the true PFS).
+    logistic regression (scikit-learn) on each family of :data:`CEILING_FAMILIES`;
+    the Bayes row is :func:`bayes_probability`. Returns one row per family with
+    its AUROC for ``PFS <= threshold`` (events only, i.e. the true PFS). The
+    ceilings a model on the cohort's own 116 patients can reach are lower (less
+    data to fit even a logistic regression): :func:`prrt_utils.metrics.truth_ceilings`
+    computes those on the cohort's folds.
     """
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
@@ -719,26 +778,19 @@ def modality_ceilings(cfg: SynthConfig | None = None, n_samples: int = 20000, cv
     parts = []
     for k in range(max(1, math.ceil(n_samples / 999))):
         c = sample_cohort(cfg.replace(seed=cfg.seed * 1000 + k))
-        parts.append(c.clinical.merge(c.truth, on="patient_id"))
-    df = pd.concat(parts, ignore_index=True).iloc[:n_samples]
-    y = (df["pfs_true_months"] <= cfg.pfs_threshold_months).to_numpy().astype(int)
-    labs = np.log(df[["ast_u_l", "alt_u_l", "cga_ug_l", "ggt_u_l"]].to_numpy(float))
-    img = np.column_stack(
-        [df["log_burden"], np.log(df["sstr_ratio"]), df["lesion_count"], np.log1p(df["hepatic_volume_ml"])]
-    )
+        parts.append((ceiling_features(c.clinical, c.truth), c.truth))
+    feats = pd.concat([f for f, _ in parts], ignore_index=True).iloc[:n_samples]
+    truth = pd.concat([t for _, t in parts], ignore_index=True).iloc[:n_samples]
+    y = (truth["pfs_true_months"] <= cfg.pfs_threshold_months).to_numpy().astype(int)
 
-    def auc(x: np.ndarray) -> float:
+    def auc(columns: Sequence[str]) -> float:
         model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
-        p = cross_val_predict(model, x, y, cv=cv, method="predict_proba")[:, 1]
+        p = cross_val_predict(model, feats[list(columns)].to_numpy(), y, cv=cv, method="predict_proba")[:, 1]
         return float(roc_auc_score(y, p))
 
-    rows = [
-        ("labs", auc(labs)),
-        ("image", auc(img)),
-        ("labs+image", auc(np.column_stack([labs, img]))),
-        ("bayes", float(roc_auc_score(y, df["p_short_bayes"]))),
-    ]
-    return pd.DataFrame(rows, columns=["inputs", "auroc"]).assign(n=len(df), short_fraction=float(y.mean()))
+    rows = [(name, auc(cols)) for name, cols in CEILING_FAMILIES.items()]
+    rows.append(("bayes", float(roc_auc_score(y, truth["p_short_bayes"]))))
+    return pd.DataFrame(rows, columns=["inputs", "auroc"]).assign(n=len(feats), short_fraction=float(y.mean()))
 
 
 # ---------------------------------------------------------------------------

@@ -26,9 +26,11 @@ from prrt_utils.models import (
 torch.set_num_threads(1)
 
 
-def test_registry_holds_the_seven_paper_models_in_table_order():
+def test_registry_holds_the_seven_paper_models_in_table_order_then_the_baselines():
     reg = load_registry()
-    assert tuple(reg) == PAPER_MODEL_KEYS
+    assert tuple(reg)[:7] == PAPER_MODEL_KEYS
+    assert tuple(reg)[7:] == ("lr_labs", "radiomics_lr")
+    assert reg["lr_labs"].kind == "logistic" and reg["radiomics_lr"].inputs == ("pet",)
     assert reg["rf_labs"].kind == "random_forest" and reg["rf_labs"].inputs == ("labs",)
     assert set(reg["petct_fusion"].inputs) == {"pet", "ct", "labs"}
     assert reg["pet_only"].inputs == ("pet",) and reg["ct_only"].inputs == ("ct",)
@@ -46,7 +48,7 @@ def test_an_eighth_model_is_one_small_yaml_file(tmp_path):
         "name: pet_fusion_wide\ninputs: [pet, labs]\nkind: cnn\nchannels: [16, 32, 64]\n"
     )
     reg = load_registry(tmp_path / "models")
-    assert list(reg)[:7] == list(PAPER_MODEL_KEYS) and list(reg)[7] == "pet_fusion_wide"
+    assert list(reg)[:7] == list(PAPER_MODEL_KEYS) and "pet_fusion_wide" in list(reg)[7:]
     assert reg["pet_fusion_wide"].channels == (16, 32, 64)
 
 
@@ -101,7 +103,7 @@ def test_a_missing_checkpoint_is_an_error_not_a_silent_fallback(tmp_path):
 
 
 def test_a_checkpoint_is_loaded_into_the_ct_branch_only(tmp_path):
-    base = ModelSpec(name="m", inputs=("pet", "ct", "labs"))
+    base = ModelSpec(name="m", inputs=("pet", "ct", "labs"), pet_encoder="convnet")
     donor = FusionNet(base, img_size=(12, 8, 8))
     torch.save({"state_dict": donor.state_dict()}, tmp_path / "ct.pt")  # a whole FusionNet: prefix encoders.ct.
     net = build_network(base.replace(ct_init=tmp_path / "ct.pt"), img_size=(12, 8, 8))
@@ -181,8 +183,8 @@ def test_every_cnn_maps_its_inputs_to_one_logit_per_patient():
         net = build_network(spec, img_size=(24, 16, 16)).eval()
         xs = [torch.randn(3, 4) if m == "labs" else torch.randn(3, 1, 24, 16, 16) for m in spec.ordered_inputs]
         assert net(*xs).shape == (3,)
-        per_image = 2 * spec.channels[-1]  # avgmax pooling
-        assert net.embed(*xs).shape == (3, per_image * len(spec.image_inputs) + 4 * spec.uses_labs)
+        width = {"pet": 2 * len(spec.thresholds), "ct": 2 * spec.channels[-1]}  # (log)avg + max pooling
+        assert net.embed(*xs).shape == (3, sum(width[m] for m in spec.image_inputs) + 4 * spec.uses_labs)
 
 
 def test_labs_reach_the_head_unchanged_after_the_image_embeddings():

@@ -166,19 +166,50 @@ def test_category_frequencies_follow_the_configured_probabilities():
         assert grade.get(name, 0.0) == pytest.approx(p, abs=0.03)
 
 
-def test_risk_is_a_function_of_labs_and_image_truth_never_of_prrt_cycles(default_cohort):
+def test_risk_is_additive_in_image_truth_and_hidden_biology_never_prrt_cycles(default_cohort):
     cfg = SynthConfig()
-    c, t = default_cohort.clinical, default_cohort.truth
-    recomputed = risk_linear_predictor(
-        c["cga_ug_l"], c["ggt_u_l"], t["tumour_volume_ml"], t["sstr_ratio"], cfg
-    )
+    t = default_cohort.truth
+    recomputed = risk_linear_predictor(t["tumour_volume_ml"], t["sstr_ratio"], t["hepatic_fraction"], t["biology"], cfg)
     assert np.allclose(recomputed, t["risk_lp"], rtol=0, atol=1e-12)
+    # each term by hand: burden and hepatic share raise the risk, receptor expression lowers it
+    z_b = (np.log(t["tumour_volume_ml"]) - np.log(cfg.burden_median_ml)) / cfg.burden_log_sd
+    z_s = (np.log(t["sstr_ratio"]) - np.log(cfg.sstr_ratio_median)) / cfg.sstr_log_sd
+    by_hand = (cfg.beta_burden * z_b - cfg.beta_sstr * z_s
+               + cfg.beta_hepatic * (t["hepatic_fraction"] - cfg.hepatic_fraction_centre) + cfg.beta_biology * t["biology"])
+    assert np.allclose(by_hand, t["risk_lp"], atol=1e-12)
     other = sample_cohort(
         cfg.replace(cycle_interval_months=(1.0, 1.2), planned_cycle_probs=(0, 0, 0, 0, 0, 0, 1))
     )
-    assert not np.array_equal(other.clinical["prrt_cycles"], c["prrt_cycles"])
+    assert not np.array_equal(other.clinical["prrt_cycles"], c_cycles := default_cohort.clinical["prrt_cycles"])
+    assert len(c_cycles) == len(other.clinical)
     pd.testing.assert_frame_equal(other.truth, t)
-    pd.testing.assert_series_equal(other.clinical["pfs_months"], c["pfs_months"])
+    pd.testing.assert_series_equal(other.clinical["pfs_months"], default_cohort.clinical["pfs_months"])
+
+
+def test_cga_tracks_burden_and_biology_and_ggt_the_hepatic_tumour():
+    c = sample_cohort(SynthConfig(n_patients=999, seed=3))
+    df = c.clinical.merge(c.truth, on="patient_id")
+    assert np.corrcoef(np.log(df["cga_ug_l"]), df["log_burden"])[0, 1] > 0.5
+    assert np.corrcoef(np.log(df["cga_ug_l"]), df["biology"])[0, 1] > 0.2
+    assert np.corrcoef(np.log(df["ggt_u_l"]), np.log1p(df["hepatic_volume_ml"]))[0, 1] > 0.3
+    # the biology is independent of what the images show
+    assert abs(np.corrcoef(df["biology"], df["log_burden"])[0, 1]) < 0.1
+
+
+def test_positive_control_outcome_is_the_visible_burden_alone():
+    cfg = SynthConfig(scenario="positive-control", n_patients=999)
+    c = sample_cohort(cfg)
+    t = c.truth
+    z_b = (np.log(t["tumour_volume_ml"]) - np.log(cfg.burden_median_ml)) / cfg.burden_log_sd
+    assert np.allclose(t["risk_lp"], cfg.positive_control_beta * z_b, atol=1e-12)
+    y = (t["pfs_true_months"] <= cfg.pfs_threshold_months).to_numpy()
+    assert roc_auc_score(y, t["p_short_bayes"]) >= 0.95
+    assert roc_auc_score(y, t["log_burden"]) >= 0.95  # one image quantity decides
+    # everything but the outcome is drawn as in the twin (same seed, same images)
+    twin = sample_cohort(cfg.replace(scenario="twin"))
+    pd.testing.assert_frame_equal(twin.lesions, c.lesions)
+    with pytest.raises(SynthError, match="scenario"):
+        SynthConfig(scenario="negative")
 
 
 def test_censoring_marks_the_requested_fraction_before_the_true_progression():
@@ -195,13 +226,16 @@ def test_default_cohort_bayes_auroc_is_about_point_eight(default_cohort):
     assert 0.78 <= roc_auc_score(y, default_cohort.truth["p_short_bayes"]) <= 0.87
 
 
-def test_fusion_of_labs_and_images_beats_each_alone_by_design():
+def test_ceilings_of_each_input_family_are_those_the_twin_is_calibrated_to():
+    # large-sample ceilings (measured 0.72 / 0.72 / 0.79 / 0.83); at n = 116 under 5 x 3 CV, where a
+    # logistic regression fitted on 77 patients loses some, they were 0.66 / 0.66 / 0.72 / 0.82 (mean of
+    # 12 seeds), what issue 14 asks for
     table = synth.modality_ceilings(SynthConfig(), n_samples=6000).set_index("inputs")["auroc"]
-    assert 0.58 <= table["labs"] <= 0.70
-    assert 0.55 <= table["image"] <= 0.70
-    assert table["labs+image"] > max(table["labs"], table["image"]) + 0.12
-    assert table["bayes"] >= table["labs+image"] - 0.01
-    assert 0.78 <= table["bayes"] <= 0.88
+    assert 0.67 <= table["labs"] <= 0.77
+    assert 0.67 <= table["image"] <= 0.77
+    assert table["labs+image"] > max(table["labs"], table["image"]) + 0.04
+    assert table["bayes"] > table["labs+image"] + 0.02
+    assert 0.80 <= table["bayes"] <= 0.86
 
 
 def test_config_round_trips_through_yaml_and_rejects_bad_values():
@@ -260,6 +294,8 @@ def test_layout_follows_the_raw_export_contract(tiny_dicom):
         "tumour_volume_ml",
         "lesion_count",
         "sstr_ratio",
+        "hepatic_fraction",
+        "biology",
     } <= set(truth)
     assert json.loads((root / "ground_truth" / "labels.json").read_text()) == {
         str(k): v for k, v in LABELS.items()

@@ -60,7 +60,7 @@ def noise():
 def test_fold_seeds_are_fixed_and_differ_between_folds_and_models():
     assert fold_seed(0, 1, 2, "pet_only") == fold_seed(0, 1, 2, "pet_only")
     seeds = {fold_seed(0, r, f, m) for r in range(5) for f in range(3) for m in REG}
-    assert len(seeds) == 5 * 3 * 7
+    assert len(seeds) == 5 * 3 * len(REG)
 
 
 def test_lab_scaler_is_log1p_then_standardised_with_training_statistics():
@@ -126,10 +126,17 @@ def test_an_extreme_test_patient_leaves_the_fitted_normalisation_and_weights_unc
     assert changed.loc[test[0]] and not changed.drop(test[0]).any()
 
 
-def test_defaults_are_the_papers_with_decoupled_weight_decay_and_our_epochs_and_adam_stays_available():
+def test_the_default_recipe_stops_early_inside_the_training_part_and_the_papers_stays_a_named_profile():
     cfg = TrainConfig()
-    assert (cfg.lr, cfg.weight_decay, cfg.dropout, cfg.loss, cfg.epochs, cfg.batch_size) == (0.01, 0.2, 0.1, "bce", 8, 16)
-    assert cfg.optimizer == "adamw" and not cfg.augment
+    assert (cfg.lr, cfg.weight_decay, cfg.dropout, cfg.loss, cfg.epochs, cfg.batch_size) == (0.01, 0.01, 0.1, "bce", 60, 16)
+    assert cfg.optimizer == "adamw" and cfg.early_stopping and cfg.augment and not cfg.flip
+    assert cfg.pet_reference == "liver"
+    paper = TrainConfig.profile("paper")
+    assert paper == TrainConfig.paper()
+    assert (paper.optimizer, paper.lr, paper.weight_decay, paper.dropout, paper.epochs) == ("adam", 0.01, 0.2, 0.1, 8)
+    assert not paper.early_stopping and not paper.augment and paper.pet_reference == "none"
+    with pytest.raises(TrainingError, match="profile"):
+        TrainConfig.profile("fast")
     assert TrainConfig(optimizer="adam").optimizer == "adam"
     with pytest.raises(TrainingError, match="optimizer"):
         TrainConfig(optimizer="sgd")
