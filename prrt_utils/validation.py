@@ -85,7 +85,7 @@ def run_validation(package: str | Path | ModelPackage, data_dir: str | Path, wor
     from prrt_utils import grid
     from prrt_utils.cohort import CohortConfig, build_cohort
     from prrt_utils.preprocess import PreprocessConfig, load_volumes, run_preprocessing
-    from prrt_utils.training import CohortData
+    from prrt_utils.training import CohortData, model_volumes
 
     pkg = package if isinstance(package, ModelPackage) else load_package(package)
     data_dir, work_dir = Path(data_dir), Path(work_dir)
@@ -106,7 +106,7 @@ def run_validation(package: str | Path | ModelPackage, data_dir: str | Path, wor
         raise grid.GridError(f"no patient of {data_dir} is usable for validation (see {work_dir / 'cohort'})")
     volumes = load_volumes(work_dir, usable["patient_id"].tolist()) if spec.image_inputs else {}
     labels = usable["pfs_short"].fillna(0).astype(int)  # unknown labels are masked below, not used
-    data = CohortData.from_frame(usable.assign(pfs_short=labels), {m: volumes[m] for m in spec.image_inputs})
+    data = CohortData.from_frame(usable.assign(pfs_short=labels), model_volumes(spec, volumes))
     pred = pkg.predict(data)
     pred.insert(1, "y_true", usable["pfs_short"].to_numpy())
     pred.insert(2, "pfs_months", usable["pfs_months"].to_numpy())

@@ -201,7 +201,7 @@ def test_umap_is_deterministic_with_a_seed(work, toy, tmp_path):
     a = Explainer(work, config=cfg, cache_dir=False, data=toy).umap(["pet_only", "pet_fusion"])
     b = Explainer(work, config=cfg, cache_dir=False, data=toy).umap(["pet_only", "pet_fusion"])
     pd.testing.assert_frame_equal(a, b)
-    assert len(a) == 2 * 30 and set(a["split"]) == {"train", "test"}
+    assert len(a) == 2 * 30 and set(a["split"]) == {"train", "val", "test"}  # val: early stopping's split
     assert a["silhouette"].between(-1, 1).all()
     assert explain.umap_figure(a) is not None
 

@@ -150,7 +150,8 @@ def test_history_and_embedding_readers_return_tidy_tables(reference):
     assert len(hist) == 6 * CFG.epochs and set(hist["epoch"]) == {1, 2, 3}
     emb = grid.load_embeddings(work, "petct_fusion", 1, 2)
     assert len(emb) == 36 and (emb["split"] == "test").sum() == 12
-    assert emb.shape[1] == 2 + 2 * 2 * 32 + 4  # id, split, (avg+max) x 32 channels x PET/CT, 4 labs
+    # id, split, PET (log-mean + max) x 8 thresholds, CT (avg + max) x 32 channels, 4 labs
+    assert emb.shape[1] == 2 + 2 * 8 + 2 * 32 + 4
     assert set(grid.fold_table(work)["model"]) == set(MODELS)
 
 

@@ -15,7 +15,7 @@ from prrt_utils.models import PAPER_MODEL_KEYS, load_registry
 
 def test_model_keys_are_the_registry_keys_in_table_2_order():
     registry = load_registry()
-    assert set(paper.MODEL_KEYS) == set(registry)
+    assert tuple(registry)[:7] == paper.MODEL_KEYS  # then the baselines, which the paper does not have
     assert paper.MODEL_KEYS == PAPER_MODEL_KEYS
     assert list(paper.DISPLAY_NAMES) == list(paper.MODEL_KEYS)
 
