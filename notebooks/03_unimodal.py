@@ -42,12 +42,13 @@ setup_notebook(data_dir)
 from IPython.display import display
 
 from prrt_utils import grid, metrics
+from prrt_utils.cohort import read_cohort
 
 names, paper = metrics.paper_reference()
 predictions = grid.read_results(work_dir, models)
 results = metrics.evaluate(predictions, order=models)
 truth = metrics.read_truth(data_dir)
-ceiling = metrics.bayes_ceiling(predictions, truth) if truth is not None else None
+ceiling = metrics.truth_ceilings(predictions, truth, read_cohort(work_dir)) if truth is not None else None
 
 # %% [markdown]
 # ## Results

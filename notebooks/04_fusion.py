@@ -42,6 +42,7 @@ setup_notebook(data_dir)
 from IPython.display import Markdown, display
 
 from prrt_utils import grid, metrics
+from prrt_utils.cohort import read_cohort
 from prrt_utils.models import get_spec
 
 names, paper = metrics.paper_reference()
@@ -49,7 +50,7 @@ predictions = grid.read_results(work_dir, models)
 results = metrics.evaluate(predictions, order=models)
 with_baseline = metrics.evaluate(grid.read_results(work_dir, [baseline, *models]), order=[baseline, *models])
 truth = metrics.read_truth(data_dir)
-ceiling = metrics.bayes_ceiling(predictions, truth) if truth is not None else None
+ceiling = metrics.truth_ceilings(predictions, truth, read_cohort(work_dir)) if truth is not None else None
 
 # %% [markdown]
 # ## Was the CT branch pretrained?
@@ -167,6 +168,10 @@ if ceiling is None:
     print(f"No ground truth in {data_dir}: a real cohort has no Bayes ceiling.")
 else:
     display(metrics.versus_ceiling(with_baseline, ceiling))
+    display(Markdown("The ceilings, each a logistic regression on the true values of an input family fitted on "
+                     "the training part of every fold (labs; image truth: log tumour volume, log receptor ratio, "
+                     "hepatic fraction; both), and the true probability (Bayes):"))
+    display(ceiling.table())
 
 # %% [markdown]
 # ## Summary

@@ -51,6 +51,7 @@ import pandas as pd
 from IPython.display import Markdown, display
 
 from prrt_utils import explain, grid, metrics, stats
+from prrt_utils.cohort import read_cohort
 
 names, paper = metrics.paper_reference()
 models = list(models) or explain.available_models(work_dir)
@@ -58,7 +59,7 @@ predictions = grid.read_results(work_dir, models)
 results = metrics.evaluate(predictions, order=models)
 fold_metrics = results.fold_metrics
 truth = metrics.read_truth(data_dir)
-ceiling = metrics.bayes_ceiling(predictions, truth) if truth is not None else None
+ceiling = metrics.truth_ceilings(predictions, truth, read_cohort(work_dir)) if truth is not None else None
 fusion = explain.fusion_models(models)
 best_fusion = explain.best_model(fold_metrics, fusion or models)
 display(Markdown(f"Models: {', '.join(names.get(m, m) for m in models)}. Best "

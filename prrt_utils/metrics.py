@@ -62,6 +62,7 @@ __all__ = [
     "paper_reference",
     "pr_curves",
     "read_truth",
+    "truth_ceilings",
     "roc_curves",
     "side_by_side",
     "versus_ceiling",
@@ -366,6 +367,51 @@ def bayes_ceiling(predictions: pd.DataFrame, truth: pd.DataFrame, model: str | N
     return evaluate(ceiling, threshold)
 
 
+CEILING_MODELS = {"labs": "ceiling_labs", "image": "ceiling_image", "labs+image": "ceiling_labs_image"}
+"""Names of the truth-based ceilings of :func:`truth_ceilings`, by input family."""
+
+
+def truth_ceilings(predictions: pd.DataFrame, truth: pd.DataFrame, clinical: pd.DataFrame,
+                   threshold: float = 0.5) -> ModelResults:
+    """What each input family can reach on THIS cohort and these folds, and the Bayes ceiling.
+
+    For every fold, a logistic regression (scikit-learn, standardised inputs) is
+    fitted on the fold's training patients and scored on its test patients, on
+    the recorded labs, on the image truth (log tumour volume, log receptor
+    ratio, hepatic fraction: what an ideal reader of the PET/CT measures), and
+    on both (:data:`prrt_utils.synth.CEILING_FAMILIES`); plus the true
+    probability (:func:`bayes_ceiling`). A model is read against the ceiling of
+    the inputs it sees: 116 patients limit even a model given the truth.
+    Results are named by :data:`CEILING_MODELS` and ``"bayes_ceiling"``.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from prrt_utils.synth import CEILING_FAMILIES, ceiling_features
+
+    _check(predictions)
+    first = predictions["model"].iloc[0]
+    src = predictions[predictions["model"] == first][["repeat", "fold", "patient_id", "y_true"]]
+    feats = ceiling_features(clinical.assign(patient_id=clinical["patient_id"].astype(str)),
+                             truth.assign(patient_id=truth["patient_id"].astype(str)))
+    missing = sorted(set(src["patient_id"]) - set(feats.index))
+    if missing:
+        raise MetricsError(f"patient {missing[0]} has no ground truth ({len(missing)} missing)")
+    parts = []
+    for (repeat, fold), test in src.groupby(["repeat", "fold"]):
+        train = src[(src["repeat"] == repeat) & (src["fold"] != fold)]
+        for family, name in CEILING_MODELS.items():
+            cols = list(CEILING_FAMILIES[family])
+            model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
+            model.fit(feats.loc[train["patient_id"], cols].to_numpy(), train["y_true"].to_numpy())
+            prob = model.predict_proba(feats.loc[test["patient_id"], cols].to_numpy())[:, 1]
+            parts.append(test.assign(model=name, prob=prob))
+    p = truth.set_index(truth["patient_id"].astype(str))["p_short_bayes"]
+    parts.append(src.assign(model="bayes_ceiling", prob=src["patient_id"].map(p).to_numpy(dtype=float)))
+    return evaluate(pd.concat(parts, ignore_index=True), threshold, order=[*CEILING_MODELS.values(), "bayes_ceiling"])
+
+
 def side_by_side(ours: ModelResults, paper: pd.DataFrame, names: dict[str, str] | None = None,
                  digits: int = 2) -> pd.DataFrame:
     """Our mean ± SE beside the paper's Table 2 (real cohort), one row per model.
@@ -402,19 +448,38 @@ def side_by_side(ours: ModelResults, paper: pd.DataFrame, names: dict[str, str] 
     return pd.DataFrame(rows)
 
 
+def _family(model: str) -> str | None:
+    """The input family of a registry model (``labs``, ``image``, ``labs+image``), or None if unknown."""
+    from prrt_utils.models import ModelError, get_spec
+
+    try:
+        spec = get_spec(model)
+    except ModelError:
+        return None
+    images = bool(spec.image_inputs)
+    return "labs+image" if images and spec.uses_labs else ("image" if images else "labs")
+
+
 def versus_ceiling(results: ModelResults, ceiling: ModelResults, metric: str = "auroc", digits: int = 2) -> pd.DataFrame:
-    """Each model's AUROC beside the Bayes ceiling on the same folds, and the share of the way from chance.
+    """Each model's AUROC beside the ceiling of the inputs it sees and the Bayes ceiling, on the same folds.
 
     ``share of achievable = (model - 0.5) / (ceiling - 0.5)``: 0 is chance, 1 the
-    best any model could do on this cohort (AUROC; 0.5 is chance).
+    best any model could do on this cohort (AUROC; 0.5 is chance). With the
+    family ceilings of :func:`truth_ceilings` in ``ceiling``, each model is also
+    set beside the logistic regression on the true values of what it sees.
     """
     c = ceiling.get("bayes_ceiling", metric)
     rows = []
     for model in results.models:
         s = results.get(model, metric)
-        rows.append({"model": model, f"{metric} (mean ± SE)": s.format(digits),
-                     f"Bayes ceiling {metric}": c.format(digits),
-                     "share of achievable": (s.mean - 0.5) / (c.mean - 0.5) if c.mean != 0.5 else math.nan})
+        row = {"model": model, f"{metric} (mean ± SE)": s.format(digits)}
+        family = _family(model)
+        if family is not None and CEILING_MODELS[family] in ceiling.models:
+            f = ceiling.get(CEILING_MODELS[family], metric)
+            row[f"ceiling of its inputs ({family}, true values)"] = f.format(digits)
+        row[f"Bayes ceiling {metric}"] = c.format(digits)
+        row["share of achievable"] = (s.mean - 0.5) / (c.mean - 0.5) if c.mean != 0.5 else math.nan
+        rows.append(row)
     return pd.DataFrame(rows)
 
 

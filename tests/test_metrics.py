@@ -7,7 +7,9 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.metrics import roc_auc_score
 
+from prrt_utils import metrics
 from prrt_utils.metrics import (
     MetricsError,
     bayes_ceiling,
@@ -140,3 +142,31 @@ def test_models_keep_the_order_asked_for():
     pred = pd.concat([predictions(model="z"), predictions(model="a", seed=1)])
     res = evaluate(pred, order=["z", "a"])
     assert res.models == ["z", "a"] and list(res.fold_metrics["model"].unique()) == ["z", "a"]
+
+
+def test_truth_ceilings_fit_on_each_training_part_and_score_the_true_probability_like_a_model():
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from prrt_utils.folds import make_folds
+    from prrt_utils.synth import CEILING_FAMILIES, SynthConfig, ceiling_features, sample_cohort
+
+    c = sample_cohort(SynthConfig(n_patients=90, seed=4))
+    cohort = c.clinical.assign(pfs_short=(c.clinical["pfs_months"] <= 12).astype(int))
+    folds = make_folds(cohort, n_repeats=2)
+    test = folds[folds["split"] == "test"].merge(cohort[["patient_id", "pfs_short"]], on="patient_id")
+    preds = test.assign(model="m", y_true=test["pfs_short"], prob=0.5)[["model", "repeat", "fold", "patient_id", "y_true", "prob"]]
+    out = metrics.truth_ceilings(preds, c.truth, c.clinical)
+    assert out.models == ["ceiling_labs", "ceiling_image", "ceiling_labs_image", "bayes_ceiling"]
+    assert out.get("bayes_ceiling").mean == pytest.approx(metrics.bayes_ceiling(preds, c.truth).get("bayes_ceiling").mean)
+    # one fold by hand: fitted on the other two folds of its repeat, never on its own patients
+    feats = ceiling_features(c.clinical, c.truth)
+    y = cohort.set_index("patient_id")["pfs_short"]
+    te = test[(test["repeat"] == 1) & (test["fold"] == 2)]["patient_id"]
+    tr = test[(test["repeat"] == 1) & (test["fold"] != 2)]["patient_id"]
+    cols = list(CEILING_FAMILIES["image"])
+    lr = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)).fit(feats.loc[tr, cols], y[tr])
+    expect = roc_auc_score(y[te], lr.predict_proba(feats.loc[te, cols])[:, 1])
+    got = out.fold_metrics.query("model == 'ceiling_image' and repeat == 1 and fold == 2")["auroc"].item()
+    assert got == pytest.approx(expect)
