@@ -148,9 +148,10 @@ class BookConfig(Config):
     def model_keys(self) -> tuple[str, ...]:
         if self.models:
             return self.models
+        from prrt_utils.models import BASELINE_KEYS
         from prrt_utils.paper import MODEL_KEYS
 
-        return tuple(MODEL_KEYS)
+        return (*MODEL_KEYS, *BASELINE_KEYS)
 
     def parameters(self) -> dict[str, Any]:
         """Values offered to every notebook; each takes those its ``parameters`` cell declares."""

@@ -82,6 +82,7 @@ __all__ = [
     "INPUT_ORDER",
     "LAB_COLUMNS",
     "PAPER_MODEL_KEYS",
+    "BASELINE_KEYS",
     "ConvEncoder",
     "FusionHead",
     "FusionNet",
@@ -114,6 +115,9 @@ IMG_SIZE: tuple[int, int, int] = (75, 50, 50)
 
 PAPER_MODEL_KEYS: tuple[str, ...] = MODEL_KEYS
 """The seven models of the paper in the order of its Table 2 (from :mod:`prrt_utils.paper`)."""
+
+BASELINE_KEYS: tuple[str, ...] = ("lr_labs", "radiomics_lr")
+"""Baselines beside the paper's seven (``models/*.yaml``): logistic regressions on the labs and on PET radiomics."""
 
 KINDS = ("random_forest", "logistic", "cnn")
 ENCODERS = ("convnet", "resnet10", "segresnet")

@@ -242,8 +242,8 @@ class SynthConfig(Config):
     lesion_suv_range: tuple[float, float] = (8.0, 80.0)
     # --- laboratory values
     cga_median_ug_l: float = 400.0
-    cga_per_log_burden: float = 0.9
-    cga_per_biology: float = 0.6
+    cga_per_log_burden: float = 0.6
+    cga_per_biology: float = 0.55
     cga_log_sd: float = 0.6
     ggt_median_u_l: float = 58.0
     ggt_per_log_hepatic: float = 0.4
@@ -255,7 +255,7 @@ class SynthConfig(Config):
     # --- PFS model: additive log-risk (per SD of log burden and log SSTR ratio, per unit of
     # hepatic fraction and of the hidden biology) and Weibull
     beta_burden: float = 0.22
-    beta_sstr: float = 0.26
+    beta_sstr: float = 0.32
     beta_hepatic: float = 0.5
     beta_biology: float = 0.45
     hepatic_fraction_centre: float = 0.35
