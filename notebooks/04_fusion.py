@@ -18,7 +18,9 @@
 # Four models combine images with laboratory values (paper section 2.5): PET + labs, CT + labs,
 # PET + CT + labs, and PET + CT + labs whose CT branch starts from a pretrained network. Each image
 # branch becomes an embedding, the four standardised laboratory values are appended, and a 3-layer
-# MLP gives the probability of short PFS. This chapter reads their stored cross-validated
+# MLP, beside a direct linear path for the laboratory values, gives the probability of short PFS.
+# The network starts as the logistic regression of the labs fitted on the training part, so what
+# it learns beyond that is what the images add. This chapter reads their stored cross-validated
 # predictions (it never trains) and shows
 #
 # * AUROC, AUPRC and accuracy per fold and as mean ± standard error over the 5 repeats;
