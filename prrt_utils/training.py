@@ -18,7 +18,7 @@ control (a separate cohort whose outcome the images determine), and is stated
 on the book's training page. ``TrainConfig.paper()`` is the paper's literal
 recipe (section 2.5: Adam, learning rate 0.01, weight decay 0.2, dropout 0.1,
 binary cross-entropy; the paper gives no number of epochs: 8), kept as a named
-profile; on our data it does not learn (the training page shows it).
+profile; on the earlier twin it shrank the networks to a nearly constant output.
 
 Determinism: every fold seeds Python, NumPy and torch from a seed derived from
 (global seed, repeat, fold, model name) (:func:`fold_seed`) and runs with
@@ -110,7 +110,7 @@ class TrainConfig(Config):
         0.01 and 0.01 by default (chosen on the positive control, a separate
         cohort, never on the twin's folds: at 0.001 the PET-only network had
         not converged after 60 epochs there, mean AUROC 0.77 vs 0.82 at
-        0.01); the paper's 0.01 and 0.2 (as an L2 penalty) in :meth:`paper`.
+        0.01, 2 repeats, before the organ margin); the paper's 0.01 and 0.2 (as an L2 penalty) in :meth:`paper`.
     dropout : float
         Dropout probability of models whose spec leaves ``dropout_prob`` empty, 0.1 (paper).
     loss : {"bce"}
