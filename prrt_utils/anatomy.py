@@ -37,7 +37,9 @@ __all__ = [
     "AnatomyError",
     "find_labels",
     "label_lookup",
+    "label_map_path",
     "labels_on_grid",
+    "load_organs",
     "liver_reference",
     "organs_on_grid",
     "pet_relative",
@@ -106,6 +108,21 @@ def find_labels(data_dir: str | Path, labels_dir: str | Path = "") -> tuple[Path
         return own, tuple(json.loads(codes.read_text())) if codes.is_file() else None
     synthetic = Path(data_dir) / "ground_truth" / "labels"
     return (synthetic, None) if synthetic.is_dir() else (None, None)
+
+
+def label_map_path(labels_dir: str | Path, patient_id: str) -> Path | None:
+    """``<labels_dir>/<patient_id>.nii.gz`` (or ``.nii``) if it exists, else ``None``."""
+    found = [p for p in (Path(labels_dir) / f"{patient_id}.nii.gz", Path(labels_dir) / f"{patient_id}.nii") if p.is_file()]
+    return found[0] if found else None
+
+
+def load_organs(path: str | Path, label_map: Sequence[str], grid_affine: np.ndarray, shape: Sequence[int],
+                patient_id: str) -> np.ndarray:
+    """The ``organs`` array of the label map at ``path`` on a preprocessed grid (:func:`organs_on_grid`)."""
+    from prrt_utils.loading import load_label_map
+
+    labels, affine = load_label_map(path, patient_id)
+    return organs_on_grid(labels, affine, grid_affine, shape, label_lookup(label_map), patient_id)
 
 
 def labels_on_grid(labels: np.ndarray, affine: np.ndarray, grid_affine: np.ndarray,

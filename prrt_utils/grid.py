@@ -164,7 +164,7 @@ def prepare_inputs(work_dir: str | Path, cohort: pd.DataFrame, modalities: Seque
             target = cache / "volumes" / f"{m}_{key}.npy"
             if target.exists():
                 continue
-            arr = np.ascontiguousarray(vols[m], dtype=np.float32)
+            arr = np.ascontiguousarray(vols[m], dtype=np.uint8 if m == "organs" else np.float32)
             if arr.shape[0] != len(ids) or arr.ndim != 5:
                 raise GridError(f"load_volumes returned {m} of shape {arr.shape} for {len(ids)} patients")
             with store.atomic_path(target) as tmp, open(tmp, "wb") as fh:

@@ -21,9 +21,13 @@ Networks
   ``(75, 50, 50)`` volume it is the cheapest way to reach a receptive field
   of lesion size, and it makes the CPU protocol fit in minutes (see
   ``bench/bench_models.py``).
+* PET branch (:class:`UptakeCountEncoder`, issue 14): learned thresholds in
+  multiples of the liver, counted over the body; ``pet_encoder: convnet``
+  gives PET the CT branch's kind of encoder instead.
 * Embedding: the paper flattens the encoder output. We pool globally by
-  default (``pooling="avgmax"``: global average and global max pooling,
-  concatenated) and keep ``"flatten"`` as an option. Why: with about 77
+  default (``pooling="logavgmax"``: the log of the global average, so that a
+  volume's relative changes become steps of ordinary size, and the global
+  maximum, concatenated) and keep ``"avgmax"`` and ``"flatten"`` as options. Why: with about 77
   training patients a flattened map gives thousands of position-specific
   features that the head memorises, and the four lab values drown among
   them; pooled features are translation invariant (a liver lesion counts the
@@ -63,11 +67,11 @@ A path that does not exist is an error, never a silent fallback.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -467,8 +471,9 @@ class UptakeCountEncoder(nn.Module):
     187,500 voxels (issue 14).
 
     Written by hand for speed: only voxels above ``floor`` (half the liver)
-    enter the computation, about 2 % of a whole-body volume, which makes a
-    fold about 50 times cheaper than the dense form on a CPU. Voxels below the
+    enter the computation, a few per cent of a whole-body volume. Measured on
+    the CPU, forward and backward of a batch of 16: 0.047 s, against 0.52 s
+    for the dense broadcast form and 0.92 s for ``conv3d`` with a 1x1x1 kernel. Voxels below the
     floor would contribute only while a learned threshold fell below half the
     liver; they are treated as zero (a stated property of the network, not an
     approximation that changes with the data). Gradients reach every voxel
@@ -487,7 +492,7 @@ class UptakeCountEncoder(nn.Module):
         t = torch.log1p(torch.as_tensor([float(v) for v in thresholds], dtype=torch.float32))
         self.weight = nn.Parameter(torch.ones(len(t)))
         self.bias = nn.Parameter(-t)
-        self.floor = float(np.log1p(floor))
+        self.floor = math.log1p(floor)
         self.out_features = 2 * len(t)
         # the log-means lie near log(1e-4) = -9.2 and the maxima near 1-3: batch norm puts both on the unit
         # scale that the head's initialisation assumes (running statistics in evaluation)

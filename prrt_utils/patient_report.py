@@ -109,18 +109,13 @@ def _patient_organs(folder: Path, pre: Any) -> np.ndarray | None:
     ``DATA/imaging/<id>/`` -> ``DATA/ct_labels/<id>.nii[.gz]`` (with ``codes.json``) or the synthetic
     ``DATA/ground_truth/labels/<id>.nii.gz``; None when there is none.
     """
-    from prrt_utils.anatomy import SYNTHETIC_LABEL_MAP, find_labels, label_lookup, organs_on_grid
-    from prrt_utils.loading import load_label_map
+    from prrt_utils.anatomy import SYNTHETIC_LABEL_MAP, find_labels, label_map_path, load_organs
 
     labels_dir, codes = find_labels(folder.resolve().parent.parent)
-    if labels_dir is None:
+    found = label_map_path(labels_dir, folder.name) if labels_dir is not None else None
+    if found is None:
         return None
-    found = [p for p in (labels_dir / f"{folder.name}.nii.gz", labels_dir / f"{folder.name}.nii") if p.is_file()]
-    if not found:
-        return None
-    lab, affine = load_label_map(found[0], "new patient")
-    return organs_on_grid(lab, affine, pre.grid.affine, pre.pet.shape, label_lookup(codes or SYNTHETIC_LABEL_MAP),
-                          "new patient")
+    return load_organs(found, codes or SYNTHETIC_LABEL_MAP, pre.grid.affine, pre.pet.shape, "new patient")
 
 
 def predict_patient(pkg: ModelPackage, folder: str | Path, labs: dict[str, float]) -> PatientPrediction:

@@ -94,12 +94,12 @@ from prrt_utils.anatomy import (
     SYNTHETIC_LABEL_MAP,
     AnatomyError,
     find_labels,
-    label_lookup,
+    label_map_path,
     liver_reference,
-    organs_on_grid,
+    load_organs,
 )
 from prrt_utils.config import Config
-from prrt_utils.loading import InputError, PatientImages, Volume, load_label_map, load_patient
+from prrt_utils.loading import InputError, PatientImages, Volume, load_patient
 
 __all__ = [
     "HarmonisationSummary",
@@ -614,10 +614,8 @@ def _organs(pid: str, labels: tuple[str, tuple[str, ...]] | None, result: Prepro
     """The patient's organ masks on the preprocessed grid (:mod:`prrt_utils.anatomy`), or None without a label map."""
     if labels is None:
         return None
-    path, label_map = labels
-    lab, affine = load_label_map(path, pid)
     try:
-        return organs_on_grid(lab, affine, result.grid.affine, result.pet.shape, label_lookup(label_map), pid)
+        return load_organs(labels[0], labels[1], result.grid.affine, result.pet.shape, pid)
     except AnatomyError as exc:
         raise InputError(pid, str(exc).removeprefix(f"patient {pid}: ")) from None
 
@@ -786,12 +784,11 @@ def run_preprocessing(
             continue
         input_hash = store.sha256_tree(folder)
         labels = None
-        if labels_dir is not None:
-            found = [p for p in (labels_dir / f"{pid}.nii.gz", labels_dir / f"{pid}.nii") if p.is_file()]
-            if found:  # the label map and its description are inputs too
-                labels = (str(found[0]), tuple(label_map))
-                input_hash = hashlib.sha256(
-                    f"{input_hash}:{store.sha256_file(found[0])}:{json.dumps(list(label_map))}".encode()).hexdigest()
+        found = label_map_path(labels_dir, pid) if labels_dir is not None else None
+        if found is not None:  # the label map and its description are inputs too
+            labels = (str(found), tuple(label_map))
+            input_hash = hashlib.sha256(
+                f"{input_hash}:{store.sha256_file(found)}:{json.dumps(list(label_map))}".encode()).hexdigest()
         hit = _cached(out, pid, input_hash, cfg)
         if hit is not None:
             records[pid] = hit
@@ -866,7 +863,7 @@ def load_volumes(work_dir: str | Path, patient_ids: Sequence[str]) -> dict[str, 
         raise PreprocessError(f"{path} not found: run the preprocessing stage first")
     index = pd.read_csv(path, dtype={"patient_id": str}, keep_default_na=False).set_index("patient_id")
     vols: dict[str, list[np.ndarray]] = {"pet": [], "ct": []}
-    organs: list[np.ndarray] | None = []
+    organs: list[np.ndarray | None] = []
     for pid in patient_ids:
         if pid not in index.index:
             raise PreprocessError(f"patient {pid}: not in {path}")
@@ -876,12 +873,11 @@ def load_volumes(work_dir: str | Path, patient_ids: Sequence[str]) -> dict[str, 
         with np.load(out / row["file"]) as z:
             for m in vols:
                 vols[m].append(np.asarray(z[m], dtype=np.float32)[None])
-            if organs is not None:
-                organs = organs + [np.asarray(z["organs"], dtype=np.uint8)[None]] if "organs" in z.files else None
+            organs.append(np.asarray(z["organs"], dtype=np.uint8)[None] if "organs" in z.files else None)
     if not vols["pet"]:
         return {m: np.zeros((0, 1, 75, 50, 50), np.float32) for m in vols}
     result = {m: np.stack(v) for m, v in vols.items()}
-    if organs:  # only when every patient has them: a model never mixes referenced and raw PET
+    if all(o is not None for o in organs):  # only when every patient has them: never mixed referenced and raw PET
         result["organs"] = np.stack(organs)
     return result
 

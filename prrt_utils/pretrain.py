@@ -59,6 +59,7 @@ from prrt_utils.anatomy import (
     AnatomyError,
     find_labels,
     label_lookup,
+    label_map_path,
     labels_on_grid,
 )
 from prrt_utils.config import SEED, Config
@@ -250,13 +251,13 @@ def _inputs(cfg: PretrainConfig, work_dir: Path, labels_dir: Path) -> tuple[list
         if row.status != "ok":
             skipped.append((row.patient_id, "no preprocessed images"))
             continue
-        found = [p for p in (labels_dir / f"{row.patient_id}.nii.gz", labels_dir / f"{row.patient_id}.nii") if p.is_file()]
-        if not found:
+        found = label_map_path(labels_dir, row.patient_id)
+        if found is None:
             skipped.append((row.patient_id, "no label map"))
             continue
         ids.append(row.patient_id)
         volumes.append(work_dir / "preprocessed" / row.file)
-        maps.append(found[0])
+        maps.append(found)
     return ids, volumes, maps, pd.DataFrame(skipped, columns=["patient_id", "reason"])
 
 

@@ -282,7 +282,7 @@ class CohortData:
     labs: np.ndarray
     volumes: Mapping[str, np.ndarray] = dataclasses.field(default_factory=dict)
     lab_columns: tuple[str, ...] = LAB_COLUMNS
-    _clipped: dict[tuple[Any, ...], np.ndarray] = dataclasses.field(
+    _cache: dict[tuple[Any, ...], np.ndarray] = dataclasses.field(
         default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -318,9 +318,9 @@ class CohortData:
         if modality not in self.volumes:
             raise TrainingError(f"{modality} volumes were not loaded")
         key = (modality, normaliser.pet_clip_suv, tuple(normaliser.ct_window_hu), normaliser.pet_reference)
-        if key not in self._clipped:
-            self._clipped[key] = normaliser.clip(modality, self.volumes[modality], self.volumes.get("organs"))
-        return self._clipped[key]
+        if key not in self._cache:
+            self._cache[key] = normaliser.clip(modality, self.volumes[modality], self.volumes.get("organs"))
+        return self._cache[key]
 
     def radiomics(self) -> np.ndarray:
         """``(N, F)`` PET radiomics features (:mod:`prrt_utils.radiomics`) of every patient, computed once.
@@ -330,7 +330,7 @@ class CohortData:
         from prrt_utils.radiomics import RadiomicsError, radiomics_table
 
         key = ("radiomics",)
-        if key not in self._clipped:
+        if key not in self._cache:
             if "pet" not in self.volumes:
                 raise TrainingError("PET volumes were not loaded (the radiomics features need them)")
             try:
@@ -339,8 +339,8 @@ class CohortData:
                                         self.patient_ids)
             except RadiomicsError as exc:
                 raise TrainingError(str(exc)) from None
-            self._clipped[key] = table.to_numpy(dtype=float)
-        return self._clipped[key]
+            self._cache[key] = table.to_numpy(dtype=float)
+        return self._cache[key]
 
     def features(self, spec: ModelSpec, rows: np.ndarray, lab_scaler: LabScaler) -> np.ndarray:
         """Inputs of a tabular model (forest, logistic): standardised log-labs and/or PET radiomics, ``(n, F)``."""

@@ -237,3 +237,23 @@ def test_two_augmented_runs_give_identical_predictions_on_cpu(signal):
     a = train_fold(REG["pet_fusion"], cfg, signal, train, test, 0, 2)
     b = train_fold(REG["pet_fusion"], cfg, signal, train, test, 0, 2)
     pd.testing.assert_frame_equal(a.predictions, b.predictions)
+
+
+def test_a_fusion_network_starts_as_the_logistic_regression_of_its_training_labs(signal):
+    from sklearn.linear_model import LogisticRegression
+
+    from prrt_utils.models import build_network
+    from prrt_utils.training import _warm_start_lab_path
+
+    spec = REG["pet_fusion"]
+    rows = np.arange(40)
+    scaler = LabScaler().fit(signal.labs[rows])
+    labs = scaler.transform(signal.labs[rows])
+    net = build_network(spec, img_size=signal.volumes["pet"].shape[2:]).eval()
+    _warm_start_lab_path(net, labs, signal.y[rows])
+    lr = LogisticRegression(C=1.0, max_iter=1000).fit(labs, signal.y[rows])
+    pet = torch.from_numpy(np.log1p(signal.volumes["pet"][rows]))
+    with torch.no_grad():
+        logit = net(pet, torch.from_numpy(labs)).numpy()
+    # whatever the image shows, the untrained image path adds nothing: the logit is the regression's
+    assert np.allclose(logit, lr.decision_function(labs), atol=1e-4)
