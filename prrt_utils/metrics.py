@@ -474,9 +474,10 @@ def versus_ceiling(results: ModelResults, ceiling: ModelResults, metric: str = "
         s = results.get(model, metric)
         row = {"model": model, f"{metric} (mean ± SE)": s.format(digits)}
         family = _family(model)
-        if family is not None and CEILING_MODELS[family] in ceiling.models:
-            f = ceiling.get(CEILING_MODELS[family], metric)
-            row[f"ceiling of its inputs ({family}, true values)"] = f.format(digits)
+        if any(name in ceiling.models for name in CEILING_MODELS.values()):  # one column, the family in words
+            known = family is not None and CEILING_MODELS[family] in ceiling.models
+            row["ceiling of what it sees (true values)"] = (
+                f"{ceiling.get(CEILING_MODELS[family], metric).format(digits)} ({family})" if known else "")
         row[f"Bayes ceiling {metric}"] = c.format(digits)
         row["share of achievable"] = (s.mean - 0.5) / (c.mean - 0.5) if c.mean != 0.5 else math.nan
         rows.append(row)

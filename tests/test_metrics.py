@@ -170,3 +170,21 @@ def test_truth_ceilings_fit_on_each_training_part_and_score_the_true_probability
     expect = roc_auc_score(y[te], lr.predict_proba(feats.loc[te, cols])[:, 1])
     got = out.fold_metrics.query("model == 'ceiling_image' and repeat == 1 and fold == 2")["auroc"].item()
     assert got == pytest.approx(expect)
+
+
+def test_each_model_is_set_beside_the_ceiling_of_the_inputs_it_sees():
+    from prrt_utils.folds import make_folds
+    from prrt_utils.synth import SynthConfig, sample_cohort
+
+    c = sample_cohort(SynthConfig(n_patients=60, seed=2))
+    cohort = c.clinical.assign(pfs_short=(c.clinical["pfs_months"] <= 12).astype(int))
+    folds = make_folds(cohort, n_repeats=2)
+    test = folds[folds["split"] == "test"].merge(cohort[["patient_id", "pfs_short"]], on="patient_id")
+    base = test.assign(y_true=test["pfs_short"], prob=np.linspace(0, 1, len(test)))
+    preds = pd.concat([base.assign(model=m) for m in ("rf_labs", "pet_only", "pet_fusion")])
+    cols = ["model", "repeat", "fold", "patient_id", "y_true", "prob"]
+    ceiling = metrics.truth_ceilings(preds[cols], c.truth, c.clinical)
+    table = metrics.versus_ceiling(evaluate(preds[cols]), ceiling).set_index("model")["ceiling of what it sees (true values)"]
+    for model, name, family in (("rf_labs", "ceiling_labs", "labs"), ("pet_only", "ceiling_image", "image"),
+                                ("pet_fusion", "ceiling_labs_image", "labs+image")):
+        assert table[model] == f"{ceiling.get(name).format(2)} ({family})"
