@@ -84,9 +84,12 @@ display(Markdown(
 # Counts are given with the percentage of their column; measurements as median (smallest –
 # largest value). Each count row has its own Fisher test of "patients with this value vs all
 # others" between the two groups, which is how the paper's p-values were obtained (we recomputed
-# every one of them from its counts). A p-value says how surprising a difference this large would
-# be if the groups did not differ at all; with some 30 rows, a few values below 0.05 are expected
-# by chance alone.
+# every one of them from its counts). A reviewer asks one question per variable instead ("does the
+# primary site differ between the groups at all?"), so `p (variable)` adds that test on each
+# variable's first row: the exact Fisher-Freeman-Halton test of all its levels for a categorical
+# variable, the same Mann-Whitney U for a measurement. A p-value says how surprising a difference
+# this large would be if the groups did not differ at all; with some 30 rows, a few values below
+# 0.05 are expected by chance alone.
 
 # %%
 ours = cohort.table1(classified, threshold=thr, p_as_text=True)
@@ -120,7 +123,10 @@ display(Markdown("\n".join(f"* {d}" for d in paper.PAPER_DISCREPANCIES)))
 #
 # The Kaplan-Meier curve gives, at each month, the share of patients still free of progression,
 # with its 95 % confidence band. The dashed red line marks the 12-month split; the numbers under
-# the plot are the patients still at risk. Circles mark our median and quartiles, grey crosses the
+# the plot are the patients still at risk. The median and quartiles follow R's survival package:
+# the first time the curve is at or below 0.5 (0.75, 0.25), or the middle of the stretch where it
+# is flat at exactly that level, so that without censoring they are the usual sample median and
+# quartiles (at 116 patients the median is the mean of the 58th and 59th shortest PFS). Circles mark our median and quartiles, grey crosses the
 # paper's (real cohort).
 
 # %%

@@ -63,9 +63,11 @@ __all__ = [
     "KMResult",
     "build_cohort",
     "cohort_summary",
+    "fisher_freeman_halton",
     "format_p",
     "kaplan_meier",
     "km_figure",
+    "km_quantile",
     "load_clinical",
     "read_cohort",
     "read_exclusions",
@@ -568,6 +570,62 @@ def format_p(p: float) -> str:
     return "< 0.001" if p < 0.001 else f"{p:.3f}"
 
 
+FFH_MAX_TABLES = 20_000_000
+"""Above this many tables with the observed margins, :func:`fisher_freeman_halton` refuses to enumerate."""
+
+
+def fisher_freeman_halton(table: Any) -> float:
+    """Exact Fisher-Freeman-Halton test of a k x 2 table (levels x short / long PFS): the p-value.
+
+    Under independence with both margins fixed, the first column is
+    multivariate hypergeometric: ``P(a) = prod_i C(r_i, a_i) / C(N, n_1)``.
+    The p-value is the total probability of every table no more probable
+    than the observed one (relative tolerance 1e-7, as R's ``fisher.test``).
+    Every table is enumerated (row by row, vectorised); for k = 2 it equals
+    scipy's two-sided Fisher exact test. Written by hand: scipy's
+    ``fisher_exact`` gives r x c tables only by Monte Carlo or by permuting
+    all N patients, and no maintained Python library gives the exact test.
+
+    Parameters
+    ----------
+    table : array-like of int, shape (k, 2)
+        Counts; rows with no patient are dropped.
+
+    Returns
+    -------
+    float
+        p in [0, 1]; 1.0 when fewer than two rows or one column total is 0.
+    """
+    from scipy.special import gammaln
+
+    t = np.asarray(table, dtype=np.int64)
+    if t.ndim != 2 or t.shape[1] != 2 or (t < 0).any():
+        raise CohortError(f"fisher_freeman_halton: needs a k x 2 table of non-negative counts, got {t.tolist()}")
+    t = t[t.sum(axis=1) > 0]
+    rows, n1 = t.sum(axis=1), int(t[:, 0].sum())
+    if len(t) < 2 or n1 == 0 or n1 == int(rows.sum()):
+        return 1.0
+    if float(np.prod(np.minimum(rows, n1) + 1.0)) > FFH_MAX_TABLES:
+        raise CohortError(f"fisher_freeman_halton: too many tables to enumerate for margins {rows.tolist()}")
+
+    def log_choose(n: Any, k: Any) -> Any:
+        return gammaln(n + 1) - gammaln(k + 1) - gammaln(n - k + 1)
+
+    total, logp = np.zeros(1, np.int64), np.zeros(1)
+    remaining = int(rows.sum())
+    for r in rows:
+        remaining -= int(r)
+        a = np.arange(int(r) + 1)
+        total = (total[:, None] + a[None, :]).ravel()
+        logp = (logp[:, None] + log_choose(int(r), a)[None, :]).ravel()
+        ok = (total <= n1) & (total + remaining >= n1)  # the first column's total must stay reachable
+        total, logp = total[ok], logp[ok]
+    logp = logp - log_choose(int(rows.sum()), n1)
+    observed = float(np.sum(log_choose(rows, t[:, 0])) - log_choose(int(rows.sum()), n1))
+    p = float(np.exp(logp[logp <= observed + np.log1p(1e-7)]).sum())
+    return min(p, 1.0)
+
+
 def table1(cohort: pd.DataFrame, threshold: float = 12.0, p_as_text: bool = False) -> pd.DataFrame:
     """Patient characteristics stratified by PFS <= / > ``threshold`` months (paper Table 1).
 
@@ -578,6 +636,12 @@ def table1(cohort: pd.DataFrame, threshold: float = 12.0, p_as_text: bool = Fals
     from its counts). Binary metastasis flags count the patients with the flag.
     Continuous rows: median (min–max) and the two-sided Mann-Whitney U
     (Wilcoxon rank-sum) test (``scipy.stats.mannwhitneyu``, default method).
+    Beside the paper's per-level tests, ``p (variable)`` holds the one test
+    per variable a reviewer expects, on the variable's first row: for a
+    categorical variable the exact Fisher-Freeman-Halton test of all its
+    levels x short / long (:func:`fisher_freeman_halton`; the ``missing``
+    level is left out), for a metastatic site its Fisher test, for a
+    continuous variable its Mann-Whitney U.
     Missing values are left out of medians; a categorical variable with
     missing values gets a ``missing`` row.
 
@@ -595,8 +659,8 @@ def table1(cohort: pd.DataFrame, threshold: float = 12.0, p_as_text: bool = Fals
     -------
     DataFrame
         ``variable, level, Total (n=N), PFS <= 12 mo (n=a), PFS > 12 mo (n=b),
-        p, test`` in the paper's row order; ``p`` is a float (NaN where no test
-        applies); print it with :func:`format_p`.
+        p, test, p (variable), test (variable)`` in the paper's row order; ``p``
+        is a float (NaN where no test applies); print it with :func:`format_p`.
         ``attrs["n_left_out"]`` counts patients left out for an undefined class.
     """
     from scipy.stats import fisher_exact, mannwhitneyu
@@ -673,16 +737,27 @@ def table1(cohort: pd.DataFrame, threshold: float = 12.0, p_as_text: bool = Fals
         else:
             col, levels = cat_rows[variable]
             values = frame[col].astype(object)
-            for code, level in levels.items():
-                categorical(variable, level, (values == code).to_numpy(bool))
-            unexpected = sorted(set(values.dropna()) - set(levels))
-            for code in unexpected:
-                categorical(variable, str(code), (values == code).to_numpy(bool))
+            first = len(rows)
+            codes = [*levels, *sorted(set(values.dropna()) - set(levels))]
+            for code in codes:
+                categorical(variable, levels.get(code, str(code)), (values == code).to_numpy(bool))
             if values.isna().any():
                 categorical(variable, "missing", values.isna().to_numpy(bool))
+            counts = [[int((values[is_short] == c).sum()), int((values[~is_short] == c).sum())] for c in codes]
+            if n_s and n_l:
+                rows[first]["p (variable)"] = fisher_freeman_halton(counts)
+                rows[first]["test (variable)"] = f"Fisher-Freeman-Halton exact ({len(codes)} levels x PFS)"
+    for row in rows:  # a continuous variable and a metastatic site (present or not) have one test already
+        if row["test"] == "Mann-Whitney U":
+            row["p (variable)"], row["test (variable)"] = row["p"], row["test"]
+        elif row["variable"] == "Metastatic sites":
+            row["p (variable)"], row["test (variable)"] = row["p"], "Fisher exact (site present vs absent)"
     table = pd.DataFrame(rows)
+    for col, empty in (("p (variable)", math.nan), ("test (variable)", "")):
+        table[col] = table[col].fillna(empty) if col in table.columns else empty
     if p_as_text:
         table["p"] = table["p"].map(format_p)
+        table["p (variable)"] = table["p (variable)"].map(format_p)
     table.attrs["n_left_out"] = n_left_out
     return table
 
@@ -708,6 +783,10 @@ def table1_side_by_side(ours: pd.DataFrame, paper: pd.DataFrame | None = None) -
     groups = [c for c in ours.columns if c.startswith("PFS ")]
     left = ours[["variable", "level", *groups]].rename(columns={c: f"ours: {c}" for c in groups})
     left["ours: p"] = ours["p"].map(lambda p: p if isinstance(p, str) else format_p(p))
+    if "p (variable)" in ours.columns:
+        left["ours: p, one test per variable"] = ours["p (variable)"].map(
+            lambda p: p if isinstance(p, str) else format_p(p))
+        left["ours: that test"] = ours["test (variable)"]
     n = PAPER_N
     right = paper[["variable", "level", "pfs_short", "pfs_long", "p"]].rename(
         columns={
@@ -772,13 +851,17 @@ class KMResult:
     n, events, censored : int
         Patients, progression events, censored patients.
     median : float
-        Median PFS in months: the first time the KM curve reaches 0.5 or below
-        (lifelines' convention); ``inf`` if it never does.
+        Median PFS in months by :func:`km_quantile` (R survival's rule: the
+        first time the curve is at or below 0.5, or the middle of the flat
+        stretch where it equals 0.5 exactly); ``inf`` if it never reaches 0.5.
     median_ci : tuple of float
         95 % confidence interval of the median (lifelines, exponential Greenwood).
     q1, q3 : float
         Months at which the curve reaches 0.75 (a quarter have progressed)
-        and 0.25 (three quarters have): the interquartile range of PFS.
+        and 0.25 (three quarters have), by the same rule: the interquartile
+        range of PFS. Without censoring they are the sample quartiles of R's
+        survival package (at n = 116: the means of the 29th and 30th, and of
+        the 87th and 88th, shortest PFS).
     method : str
         How the numbers were computed.
     fitter : lifelines.KaplanMeierFitter
@@ -792,7 +875,10 @@ class KMResult:
     median_ci: tuple[float, float]
     q1: float
     q3: float
-    method: str = "Kaplan-Meier (lifelines.KaplanMeierFitter); quartiles by lifelines.utils.qth_survival_time"
+    method: str = (
+        "Kaplan-Meier (lifelines.KaplanMeierFitter); median and quartiles by km_quantile "
+        "(R survival's quantile.survfit rule, tolerance 1.5e-8)"
+    )
     fitter: Any = dataclasses.field(default=None, compare=False, repr=False)
 
     @property
@@ -837,6 +923,50 @@ class KMResult:
         )
 
 
+KM_TOLERANCE = math.sqrt(np.finfo(float).eps)
+"""Survival values within this of a quantile count as equal to it (R survival's ``tolerance``)."""
+
+
+def km_quantile(fitter: Any, p: float, tol: float = KM_TOLERANCE) -> float:
+    """Time at which a Kaplan-Meier curve reaches survival ``p``, by R survival's rule.
+
+    The first time the curve is at or below ``p``; where the curve is flat at
+    exactly ``p`` (within ``tol``), the middle of that flat stretch, which ends
+    at the next drop or, if there is none, at the last observed time
+    (``quantile.survfit`` in R's survival package). Without the tolerance the
+    rounding error of a product of fractions moves a quantile one event late:
+    lifelines gives S = 0.7500000000000001 after 29 of 116 events, so its
+    ``qth_survival_time(0.75)`` is the 30th time, where R reports the mean of
+    the 29th and 30th. Without censoring this rule gives the usual sample
+    median (the mean of the two middle values for an even n). Written by hand:
+    lifelines has no tolerance and no flat-stretch rule.
+
+    Parameters
+    ----------
+    fitter : lifelines.KaplanMeierFitter
+        A fitted estimator.
+    p : float
+        Survival level in (0, 1): 0.5 for the median, 0.75 for the first quartile.
+
+    Returns
+    -------
+    float
+        Months (the fitter's time unit); ``inf`` if the curve never reaches ``p``.
+    """
+    sf = fitter.survival_function_
+    times = sf.index.to_numpy(dtype=float)
+    surv = sf.iloc[:, 0].to_numpy(dtype=float)
+    reached = np.flatnonzero(surv <= p + tol)
+    if reached.size == 0:
+        return math.inf
+    first = reached[0]
+    if abs(surv[first] - p) > tol:
+        return float(times[first])
+    below = np.flatnonzero(surv < p - tol)
+    end = times[below[0]] if below.size else float(np.max(fitter.durations))
+    return float((times[first] + end) / 2.0)
+
+
 def kaplan_meier(cohort: pd.DataFrame, duration: str = "pfs_months", event: str = "event") -> KMResult:
     """Kaplan-Meier estimate of PFS: median, its CI and the IQR (paper 3.2).
 
@@ -850,25 +980,25 @@ def kaplan_meier(cohort: pd.DataFrame, duration: str = "pfs_months", event: str 
     Returns
     -------
     KMResult
+        Median and quartiles by :func:`km_quantile`.
     """
     from lifelines import KaplanMeierFitter
-    from lifelines.utils import median_survival_times, qth_survival_time
+    from lifelines.utils import median_survival_times
 
     frame = cohort[[duration, event]].apply(pd.to_numeric, errors="coerce").dropna()
     if frame.empty:
         raise CohortError("kaplan_meier: no patient with a PFS and an event flag")
     kmf = KaplanMeierFitter(label="PFS").fit(frame[duration].astype(float), frame[event].astype(int))
-    sf = kmf.survival_function_
     ci = median_survival_times(kmf.confidence_interval_).iloc[0]
     events = int(frame[event].sum())
     return KMResult(
         n=len(frame),
         events=events,
         censored=len(frame) - events,
-        median=float(kmf.median_survival_time_),
+        median=km_quantile(kmf, 0.5),
         median_ci=(float(ci.iloc[0]), float(ci.iloc[1])),
-        q1=float(qth_survival_time(0.75, sf)),
-        q3=float(qth_survival_time(0.25, sf)),
+        q1=km_quantile(kmf, 0.75),
+        q3=km_quantile(kmf, 0.25),
         fitter=kmf,
     )
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import math
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -380,6 +382,36 @@ def test_table1_p_values_equal_scipy_on_hand_made_groups():
     assert t.loc[("Metastatic sites", "hepatic"), "p"] == pytest.approx(1.0)  # everyone has it
 
 
+def test_fisher_freeman_halton_equals_exact_references():
+    from scipy.stats import PermutationMethod
+
+    # k = 2: scipy's two-sided Fisher exact test.
+    assert C.fisher_freeman_halton([[3, 7], [9, 4]]) == pytest.approx(fisher_exact([[3, 7], [9, 4]]).pvalue, rel=1e-12)
+    # Small k x 2 tables: scipy's exact permutation over every pairing of the patients.
+    for table in ([[2, 1], [0, 3], [2, 1]], [[1, 3], [2, 0], [0, 2], [1, 1]]):
+        ref = fisher_exact(np.array(table), method=PermutationMethod(n_resamples=np.inf)).pvalue
+        assert C.fisher_freeman_halton(table) == pytest.approx(ref, rel=1e-9)
+    # Hand count: rows (1, 1), one short patient: two tables of probability 1/2 each.
+    assert C.fisher_freeman_halton([[1, 0], [0, 1]]) == pytest.approx(1.0)
+    assert C.fisher_freeman_halton([[0, 0], [2, 3]]) == 1.0  # one level: nothing to test
+
+
+def test_table1_adds_one_test_per_variable_beside_the_papers_per_level_tests():
+    df = paper_count_cohort()
+    t = C.table1(df)
+    site = t[t["variable"] == "Primary site"]
+    counts = [[int(v) for v in (site.iloc[i, 3].split()[0], site.iloc[i, 4].split()[0])] for i in range(len(site))]
+    assert site["p (variable)"].iloc[0] == pytest.approx(C.fisher_freeman_halton(counts))
+    assert site["test (variable)"].iloc[0].startswith("Fisher-Freeman-Halton")
+    assert site["p (variable)"].iloc[1:].isna().all()  # one test per variable, on its first row
+    sex = t[t["variable"] == "Sex"]
+    assert sex["p (variable)"].iloc[0] == pytest.approx(sex["p"].iloc[0])  # two levels: the 2 x 2 Fisher test
+    cont = t[t["test"] == "Mann-Whitney U"]
+    assert (cont["p (variable)"] == cont["p"]).all()
+    both = C.table1_side_by_side(C.table1(df, p_as_text=True))
+    assert "ours: p, one test per variable" in both.columns and "paper: p" in both.columns
+
+
 def test_table1_leaves_out_unclassified_patients():
     df = paper_count_cohort()
     df.loc[:2, "pfs_short"] = np.nan
@@ -403,6 +435,29 @@ def test_km_median_and_quartiles_by_hand_without_censoring():
     # S = 0.8, 0.6, 0.4, 0.2, 0 at 1..5: first time <= 0.75 is 2, <= 0.5 is 3, <= 0.25 is 4
     assert (km.q1, km.median, km.q3) == (2.0, 3.0, 4.0)
     assert (km.n, km.events, km.censored) == (5, 5, 0)
+
+
+def test_km_quartiles_at_n116_without_censoring_are_the_hand_counted_order_statistics():
+    # 116 patients, every one progresses (the paper's design): S = 0.75 exactly after the 29th
+    # progression, 0.5 after the 58th, 0.25 after the 87th. The quantile is the middle of each flat
+    # stretch (R survival's rule); lifelines' rounding (S = 0.7500000000000001) made it the next time.
+    rng = np.random.default_rng(3)
+    t = np.sort(rng.gamma(2.0, 8.0, 116))
+    km = C.kaplan_meier(pd.DataFrame({"pfs_months": rng.permutation(t), "event": 1}))
+    assert km.q1 == pytest.approx((t[28] + t[29]) / 2, abs=1e-12)
+    assert km.median == pytest.approx((t[57] + t[58]) / 2, abs=1e-12)
+    assert km.q3 == pytest.approx((t[86] + t[87]) / 2, abs=1e-12)
+    assert km.median == pytest.approx(np.median(t))
+
+
+def test_km_quantile_matches_r_survival_quantile_reference_values():
+    # R survival tests/quantile.R: time (9,1,1,6,6,8,10), status (1,1,0,1,1,0,0); at survival levels
+    # 13/14, 6/7, 2/3, 1/2, 9/35, 1/10 quantile.survfit gives 1, 3.5, 6, 9, 9.5, NA.
+    from lifelines import KaplanMeierFitter
+
+    kmf = KaplanMeierFitter().fit([9.0, 1, 1, 6, 6, 8, 10], [1, 1, 0, 1, 1, 0, 0])
+    got = [C.km_quantile(kmf, q) for q in (13 / 14, 6 / 7, 2 / 3, 0.5, 9 / 35, 0.1)]
+    assert got == pytest.approx([1.0, 3.5, 6.0, 9.0, 9.5, math.inf])
 
 
 def test_km_median_by_hand_with_censoring():
