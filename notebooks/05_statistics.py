@@ -60,24 +60,26 @@ results = metrics.evaluate(predictions, order=models)
 fold_metrics = results.fold_metrics
 truth = metrics.read_truth(data_dir)
 ceiling = metrics.truth_ceilings(predictions, truth, read_cohort(work_dir)) if truth is not None else None
-fusion = explain.fusion_models(models)
-best_fusion = explain.best_model(fold_metrics, fusion or models)
-display(Markdown(f"Models: {', '.join(names.get(m, m) for m in models)}. Best "
-                 f"{'fusion ' if fusion else ''}model by mean AUROC: **{names.get(best_fusion, best_fusion)}**."))
+primary = explain.primary_model(models)
+display(Markdown(f"Models: {', '.join(names.get(m, m) for m in models)}. The single-model analyses below use "
+                 f"**{names.get(primary, primary)}**, named before any result was seen (the paper's best model), "
+                 "not the best scorer of these folds, whose numbers would be optimistic (winner's curse)."))
 
 # %% [markdown]
 # ## Table 2: all models
 #
 # Each repeat's value is the mean over its 3 test folds; the table gives the mean and the standard
-# error (sd / √5) over the 5 repeats. AUROC 0.5 is chance; for AUPRC (average precision) chance is
-# the share of patients with short PFS. Accuracy counts a probability of short PFS ≥ 0.5 as a
-# prediction of short PFS; the paper reports accuracy for two models only.
+# error (sd / √5) over the 5 repeats. AUROC 0.5 is chance. AUPRC (average precision) is given with
+# short PFS positive (chance: the share of short PFS, about 0.36) and with long PFS positive (chance
+# about 0.64; the paper's AUPRC is this one). Accuracy predicts long PFS when P(long) ≥ 0.5, a
+# patient at exactly 0.5 included, the rule the Kaplan-Meier split below uses too; the paper reports
+# accuracy for two models only.
 
 # %%
 explain.table2(results, paper, names)
 
 # %%
-metrics.metrics_figure(results, ceiling, names=names, metrics=("auroc", "auprc", "accuracy")).show()
+metrics.metrics_figure(results, ceiling, names=names, metrics=("auroc", "auprc", "auprc_long", "accuracy")).show()
 
 # %%
 if ceiling is not None:
@@ -87,13 +89,13 @@ if ceiling is not None:
 # ## ROC and precision-recall curves
 #
 # **One representative fold.** The paper's Figure 4 shows a single cross-validation fold. We take
-# the fold on which the best fusion model's AUROC is the median of its 15 folds (a typical fold, not
+# the fold on which the pre-specified model's AUROC is the median of its 15 folds (a typical fold, not
 # the best one) and draw every model's curves on that same fold, i.e. on the same test patients.
 # The dashed lines are random predictions: the diagonal for ROC, the share of short PFS in the fold
 # for precision-recall.
 
 # %%
-rep_repeat, rep_fold = explain.representative_fold(fold_metrics, best_fusion)
+rep_repeat, rep_fold = explain.representative_fold(fold_metrics, primary)
 one = predictions[(predictions["repeat"] == rep_repeat) & (predictions["fold"] == rep_fold)]
 fig = metrics.curves_figure(metrics.roc_curves(one), metrics.pr_curves(one), names=names, models=models)
 fig.update_layout(title={"text": f"Repeat {rep_repeat}, fold {rep_fold} ({len(one) // len(models)} test patients)",
@@ -161,14 +163,16 @@ for unit, comparison in comparisons.items():
 # The paper's Figure 5 splits the patients of one cross-validation by the predicted probability of
 # *long* PFS: ≥ 0.5 ("predicted long PFS", high response) and < 0.5 ("predicted short PFS"), and
 # compares the two groups' PFS with the log-rank test. Our models store the probability of short
-# PFS, so "predicted long" means P(short) ≤ 1 − threshold. Within one repeat every patient is in
+# PFS, so "predicted long" means P(short) ≤ 1 − threshold; a patient exactly at the threshold is
+# predicted long, here, in the accuracy of Table 2 and in the hazard ratio alike (one rule,
+# `metrics.predicted_long`). Within one repeat every patient is in
 # exactly one test fold, so each appears once, scored by a model that never saw them. The model is
-# a parameter (`km_model`); by default the best fusion model. The repeat shown is the one whose mean
+# a parameter (`km_model`); by default the pre-specified model named above. The repeat shown is the one whose mean
 # AUROC is the median of the 5 (`km_repeat = -1`); the table below it gives every repeat, so that a
 # single lucky split cannot pass for the rule.
 
 # %%
-km_name = km_model or best_fusion
+km_name = km_model or primary
 km_rep = km_repeat if km_repeat >= 0 else explain.representative_repeat(fold_metrics, km_name)
 survival = explain.read_survival(work_dir)
 km = stats.km_by_prediction(explain.survival_frame(predictions, survival, km_name, km_rep), threshold,

@@ -278,15 +278,16 @@ if predictions is not None:
 # **DeLong's test** compares two AUROCs measured on the same patients, allowing for the correlation
 # between them (DeLong, DeLong and Clarke-Pearson 1988; the fast algorithm of Sun and Xu 2014,
 # written by hand in `prrt_utils.calibration` and tested against the definition and against a published
-# worked example: Hanley and McNeil's 109 CT ratings, area 0.8932 with standard error 0.0307). The best fusion
-# model (by mean AUROC) is compared with each other model in each repeat, and the p-values are
-# Holm-adjusted over the comparisons within a repeat.
+# worked example: Hanley and McNeil's 109 CT ratings, area 0.8932 with standard error 0.0307). The
+# reference is the model named before any result was seen, the paper's best (PET/CT fusion with a
+# pretrained CT branch; `explain.primary_model`), not the best scorer here: testing the winner of the
+# same predictions would be optimistic (winner's curse). It is compared with each other model in each
+# repeat, and the p-values are Holm-adjusted over the comparisons within a repeat.
 
 # %%
 if predictions is not None:
     fold_metrics = metrics.evaluate(predictions, order=models).fold_metrics
-    fusion = explain.fusion_models(models)
-    best = explain.best_model(fold_metrics, fusion or models)
+    best = explain.primary_model(models)
     others = [m for m in models if m != best]
     if others:
         dl = cal.delong_table(predictions, best, others)
@@ -303,7 +304,7 @@ if predictions is not None:
 # ## Hazard ratio of the predicted groups
 #
 # The Kaplan-Meier curves by prediction of chapter 05 gain a Cox hazard ratio: predicted short PFS
-# against predicted long PFS (P(short) > 0.5), for the best fusion model, each repeat's out-of-fold
+# against predicted long PFS (P(long) >= 0.5), for the pre-specified model above, each repeat's out-of-fold
 # predictions, on the uncensored cohort's PFS. A hazard ratio above 1 means the patients predicted to
 # progress early do progress faster.
 

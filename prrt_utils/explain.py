@@ -72,6 +72,7 @@ __all__ = [
     "Explainer",
     "available_models",
     "best_model",
+    "primary_model",
     "cohort_data",
     "display_names",
     "families",
@@ -231,6 +232,25 @@ def image_models(models: Sequence[str], modality: str | None = None) -> list[str
     """CNN models (every model with an image input), or those whose inputs include ``modality``."""
     specs = [get_spec(m) for m in models]
     return [s.name for s in specs if s.kind == "cnn" and (modality is None or modality in s.image_inputs)]
+
+
+def primary_model(models: Sequence[str]) -> str:
+    """The pre-specified model of the single-model analyses, chosen without looking at any result.
+
+    :data:`prrt_utils.paper.PRIMARY_MODEL` (the paper's best, PET/CT fusion
+    with a pretrained CT branch) when it was trained; otherwise the last
+    fusion model in registry order (the one with the most inputs), else the
+    last model given. Never the best scorer on the same predictions (winner's curse).
+    """
+    from prrt_utils.paper import PRIMARY_MODEL
+
+    models = list(models)
+    if not models:
+        raise ExplainError("primary_model: no model given")
+    if PRIMARY_MODEL in models:
+        return PRIMARY_MODEL
+    fusion = fusion_models(models)
+    return fusion[-1] if fusion else models[-1]
 
 
 def best_model(fold_metrics: pd.DataFrame, candidates: Sequence[str], metric: str = "auroc") -> str:
@@ -718,7 +738,7 @@ def normalised_magnitude(saliency: np.ndarray) -> np.ndarray:
 PAPER_GRADIENT_DISTANCES: dict[str, tuple[float, str]] = {
     "Wasserstein distance": (0.090, "9% of range"),
     "Kolmogorov-Smirnov statistic": (0.241, "moderate, p < 0.001"),
-    "Jensen-Shannon divergence": (0.418, "moderate"),
+    "Jensen-Shannon distance": (0.418, "moderate (a distance: as a divergence it exceeds the 0.27 its Bhattacharyya allows)"),
     "Energy distance": (0.183, "18% of range"),
     "Bhattacharyya distance": (0.207, "moderate"),
     "Histogram overlap": (0.518, "52% overlap"),

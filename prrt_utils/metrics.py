@@ -6,9 +6,18 @@ Per fold (scikit-learn):
   predictions give, 1.0 a perfect ranking.
 * AUPRC as **average precision**, :func:`sklearn.metrics.average_precision_score`:
   ``sum_n (R_n - R_(n-1)) P_n``, the step-wise area under the precision-recall
-  curve (no trapezoidal interpolation, which is optimistic); random
-  predictions give the prevalence of short PFS (about 0.36), not 0.5.
-* Accuracy at a probability threshold of 0.5, :func:`sklearn.metrics.accuracy_score`.
+  curve (no trapezoidal interpolation, which is optimistic). It depends on
+  which class is "positive", so both are given and labelled: ``auprc`` with
+  short PFS positive (random predictions give its prevalence, about 0.36)
+  and ``auprc_long`` with long PFS positive (chance about 0.64). The paper's
+  Table 2 can only be read as the latter (its PET-only model has AUROC 0.42
+  but AUPRC 0.58, above the short-PFS chance level of 0.36), so
+  :func:`side_by_side` sets the paper's AUPRC beside ``auprc_long``.
+* Accuracy, :func:`sklearn.metrics.accuracy_score`, with the one rule of the
+  whole project for turning a probability into a predicted group
+  (:func:`predicted_long`, paper 3.3): predicted long PFS when P(long PFS) >=
+  0.5, predicted short otherwise; a patient at exactly 0.5 is predicted long,
+  in the accuracy as in the Kaplan-Meier split and the hazard ratio.
 
 Mean +- standard error (paper 2.6: "the average performance across all 5
 repetitions, along with the standard error"): each repeat's value is the mean
@@ -60,6 +69,8 @@ __all__ = [
     "loss_figure",
     "metrics_figure",
     "paper_reference",
+    "predicted_long",
+    "prediction_rule",
     "pr_curves",
     "read_truth",
     "truth_ceilings",
@@ -68,8 +79,9 @@ __all__ = [
     "versus_ceiling",
 ]
 
-METRICS: tuple[str, ...] = ("auroc", "auprc", "accuracy")
-METRIC_LABELS = {"auroc": "AUROC", "auprc": "AUPRC (average precision)", "accuracy": "Accuracy (p >= 0.5)"}
+METRICS: tuple[str, ...] = ("auroc", "auprc", "auprc_long", "accuracy")
+METRIC_LABELS = {"auroc": "AUROC", "auprc": "AUPRC, short PFS positive", "auprc_long": "AUPRC, long PFS positive",
+                 "accuracy": "Accuracy (predicted long PFS when P(long) >= 0.5)"}
 _NEEDED = ("model", "repeat", "fold", "patient_id", "y_true", "prob")
 
 
@@ -90,6 +102,51 @@ def _check(predictions: pd.DataFrame) -> pd.DataFrame:
     return predictions
 
 
+# --------------------------------------------------------------------------- the prediction rule
+
+_RULE_TOLERANCE = 1e-9  # 1 - 0.9 is 0.09999999999999998: a probability written on the other scale still counts
+
+
+def predicted_long(prob: Any, *, prob_is: str, threshold: float = 0.5) -> np.ndarray:
+    """The project's one rule: predicted long PFS when P(long PFS) >= ``threshold`` (paper 3.3).
+
+    The models give P(short PFS); P(long) = 1 - P(short). The comparison allows
+    a rounding tolerance of 1e-9, so that a patient exactly at the threshold
+    on either scale lands on the side the rule names (without it, P(short) =
+    0.9 at a threshold of 0.1 on P(long) fell to "short": 1 - 0.9 < 0.1 in
+    floating point). Used by the accuracy (:func:`fold_metrics`), the
+    Kaplan-Meier split (:func:`prrt_utils.stats.km_by_prediction`) and the
+    hazard ratio (:func:`prrt_utils.survival.cox_hr_by_group`).
+
+    Parameters
+    ----------
+    prob : array-like
+        Predicted probabilities.
+    prob_is : {"short", "long"}
+        Whether ``prob`` is the probability of short (<= 12 months) or long PFS.
+    threshold : float
+        Cut-off on P(long PFS), in (0, 1).
+
+    Returns
+    -------
+    ndarray of bool
+        True where long PFS is predicted.
+    """
+    if prob_is not in ("short", "long"):
+        raise MetricsError(f"prob_is must be 'short' or 'long', got {prob_is!r}")
+    if not 0.0 < threshold < 1.0:
+        raise MetricsError(f"threshold must lie in (0, 1), got {threshold}")
+    p = np.asarray(prob, dtype=float)
+    p_long = p if prob_is == "long" else 1.0 - p
+    return p_long >= threshold - _RULE_TOLERANCE
+
+
+def prediction_rule(threshold: float = 0.5) -> str:
+    """:func:`predicted_long` in words, for tables and figure captions."""
+    return (f"predicted long PFS: P(long PFS) >= {threshold:g} (i.e. P(short) <= {1 - threshold:g}); "
+            "predicted short PFS: otherwise")
+
+
 # --------------------------------------------------------------------------- per fold
 
 
@@ -101,13 +158,16 @@ def fold_metrics(predictions: pd.DataFrame, threshold: float = 0.5) -> pd.DataFr
     predictions : DataFrame
         ``model, repeat, fold, patient_id, y_true, prob`` (test patients).
     threshold : float
-        Probability at and above which short PFS is predicted (accuracy).
+        Cut-off on P(long PFS) of :func:`predicted_long` (accuracy); ``prob``
+        is P(short PFS).
 
     Returns
     -------
     DataFrame
-        ``model, repeat, fold, n, n_pos, auroc, auprc, accuracy, prob_sd``; AUROC
-        and AUPRC are NaN for a fold whose test part holds one class only.
+        ``model, repeat, fold, n, n_pos, auroc, auprc, auprc_long, accuracy,
+        prob_sd``; ``auprc`` scores short PFS as the positive class, ``auprc_long``
+        long PFS (the paper's). AUROC and AUPRC are NaN for a fold whose test
+        part holds one class only.
         ``prob_sd`` is the spread of the predicted probabilities: 0 means the
         model gave everyone the same probability (AUROC then is exactly 0.5).
     """
@@ -125,7 +185,8 @@ def fold_metrics(predictions: pd.DataFrame, threshold: float = 0.5) -> pd.DataFr
                 "n_pos": int(y.sum()),
                 "auroc": float(roc_auc_score(y, p)) if two else math.nan,
                 "auprc": float(average_precision_score(y, p)) if two else math.nan,
-                "accuracy": float(accuracy_score(y, (p >= threshold).astype(int))),
+                "auprc_long": float(average_precision_score(1 - y, 1.0 - p)) if two else math.nan,
+                "accuracy": float(accuracy_score(y, (~predicted_long(p, prob_is="short", threshold=threshold)).astype(int))),
                 "prob_sd": float(p.std()),
             }
         )
@@ -428,7 +489,9 @@ def side_by_side(ours: ModelResults, paper: pd.DataFrame, names: dict[str, str] 
     Returns
     -------
     DataFrame
-        ``model, AUROC (paper, real cohort), AUROC (ours, synthetic cohort), AUPRC (...), AUPRC (...)``.
+        ``model``, AUROC paper / ours, AUPRC with long PFS positive paper /
+        ours (the paper's AUPRC is this one, see the module notes), and our
+        AUPRC with short PFS positive (no paper value to set beside it).
     """
     need = {"model", "auroc_mean", "auroc_se", "auprc_mean", "auprc_se"}
     if not need <= set(paper.columns):
@@ -437,13 +500,15 @@ def side_by_side(ours: ModelResults, paper: pd.DataFrame, names: dict[str, str] 
     rows = []
     for model in ours.models:
         row = {"model": (names or {}).get(model, model)}
-        for metric, label in (("auroc", "AUROC"), ("auprc", "AUPRC")):
+        for ours_metric, paper_metric, label in (("auroc", "auroc", "AUROC"),
+                                                 ("auprc_long", "auprc", "AUPRC, long PFS positive")):
             if model in paper.index:
-                m, s = paper.loc[model, f"{metric}_mean"], paper.loc[model, f"{metric}_se"]
-                row[f"{label} paper (real cohort)"] = f"{m:.{digits}f} ± {s:.{digits}f}"
+                m, s = paper.loc[model, f"{paper_metric}_mean"], paper.loc[model, f"{paper_metric}_se"]
+                row[f"{label}: paper (real cohort)"] = f"{m:.{digits}f} ± {s:.{digits}f}"
             else:
-                row[f"{label} paper (real cohort)"] = "not in paper"
-            row[f"{label} ours (this cohort)"] = ours.get(model, metric).format(digits)
+                row[f"{label}: paper (real cohort)"] = "not in paper"
+            row[f"{label}: ours (this cohort)"] = ours.get(model, ours_metric).format(digits)
+        row["AUPRC, short PFS positive: ours (paper: not reported)"] = ours.get(model, "auprc").format(digits)
         rows.append(row)
     return pd.DataFrame(rows)
 

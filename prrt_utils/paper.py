@@ -26,6 +26,7 @@ __all__ = [
     "PAPER_DISCREPANCIES",
     "PAPER_KM",
     "PAPER_N",
+    "PRIMARY_MODEL",
     "TABLE1_VARIABLES",
     "paper_table1",
     "paper_table2",
@@ -52,6 +53,12 @@ DISPLAY_NAMES: dict[str, str] = {
     "petct_fusion_pretrained": "PET/CT fusion (pretrained CT)",
 }
 """Name of each model in the book's tables and figures."""
+
+PRIMARY_MODEL = "petct_fusion_pretrained"
+"""The model every single-model analysis uses (DeLong reference, Kaplan-Meier by prediction, hazard
+ratio, the one-patient model), fixed before any result is seen: the paper's best model (abstract,
+Table 2). Choosing the model with the best cross-validated AUROC and then testing or plotting that
+same model on the same predictions would carry the winner's curse (an optimistic pick)."""
 
 FAMILY_ORDER: tuple[str, ...] = ("unimodal", "one_image_fusion", "dual_fusion")
 """Model families from fewest to most modalities (paper 2.6); consecutive ones are compared."""

@@ -44,6 +44,7 @@ import torch
 
 from prrt_utils import store
 from prrt_utils.config import SEED, Config
+from prrt_utils.metrics import predicted_long
 from prrt_utils.models import LAB_COLUMNS, build_network, get_spec, make_forest
 from prrt_utils.training import (
     CohortData,
@@ -731,8 +732,7 @@ def cox_hr_by_group(df: pd.DataFrame, threshold: float = 0.5, *, prob_is: Litera
     for col in ("prob", "pfs_months", "event"):
         if col not in df.columns:
             raise SurvivalError(f"cox_hr_by_group: column {col!r} is missing")
-    p_long = df["prob"].to_numpy(float) if prob_is == "long" else 1.0 - df["prob"].to_numpy(float)
-    short = (p_long < threshold).astype(int)
+    short = (~predicted_long(df["prob"].to_numpy(float), prob_is=prob_is, threshold=threshold)).astype(int)
     t, e = df["pfs_months"].to_numpy(float), df["event"].to_numpy(int)
     counts = dict(n_short=int(short.sum()), n_long=int((1 - short).sum()), events_short=int(e[short == 1].sum()),
                   events_long=int(e[short == 0].sum()))

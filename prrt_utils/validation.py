@@ -144,16 +144,18 @@ def labelled(pred: pd.DataFrame) -> pd.DataFrame:
 
 
 def discrimination(pred: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
-    """AUROC and AUPRC with percentile-bootstrap 95 % intervals, on the labelled patients."""
+    """AUROC and AUPRC (either class positive) with percentile-bootstrap 95 % intervals, on the labelled patients."""
     from prrt_utils.calibration import bootstrap_ci
 
     lab = labelled(pred)
+    y, p = lab["y_true"].to_numpy(int), lab["prob"].to_numpy(float)
     rows = []
-    for metric in ("auroc", "auprc"):
-        ci = bootstrap_ci(lab["y_true"], lab["prob"], metric, n_boot=n_boot, seed=seed)
-        rows.append({"metric": metric.upper(), "estimate": ci.estimate, "ci_lower": ci.lower, "ci_upper": ci.upper,
-                     "chance": 0.5 if metric == "auroc" else float(lab["y_true"].mean()),
-                     "n": len(lab), "n_short": int(lab["y_true"].sum())})
+    for label, metric, yy, pp in (("AUROC", "auroc", y, p), ("AUPRC, short PFS positive", "auprc", y, p),
+                                  ("AUPRC, long PFS positive", "auprc", 1 - y, 1.0 - p)):
+        ci = bootstrap_ci(yy, pp, metric, n_boot=n_boot, seed=seed)
+        rows.append({"metric": label, "estimate": ci.estimate, "ci_lower": ci.lower, "ci_upper": ci.upper,
+                     "chance": 0.5 if metric == "auroc" else float(yy.mean()),
+                     "n": len(lab), "n_short": int(y.sum())})
     return pd.DataFrame(rows)
 
 

@@ -320,3 +320,13 @@ def test_survival_frame_and_km_over_repeats(work):
     from prrt_utils.stats import km_by_prediction
 
     assert explain.km_figure(km_by_prediction(frame, 0.5, prob_is="short")) is not None
+
+
+def test_the_single_model_analyses_use_the_pre_specified_model_not_the_best_scorer():
+    from prrt_utils.explain import primary_model
+    from prrt_utils.paper import MODEL_KEYS, PRIMARY_MODEL
+
+    assert primary_model(list(MODEL_KEYS)) == PRIMARY_MODEL == "petct_fusion_pretrained"
+    # Without it: the fusion model with the most inputs by registry order, whatever the scores.
+    assert primary_model(["rf_labs", "pet_fusion", "petct_fusion", "pet_only"]) == "petct_fusion"
+    assert primary_model(["rf_labs", "pet_only"]) == "pet_only"

@@ -49,11 +49,6 @@ def test_fold_metrics_match_known_answers():
     assert (row["n"], row["n_pos"]) == (4, 2)
 
 
-def test_a_probability_of_exactly_one_half_predicts_short_pfs():
-    p = pd.DataFrame({"model": "m", "repeat": 0, "fold": 0, "patient_id": list("ab"), "y_true": [1, 0], "prob": [0.5, 0.49]})
-    assert fold_metrics(p)["accuracy"].iloc[0] == 1.0
-
-
 def test_mean_and_se_are_over_repeats_of_the_per_repeat_fold_means():
     pred = predictions(n_repeats=4)
     res = evaluate(pred)
@@ -117,8 +112,23 @@ def test_the_paper_and_our_numbers_sit_side_by_side_with_their_cohorts_named():
     paper = pd.DataFrame({"model": ["rf_labs"], "auroc_mean": [0.59], "auroc_se": [0.02], "auprc_mean": [0.67], "auprc_se": [0.01]})
     table = side_by_side(ours, paper, names={"rf_labs": "RF (labs only)"})
     assert table.loc[0, "model"] == "RF (labs only)"
-    assert table.loc[0, "AUROC paper (real cohort)"] == "0.59 ± 0.02"
-    assert table.loc[0, "AUROC ours (this cohort)"] == ours.get("rf_labs", "auroc").format()
+    assert table.loc[0, "AUROC: paper (real cohort)"] == "0.59 ± 0.02"
+    assert table.loc[0, "AUROC: ours (this cohort)"] == ours.get("rf_labs", "auroc").format()
+    # The paper's AUPRC (long PFS positive) sits beside ours with the same positive class, not the other one.
+    assert table.loc[0, "AUPRC, long PFS positive: paper (real cohort)"] == "0.67 ± 0.01"
+    assert table.loc[0, "AUPRC, long PFS positive: ours (this cohort)"] == ours.get("rf_labs", "auprc_long").format()
+    assert (table.loc[0, "AUPRC, short PFS positive: ours (paper: not reported)"]
+            == ours.get("rf_labs", "auprc").format())
+
+
+def test_auprc_is_given_for_either_positive_class_with_known_answers():
+    # short PFS positive: scores .8 P, .5 N, .4 P, .3 N, .1 N -> AP = 1/2 * 1 + 1/2 * 2/3 = 0.8333
+    # long PFS positive (1 - p): .9 P, .7 P, .6 N, .5 P, .2 N -> AP = 1/3 + 1/3 + 1/3 * 3/4 = 0.9167
+    p = pd.DataFrame({"model": "m", "repeat": 0, "fold": 0, "patient_id": list("abcde"),
+                      "y_true": [0, 0, 0, 1, 1], "prob": [0.1, 0.5, 0.3, 0.4, 0.8]})
+    row = fold_metrics(p).iloc[0]
+    assert row["auprc"] == pytest.approx(5 / 6)
+    assert row["auprc_long"] == pytest.approx(11 / 12)
 
 
 def test_figures_are_built_from_the_result_objects():
@@ -188,3 +198,16 @@ def test_each_model_is_set_beside_the_ceiling_of_the_inputs_it_sees():
     for model, name, family in (("rf_labs", "ceiling_labs", "labs"), ("pet_only", "ceiling_image", "image"),
                                 ("pet_fusion", "ceiling_labs_image", "labs+image")):
         assert table[model] == f"{ceiling.get(name).format(2)} ({family})"
+
+
+def test_accuracy_uses_the_same_rule_as_the_kaplan_meier_split():
+    from prrt_utils.metrics import predicted_long
+
+    # P(short) = 0.5 exactly is P(long) = 0.5 >= 0.5: predicted long, in the accuracy as in km_by_prediction.
+    p = pd.DataFrame({"model": "m", "repeat": 0, "fold": 0, "patient_id": ["a", "b", "c", "d"],
+                      "y_true": [0, 0, 1, 1], "prob": [0.5, 0.2, 0.5, 0.8]})
+    assert fold_metrics(p)["accuracy"].iloc[0] == pytest.approx(0.75)
+    assert predicted_long([0.9], prob_is="short", threshold=0.1).tolist() == [True]
+    assert predicted_long([0.9 + 1e-6], prob_is="short", threshold=0.1).tolist() == [False]
+    with pytest.raises(ValueError, match="prob_is"):
+        predicted_long([0.5], prob_is="long PFS")

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 from lifelines.statistics import logrank_test
 from scipy import stats as sstats
+from scipy.spatial.distance import jensenshannon
 
 from prrt_utils.stats import (
     FAMILY_ORDER,
@@ -294,7 +295,7 @@ def test_km_by_prediction_with_probability_of_short_pfs_flips_the_sides():
     r_short = km_by_prediction(_freireich(0.1, 0.9), prob_is="short")
     frames = [r.to_frame().drop(columns="rule") for r in (r_long, r_short)]
     pd.testing.assert_frame_equal(frames[0], frames[1])
-    assert "short PFS <= 0.5" in r_short.rule
+    assert "P(short) <= 0.5" in r_short.rule
     # A probability of short PFS of exactly 0.5 is P(long) = 0.5 >= 0.5: the long group.
     tie = km_by_prediction(_freireich(0.5, 0.9), prob_is="short")
     assert tie.n_long == 21 and tie.median_long == 23.0
@@ -423,7 +424,7 @@ def test_ks_and_energy_distance_match_scipy_and_the_energy_definition():
 
 def test_distance_table_states_range_and_reading_of_every_metric():
     t = distribution_distances(np.linspace(0, 1, 50), np.linspace(0.2, 1.2, 50)).to_frame()
-    assert len(t) == 6 and t["range"].notna().all() and t["reading"].str.contains("identical").all()
+    assert len(t) == 7 and t["range"].notna().all() and t["reading"].str.contains("identical").all()
     assert t["p_value"].notna().sum() == 1  # only the KS test has a p-value
 
 
@@ -458,3 +459,80 @@ def test_saliency_mass_fraction_adds_absolute_mass_per_named_region():
 def test_saliency_mass_fraction_needs_matching_grids():
     with pytest.raises(StatsError, match="shape"):
         saliency_mass_fraction(np.ones((75, 50, 50)), np.zeros((75, 50, 49), dtype=int), {0: "background"})
+
+
+def test_km_by_prediction_puts_a_patient_on_the_side_its_printed_rule_names_at_any_threshold():
+    # At a threshold of 0.1 on P(long), P(short) = 0.9 is P(long) = 0.1: the rule says "long".
+    # (1 - 0.9 is 0.09999999999999998 in floating point; a bare comparison put them in "short".)
+    r = km_by_prediction(_freireich(0.9, 0.95), 0.1, prob_is="short")
+    assert "P(long PFS) >= 0.1" in r.rule
+    assert (r.n_long, r.n_short) == (21, 21)
+    long_ids = set(r.assignments.loc[r.assignments["group"] == "predicted long PFS", "patient_id"])
+    assert long_ids == {f"S{i:02d}" for i in range(21)}
+
+
+def test_km_by_prediction_group_median_is_the_middle_of_the_flat_stretch_at_one_half():
+    # 58 patients in a group, no censoring: the curve is 0.5 exactly between the 29th and 30th time.
+    times = np.arange(1.0, 59.0)
+    df = pd.DataFrame({"patient_id": [f"P{i:03d}" for i in range(58)], "prob": 0.2, "pfs_months": times, "event": 1})
+    r = km_by_prediction(pd.concat([df, df.assign(patient_id=df["patient_id"] + "s", prob=0.9)]), prob_is="short")
+    assert r.median_long == r.median_short == 29.5
+
+
+def test_jensen_shannon_distance_is_scipys_and_the_paper_value_sits_beside_it():
+    from prrt_utils.explain import distance_table
+
+    rng = np.random.default_rng(4)
+    a, b = rng.normal(0, 1, 3000), rng.normal(0.7, 1.2, 3000)
+    r = distribution_distances(a, b, bins=20)
+    edges = np.histogram_bin_edges(np.r_[a, b], bins=20)
+    p, q = (np.histogram(x, edges)[0] / x.size for x in (a, b))
+    assert r.js_distance == pytest.approx(jensenshannon(p, q, base=2))
+    assert r.js_divergence == pytest.approx(r.js_distance**2)
+    table = distance_table(r).set_index("metric")
+    assert table.loc["Jensen-Shannon distance (log base 2)", "paper (real cohort)"] == 0.418
+    assert math.isnan(table.loc["Jensen-Shannon divergence (log base 2)", "paper (real cohort)"])
+
+
+def test_a_jensen_shannon_divergence_of_0418_is_impossible_beside_a_bhattacharyya_of_0207():
+    # The bound the docstring states: JS divergence in bits <= (1 - BC) / ln 2. Checked on random histograms.
+    rng = np.random.default_rng(5)
+    for _ in range(2000):
+        k = int(rng.integers(2, 8))
+        p, q = rng.dirichlet(np.ones(k) * 0.5), rng.dirichlet(np.ones(k) * 0.5)
+        assert jensenshannon(p, q, base=2) ** 2 <= (1 - np.sqrt(p * q).sum()) / math.log(2) + 1e-12
+    assert (1 - math.exp(-0.207)) / math.log(2) < 0.418
+
+
+def _paired_folds(diff_noise: float, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    idx = pd.MultiIndex.from_product([range(5), range(3)], names=["repeat", "fold"]).to_frame(index=False)
+    base = rng.uniform(0.45, 0.85, len(idx))  # folds differ a lot: large SE of each model's mean
+    a = idx.assign(model="fusion", auroc=base + 0.03 + rng.normal(0, diff_noise, len(idx)))
+    b = idx.assign(model="forest", auroc=base)
+    return pd.concat([a, b], ignore_index=True)
+
+
+def test_paired_model_test_is_the_corrected_t_test_of_the_fold_differences():
+    from prrt_utils.stats import paired_model_test, paired_table
+
+    fm = _paired_folds(0.01)
+    r = paired_model_test(fm, "fusion", "forest")
+    d = (fm[fm["model"] == "fusion"]["auroc"].to_numpy() - fm[fm["model"] == "forest"]["auroc"].to_numpy())
+    t = d.mean() / math.sqrt((1 / 15 + 1 / 2) * d.var(ddof=1))  # 3 folds: n_test / n_train = 1 / 2
+    assert r.t_statistic == pytest.approx(t) and r.df == 14 and r.mean_difference == pytest.approx(d.mean())
+    assert r.p_value == pytest.approx(2 * sstats.t.sf(abs(t), 14))
+    # Pairing matters: the gap (0.03) is far inside 2 SE of either mean over folds, yet consistent fold by fold.
+    row = paired_table(fm, ["fusion"], "forest").iloc[0]
+    assert row["verdict"].startswith("higher") and row["p"] < 0.01 and row["folds higher"].endswith("of 15")
+    noisy = paired_table(_paired_folds(0.2), ["fusion"], "forest").iloc[0]
+    assert noisy["verdict"].startswith("not significantly different")
+
+
+def test_paired_model_test_refuses_models_not_scored_on_the_same_folds():
+    from prrt_utils.stats import paired_model_test
+
+    fm = _paired_folds(0.01)
+    fm = fm[~((fm["model"] == "forest") & (fm["repeat"] == 4) & (fm["fold"] == 2))]
+    with pytest.raises(StatsError, match="not both scored"):
+        paired_model_test(fm, "fusion", "forest")
