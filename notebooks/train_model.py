@@ -77,11 +77,15 @@ if spec.pretrained:
 # lists every setting and where it comes from): AdamW, learning rate 0.01, weight decay 0.01,
 # dropout 0.1, binary cross-entropy, batch 16, at most 60 epochs with the stopping epoch chosen on
 # a validation split inside the training part, random shifts, PET referenced to the liver with the
-# physiological organs masked. The paper's literal recipe is `TrainConfig.paper()`. The settings
-# used are printed below.
+# physiological organs masked. The paper's literal recipe is `TrainConfig.paper()`. The table gives
+# every setting of this run and where it comes from: the paper, fixed a priori, compared on the
+# positive-control cohort only, or chosen inside the training part of every fold (the grid is
+# named); nothing was chosen by looking at test folds.
 
 # %%
-print(train_cfg.to_yaml())
+from prrt_utils.training import recipe_table
+
+recipe_table(train_cfg)
 
 # %%
 # no progress bar: in a notebook it is an ipywidget, and a page with a widget makes the book load the
@@ -95,7 +99,9 @@ grid.fold_table(work_dir, [model])
 # ## Metrics per fold
 #
 # AUROC: 0.5 is what random predictions give. AUPRC is the average precision; random predictions
-# give the prevalence of short PFS. Accuracy counts a probability of 0.5 or more as short PFS.
+# give the prevalence of short PFS (`auprc`, short PFS positive) or of long PFS (`auprc_long`, the
+# paper's reading). Accuracy predicts long PFS when P(long) >= 0.5 (a probability of exactly 0.5 is
+# "long"), the rule every chapter uses.
 # `prob_sd` is the spread of the predicted probabilities in the fold: 0 means the network gave every
 # patient the same probability (its AUROC is then exactly 0.5), which happens when weight decay
 # shrinks it to a constant.

@@ -257,3 +257,18 @@ def test_a_fusion_network_starts_as_the_logistic_regression_of_its_training_labs
         logit = net(pet, torch.from_numpy(labs)).numpy()
     # whatever the image shows, the untrained image path adds nothing: the logit is the regression's
     assert np.allclose(logit, lr.decision_function(labs), atol=1e-4)
+
+
+def test_every_training_setting_states_where_it_comes_from():
+    import dataclasses
+
+    from prrt_utils.training import RECIPE_SOURCE_KINDS, RECIPE_SOURCES, TrainConfig, recipe_table
+
+    fields = [f.name for f in dataclasses.fields(TrainConfig)]
+    assert sorted(RECIPE_SOURCES) == sorted(fields)  # a new setting without a stated source fails here
+    assert {src for src, _ in RECIPE_SOURCES.values()} <= set(RECIPE_SOURCE_KINDS)
+    table = recipe_table(TrainConfig(epochs=7))
+    assert table["setting"].tolist() == fields
+    assert table.set_index("setting").loc["epochs", "value"] == "7"
+    inner = table[table["source"] == "inner selection"]
+    assert "grid" in " ".join(inner["why"])  # inner selection names its grid
