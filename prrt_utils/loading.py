@@ -1063,7 +1063,8 @@ def load_series(
         except Exception as exc:
             if on_error == "skip" and not _compressed(ds):
                 continue
-            raise InputError(patient_id, f"{_file_label(pos, n_all)}: {_pixel_problem(ds, exc)}") from None
+            name = "PET" if series.modality == "PT" else series.modality
+            raise InputError(patient_id, f"{name} {_file_label(pos, n_all)}: {_pixel_problem(ds, exc)}") from None
         if stored.ndim != 2:
             raise InputError(
                 patient_id,

@@ -26,6 +26,7 @@ import contextlib
 import datetime as dt
 import logging
 import re
+import sys
 import traceback
 import warnings
 from collections.abc import Iterable, Iterator
@@ -90,6 +91,18 @@ def scrub(text: str, paths: Iterable[str | Path] = ()) -> str:
     return _DATE.sub("<date>", _UID.sub("<uid>", text))
 
 
+class _Stderr(logging.StreamHandler):
+    """A handler writing to whatever ``sys.stderr`` is at the time (a test's capture, a notebook's stream)."""
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # StreamHandler.__init__ sets it
+        pass
+
+
 class _KindOnly(logging.Filter):
     """Rewrite a pydicom log record to its kind: pydicom's messages quote header values."""
 
@@ -150,7 +163,7 @@ def configure(verbosity: int = 0, quiet: bool = False) -> logging.Logger:
     logger.setLevel(level)
     for h in [h for h in logger.handlers if getattr(h, "_prrt", False)]:
         logger.removeHandler(h)
-    handler = logging.StreamHandler()
+    handler = _Stderr()
     handler.setFormatter(logging.Formatter("%(message)s"))
     handler._prrt = True  # type: ignore[attr-defined]
     logger.addHandler(handler)
