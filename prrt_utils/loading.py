@@ -56,22 +56,37 @@ SUVbw
 1 g/ml) and ``D_ref`` the injected dose (RadionuclideTotalDose, Bq) decayed to
 the time the image is decay-corrected to: with ``DecayCorrection == "START"``
 ``D_ref = D * 2 ** (-t / T_half)`` with ``t`` from the injection
-(RadiopharmaceuticalStartDateTime, else RadiopharmaceuticalStartTime on the
-SeriesDate) to the series start (SeriesDate/SeriesTime, else the earliest
-AcquisitionDate/AcquisitionTime) and ``T_half`` from RadionuclideHalfLife
-(Ga-68: 4062.6 s); with ``"ADMIN"`` the image is already corrected to the
-injection and ``D_ref = D``. Units ``GML`` are taken as SUVbw already. Units
-``CNTS`` (or anything else), DecayCorrection ``NONE``, a missing weight, dose,
-half-life or injection time are refused. Time zones in
+(RadiopharmaceuticalStartDateTime when it holds a time of day; else
+RadiopharmaceuticalStartTime on StartDateTime's date, else on the scan's date)
+to the scan start (:func:`scan_start`, QIBA's vendor-neutral rule:
+SeriesDate/SeriesTime unless it lies after the earliest
+AcquisitionDate/AcquisitionTime, as after a re-reconstruction, then that) and
+``T_half`` from RadionuclideHalfLife; with ``"ADMIN"`` the image is already
+corrected to the injection and ``D_ref = D``. Units ``GML`` are taken as SUVbw
+already. Units ``CNTS`` (or anything else), DecayCorrection ``NONE``, a
+missing weight, dose, half-life or injection time are refused, and so are
+implausible values, with the number and the rule: a weight outside
+:data:`WEIGHT_RANGE_KG`, a half-life that is not the nuclide's within 1 % (the
+nuclide named by RadionuclideCodeSequence or Radiopharmaceutical, else the one
+whose half-life it is: :data:`NUCLIDES`), a dose outside the nuclide's range, a
+time from injection to scan outside 0-12 h. Time zones in
 RadiopharmaceuticalStartDateTime are ignored (the scanner's local time is
-assumed throughout).
+assumed throughout). The whole-body SUVmax is checked after loading
+(:func:`prrt_utils.preprocess.check_suv_max`).
+
+Pairing: PET and CT must agree on PatientID, StudyInstanceUID and
+FrameOfReferenceUID (:func:`check_pairing`; a CT registered from another
+study may be allowed per patient). Non-axial series, compressed pixel data
+without a decoder and non-finite values are refused by name; DICOM files
+without preamble are read (``force=True``).
 
 NIfTI
 -----
 ``pet.nii.gz`` with a ``pet.json`` sidecar: ``{"units": "SUVbw"}`` or
 ``{"units": "Bq/ml", "patient_weight_kg", "injected_dose_bq",
 "injection_to_scan_s", "decay_corrected_to" ("scan_start" | "injection",
-default "scan_start"), "half_life_s" (default Ga-68)}``; ``ct.nii.gz`` in HU
+default "scan_start"), "half_life_s" and/or "nuclide" (no default)}``, checked
+as a DICOM header is; ``ct.nii.gz`` in HU
 (the NIfTI scl_slope/scl_inter are applied by nibabel). A NIfTI without a
 qform/sform or with a singular affine is refused.
 
