@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+import traceback
 from pathlib import Path
 
 from prrt_utils.book import BookConfig
+from prrt_utils.log import configure, get_logger, scrub, write_debug
 
 DEFAULT_DATA = "data/synthetic"
 DEFAULT_WORK = "work"
@@ -40,7 +42,7 @@ def _own_cohort(args: argparse.Namespace) -> tuple[Path, float | None]:
 
     source = CohortSource.load(args.cohort)
     data = intake(source, intake_dir(Path.cwd(), source))
-    print(f"own cohort {source.name!r} normalised into {data} (see {data / 'intake_report.csv'})")
+    get_logger().info(f"own cohort {source.name!r} normalised into {data} (see {data / 'intake_report.csv'})")
     return data, float(source.pfs_threshold_months)
 
 
@@ -70,14 +72,15 @@ def _preprocess(args: argparse.Namespace) -> int:
     data, work = _own_cohort(args)[0], Path(args.work)
     cohort_csv = work / "cohort" / "cohort.csv"
     if not cohort_csv.exists():
-        print(f"{cohort_csv} not found: every folder under {data / 'imaging'} is processed (run `prrt cohort` first "
-              "to restrict to the validated cohort)")
+        get_logger().warning(f"{cohort_csv} not found: every folder under {data / 'imaging'} is processed (run "
+                             "`prrt cohort` first to restrict to the validated cohort)")
     cfg = PreprocessConfig(on_error=args.on_error)
     index = run_preprocessing(cfg, cohort_csv if cohort_csv.exists() else None, data / "imaging", work,
                               progress=not args.quiet, n_jobs=args.jobs)
     ok = int((index["status"] == "ok").sum())
-    print(f"{ok} of {len(index)} patients preprocessed into {work / 'preprocessed'}")
-    return 0
+    print(f"{ok} of {len(index)} patients preprocessed into {work / 'preprocessed'}"
+          + ("" if ok else f"; nothing usable: the reasons are in {work / 'preprocessed' / 'exclusions.csv'}"))
+    return 0 if ok else 1
 
 
 def _book_config(args: argparse.Namespace) -> BookConfig:
@@ -172,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--work", default=DEFAULT_WORK, help="folder for every stage's outputs and caches (default: %(default)s)")
         if data and work:
             p.add_argument("--cohort", metavar="COHORT.yaml", default=None, help="run on your own cohort described by this YAML (see book/own_cohort.md); replaces --data")
-        p.add_argument("--quiet", action="store_true", help="no progress bars")
+        p.add_argument("--quiet", action="store_true", help="no progress bars, warnings and errors only")
 
     p = sub.add_parser("synth", help="write the synthetic digital-twin cohort (DICOM + CSV + ground truth)")
     p.add_argument("--out", default=DEFAULT_DATA, help="output folder (default: %(default)s)")
@@ -264,25 +267,53 @@ def build_parser() -> argparse.ArgumentParser:
     training(p)
     p.add_argument("--build-only", action="store_true", help="only rebuild the HTML from the notebooks already executed in book/executed/")
     p.set_defaults(func=_book)
+    for p in sub.choices.values():
+        p.add_argument("-v", "--verbose", action="count", default=0,
+                       help="also debug messages (each patient's reason, scrubbed tracebacks)")
+        if not any("--quiet" in a.option_strings for a in p._actions):
+            p.add_argument("--quiet", action="store_true", help="warnings and errors only")
     return parser
 
 
+def _explained(exc: BaseException) -> bool:
+    """Errors whose message says what to change (a cohort YAML, table, model, checkpoint, patient)."""
+    from prrt_utils.cohort import CohortError
+    from prrt_utils.intake import IntakeError
+    from prrt_utils.loading import InputError
+    from prrt_utils.models import ModelError
+    from prrt_utils.package import PackageError
+    from prrt_utils.preprocess import PreprocessError
+    from prrt_utils.pretrain import PretrainError
+
+    return isinstance(
+        exc, IntakeError | ModelError | PretrainError | PackageError | CohortError | PreprocessError | InputError
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one subcommand; 0 on success, 1 when nothing was usable, 2 for an explained error, 3 for an unexpected one.
+
+    An unexpected error is reported in one scrubbed line (no path, no quoted
+    value) and its traceback, scrubbed the same way, is appended to
+    ``WORK/logs/debug.log`` (:func:`prrt_utils.log.write_debug`).
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
+    log = configure(verbosity=args.verbose, quiet=bool(getattr(args, "quiet", False)))
     try:
         return args.func(args)
-    except ValueError as exc:
-        from prrt_utils.intake import IntakeError
-        from prrt_utils.models import ModelError
-        from prrt_utils.package import PackageError
-        from prrt_utils.pretrain import PretrainError
-
-        if not isinstance(exc, IntakeError | ModelError | PretrainError | PackageError):
-            raise
-        # a cohort YAML, table, model declaration or checkpoint that cannot be used: the message says why
-        print(f"prrt {args.command}: {exc}", file=sys.stderr)
-        return 2
+    except Exception as exc:
+        if _explained(exc):
+            print(f"prrt {args.command}: {exc}", file=sys.stderr)
+            return 2
+        hide = [getattr(args, k) for k in ("data", "cohort", "cohort_yaml", "patient") if getattr(args, k, None)]
+        where = ""
+        if getattr(args, "work", None):
+            path = write_debug(args.work, f"prrt {args.command}", exc, hide)
+            where = f"; the traceback is in {path}"
+        log.error(f"prrt {args.command}: unexpected {type(exc).__name__}: {scrub(str(exc), hide)}{where}")
+        log.debug(scrub(traceback.format_exc(), hide))
+        return 3
 
 
 if __name__ == "__main__":

@@ -43,6 +43,8 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -69,6 +71,8 @@ __all__ = [
     "km_figure",
     "km_quantile",
     "load_clinical",
+    "patient_id_problem",
+    "read_clinical_text",
     "read_cohort",
     "read_exclusions",
     "table1",
@@ -135,7 +139,7 @@ MUST_HAVE: tuple[str, ...] = ("pfs_months", "event", *LAB_COLUMNS)
 """Columns that may not be empty: the outcome and every model input."""
 
 STAGE = "cohort"
-_STAGE_VERSION = 1  # bump when the stage's logic changes, so cached outputs are redone
+_STAGE_VERSION = 2  # bump when the stage's logic changes, so cached outputs are redone
 
 
 class CohortError(ValueError):
@@ -182,12 +186,61 @@ def _problem(problems: list[tuple[int, str, str]], line: int, pid: str, message:
     problems.append((line, pid, message))
 
 
+_SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._ -]{0,63}")
+
+
+def patient_id_problem(pid: str) -> str:
+    """``""`` if ``pid`` can name the patient's folder and files on any disk, else why not.
+
+    A study id is letters, digits, ``-``, ``_``, ``.`` and inner spaces, at
+    most 64 characters, starting with a letter or digit (no leading dot: a
+    hidden file; no path separator: ``../victim`` would leave the folder) and
+    not ending in a space or dot (Windows drops those).
+    """
+    if not _SAFE_ID.fullmatch(pid) or pid.endswith((" ", ".")):
+        return (
+            "the patient id cannot name a folder safely (allowed: letters, digits, - _ . and inner spaces, "
+            "at most 64, starting with a letter or digit; no path separator)"
+        )
+    return ""
+
+
 def _who(pid: str, line: int) -> str:
     return f"patient {pid}" if pid else f"row at line {line} (no patient_id)"
 
 
 def _format_value(value: float) -> str:
     return f"{value:g}"
+
+
+def read_clinical_text(path: str | Path) -> pd.DataFrame:
+    """Every cell of a clinical CSV as text, whatever its encoding; ``attrs["encoding"]`` says which was used.
+
+    UTF-8 (with or without byte-order mark) first; a table that is not UTF-8
+    (spreadsheets on Windows save Windows-1252 or Latin-1) is read as
+    Windows-1252, or Latin-1 where Windows-1252 leaves a byte undefined, and a
+    warning on the ``prrt`` logger says so (a byte-exact guess is impossible;
+    only our columns are kept, and they are numbers, codes and study ids).
+    """
+    import io
+
+    from prrt_utils.log import get_logger
+
+    path = Path(path)
+    data = path.read_bytes()
+    try:
+        text, encoding = data.decode("utf-8-sig"), "utf-8"
+    except UnicodeDecodeError:
+        try:
+            text, encoding = data.decode("cp1252"), "cp1252"
+        except UnicodeDecodeError:
+            text, encoding = data.decode("latin-1"), "latin-1"
+        get_logger("cohort").warning(
+            "%s is not UTF-8: read as %s; save it as UTF-8 (CSV UTF-8) to be sure", path.name, encoding
+        )
+    frame = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, skipinitialspace=True)
+    frame.attrs["encoding"] = encoding
+    return frame
 
 
 def load_clinical(path: str | Path, cfg: CohortConfig | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -222,7 +275,7 @@ def load_clinical(path: str | Path, cfg: CohortConfig | None = None) -> tuple[pd
     if not path.is_file():
         raise CohortError(f"clinical table {path} not found")
     # Every cell as text so that parsing is ours and strict ("12,5" must not become 125 or NaN silently).
-    raw = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig", skipinitialspace=True)
+    raw = read_clinical_text(path)
     raw.columns = [str(c).strip() for c in raw.columns]
     missing = [c for c in CLINICAL_COLUMNS if c not in raw.columns]
     if missing:
@@ -239,6 +292,27 @@ def load_clinical(path: str | Path, cfg: CohortConfig | None = None) -> tuple[pd
     for i in raw.index:
         if not ids[i]:
             _problem(problems, lines[i], "", f"row at line {lines[i]} has no patient_id")
+            bad[i] = True
+    for i in raw.index:
+        why = patient_id_problem(ids[i]) if ids[i] else ""
+        if why:
+            _problem(problems, lines[i], ids[i], f"patient {ids[i]}: {why}")
+            bad[i] = True
+    folded = ids.str.casefold()
+    for key in folded[(ids != "") & folded.duplicated(keep=False)].unique():
+        same = folded == key
+        if ids[same].nunique() < 2:
+            continue  # the same spelling twice: the duplicate check below
+        where = lines[same].tolist()
+        for i in raw.index[same]:
+            _problem(
+                problems,
+                lines[i],
+                ids[i],
+                f"patient {ids[i]}: ids {' and '.join(sorted(set(ids[same])))} differ only in case "
+                f"(lines {', '.join(map(str, where))}) and are one folder on a case-insensitive disk; "
+                "keep one row per patient",
+            )
             bad[i] = True
     counts = ids[ids != ""].value_counts()
     for pid in counts[counts > 1].index:
@@ -336,6 +410,15 @@ def load_clinical(path: str | Path, cfg: CohortConfig | None = None) -> tuple[pd
 # --------------------------------------------------------------------------- stage entry point
 
 
+def _utf8(name: str) -> bool:
+    """False for a file name that is not UTF-8 on disk (Python holds its bytes as surrogates)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _imaging_listing(imaging: Path) -> dict[str, bool]:
     """``folder name -> contains at least one file`` for every visible sub-folder of ``imaging``."""
     if not imaging.is_dir():
@@ -348,7 +431,7 @@ def _imaging_listing(imaging: Path) -> dict[str, bool]:
 
 
 def _input_key(cfg: CohortConfig, clinical: Path, listing: dict[str, bool]) -> dict[str, Any]:
-    blob = "\n".join(f"{k}\t{int(v)}" for k, v in listing.items()).encode()
+    blob = b"\n".join(os.fsencode(f"{k}\t{int(v)}") for k, v in listing.items())
     return {
         "stage_version": _STAGE_VERSION,
         "config_hash": cfg.hash(),
@@ -435,18 +518,15 @@ def build_cohort(cfg: CohortConfig, data_dir: str | Path, work_dir: str | Path) 
             if stop:
                 raise CohortError(msg)
             img_rows.append((pid, STAGE, msg))
-    all_ids = set(
-        pd.read_csv(
-            clinical,
-            dtype=str,
-            keep_default_na=False,
-            encoding="utf-8-sig",
-            skipinitialspace=True,
-            usecols=["patient_id"],
-        )["patient_id"].str.strip()
-    )
+    all_ids = set(read_clinical_text(clinical)["patient_id"].str.strip())
     for name in listing:
-        if name not in all_ids:
+        if not _utf8(name):
+            shown = os.fsencode(name).decode("utf-8", "backslashreplace")
+            msg = f"patient {shown}: imaging folder whose name is not UTF-8 text; rename it to the study id"
+            if stop:
+                raise CohortError(msg)
+            img_rows.append((shown, STAGE, msg))
+        elif name not in all_ids:
             msg = f"patient {name}: imaging folder without clinical row ({cfg.imaging_subdir}/{name})"
             if stop:
                 raise CohortError(msg)

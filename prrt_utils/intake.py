@@ -98,6 +98,7 @@ from prrt_utils.cohort import (
     NUMERIC_COLUMNS,
     CohortConfig,
     load_clinical,
+    patient_id_problem,
 )
 from prrt_utils.config import Config
 
@@ -147,7 +148,7 @@ _DATE_KEYS = ("therapy_start", "progression_or_last_followup", "format")
 _NIFTI_KEYS = ("pet", "ct", "sidecar")
 _STUDY_ID = re.compile(r"^[A-Za-z][A-Za-z]{0,11}[-_ ]?\d{1,4}$")
 _PSEUDONYM = re.compile(r"^P-[0-9a-f]{10}$")
-_INTAKE_VERSION = 1  # bump when the written layout changes, so cached intakes are redone
+_INTAKE_VERSION = 2  # bump when the written layout changes, so cached intakes are redone
 
 
 class IntakeError(ValueError):
@@ -250,6 +251,13 @@ class CohortSource(Config):
         With ``ct_labels``: ``"code:class"`` for every code in the maps, class
         one of :data:`prrt_utils.pretrain.ANATOMY_CLASSES` (body, lung, liver,
         spleen, kidney, bladder, bone, lesion, background).
+    registered_pet_ct : list of str
+        Ids (as in the table) whose CT comes from another study and was
+        registered to the PET, or ``["all"]``: for them StudyInstanceUID and
+        FrameOfReferenceUID of PET and CT may differ (PatientID must still
+        agree). Every other PET/CT must be one acquisition
+        (:func:`prrt_utils.loading.check_pairing`). Written to
+        ``registered_pet_ct.csv`` under the intake's pseudonyms.
     base_dir : str
         Folder relative paths are resolved against (set by :meth:`load` to the
         YAML's folder; empty: the working directory).
@@ -275,6 +283,7 @@ class CohortSource(Config):
     link: str = "auto"
     ct_labels: str = ""
     ct_label_codes: tuple[str, ...] = ()
+    registered_pet_ct: tuple[str, ...] = ()
     base_dir: str = ""
 
     def __post_init__(self) -> None:
@@ -291,6 +300,10 @@ class CohortSource(Config):
         }
         for key, value in norm.items():
             object.__setattr__(self, key, value)
+        reg = self.registered_pet_ct
+        object.__setattr__(
+            self, "registered_pet_ct", tuple(_text(v) for v in ([reg] if isinstance(reg, str) else reg or ()))
+        )
         ours = set(CLINICAL_COLUMNS)
         for field in ("columns", "units", "values"):
             unknown = sorted(set(getattr(self, field)) - ours)
@@ -741,6 +754,14 @@ def _folder_ids(source: CohortSource) -> list[str]:
     return out
 
 
+def _utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _listing_key(source: CohortSource) -> str:
     h = hashlib.sha256()
     roots = [source.imaging_path]
@@ -751,7 +772,7 @@ def _listing_key(source: CohortSource) -> str:
         if root.is_dir():
             for p in _files(root):
                 st = p.stat()
-                h.update(f"{p.relative_to(root).as_posix()}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+                h.update(os.fsencode(f"{p.relative_to(root).as_posix()}\t{st.st_size}\t{st.st_mtime_ns}\n"))
     return h.hexdigest()
 
 
@@ -822,7 +843,7 @@ def intake(source: CohortSource, out_dir: str | Path) -> Path:
 
     mapping: dict[str, str] = {}
     if hide:
-        distinct = sorted({v for v in raw_ids if v} | set(_folder_ids(source)))
+        distinct = sorted({v for v in raw_ids if v} | {v for v in _folder_ids(source) if _utf8(v)})
         mapping = {v: pseudonym(v, salt) for v in distinct}
         if len(set(mapping.values())) != len(mapping):
             raise IntakeError("two ids give the same pseudonym: delete the salt file to draw a new salt")
@@ -860,7 +881,7 @@ def intake(source: CohortSource, out_dir: str | Path) -> Path:
             if not raw_id or pid in seen:
                 continue
             seen.add(pid)
-            if "/" in pid or "\\" in pid or pid in (".", ".."):
+            if patient_id_problem(pid):  # the cohort stage refuses the row with its own message
                 rows.append((pid, str(line), "imaging", "the id cannot be a folder name: images not linked"))
                 continue
             why = _place_images(source, raw_id, partial / "imaging" / pid, used)
@@ -871,6 +892,11 @@ def intake(source: CohortSource, out_dir: str | Path) -> Path:
                 if why:
                     rows.append((pid, str(line), "ct_labels", why))
         for raw_id in _folder_ids(source):
+            if not _utf8(raw_id):  # listed by the cohort stage as a folder without a row, never linked
+                shown = os.fsencode(raw_id).decode("utf-8", "backslashreplace")
+                (partial / "imaging" / shown.replace("/", "_")).mkdir(parents=True, exist_ok=True)
+                rows.append((shown, "", "imaging", "imaging folder whose name is not UTF-8 text (not linked)"))
+                continue
             pid = mapping.get(raw_id, raw_id)
             if pid not in seen:
                 # an empty folder: the cohort stage lists it as "imaging folder without clinical row"
@@ -892,6 +918,12 @@ def intake(source: CohortSource, out_dir: str | Path) -> Path:
                     "used, which record the original paths; do not pass this folder on",
                 ),
             )
+        if source.registered_pet_ct:
+            wanted = set(source.registered_pet_ct)
+            allowed = [
+                mapping.get(r, r) for r in dict.fromkeys(raw_ids) if r and ("all" in wanted or r in wanted)
+            ]
+            store.write_csv(partial / "registered_pet_ct.csv", pd.DataFrame({"patient_id": allowed}))
         store.write_csv(partial / "clinical.csv", table)
         store.write_csv(partial / "intake_report.csv", pd.DataFrame(rows, columns=list(REPORT_COLUMNS)))
         store.write_json(
@@ -941,98 +973,63 @@ def _ct_header_problem(ds: Any) -> str:
     return "CT has no RescaleSlope/RescaleIntercept: stored values cannot be converted to HU"
 
 
-def _check_images(job: tuple[str, str, bool, str]) -> tuple[str, str, str, str]:
-    """``(patient_id, pet, ct, problems)`` of one patient folder, without writing anything.
+def _series_status(problem: str) -> tuple[str, str]:
+    """``(pet, ct)`` status words for a refused patient: which series the reason is about."""
+    ct = bool(re.search(r"\bCT\b|ct\.nii", problem))
+    pet = bool(re.search(r"\bPET\b|pet\.(nii|json)|SUV|Radio|Patient|Decay|Units|half-life|injection|dose", problem))
+    if pet == ct:  # both, or neither named: the pair as a whole
+        return "problem", "problem"
+    return ("problem", "—") if pet else ("—", "problem")
 
-    DICOM: the public steps :func:`prrt_utils.loading.load_patient` is made of
-    (discover, choose, load each series), run one by one so that a problem is
-    told of the series it belongs to and both series are checked; then, unless
-    ``quick``, :func:`prrt_utils.preprocess.preprocess_patient` in memory.
-    NIfTI: :func:`~prrt_utils.loading.load_patient` itself.
-    """
+
+def _check_quick(folder: Path, pid: str, registered: bool) -> tuple[str, str, str]:
+    """Headers only: series found and chosen, PET and CT one acquisition, SUV computable, CT rescale tags."""
     import pydicom
 
-    from prrt_utils.loading import (
-        InputError,
-        PatientImages,
-        choose_series,
-        discover_series,
-        load_patient,
-        load_series,
-        suv_factor,
-    )
-    from prrt_utils.preprocess import PreprocessConfig, preprocess_patient
+    from prrt_utils.loading import InputError, check_pairing, choose_series, discover_series, suv_factor
 
-    folder_s, pid, quick, centre_root = job
+    series = discover_series(folder, pid)
+    if not series:
+        raise InputError(pid, f"no PET series found (no PET or CT DICOM series; {series.n_non_dicom} non-DICOM files)")
+    pet_s, ct_s, _ = choose_series(series, pid)
+    check_pairing(pet_s, ct_s, pid, registered)
+    head = pydicom.dcmread(pet_s.files[0][1], stop_before_pixels=True, force=True)
+    suv_factor(head, pid)
+    ct_head = pydicom.dcmread(ct_s.files[0][1], stop_before_pixels=True, force=True)
+    if _ct_header_problem(ct_head):
+        raise InputError(pid, _ct_header_problem(ct_head))
+    pet = f"ok (headers): {pet_s.n_slices} slices" + (f", {pet_s.units}" if pet_s.units else "")
+    return pet, f"ok (headers): {ct_s.n_slices} slices", ""
+
+
+def _check_images(job: tuple[str, str, bool, str, bool, Any]) -> tuple[str, str, str, str]:
+    """``(patient_id, pet, ct, problem)`` of one patient folder, without writing anything.
+
+    The verdict is :func:`prrt_utils.preprocess.prepare_patient`'s, the very
+    function the preprocessing stage applies (``quick``: the header checks
+    only), so that a patient ``prrt check`` calls usable is not excluded later.
+    """
+    from prrt_utils.loading import InputError
+    from prrt_utils.log import get_logger, pydicom_messages, scrub
+    from prrt_utils.preprocess import PreprocessConfig, prepare_patient
+
+    folder_s, pid, quick, centre_root, registered, labels = job
     folder = Path(folder_s)
-    status = {"pet": "—", "ct": "—"}
-    problems: list[str] = []
     try:
-        if (folder / "pet.nii.gz").exists() or (folder / "ct.nii.gz").exists():
-            try:
-                images = load_patient(folder, pid)
-            except InputError as exc:
-                which = "ct" if "ct.nii.gz" in exc.problem or exc.problem.startswith("no CT") else "pet"
-                status[which] = "problem"
-                return pid, status["pet"], status["ct"], exc.problem
-            status = {"pet": _describe(images.pet), "ct": _describe(images.ct)}
-        else:
-            try:
-                series = discover_series(folder, pid)
-            except InputError as exc:  # a damaged file: its series is unknown
-                return pid, "problem", "problem", exc.problem
-            if not series:
-                return (
-                    pid,
-                    "problem",
-                    "problem",
-                    (
-                        f"no PET series found (no PET or CT DICOM series; {series.n_non_dicom} non-DICOM files)"
-                    ),
-                )
-            try:
-                pet_s, ct_s, _ = choose_series(series, pid)
-            except InputError as exc:
-                found = {s.modality for s in series}
-                status["pet"] = (
-                    "problem" if "PET" in exc.problem or "PT" not in found else "found (not loaded)"
-                )
-                status["ct"] = "problem" if "CT" in exc.problem and "PT" in found else status["ct"]
-                return pid, status["pet"], status["ct"], exc.problem
-            volumes = {}
-            for key, chosen in (("pet", pet_s), ("ct", ct_s)):
-                try:
-                    if quick:
-                        head = pydicom.dcmread(chosen.files[0][1], stop_before_pixels=True)
-                        if key == "pet":
-                            suv_factor(head, pid)
-                        elif _ct_header_problem(head):
-                            raise InputError(pid, _ct_header_problem(head))
-                        status[key] = f"ok (headers): {chosen.n_slices} slices" + (
-                            f", {chosen.units}" if chosen.units else ""
-                        )
-                    else:
-                        volumes[key] = load_series(chosen, pid)
-                        status[key] = _describe(volumes[key])
-                except InputError as exc:
-                    status[key] = "problem"
-                    problems.append(exc.problem)
-            if problems or quick:
-                return pid, status["pet"], status["ct"], "; ".join(problems)
-            images = PatientImages(pid, volumes["pet"], volumes["ct"])
-        if not quick:
-            try:
-                preprocess_patient(images, PreprocessConfig())
-            except InputError as exc:
-                problems.append(exc.problem)
-        return pid, status["pet"], status["ct"], "; ".join(problems)
+        with pydicom_messages():
+            if quick and not ((folder / "pet.nii.gz").exists() or (folder / "ct.nii.gz").exists()):
+                return (pid, *_check_quick(folder, pid, registered))
+            prepared = prepare_patient(folder, pid, PreprocessConfig(), registered=registered, labels=labels)
+        return pid, _describe(prepared.images.pet), _describe(prepared.images.ct), ""
+    except InputError as exc:
+        return (pid, *_series_status(exc.problem), exc.problem)
     except Exception as exc:  # a bug or a resource problem: reported, never silent
-        message = f"unexpected {type(exc).__name__}: {exc}"
-        for form in {str(folder), str(folder.resolve())}:
-            message = message.replace(form, "<patient folder>")
-        # a linked file's real path names the centre's folder, which may hold a hospital id
-        message = re.sub(re.escape(centre_root) + r"[^\s'\"]*", "<centre file>", message)
-        return pid, "problem", "problem", message
+        import traceback
+
+        message = scrub(f"unexpected {type(exc).__name__}: {exc}", [folder, centre_root])
+        trace = scrub("".join(traceback.format_exception(exc)), [folder, centre_root])
+        get_logger("check").debug("patient %s: %s", pid, trace)
+        return pid, "problem", "problem", f"{message} (prrt check -v shows the traceback)"
 
 
 def check(
@@ -1088,9 +1085,24 @@ def check(
 
     imaging = data / "imaging"
     folders = {p.name for p in imaging.iterdir() if p.is_dir()} if imaging.is_dir() else set()
+    folders = {f for f in folders if _utf8(f)}
     with_files = {name for name in folders if any(q.is_file() for q in (imaging / name).rglob("*"))}
-    ids = [pid for pid in dict.fromkeys(table["patient_id"]) if pid and pid in with_files]
-    jobs = [(str(imaging / pid), pid, quick, str(source.imaging_path.resolve())) for pid in ids]
+    ids = [pid for pid in dict.fromkeys(table["patient_id"]) if pid and pid in with_files and not patient_id_problem(pid)]
+    from prrt_utils.anatomy import SYNTHETIC_LABEL_MAP, find_labels, label_map_path
+    from prrt_utils.preprocess import registered_pairs
+
+    registered = registered_pairs(data)
+    labels_dir, codes = find_labels(data)
+    label_map = tuple(codes or SYNTHETIC_LABEL_MAP)
+
+    def labels(pid: str) -> tuple[str, tuple[str, ...]] | None:
+        found = label_map_path(labels_dir, pid) if labels_dir is not None else None
+        return None if found is None else (str(found), label_map)
+
+    jobs = [
+        (str(store.child(imaging, pid)), pid, quick, str(source.imaging_path.resolve()), pid in registered, labels(pid))
+        for pid in ids
+    ]
     if n_jobs > 1 and len(jobs) > 1:
         with ProcessPoolExecutor(max_workers=n_jobs) as pool:
             results = list(pool.map(_check_images, jobs))
@@ -1144,8 +1156,10 @@ def check(
         usable = clinical == "ok" and pet.startswith("ok") and ct.startswith("ok")
         rows.append((key, line, clinical, pet, ct, usable, "; ".join(reasons)))
     listed = set(table["patient_id"])
+    folder_notes = {r.patient_id: r.problem for r in report.itertuples() if r.column == "imaging" and not r.line}
     for pid in sorted(folders - listed):
-        rows.append((pid, "", "no row", "—", "—", False, "imaging folder without clinical row"))
+        why = folder_notes.get(pid, "imaging folder without clinical row")
+        rows.append((pid, "", "no row", "—", "—", False, why))
     out = pd.DataFrame(rows, columns=list(CHECK_COLUMNS))
     notes = report[report["patient_id"] == ALL]
     out.attrs["notes"] = [f"{r.column}: {r.problem}" for r in notes.itertuples()]

@@ -56,22 +56,37 @@ SUVbw
 1 g/ml) and ``D_ref`` the injected dose (RadionuclideTotalDose, Bq) decayed to
 the time the image is decay-corrected to: with ``DecayCorrection == "START"``
 ``D_ref = D * 2 ** (-t / T_half)`` with ``t`` from the injection
-(RadiopharmaceuticalStartDateTime, else RadiopharmaceuticalStartTime on the
-SeriesDate) to the series start (SeriesDate/SeriesTime, else the earliest
-AcquisitionDate/AcquisitionTime) and ``T_half`` from RadionuclideHalfLife
-(Ga-68: 4062.6 s); with ``"ADMIN"`` the image is already corrected to the
-injection and ``D_ref = D``. Units ``GML`` are taken as SUVbw already. Units
-``CNTS`` (or anything else), DecayCorrection ``NONE``, a missing weight, dose,
-half-life or injection time are refused. Time zones in
+(RadiopharmaceuticalStartDateTime when it holds a time of day; else
+RadiopharmaceuticalStartTime on StartDateTime's date, else on the scan's date)
+to the scan start (:func:`scan_start`, QIBA's vendor-neutral rule:
+SeriesDate/SeriesTime unless it lies after the earliest
+AcquisitionDate/AcquisitionTime, as after a re-reconstruction, then that) and
+``T_half`` from RadionuclideHalfLife; with ``"ADMIN"`` the image is already
+corrected to the injection and ``D_ref = D``. Units ``GML`` are taken as SUVbw
+already. Units ``CNTS`` (or anything else), DecayCorrection ``NONE``, a
+missing weight, dose, half-life or injection time are refused, and so are
+implausible values, with the number and the rule: a weight outside
+:data:`WEIGHT_RANGE_KG`, a half-life that is not the nuclide's within 1 % (the
+nuclide named by RadionuclideCodeSequence or Radiopharmaceutical, else the one
+whose half-life it is: :data:`NUCLIDES`), a dose outside the nuclide's range, a
+time from injection to scan outside 0-12 h. Time zones in
 RadiopharmaceuticalStartDateTime are ignored (the scanner's local time is
-assumed throughout).
+assumed throughout). The whole-body SUVmax is checked after loading
+(:func:`prrt_utils.preprocess.check_suv_max`).
+
+Pairing: PET and CT must agree on PatientID, StudyInstanceUID and
+FrameOfReferenceUID (:func:`check_pairing`; a CT registered from another
+study may be allowed per patient). Non-axial series, compressed pixel data
+without a decoder and non-finite values are refused by name; DICOM files
+without preamble are read (``force=True``).
 
 NIfTI
 -----
 ``pet.nii.gz`` with a ``pet.json`` sidecar: ``{"units": "SUVbw"}`` or
 ``{"units": "Bq/ml", "patient_weight_kg", "injected_dose_bq",
 "injection_to_scan_s", "decay_corrected_to" ("scan_start" | "injection",
-default "scan_start"), "half_life_s" (default Ga-68)}``; ``ct.nii.gz`` in HU
+default "scan_start"), "half_life_s" and/or "nuclide" (no default)}``, checked
+as a DICOM header is; ``ct.nii.gz`` in HU
 (the NIfTI scl_slope/scl_inter are applied by nibabel). A NIfTI without a
 qform/sform or with a singular affine is refused.
 
@@ -93,6 +108,7 @@ import datetime as dt
 import hashlib
 import json
 import math
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -101,7 +117,10 @@ import numpy as np
 
 __all__ = [
     "GA68_HALF_LIFE_S",
+    "NUCLIDES",
+    "WEIGHT_RANGE_KG",
     "InputError",
+    "Nuclide",
     "PatientImages",
     "SeriesInfo",
     "SeriesList",
@@ -113,12 +132,68 @@ __all__ = [
     "load_nifti",
     "load_patient",
     "load_series",
+    "check_pairing",
+    "identify_nuclide",
     "reorient",
+    "scan_start",
     "suv_factor",
 ]
 
 GA68_HALF_LIFE_S = 4062.6
 """Half-life of gallium-68 in seconds (67.71 min)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Nuclide:
+    """A PET radionuclide: its half-life and the injected activities that are plausible for it.
+
+    Attributes
+    ----------
+    name : str
+        ``"Ga-68"``, ``"F-18"``, ...
+    half_life_s : float
+        Physical half-life in seconds (DDEP/NUBASE values, as scanners write them).
+    dose_mbq : (float, float)
+        Plausible injected activity in MBq for a diagnostic PET of a child of
+        20 kg up to an adult of 300 kg; far outside it a unit was confused
+        (MBq or kBq written where Bq are due).
+    """
+
+    name: str
+    half_life_s: float
+    dose_mbq: tuple[float, float]
+
+
+NUCLIDES: dict[str, Nuclide] = {
+    n.name: n
+    for n in (
+        Nuclide("Ga-68", GA68_HALF_LIFE_S, (20.0, 500.0)),
+        Nuclide("F-18", 6586.2, (20.0, 1000.0)),
+        Nuclide("Cu-64", 45721.1, (20.0, 500.0)),
+        Nuclide("Sc-44", 14292.0, (20.0, 500.0)),
+        Nuclide("C-11", 1221.84, (50.0, 1500.0)),
+        Nuclide("Zr-89", 282276.0, (10.0, 200.0)),
+    )
+}
+"""The PET nuclides a header may name; SR-PET uses Ga-68, Cu-64, F-18 (SiFAlin) or Sc-44."""
+
+_NUCLIDE_WORDS = {
+    "Ga-68": ("ga", "68", "gallium"),
+    "F-18": ("f", "18", "fluorine"),
+    "Cu-64": ("cu", "64", "copper"),
+    "Sc-44": ("sc", "44", "scandium"),
+    "C-11": ("c", "11", "carbon"),
+    "Zr-89": ("zr", "89", "zirconium"),
+}
+
+WEIGHT_RANGE_KG = (20.0, 300.0)
+"""Plausible PatientWeight (kg); outside it the weight is in grams or pounds, or mistyped."""
+
+HALF_LIFE_TOLERANCE = 0.01
+"""The header's half-life must equal its nuclide's within 1 %."""
+
+MAX_UPTAKE_S = 12 * 3600.0
+"""Longest plausible time from injection to scan (12 h: even Cu-64 is imaged within hours)."""
 
 CANONICAL_ORIENTATION = np.array([[2, -1], [1, 1], [0, 1]])
 """nibabel orientation of the canonical array axes in LPS: d along -z, h along +y, w along +x."""
@@ -220,6 +295,8 @@ class SeriesInfo:
         PET Units (``BQML``, ``CNTS``, ...), ``""`` for CT.
     frame_of_reference : str
         12 hex digits of SHA-256 of the FrameOfReferenceUID (``""`` if absent).
+    patient, study : str
+        The same for PatientID and StudyInstanceUID (:func:`check_pairing`).
     datasets : tuple of pydicom.Dataset
         The files as read, pixel data included, aligned with ``files``, when
         :func:`discover_series` was asked to keep them (``read_pixels=True``)
@@ -235,6 +312,8 @@ class SeriesInfo:
     corrected_image: tuple[str, ...] = ()
     units: str = ""
     frame_of_reference: str = ""
+    patient: str = ""
+    study: str = ""
     datasets: tuple[Any, ...] = dataclasses.field(default=(), repr=False, compare=False)
 
     @property
@@ -252,7 +331,9 @@ class SeriesList(list):
     Attributes
     ----------
     n_non_dicom : int
-        Files that are not DICOM (no ``DICM`` prefix), skipped silently.
+        Files that are not DICOM, skipped silently.
+    n_no_preamble : int
+        DICOM files without the 128-byte preamble and ``DICM`` prefix, read anyway.
     n_other : int
         DICOM files of other kinds (DICOMDIR, other modalities), ignored.
     n_unreadable : int
@@ -260,6 +341,7 @@ class SeriesList(list):
     """
 
     n_non_dicom: int = 0
+    n_no_preamble: int = 0
     n_other: int = 0
     n_unreadable: int = 0
 
@@ -322,6 +404,44 @@ def reorient(array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndar
 # Discovery
 # ---------------------------------------------------------------------------
 
+_BARE_START = (b"\x02\x00", b"\x08\x00")
+"""First bytes of a DICOM data set written without preamble: a group 0002 or 0008 element tag."""
+
+
+def _read_dicom(path: Path, read_pixels: bool) -> tuple[Any, int, bool]:
+    """``(dataset, bytes read, without preamble)`` of one file; :class:`InvalidDicomError` if it is not DICOM.
+
+    A file without the 128-byte preamble and ``DICM`` prefix (older exports,
+    some PACS) is read with ``force=True`` when its first bytes are a group
+    0002 or 0008 element tag and it holds a Modality; its transfer syntax is
+    then the one pydicom found while parsing.
+    """
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+    from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    with open(path, "rb") as fh:
+        try:
+            ds = pydicom.dcmread(fh, stop_before_pixels=not read_pixels, force=False)
+            return ds, fh.tell(), False
+        except InvalidDicomError:
+            fh.seek(0)
+            if fh.read(2) not in _BARE_START:
+                raise
+        fh.seek(0)
+        ds = pydicom.dcmread(fh, stop_before_pixels=not read_pixels, force=True)
+        end = fh.tell()
+    if "Modality" not in ds:
+        raise InvalidDicomError("no DICOM data set")
+    meta = ds.file_meta
+    if "TransferSyntaxUID" not in meta:
+        implicit, little = getattr(ds, "original_encoding", (True, True))
+        meta.TransferSyntaxUID = (
+            ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian if little else ExplicitVRBigEndian
+        )
+    return ds, end, True
+
+
 
 def discover_series(
     folder: str | Path, patient_id: str = "?", on_error: str = "stop", *, read_pixels: bool = False
@@ -353,7 +473,6 @@ def discover_series(
     SeriesList
         One :class:`SeriesInfo` per series, sorted by modality then key.
     """
-    import pydicom
     from pydicom.errors import InvalidDicomError
 
     if on_error not in _ON_ERROR:
@@ -377,15 +496,14 @@ def discover_series(
             unreadable(pos, "is empty (0 bytes)")
             continue
         try:
-            with open(path, "rb") as fh:
-                ds = pydicom.dcmread(fh, stop_before_pixels=not read_pixels, force=False)
-                header_end = fh.tell()
+            ds, header_end, bare = _read_dicom(path, read_pixels)
         except InvalidDicomError:
             out.n_non_dicom += 1
             continue
         except Exception as exc:  # pydicom raises many kinds on damaged headers
             unreadable(pos, f"has a damaged DICOM header ({type(exc).__name__})")
             continue
+        out.n_no_preamble += int(bare)
         meta = getattr(ds, "file_meta", None)
         sop = str(getattr(meta, "MediaStorageSOPClassUID", "") or ds.get("SOPClassUID", ""))
         if sop == _DICOMDIR_SOP:
@@ -421,6 +539,8 @@ def discover_series(
                 "corrected": _strings(ds.get("CorrectedImage")),
                 "units": str(ds.get("Units", "") or "").upper() if modality == "PT" else "",
                 "for": _short_hash(ds.get("FrameOfReferenceUID", "")),
+                "patient": _short_hash(str(ds.get("PatientID", "") or "").strip()),
+                "study": _short_hash(ds.get("StudyInstanceUID", "")),
                 "datasets": [],
             },
         )
@@ -438,10 +558,48 @@ def discover_series(
                 corrected_image=g["corrected"],
                 units=g["units"],
                 frame_of_reference=g["for"],
+                patient=g["patient"],
+                study=g["study"],
                 datasets=tuple(g["datasets"]),
             )
         )
     return out
+
+
+def check_pairing(pet: SeriesInfo, ct: SeriesInfo, patient_id: str, registered: bool = False) -> None:
+    """Refuse a PET and a CT that are not one PET/CT acquisition of one patient.
+
+    PatientID, StudyInstanceUID and FrameOfReferenceUID must agree where both
+    series carry them (compared by hash: no value enters a message). With
+    ``registered`` (the cohort YAML's ``registered_pet_ct``: a CT registered to
+    the PET from another study) only PatientID must agree.
+
+    Raises
+    ------
+    InputError
+        Naming the tags that disagree, never their values.
+    """
+    tags = [("PatientID", pet.patient, ct.patient)]
+    if not registered:
+        tags += [
+            ("StudyInstanceUID", pet.study, ct.study),
+            ("FrameOfReferenceUID", pet.frame_of_reference, ct.frame_of_reference),
+        ]
+    differ = [tag for tag, a, b in tags if a and b and a != b]
+    if not differ:
+        return
+    if "PatientID" in differ:
+        raise InputError(
+            patient_id,
+            f"PET and CT disagree on {', '.join(differ)}: they may be of different patients; "
+            "put one patient's PET/CT in the folder",
+        )
+    raise InputError(
+        patient_id,
+        f"PET and CT disagree on {', '.join(differ)}: not one PET/CT acquisition, so the CT need not lie "
+        "where the PET does; if the CT was registered to the PET, list the patient under "
+        "registered_pet_ct in the cohort YAML",
+    )
 
 
 def _pet_rank(s: SeriesInfo) -> tuple[int, int, int]:
@@ -547,6 +705,164 @@ def _parse_datetime(value: Any) -> dt.datetime | None:
         return None
 
 
+def _nuclide_in_text(text: str) -> str | None:
+    """The nuclide a free text names (``"Ga-68 DOTATOC"``, ``"^68^Gallium"``, ``"Fludeoxyglucose F^18^"``), or None."""
+    t = re.sub(r"[\^\s_]+", " ", str(text or "").lower())
+    for name, (sym, mass, element) in _NUCLIDE_WORDS.items():
+        patterns = (
+            rf"(?<![a-z]){sym} ?-? ?{mass}(?!\d)",
+            rf"(?<!\d){mass} ?-? ?(?:{sym}|{element})(?![a-z])",
+            rf"{element} ?-? ?{mass}(?!\d)",
+        )
+        if any(re.search(p, t) for p in patterns):
+            return name
+    return None
+
+
+def identify_nuclide(
+    texts: Sequence[tuple[str, Any]],
+    half_life_s: float | None,
+    patient_id: str,
+    where: str = "RadionuclideHalfLife",
+) -> tuple[Nuclide, str]:
+    """The nuclide of a PET and where it was read from; the half-life must be the nuclide's within 1 %.
+
+    Parameters
+    ----------
+    texts : sequence of (tag, text)
+        Places that may name the nuclide, in order of trust (RadionuclideCodeSequence's
+        CodeMeaning, Radiopharmaceutical, ...).
+    half_life_s : float or None
+        The half-life the header gives (seconds), if any.
+    patient_id : str
+    where : str
+        The half-life's tag or key, for messages.
+
+    Returns
+    -------
+    nuclide : Nuclide
+    source : str
+        The tag that named it, or ``"half-life"`` when only the half-life did.
+
+    Raises
+    ------
+    InputError
+        No nuclide named and no half-life, a half-life that is no known nuclide's
+        (e.g. minutes written as seconds), or one that differs from the named nuclide's.
+    """
+    named = next(((tag, n) for tag, text in texts if (n := _nuclide_in_text(text))), None)
+    known = ", ".join(f"{n.name} {n.half_life_s:g} s" for n in NUCLIDES.values())
+    if named is not None:
+        tag, name = named
+        nuc = NUCLIDES[name]
+        if half_life_s is not None and abs(half_life_s / nuc.half_life_s - 1.0) > HALF_LIFE_TOLERANCE:
+            raise InputError(
+                patient_id,
+                f"{where} {half_life_s:g} s is not {name}'s {nuc.half_life_s:g} s "
+                f"(rule: within {100 * HALF_LIFE_TOLERANCE:g}%; minutes written as seconds?)",
+            )
+        return nuc, tag
+    if half_life_s is None:
+        raise InputError(
+            patient_id, f"no radionuclide named and no half-life ({where}): the decay cannot be computed"
+        )
+    for nuc in NUCLIDES.values():
+        if abs(half_life_s / nuc.half_life_s - 1.0) <= HALF_LIFE_TOLERANCE:
+            return nuc, "half-life"
+    raise InputError(
+        patient_id,
+        f"{where} {half_life_s:g} s is no PET nuclide's (rule: within {100 * HALF_LIFE_TOLERANCE:g}% "
+        f"of {known}; minutes written as seconds?)",
+    )
+
+
+def check_weight(weight_kg: float, patient_id: str, tag: str = "PatientWeight") -> float:
+    """``weight_kg`` if it lies in :data:`WEIGHT_RANGE_KG`, else :class:`InputError` with the number and the rule."""
+    lo, hi = WEIGHT_RANGE_KG
+    if not (math.isfinite(weight_kg) and weight_kg > 0):
+        raise InputError(patient_id, f"{tag} is missing or zero; SUVbw needs the body weight")
+    if not lo <= weight_kg <= hi:
+        hint = " (grams instead of kilograms?)" if weight_kg > 1000 else ""
+        raise InputError(
+            patient_id, f"{tag} = {weight_kg:g} kg is implausible (rule: {lo:g} to {hi:g} kg){hint}"
+        )
+    return weight_kg
+
+
+def check_dose(dose_bq: float, nuclide: Nuclide, patient_id: str, tag: str = "RadionuclideTotalDose") -> float:
+    """``dose_bq`` if it lies in the nuclide's plausible range (:attr:`Nuclide.dose_mbq`), else :class:`InputError`."""
+    lo, hi = nuclide.dose_mbq
+    if not (math.isfinite(dose_bq) and dose_bq > 0):
+        raise InputError(patient_id, f"{tag} (injected dose) is missing or zero")
+    mbq = dose_bq / 1e6
+    if not lo <= mbq <= hi:
+        hint = " (MBq written where Bq are due?)" if mbq < lo / 1e3 else ""
+        raise InputError(
+            patient_id,
+            f"{tag} = {dose_bq:g} Bq ({mbq:.4g} MBq) is implausible for {nuclide.name} "
+            f"(rule: {lo:g} to {hi:g} MBq){hint}",
+        )
+    return dose_bq
+
+
+def check_uptake(elapsed_s: float, patient_id: str, what: str) -> float:
+    """``elapsed_s`` if it lies in 0 to :data:`MAX_UPTAKE_S`, else :class:`InputError` with the number and the rule."""
+    if not (math.isfinite(elapsed_s) and 0.0 <= elapsed_s <= MAX_UPTAKE_S):
+        raise InputError(
+            patient_id,
+            f"implausible time from injection to scan: {what} = {elapsed_s:g} s ({elapsed_s / 60.0:.1f} min; "
+            f"rule: 0 to {MAX_UPTAKE_S / 3600:g} h); check the header times",
+        )
+    return elapsed_s
+
+
+def scan_start(ds: Any, acquisition_start: dt.datetime | None) -> tuple[dt.datetime | None, str]:
+    """The time the PET is decay-corrected to (DecayCorrection START) and the tag it came from.
+
+    The vendor-neutral rule of QIBA's SUV pseudo-code: SeriesDate/SeriesTime,
+    unless it lies after the earliest AcquisitionDate/AcquisitionTime of the
+    series (a re-reconstruction or a post-processed copy resets the series
+    time): then that earliest acquisition time.
+
+    Returns
+    -------
+    start : datetime or None
+        None when neither is in the header.
+    tag : str
+        ``"SeriesDate/SeriesTime"`` or ``"AcquisitionDate/AcquisitionTime (earliest)"``, for the QC table.
+    """
+    series = _parse_dt(ds.get("SeriesDate"), ds.get("SeriesTime"))
+    acq = "AcquisitionDate/AcquisitionTime (earliest)"
+    if series is None:
+        return acquisition_start, acq if acquisition_start is not None else ""
+    if acquisition_start is not None and series > acquisition_start:
+        return acquisition_start, acq + ", SeriesTime later"
+    return series, "SeriesDate/SeriesTime"
+
+
+def _injection_time(radio: Any, scan_date: Any) -> tuple[dt.datetime | None, str, bool]:
+    """``(injection, tag, date guessed)``: RadiopharmaceuticalStartDateTime when it holds a time of day.
+
+    A StartDateTime with a date only (or hours only) would be midnight (or the
+    full hour): the full RadiopharmaceuticalStartTime is then combined with its
+    date, or with the scan's date when StartDateTime is absent (``date guessed``:
+    an injection before midnight and a scan after it are one day apart).
+    """
+    text = str(radio.get("RadiopharmaceuticalStartDateTime", "") or "").strip()
+    clock = re.sub(r"[+-]\d{4}$", "", text)  # a UTC offset is no time of day
+    if len(clock) >= 12:  # YYYYMMDDHHMM at least
+        inj = _parse_datetime(text)
+        if inj is not None:
+            return inj, "RadiopharmaceuticalStartDateTime", False
+    start_time = radio.get("RadiopharmaceuticalStartTime")
+    if len(clock) >= 8 and start_time:
+        inj = _parse_dt(clock[:8], start_time)
+        if inj is not None:
+            return inj, "RadiopharmaceuticalStartTime (date from StartDateTime)", False
+    inj = _parse_dt(scan_date, start_time)
+    return inj, "RadiopharmaceuticalStartTime (date of the scan)", True
+
+
 def suv_factor(
     ds: Any, patient_id: str, acquisition_start: dt.datetime | None = None
 ) -> tuple[float, dict[str, Any]]:
@@ -558,15 +874,21 @@ def suv_factor(
         A PET slice header (series-level tags are read).
     patient_id : str
     acquisition_start : datetime, optional
-        Earliest AcquisitionDate/Time of the series, used if SeriesDate/SeriesTime are missing.
+        Earliest AcquisitionDate/Time of the series (:func:`scan_start`).
 
     Returns
     -------
     factor : float
         ``SUVbw = factor * value`` (``factor = 1`` for Units ``GML``), in g/Bq (ml units cancel).
     facts : dict
-        Non-identifying facts: units, decay correction, half-life (s),
-        injection-to-reference time (s), injected dose (MBq), factor.
+        Non-identifying facts: units, decay correction, nuclide, half-life (s),
+        injection-to-reference time (s) and the tags it came from, injected dose (MBq), factor.
+
+    Raises
+    ------
+    InputError
+        A tag missing, or a value outside its plausible range (weight, dose,
+        half-life, time from injection to scan): the message gives the number and the rule.
     """
     units = str(ds.get("Units", "") or "").strip().upper()
     if units == "GML":
@@ -578,36 +900,39 @@ def suv_factor(
             f"PET is stored in {what}; SUV needs activity concentration in Bq/ml (Units BQML) "
             "or SUVbw (GML): export the PET in Bq/ml",
         )
-    weight = ds.get("PatientWeight")
-    try:
-        weight_kg = float(weight) if weight not in (None, "") else float("nan")
-    except (TypeError, ValueError):
-        weight_kg = float("nan")
-    if not (math.isfinite(weight_kg) and weight_kg > 0):
+    weight_kg = _num(ds.get("PatientWeight"))
+    if weight_kg is None or weight_kg <= 0:
         raise InputError(
             patient_id, "PatientWeight is missing or zero in the PET header; SUVbw needs the body weight"
         )
+    check_weight(weight_kg, patient_id)
     seq = ds.get("RadiopharmaceuticalInformationSequence")
     if not seq:
         raise InputError(
             patient_id, "PET header has no RadiopharmaceuticalInformationSequence (dose and injection time)"
         )
     radio = seq[0]
-    try:
-        dose_bq = float(radio.get("RadionuclideTotalDose") or "nan")
-        half_life = float(radio.get("RadionuclideHalfLife") or "nan")
-    except (TypeError, ValueError):
-        dose_bq, half_life = float("nan"), float("nan")
-    if not (math.isfinite(dose_bq) and dose_bq > 0):
+    dose_bq = _num(radio.get("RadionuclideTotalDose"))
+    if dose_bq is None or dose_bq <= 0:
         raise InputError(
             patient_id, "RadionuclideTotalDose (injected dose) is missing or zero in the PET header"
         )
-    if not (math.isfinite(half_life) and half_life > 0):
+    half_life = _num(radio.get("RadionuclideHalfLife"))
+    if half_life is None or half_life <= 0:
         raise InputError(patient_id, "RadionuclideHalfLife is missing or zero in the PET header")
+    texts = [
+        ("RadionuclideCodeSequence", _code_meaning(radio.get("RadionuclideCodeSequence"))),
+        ("Radiopharmaceutical", radio.get("Radiopharmaceutical", "")),
+        ("RadiopharmaceuticalCodeSequence", _code_meaning(radio.get("RadiopharmaceuticalCodeSequence"))),
+    ]
+    nuclide, nuclide_from = identify_nuclide(texts, half_life, patient_id)
+    check_dose(dose_bq, nuclide, patient_id)
     decay = str(ds.get("DecayCorrection", "") or "").strip().upper()
     facts: dict[str, Any] = {
         "pet_units_stored": units,
         "decay_correction": decay,
+        "nuclide": nuclide.name,
+        "nuclide_from": nuclide_from,
         "half_life_s": half_life,
         "injected_dose_mbq": round(dose_bq / 1e6, 3),
     }
@@ -615,29 +940,21 @@ def suv_factor(
         facts["injection_to_reference_s"] = 0.0
         factor = weight_kg * 1000.0 / dose_bq
     elif decay == "START":
-        series_date = ds.get("SeriesDate") or ds.get("AcquisitionDate") or ds.get("StudyDate")
-        ref = _parse_dt(ds.get("SeriesDate"), ds.get("SeriesTime")) or acquisition_start
+        ref, ref_tag = scan_start(ds, acquisition_start)
         if ref is None:
             raise InputError(
                 patient_id, "PET header has no SeriesDate/SeriesTime or AcquisitionTime to decay the dose to"
             )
-        inj = _parse_datetime(radio.get("RadiopharmaceuticalStartDateTime"))
-        only_time = inj is None
-        if only_time:
-            inj = _parse_dt(series_date, radio.get("RadiopharmaceuticalStartTime"))
+        inj, inj_tag, guessed_date = _injection_time(radio, ref.strftime("%Y%m%d"))
         if inj is None:
             raise InputError(
                 patient_id, "injection time (RadiopharmaceuticalStartDateTime/StartTime) is missing"
             )
         elapsed = (ref - inj).total_seconds()
-        if only_time and elapsed < 0:  # injection before midnight, scan after
+        if guessed_date and elapsed < 0:  # injection before midnight, scan after
             elapsed += 86400.0
-        if not 0.0 <= elapsed <= 12 * 3600.0:
-            raise InputError(
-                patient_id,
-                f"implausible time from injection to scan ({elapsed / 60.0:.1f} min); check the header times",
-            )
-        facts["injection_to_reference_s"] = elapsed
+        check_uptake(elapsed, patient_id, f"{ref_tag} minus {inj_tag}")
+        facts.update(injection_to_reference_s=elapsed, scan_start_from=ref_tag, injection_from=inj_tag)
         factor = weight_kg * 1000.0 / (dose_bq * decay_factor(elapsed, half_life))
     else:
         raise InputError(
@@ -646,6 +963,73 @@ def suv_factor(
         )
     facts["suv_factor"] = factor
     return factor, facts
+
+
+def _code_meaning(seq: Any) -> str:
+    try:
+        return str(seq[0].get("CodeMeaning", "") or "") if seq else ""
+    except (IndexError, TypeError, AttributeError):
+        return ""
+
+
+def _compressed(ds: Any) -> bool:
+    ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    return ts is not None and str(ts) not in _UNCOMPRESSED and bool(getattr(ts, "is_compressed", False))
+
+
+def _pixel_problem(ds: Any, exc: Exception) -> str:
+    """Why pixel data could not be read: a compressed transfer syntax without its decoder is named as such."""
+    if ds is None or not _compressed(ds):
+        return f"pixel data cannot be read ({type(exc).__name__}; truncated?)"
+    from pydicom.pixels import get_decoder
+
+    ts = ds.file_meta.TransferSyntaxUID
+    try:
+        decoder = get_decoder(ts)
+    except NotImplementedError:
+        return f"pixel data are compressed as {ts.name} ({ts}), which pydicom cannot decode: export uncompressed"
+    if not decoder.is_available:
+        options = "; ".join(decoder.missing_dependencies) or "a decoder plugin"
+        return (
+            f"pixel data are compressed as {ts.name} ({ts}) and no decoder for it is installed "
+            f"(install one of: {options}); or export uncompressed"
+        )
+    return f"compressed pixel data ({ts.name}) cannot be decoded ({type(exc).__name__}; damaged or truncated?)"
+
+
+_PLANES = ("sagittal", "coronal", "axial")
+
+
+def _require_axial(normal: np.ndarray, name: str, patient_id: str) -> None:
+    """Whole-body PET/CT is reconstructed in axial slices; other planes are refused by name.
+
+    A sagittal or coronal ImageOrientationPatient whose positions still advance
+    along the body axis (a header written wrongly) would otherwise surface as
+    "duplicated slice positions".
+    """
+    axis = int(np.argmax(np.abs(normal)))
+    if abs(normal[2]) < math.cos(math.radians(45.0)):
+        raise InputError(
+            patient_id,
+            f"{name} orientation not supported: ImageOrientationPatient describes {_PLANES[axis]} slices "
+            "(only axial series are read): export the axial series",
+        )
+
+
+def _require_same_series_values(slices: Sequence[tuple[int, Any, np.ndarray]], name: str, patient_id: str) -> None:
+    """The SUV tags must agree on every slice; numbers are compared as numbers ("71.0000" equals "71.0")."""
+    for key in ("Units", "DecayCorrection"):
+        if len({str(ds.get(key, "") or "").strip().upper() for _, ds, _ in slices}) > 1:
+            raise InputError(patient_id, f"{name} slices disagree on {key}: cannot convert to SUV")
+    weights = {_num(ds.get("PatientWeight")) for _, ds, _ in slices}
+    if len(weights) > 1:
+        raise InputError(patient_id, f"{name} slices disagree on PatientWeight: cannot convert to SUV")
+
+
+def _require_finite(values: np.ndarray, what: str, patient_id: str) -> None:
+    bad = int(values.size - np.count_nonzero(np.isfinite(values)))
+    if bad:
+        raise InputError(patient_id, f"{what}: {bad} voxels are not finite (NaN or infinite)")
 
 
 def _dicom_affine(iop: np.ndarray, spacing_rc: np.ndarray, first: np.ndarray, step: np.ndarray) -> np.ndarray:
@@ -692,12 +1076,10 @@ def load_series(
                 ds = pydicom.dcmread(path, force=False)
             stored = ds.pixel_array
         except Exception as exc:
-            if on_error == "skip":
+            if on_error == "skip" and not _compressed(ds):
                 continue
-            raise InputError(
-                patient_id,
-                f"{_file_label(pos, n_all)}: pixel data cannot be read ({type(exc).__name__}; truncated?)",
-            ) from None
+            name = "PET" if series.modality == "PT" else series.modality
+            raise InputError(patient_id, f"{name} {_file_label(pos, n_all)}: {_pixel_problem(ds, exc)}") from None
         if stored.ndim != 2:
             raise InputError(
                 patient_id,
@@ -741,6 +1123,7 @@ def load_series(
     ):
         raise InputError(patient_id, f"{name} ImageOrientationPatient is not two orthogonal unit vectors")
     normal = np.cross(row_dir, col_dir)
+    _require_axial(normal, name, patient_id)
     tilt = max(abs(_num(ds.get("GantryDetectorTilt")) or 0.0) for _, ds, _ in slices)
     if tilt > 0.01:
         raise InputError(
@@ -837,16 +1220,14 @@ def load_series(
     else:
         acq = [_parse_dt(ds.get("AcquisitionDate"), ds.get("AcquisitionTime")) for _, ds, _ in slices]
         acq = [a for a in acq if a is not None]
-        for key in ("Units", "DecayCorrection", "PatientWeight"):
-            vals = {str(ds.get(key, "")) for _, ds, _ in slices}
-            if len(vals) > 1:
-                raise InputError(patient_id, f"PET slices disagree on {key}: cannot convert to SUV")
+        _require_same_series_values(slices, name, patient_id)
         factor, facts = suv_factor(first, patient_id, min(acq) if acq else None)
         meta.update(facts)
         meta["attenuation_corrected"] = series.attenuation_corrected
         meta["reconstruction"] = str(first.get("ReconstructionMethod", "") or "")
         values *= np.float32(factor)
         units = "SUVbw"
+    _require_finite(values, f"{name} pixel values", patient_id)
     array, affine = reorient(values, affine)
     if raw is not None:
         raw, _ = reorient(raw, _dicom_affine(iop0, ps0, ipps[0], step))
@@ -885,6 +1266,7 @@ def _nifti_volume(
 ) -> Volume:
     img, lps = _nifti(path, patient_id)
     data = np.asarray(img.get_fdata(dtype=np.float32)).reshape(img.shape[:3])
+    _require_finite(data, path.name, patient_id)
     raw = None
     if keep_raw:
         raw = (
@@ -941,6 +1323,61 @@ def load_label_map(path: str | Path, patient_id: str) -> tuple[np.ndarray, np.nd
     return array, affine
 
 
+def _sidecar_number(side: dict[str, Any], key: str) -> float | None:
+    value = side.get(key)
+    if value is None or value == "" or isinstance(value, bool):
+        return None
+    return _num(value)
+
+
+def _sidecar_suv_factor(side: dict[str, Any], patient_id: str) -> tuple[float, dict[str, Any]]:
+    """SUVbw factor of a NIfTI PET in Bq/ml from its ``pet.json`` (module docstring, "NIfTI").
+
+    The same plausibility rules as a DICOM header: weight, dose for the
+    nuclide, half-life equal to the nuclide's, time from injection to scan.
+    There is no default nuclide: a sidecar without ``half_life_s``, ``nuclide``
+    or a ``radiopharmaceutical`` naming one is refused.
+    """
+    weight = _sidecar_number(side, "patient_weight_kg")
+    if weight is None or weight <= 0:
+        raise InputError(patient_id, "patient weight (patient_weight_kg) missing in pet.json; SUVbw needs it")
+    check_weight(weight, patient_id, "pet.json patient_weight_kg")
+    dose = _sidecar_number(side, "injected_dose_bq")
+    if dose is None or dose <= 0:
+        raise InputError(patient_id, "injected dose (injected_dose_bq) missing in pet.json")
+    half_life = _sidecar_number(side, "half_life_s")
+    texts = [("nuclide", side.get("nuclide", "")), ("radiopharmaceutical", side.get("radiopharmaceutical", ""))]
+    if half_life is None and not any(_nuclide_in_text(t) for _, t in texts):
+        raise InputError(
+            patient_id,
+            "pet.json gives neither half_life_s nor nuclide (e.g. \"Ga-68\", \"F-18\"): "
+            "the decay cannot be computed, and no nuclide is assumed",
+        )
+    nuclide, nuclide_from = identify_nuclide(texts, half_life, patient_id, "pet.json half_life_s")
+    half_life = nuclide.half_life_s if half_life is None else half_life
+    check_dose(dose, nuclide, patient_id, "pet.json injected_dose_bq")
+    ref = str(side.get("decay_corrected_to", "scan_start")).strip().lower()
+    if ref == "injection":
+        elapsed = 0.0
+    elif ref == "scan_start":
+        elapsed = _sidecar_number(side, "injection_to_scan_s")
+        if elapsed is None:
+            raise InputError(patient_id, "injection_to_scan_s missing in pet.json")
+        check_uptake(elapsed, patient_id, "pet.json injection_to_scan_s")
+    else:
+        raise InputError(patient_id, f"pet.json decay_corrected_to {ref!r} not supported (scan_start|injection)")
+    factor = weight * 1000.0 / (dose * decay_factor(elapsed, half_life))
+    return factor, {
+        "nuclide": nuclide.name,
+        "nuclide_from": f"pet.json {nuclide_from}",
+        "half_life_s": half_life,
+        "injection_to_reference_s": elapsed,
+        "scan_start_from": "pet.json injection_to_scan_s" if ref == "scan_start" else "",
+        "decay_correction": "START" if ref == "scan_start" else "ADMIN",
+        "injected_dose_mbq": round(dose / 1e6, 3),
+    }
+
+
 def load_nifti(folder: str | Path, patient_id: str, *, keep_raw: bool = False) -> PatientImages:
     """Read ``pet.nii.gz`` + ``pet.json`` and ``ct.nii.gz`` (module docstring, "NIfTI").
 
@@ -960,42 +1397,15 @@ def load_nifti(folder: str | Path, patient_id: str, *, keep_raw: bool = False) -
         side = json.loads(side_path.read_text())
     except (ValueError, UnicodeDecodeError):
         raise InputError(patient_id, "pet.json is not valid JSON") from None
+    if not isinstance(side, dict):
+        raise InputError(patient_id, "pet.json must hold one JSON object ({\"units\": ...})")
     units = str(side.get("units", "")).strip()
     facts: dict[str, Any] = {"pet_units_stored": units}
     if units.lower() == "suvbw":
         factor = 1.0
     elif units.lower() in ("bq/ml", "bqml"):
-        try:
-            weight = float(side.get("patient_weight_kg") or "nan")
-            dose = float(side.get("injected_dose_bq") or "nan")
-            half_life = float(side.get("half_life_s") or GA68_HALF_LIFE_S)
-        except (TypeError, ValueError):
-            weight = dose = half_life = float("nan")
-        if not (math.isfinite(weight) and weight > 0):
-            raise InputError(
-                patient_id, "patient weight (patient_weight_kg) missing in pet.json; SUVbw needs it"
-            )
-        if not (math.isfinite(dose) and dose > 0):
-            raise InputError(patient_id, "injected dose (injected_dose_bq) missing in pet.json")
-        ref = str(side.get("decay_corrected_to", "scan_start")).strip().lower()
-        if ref == "injection":
-            elapsed = 0.0
-        elif ref == "scan_start":
-            try:
-                elapsed = float(side["injection_to_scan_s"])
-            except (KeyError, TypeError, ValueError):
-                raise InputError(patient_id, "injection_to_scan_s missing in pet.json") from None
-        else:
-            raise InputError(
-                patient_id, f"pet.json decay_corrected_to {ref!r} not supported (scan_start|injection)"
-            )
-        factor = weight * 1000.0 / (dose * decay_factor(elapsed, half_life))
-        facts.update(
-            half_life_s=half_life,
-            injection_to_reference_s=elapsed,
-            decay_correction="START" if ref == "scan_start" else "ADMIN",
-            injected_dose_mbq=round(dose / 1e6, 3),
-        )
+        factor, more = _sidecar_suv_factor(side, patient_id)
+        facts.update(more)
     else:
         raise InputError(
             patient_id, f"pet.json units {units or 'missing'!r} cannot give SUV (needs 'SUVbw' or 'Bq/ml')"
@@ -1014,7 +1424,12 @@ def load_nifti(folder: str | Path, patient_id: str, *, keep_raw: bool = False) -
 
 
 def load_patient(
-    folder: str | Path, patient_id: str, *, on_error: str = "stop", keep_raw: bool = False
+    folder: str | Path,
+    patient_id: str,
+    *,
+    on_error: str = "stop",
+    keep_raw: bool = False,
+    registered: bool = False,
 ) -> PatientImages:
     """Load a patient's PET (SUVbw) and CT (HU) from DICOM or NIfTI.
 
@@ -1030,21 +1445,43 @@ def load_patient(
         a missing slice).
     keep_raw : bool
         Keep the values before harmonisation in ``Volume.raw`` (for QC).
+    registered : bool
+        The CT was registered to the PET from another study (cohort YAML
+        ``registered_pet_ct``): StudyInstanceUID and FrameOfReferenceUID may
+        differ (:func:`check_pairing`).
 
     Returns
     -------
     PatientImages
+        ``meta["header_messages"]`` counts pydicom's complaints about the
+        headers by kind (no values: :func:`prrt_utils.log.pydicom_messages`).
 
     Raises
     ------
     InputError
         Whenever the images cannot be used as they are (message names patient and problem).
     """
+    from prrt_utils.log import get_logger, pydicom_messages
+
     root = Path(folder)
     if not root.is_dir():
         raise InputError(patient_id, "imaging folder not found")
     if (root / "pet.nii.gz").exists() or (root / "ct.nii.gz").exists():
         return load_nifti(root, patient_id, keep_raw=keep_raw)
+    with pydicom_messages() as heard:
+        images = _load_dicom_patient(root, patient_id, on_error, keep_raw, registered)
+    if heard:
+        kinds = ", ".join(f"{k} ({n}x)" for k, n in sorted(heard.items()))
+        get_logger("loading").info(
+            "patient %s: header values that do not follow the DICOM standard, read anyway: %s", patient_id, kinds
+        )
+        images.pet.meta["header_messages"] = dict(heard)
+    return images
+
+
+def _load_dicom_patient(
+    root: Path, patient_id: str, on_error: str, keep_raw: bool, registered: bool
+) -> PatientImages:
     series = discover_series(root, patient_id, on_error=on_error, read_pixels=True)
     if not series:
         raise InputError(
@@ -1052,12 +1489,15 @@ def load_patient(
             f"no PET series found (no PET or CT DICOM series; {series.n_non_dicom} non-DICOM files)",
         )
     pet_s, ct_s, choice = choose_series(series, patient_id)
+    check_pairing(pet_s, ct_s, patient_id, registered)
     pet = load_series(pet_s, patient_id, keep_raw=keep_raw, on_error=on_error)
     ct = load_series(ct_s, patient_id, keep_raw=keep_raw, on_error=on_error)
     same_for = bool(pet_s.frame_of_reference) and pet_s.frame_of_reference == ct_s.frame_of_reference
     for vol, key in ((pet, "pet"), (ct, "ct")):
         vol.meta["series_choice"] = choice[key]
         vol.meta["same_frame_of_reference"] = same_for
+        vol.meta["registered_pair"] = registered
+        vol.meta["files_without_preamble"] = series.n_no_preamble
         vol.meta["files_skipped"] = {
             "non_dicom": series.n_non_dicom,
             "other": series.n_other,

@@ -80,6 +80,7 @@ import dataclasses
 import hashlib
 import io
 import json
+import os
 import zipfile
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -98,11 +99,16 @@ from prrt_utils.anatomy import (
     liver_reference,
     load_organs,
 )
+from prrt_utils.cohort import patient_id_problem
 from prrt_utils.config import Config
 from prrt_utils.loading import InputError, PatientImages, Volume, load_patient
+from prrt_utils.log import get_logger, scrub, write_debug
 
 __all__ = [
+    "LIVER_SUV_RANGE",
+    "SUV_MAX_RANGE",
     "HarmonisationSummary",
+    "PreparedPatient",
     "PreprocessConfig",
     "PreprocessError",
     "Preprocessed",
@@ -113,8 +119,12 @@ __all__ = [
     "harmonisation_summary",
     "histogram_figure",
     "load_volumes",
+    "check_liver_suv",
+    "check_suv_max",
+    "prepare_patient",
     "preprocess_patient",
     "qc_figure",
+    "registered_pairs",
     "read_table",
     "resample",
     "run_preprocessing",
@@ -122,7 +132,7 @@ __all__ = [
 ]
 
 STAGE = "preprocess"
-_CACHE_VERSION = 2  # bump when the stored result of the same inputs and config changes
+_CACHE_VERSION = 3  # bump when the stored result of the same inputs and config changes
 
 
 class PreprocessError(ValueError):
@@ -508,6 +518,46 @@ def _coverage(vol: Volume, grid: TargetGrid) -> float:
     return float(np.all((src >= -0.5) & (src <= upper), axis=0).mean())
 
 
+SUV_MAX_RANGE = (1.0, 500.0)
+"""Plausible whole-body SUVmax (inside the body, at the PET's own resolution).
+
+Spleen, kidneys and bladder of an SR-PET, the brain and bladder of an FDG-PET
+reach several SUV; no tumour reaches 500. Far outside, the units are wrong:
+Bq/ml declared as SUV (``GML``, a NIfTI ``"SUVbw"``) gives thousands, SUV
+declared as Bq/ml gives a thousandth.
+"""
+
+LIVER_SUV_RANGE = (0.3, 40.0)
+"""Plausible median SUV of the liver (SR-PET about 5-10, FDG about 2-3), checked where organ masks exist."""
+
+
+def check_suv_max(suv_max: float, pet_meta: dict[str, Any], patient_id: str) -> None:
+    """Refuse a PET whose whole-body SUVmax lies outside :data:`SUV_MAX_RANGE` (the number and the rule)."""
+    lo, hi = SUV_MAX_RANGE
+    if lo <= suv_max <= hi:
+        return
+    stored = pet_meta.get("pet_units_stored", "")
+    hint = (
+        f"; the PET is declared {stored}: " + ("Bq/ml stored as SUV?" if suv_max > hi else "SUV stored as Bq/ml?")
+        if stored
+        else ""
+    )
+    raise InputError(
+        patient_id,
+        f"whole-body SUVmax {suv_max:.4g} is implausible (rule: {lo:g} to {hi:g}){hint}; check units, weight and dose",
+    )
+
+
+def check_liver_suv(liver_suv: float | None, patient_id: str) -> None:
+    """Refuse a median liver SUV outside :data:`LIVER_SUV_RANGE` (the number and the rule); None passes."""
+    lo, hi = LIVER_SUV_RANGE
+    if liver_suv is not None and not lo <= liver_suv <= hi:
+        raise InputError(
+            patient_id,
+            f"median liver SUV {liver_suv:.4g} is implausible (rule: {lo:g} to {hi:g}); check units, weight and dose",
+        )
+
+
 def preprocess_patient(images: PatientImages, cfg: PreprocessConfig) -> Preprocessed:
     """Artefact rules, anchoring and resampling of one patient (module docstring).
 
@@ -521,6 +571,12 @@ def preprocess_patient(images: PatientImages, cfg: PreprocessConfig) -> Preproce
     -------
     Preprocessed
         ``pet`` and ``ct`` float32 ``cfg.shape`` on the same grid.
+
+    Raises
+    ------
+    InputError
+        Too little coverage, no body on the CT, or a whole-body SUVmax outside
+        :data:`SUV_MAX_RANGE`.
     """
     from scipy.ndimage import distance_transform_edt
 
@@ -548,6 +604,8 @@ def preprocess_patient(images: PatientImages, cfg: PreprocessConfig) -> Preproce
         if cfg.pet_mask_margin_mm > 0 and pm.any():
             pm = distance_transform_edt(~pm, sampling=pet.spacing) <= cfg.pet_mask_margin_mm
         pet_arr = np.where(pm, pet_arr, np.float32(0.0))
+    suv_max_native = float(pet_arr.max()) if pet_arr.size else 0.0
+    check_suv_max(suv_max_native, pet.meta, pid)
     pet_out = np.clip(resample(pet_arr, pet.affine, grid, fill=0.0, antialias=cfg.antialias), 0.0, None)
     ct_out = np.clip(resample(ct_arr, ct.affine, grid, fill=lo, antialias=cfg.antialias), lo, hi)
     origin = grid.affine[:3, 3]
@@ -558,6 +616,7 @@ def preprocess_patient(images: PatientImages, cfg: PreprocessConfig) -> Preproce
         "ct_coverage": round(cover["ct"], 4),
         "body_fraction": round(float((ct_out > cfg.body_threshold_hu).mean()), 4),
         "pet_suv_max": round(float(pet_out.max()), 3),
+        "pet_suv_max_native": round(suv_max_native, 3),
     }
     return Preprocessed(pid, pet_out.astype(np.float32), ct_out.astype(np.float32), grid, facts)
 
@@ -592,6 +651,10 @@ def _meta_facts(images: PatientImages) -> dict[str, Any]:
         if p.get("injection_to_reference_s") is not None
         else None,
         "pet_suv_factor": p.get("suv_factor"),
+        "pet_nuclide": p.get("nuclide", ""),
+        "pet_scan_start_from": p.get("scan_start_from", ""),
+        "pet_injection_from": p.get("injection_from", ""),
+        "pet_ct_registered": bool(p.get("registered_pair", False)),
         "ct_spacing_mm": "x".join(f"{v:g}" for v in images.ct.spacing),
         "ct_shape": "x".join(str(v) for v in images.ct.shape),
         "ct_kernel": c.get("convolution_kernel", ""),
@@ -601,13 +664,6 @@ def _meta_facts(images: PatientImages) -> dict[str, Any]:
         "pet_series_choice": p.get("series_choice", ""),
         "ct_series_choice": c.get("series_choice", ""),
     }
-
-
-def _scrub(message: str, folder: Path) -> str:
-    """Drop the patient folder's path from an unexpected error message (it may hold identifying names)."""
-    for form in {str(folder), str(folder.resolve()), folder.as_posix()}:
-        message = message.replace(form, "<patient folder>")
-    return message
 
 
 def _organs(pid: str, labels: tuple[str, tuple[str, ...]] | None, result: Preprocessed) -> np.ndarray | None:
@@ -620,10 +676,65 @@ def _organs(pid: str, labels: tuple[str, tuple[str, ...]] | None, result: Prepro
         raise InputError(pid, str(exc).removeprefix(f"patient {pid}: ")) from None
 
 
-def _process_patient(job: tuple[PreprocessConfig, str, str, str, str, Any]) -> dict[str, Any]:
-    cfg, pid, folder_s, out_s, input_hash, labels = job
+@dataclasses.dataclass(frozen=True, eq=False)
+class PreparedPatient:
+    """Everything the stage keeps of one usable patient (:func:`prepare_patient`)."""
+
+    images: PatientImages
+    result: Preprocessed
+    organs: np.ndarray | None
+    facts: dict[str, Any]
+
+
+def prepare_patient(
+    folder: str | Path,
+    patient_id: str,
+    cfg: PreprocessConfig,
+    *,
+    registered: bool = False,
+    labels: tuple[str, tuple[str, ...]] | None = None,
+) -> PreparedPatient:
+    """Load, check and preprocess one patient, in memory: the one verdict of the stage and of ``prrt check``.
+
+    Every check that can refuse a patient runs here (the loader's header,
+    pairing and geometry checks, coverage, the SUVmax and liver SUV ranges,
+    the label map), so that :func:`prrt_utils.intake.check` and
+    :func:`run_preprocessing` cannot disagree.
+
+    Raises
+    ------
+    InputError
+        The first reason the patient cannot be used.
+    """
+    images = load_patient(folder, patient_id, registered=registered)
+    result = preprocess_patient(images, cfg)
+    organs = _organs(patient_id, labels, result)
+    facts = {**_meta_facts(images), **result.facts}
+    if organs is not None:
+        ref = liver_reference(result.pet, organs)
+        check_liver_suv(ref, patient_id)
+        facts["liver_suv_median"] = round(ref, 3) if ref is not None else None
+    return PreparedPatient(images, result, organs, facts)
+
+
+def registered_pairs(data_dir: str | Path) -> frozenset[str]:
+    """Patients whose CT was registered to the PET from another study (``DATA/registered_pet_ct.csv``).
+
+    The intake writes the file from the cohort YAML's ``registered_pet_ct``;
+    without it every PET/CT must be one acquisition
+    (:func:`prrt_utils.loading.check_pairing`).
+    """
+    path = Path(data_dir) / "registered_pet_ct.csv"
+    if not path.is_file():
+        return frozenset()
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    return frozenset(frame.get("patient_id", pd.Series(dtype=str)).str.strip())
+
+
+def _process_patient(job: tuple[PreprocessConfig, str, str, str, str, Any, bool]) -> dict[str, Any]:
+    cfg, pid, folder_s, out_s, input_hash, labels, registered = job
     folder, out = Path(folder_s), Path(out_s)
-    npz = out / f"{pid}.npz"
+    npz = store.child(out, f"{pid}.npz")
     record: dict[str, Any] = {
         "patient_id": pid,
         "status": "excluded",
@@ -634,34 +745,33 @@ def _process_patient(job: tuple[PreprocessConfig, str, str, str, str, Any]) -> d
         "config_hash": cfg.hash(),
         "cache_version": _CACHE_VERSION,
     }
+    cache = store.child(out / "cache", f"{pid}.json")
     try:
-        images = load_patient(folder, pid)
-        result = preprocess_patient(images, cfg)
-        organs = _organs(pid, labels, result)
+        prepared = prepare_patient(folder, pid, cfg, registered=registered, labels=labels)
     except InputError as exc:
         if cfg.on_error == "stop":
             raise InputError(pid, exc.problem) from None
         record["reason"] = exc.problem
         npz.unlink(missing_ok=True)
-        store.write_json(out / "cache" / f"{pid}.json", record)
+        store.write_json(cache, record)
         return record
     except Exception as exc:  # a bug or a resource problem: report, never cache
-        problem = _scrub(f"unexpected {type(exc).__name__}: {exc}", folder)
+        problem = scrub(f"unexpected {type(exc).__name__}: {exc}", [folder])
+        log_file = write_debug(out.parent, f"preprocess patient {pid}", exc, [folder, folder.parent])
+        problem += f" (traceback in {log_file.relative_to(out.parent).as_posix()} of the work folder)"
         if cfg.on_error == "stop":
             raise PreprocessError(f"patient {pid}: {problem}") from None
         npz.unlink(missing_ok=True)
         record["reason"] = problem
         record["cache_version"] = -1
         return record
+    result = prepared.result
     arrays = {"pet": result.pet, "ct": result.ct, "affine": result.grid.affine}
-    facts = {**_meta_facts(images), **result.facts}
-    if organs is not None:
-        arrays["organs"] = organs
-        ref = liver_reference(result.pet, organs)
-        facts["liver_suv_median"] = round(ref, 3) if ref is not None else None
+    if prepared.organs is not None:
+        arrays["organs"] = prepared.organs
     _write_npz(npz, arrays)
-    record.update(status="ok", file=npz.name, sha256=store.sha256_file(npz), facts=facts)
-    store.write_json(out / "cache" / f"{pid}.json", record)
+    record.update(status="ok", file=npz.name, sha256=store.sha256_file(npz), facts=prepared.facts)
+    store.write_json(cache, record)
     return record
 
 
@@ -684,6 +794,15 @@ def _cached(out: Path, pid: str, input_hash: str, cfg: PreprocessConfig) -> dict
         if not npz.is_file() or store.sha256_file(npz) != rec.get("sha256"):
             return None
     return rec
+
+
+def _id_problem(pid: str) -> str:
+    """Why ``pid`` cannot name files (not UTF-8, unsafe characters), or ``""``."""
+    try:
+        pid.encode("utf-8")
+    except UnicodeEncodeError:
+        return "the imaging folder's name is not UTF-8 text; rename it to the study id"
+    return patient_id_problem(pid)
 
 
 def _patient_ids(cohort_csv: str | Path | Sequence[str] | None, imaging_dir: Path) -> list[tuple[str, bool]]:
@@ -759,18 +878,26 @@ def run_preprocessing(
     patients = _patient_ids(cohort_csv, imaging)
     labels_dir, label_codes = find_labels(imaging.parent)
     label_map = label_codes or SYNTHETIC_LABEL_MAP
+    registered = registered_pairs(imaging.parent)
     records: dict[str, dict[str, Any]] = {}
     jobs = []
     for pid, has_imaging in patients:
+        shown = os.fsencode(pid).decode("utf-8", "backslashreplace")
         base = {
-            "patient_id": pid,
+            "patient_id": shown,
             "status": "excluded",
             "file": "",
             "sha256": "",
             "input_sha256": "",
             "config_hash": cfg.hash(),
         }
-        folder = imaging / pid
+        why = _id_problem(pid)
+        if why:  # never a path: an id such as ../victim must not reach a join
+            if cfg.on_error == "stop":
+                raise InputError(shown, why)
+            records[pid] = {**base, "reason": why}
+            continue
+        folder = store.child(imaging, pid)
         if not has_imaging or not folder.is_dir():
             reason = (
                 "no imaging (has_imaging is false in the cohort)"
@@ -779,10 +906,12 @@ def run_preprocessing(
             )
             if cfg.on_error == "stop" and has_imaging:
                 raise InputError(pid, reason)
-            (out / f"{pid}.npz").unlink(missing_ok=True)
+            store.child(out, f"{pid}.npz").unlink(missing_ok=True)
             records[pid] = {**base, "reason": reason}
             continue
         input_hash = store.sha256_tree(folder)
+        if pid in registered:  # the waiver changes the verdict: part of the cache key
+            input_hash = hashlib.sha256(f"{input_hash}:registered-pet-ct".encode()).hexdigest()
         labels = None
         found = label_map_path(labels_dir, pid) if labels_dir is not None else None
         if found is not None:  # the label map and its description are inputs too
@@ -793,7 +922,7 @@ def run_preprocessing(
         if hit is not None:
             records[pid] = hit
         else:
-            jobs.append((cfg, pid, str(folder), str(out), input_hash, labels))
+            jobs.append((cfg, pid, str(folder), str(out), input_hash, labels, pid in registered))
     bar = tqdm(
         total=len(patients), initial=len(patients) - len(jobs), desc="preprocess", disable=not progress
     )
@@ -839,6 +968,11 @@ def run_preprocessing(
                 lambda v: " ".join(f"{x:g}" for x in v) if isinstance(v, list) else v
             )
     store.write_csv(out / "qc.csv", qc_frame)
+    log = get_logger("preprocess")
+    for row in index.itertuples():
+        if row.status != "ok":
+            log.debug("patient %s excluded: %s", row.patient_id, row.reason)
+    log.info("%d of %d patients preprocessed into %s", int((index["status"] == "ok").sum()), len(index), out)
     return index
 
 

@@ -78,10 +78,36 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
 
 
 def sha256_tree(root: str | Path) -> str:
-    """Hash of every file's relative path and content under ``root`` (sorted, stable)."""
+    """Hash of every file's relative path and content under ``root`` (sorted, stable).
+
+    Names are hashed as the bytes the file system holds (:func:`os.fsencode`),
+    so a folder whose name is not UTF-8 is hashed like any other.
+    """
     root = Path(root)
     h = hashlib.sha256()
     for p in sorted(q for q in root.rglob("*") if q.is_file()):
-        h.update(p.relative_to(root).as_posix().encode())
+        h.update(os.fsencode(p.relative_to(root).as_posix()))
         h.update(sha256_file(p).encode())
     return h.hexdigest()
+
+
+class UnsafePathError(ValueError):
+    """A name that would lead a path out of its folder (a separator, ``..``, an absolute path)."""
+
+
+def child(folder: str | Path, name: str) -> Path:
+    """``folder / name``, refusing any ``name`` that is not one plain entry of ``folder``.
+
+    Every file a stage names after a patient id goes through here, so that an
+    id such as ``../victim`` can never read, write or delete outside its
+    folder (it once deleted a file outside the work folder).
+
+    Raises
+    ------
+    UnsafePathError
+        ``name`` is empty, ``.`` or ``..``, holds a path separator or a NUL, or is absolute.
+    """
+    name = str(name)
+    if name in ("", ".", "..") or any(c in name for c in ("/", "\\", "\x00")) or os.path.isabs(name):
+        raise UnsafePathError("a name that is not a plain file name would lead outside its folder")
+    return Path(folder) / name

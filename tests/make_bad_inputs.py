@@ -24,6 +24,7 @@ import json
 import os
 import shutil
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -123,8 +124,68 @@ CASES: tuple[Case, ...] = (
     _row("PRRT-030", "clinical row without an imaging folder", "no imaging folder"),
     _row("PRRT-031", "empty imaging folder", "imaging folder is empty"),
     _row("PRRT-032", "imaging folder without a clinical row", "imaging folder without clinical row"),
+    # issue 16: what a real export holds, each broken in one way (or handled, and checked to be)
+    _img("PRRT-033", "CT of another patient (PatientID differs)", "PET and CT disagree on PatientID"),
+    _img(
+        "PRRT-034",
+        "CT of another study and frame of reference",
+        "PET and CT disagree on StudyInstanceUID, FrameOfReferenceUID",
+    ),
+    _img("PRRT-035", "CT of another frame of reference only", "PET and CT disagree on FrameOfReferenceUID"),
+    _ok("PRRT-036", "CT of another study, registered to the PET and allowed in registered_pet_ct.csv"),
+    _img("PRRT-037", "PatientWeight in grams (70000)", "PatientWeight = 70000 kg is implausible (rule: 20 to 300 kg)"),
+    _img(
+        "PRRT-038",
+        "RadionuclideTotalDose in MBq (150)",
+        "RadionuclideTotalDose = 150 Bq (0.00015 MBq) is implausible for Ga-68 (rule: 20 to 500 MBq)",
+    ),
+    _img(
+        "PRRT-039",
+        "RadionuclideHalfLife in minutes (67.71)",
+        "RadionuclideHalfLife 67.71 s is not Ga-68's 4062.6 s (rule: within 1%",
+    ),
+    _img("PRRT-040", "Units GML on values still in Bq/ml", "is implausible (rule: 1 to 500); the PET is declared GML"),
+    _img("PRRT-041", "NIfTI declared SUVbw holding Bq/ml", "is implausible (rule: 1 to 500); the PET is declared SUVbw"),
+    _ok("PRRT-042", "date-only RadiopharmaceuticalStartDateTime beside a full StartTime: the StartTime counts"),
+    _ok("PRRT-043", "SeriesTime 2 h after the acquisition (a re-reconstruction): the acquisition time counts"),
+    _img("PRRT-044", "NIfTI in Bq/ml without half-life or nuclide", "pet.json gives neither half_life_s nor nuclide"),
+    _img(
+        "PRRT-045",
+        "NIfTI in Bq/ml with a negative injection_to_scan_s",
+        "pet.json injection_to_scan_s = -600 s (-10.0 min; rule: 0 to 12 h)",
+    ),
+    _img("PRRT-046", "NIfTI PET with NaN voxels", "pet.nii.gz: 5 voxels are not finite (NaN or infinite)"),
+    _img(
+        "PRRT-047",
+        "CT compressed as JPEG-LS, whose decoder is not installed",
+        "compressed as JPEG-LS Lossless Image Compression (1.2.840.10008.1.2.4.80) and no decoder",
+    ),
+    _ok("PRRT-048", "DICOM files without preamble: PET with its meta group, CT a bare implicit-VR data set"),
+    _img(
+        "PRRT-049",
+        "CT declared sagittal (ImageOrientationPatient) with axial positions",
+        "CT orientation not supported: ImageOrientationPatient describes sagittal slices",
+    ),
+    _ok("PRRT-050", "PatientWeight written '70.0000' on one slice and '70' on the others"),
+    _ok("PRRT-051", "UIDs with a leading-zero component (pydicom warns 'Invalid value for VR UI')"),
+    _ok("PRRT-052", "a sub-folder whose name is not UTF-8"),
+    _row("../victim", "patient id that leaves the folder ('../victim')", "the patient id cannot name a folder safely"),
+    _row("PRRT-054", "ids that differ only in case (PRRT-054 and prrt-054)", "differ only in case"),
+    _row("prrt-054", "ids that differ only in case (PRRT-054 and prrt-054)", "differ only in case"),
+    _row("PRRT-056-\\xe9", "imaging folder whose name is not UTF-8", "imaging folder whose name is not UTF-8"),
 )
 """Every case of the corpus, in the order of the clinical table."""
+
+OTHER_PATIENT_ID = "HOSP-11223344"
+"""The PatientID of the other patient's CT (PRRT-033); like :data:`dicom_factory.FAKE_PHI`, it may never leak."""
+
+LEADING_ZERO_UID = "1.2.826.0.1.3680043.8.498.0123.77"
+"""A StudyInstanceUID with a leading-zero component (PRRT-051); pydicom's warning would print it."""
+
+REGISTERED = ("PRRT-036",)
+NON_UTF8_FOLDER = b"PRRT-056-\xe9"
+LATIN1_NOTE = "Überweisung aus Zürich"
+"""A free-text cell of the clinical table, which is written in Latin-1 (not UTF-8) as spreadsheets on Windows do."""
 
 
 def _row_values(i: int) -> dict[str, str]:
@@ -155,14 +216,16 @@ def _row_values(i: int) -> dict[str, str]:
 def _clinical() -> pd.DataFrame:
     rows = []
     for case in CASES:
-        if case.patient_id == "PRRT-032":  # images without a row
+        if case.patient_id in ("PRRT-032", "PRRT-056-\\xe9"):  # images without a row
             continue
         if case.patient_id.startswith("(line"):
             row = _row_values(99)
             row["patient_id"] = ""
             rows.append(row)
             continue
-        row = _row_values(int(case.patient_id[5:]))
+        digits = "".join(c for c in case.patient_id if c.isdigit())
+        row = _row_values(int(digits) if digits else 53)
+        row["patient_id"] = case.patient_id
         edits = {
             "PRRT-005": ("event", "0"),
             "PRRT-023": ("cga_ug_l", "n/a"),
@@ -178,7 +241,10 @@ def _clinical() -> pd.DataFrame:
         rows.append(row)
         if case.patient_id == "PRRT-026":
             rows.append(dict(row, pfs_months="30"))  # the same id again, another row
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    table["remarks"] = ""  # a column we do not read, with text that is not ASCII
+    table.loc[0, "remarks"] = LATIN1_NOTE
+    return table
 
 
 # ---------------------------------------------------------------------------
@@ -261,6 +327,117 @@ def _nan_affine(folder: Path) -> None:
     hdr["srow_x"] = [np.nan, 0.0, 0.0, 0.0]
     hdr["sform_code"], hdr["qform_code"] = 1, 0
     path.write_bytes(gzip.compress(nib.Nifti1Image(np.asarray(img.dataobj), None, hdr).to_bytes(), mtime=0))
+
+
+def _bq_per_ml() -> float:
+    """Bq/ml of SUV 1 in the factory's patient (70 kg, 150 MBq, scanned 1 h after injection)."""
+    return 150e6 * 2.0 ** (-3600.0 / fac.GA68) / 70000.0
+
+
+def _nifti_bqml(folder: Path, side: dict[str, Any], nan_voxels: int = 0) -> None:
+    """A NIfTI patient whose PET is in Bq/ml with the given ``pet.json``."""
+    _nifti(folder)
+    values = fac.patient_values(fac.PET_GEOM, "PT") * _bq_per_ml()
+    values.reshape(-1)[:nan_voxels] = np.nan
+    fac.write_nifti(folder / "pet.nii.gz", values.astype(np.float32), fac.PET_GEOM.affine())
+    (folder / "pet.json").write_text(json.dumps({"units": "Bq/ml", **side}))
+
+
+def _write_bare(path: Path, ds: Any) -> None:
+    """Save a data set as old exports do: no preamble, no DICM, no meta group, implicit VR little endian."""
+    import pydicom
+
+    path.unlink()
+    del ds.file_meta
+    ds.preamble = None
+    pydicom.filewriter.dcmwrite(path, ds, enforce_file_format=False, implicit_vr=True, little_endian=True)
+
+
+def _issue16_cases(img: Path, good: Path, copy: Callable[[str], Path]) -> None:
+    """PRRT-033 to PRRT-056 (issue 16)."""
+    import pydicom
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGLSLossless
+
+    pet, ct = "pet", "ct"
+
+    def setter(**tags: Any) -> Callable[[Any, int], None]:
+        def edit(ds: Any, d: int) -> None:
+            for k, v in tags.items():
+                setattr(ds, k, v)
+
+        return edit
+
+    _edit(copy("PRRT-033") / ct, setter(PatientID=OTHER_PATIENT_ID))
+    other_study = setter(StudyInstanceUID=fac._uid("other-study"), FrameOfReferenceUID=fac._uid("other-for"))
+    _edit(copy("PRRT-034") / ct, other_study)
+    _edit(copy("PRRT-035") / ct, setter(FrameOfReferenceUID=fac._uid("other-for")))
+    _edit(copy("PRRT-036") / ct, other_study)
+    _edit(copy("PRRT-037") / pet, setter(PatientWeight="70000"))
+
+    def radio(**tags: Any) -> Callable[[Any, int], None]:
+        def edit(ds: Any, d: int) -> None:
+            for k, v in tags.items():
+                setattr(ds.RadiopharmaceuticalInformationSequence[0], k, v)
+
+        return edit
+
+    _edit(copy("PRRT-038") / pet, radio(RadionuclideTotalDose="150"))
+    _edit(copy("PRRT-039") / pet, radio(RadionuclideHalfLife="67.71"))
+    _edit(copy("PRRT-040") / pet, setter(Units="GML"))
+    _nifti(img / "PRRT-041")
+    fac.write_nifti(
+        img / "PRRT-041" / "pet.nii.gz",
+        (fac.patient_values(fac.PET_GEOM, "PT") * _bq_per_ml()).astype(np.float32),
+        fac.PET_GEOM.affine(),
+    )
+    _edit(copy("PRRT-042") / pet, radio(RadiopharmaceuticalStartDateTime="20200305"))
+    _edit(copy("PRRT-043") / pet, setter(SeriesTime="131500"))
+    full = {"patient_weight_kg": 70.0, "injected_dose_bq": 150e6, "injection_to_scan_s": 3600.0}
+    _nifti_bqml(img / "PRRT-044", full)
+    _nifti_bqml(img / "PRRT-045", {**full, "nuclide": "Ga-68", "injection_to_scan_s": -600.0})
+    _nifti(img / "PRRT-046")
+    values = fac.patient_values(fac.PET_GEOM, "PT").astype(np.float32)
+    values.reshape(-1)[:5] = np.nan
+    fac.write_nifti(img / "PRRT-046" / "pet.nii.gz", values, fac.PET_GEOM.affine())
+
+    def jpeg_ls(ds: Any, d: int) -> None:
+        ds.file_meta.TransferSyntaxUID = JPEGLSLossless
+        ds.PixelData = encapsulate([b"\xff\xd8\xff\xf7" + bytes(64) + b"\xff\xd9"])
+        ds["PixelData"].VR = "OB"
+        ds["PixelData"].is_undefined_length = True
+
+    _edit(copy("PRRT-047") / ct, jpeg_ls)
+    f = copy("PRRT-048")
+    for path in sorted((f / pet).iterdir()):  # the meta group stays, preamble and DICM go
+        data = path.read_bytes()
+        path.unlink()
+        path.write_bytes(data[132:])
+    for path in sorted((f / ct).iterdir()):
+        _write_bare(path, pydicom.dcmread(path))
+    _edit(copy("PRRT-049") / ct, setter(ImageOrientationPatient=["0", "1", "0", "0", "0", "-1"]))
+
+    def weight_text(ds: Any, d: int) -> None:
+        if d == 0:
+            ds.PatientWeight = "70.0000"
+
+    _edit(copy("PRRT-050") / pet, weight_text)
+    old = pydicom.config.settings.writing_validation_mode
+    pydicom.config.settings.writing_validation_mode = pydicom.config.IGNORE
+    f = copy("PRRT-051")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pydicom's warning about the very UID planted here
+            for sub in (pet, ct):
+                _edit(f / sub, setter(StudyInstanceUID=LEADING_ZERO_UID))
+    finally:
+        pydicom.config.settings.writing_validation_mode = old
+    f = copy("PRRT-052")
+    os.rename(f / pet, os.fsdecode(os.fsencode(f) + b"/PET \xe9t\xe9 (Gr\xfc\xdfe)"))
+    (img / "PRRT-054").mkdir()
+    (img / "PRRT-054" / "not-read.txt").write_text("the clinical row of this patient is broken\n")
+    odd = Path(os.fsdecode(os.fsencode(img) + b"/" + NON_UTF8_FOLDER))
+    _copy(good, odd)
 
 
 def make_bad_inputs(root: str | Path) -> tuple[Case, ...]:
@@ -398,7 +575,9 @@ def make_bad_inputs(root: str | Path) -> tuple[Case, ...]:
         (img / pid / "not-read.txt").write_text("the clinical row of this patient is broken\n")
     (img / "PRRT-031").mkdir()
 
-    _clinical().to_csv(root / "clinical.csv", index=False)
+    _issue16_cases(img, good, copy)
+    _clinical().to_csv(root / "clinical.csv", index=False, encoding="latin-1")
+    pd.DataFrame({"patient_id": list(REGISTERED)}).to_csv(root / "registered_pet_ct.csv", index=False)
     pd.DataFrame([dataclasses.asdict(c) for c in CASES]).to_csv(root / "cases.csv", index=False)
     return CASES
 

@@ -18,13 +18,26 @@ import dicom_factory as fac
 import numpy as np
 import pandas as pd
 import pytest
-from make_bad_inputs import CASES, Case, main
+from make_bad_inputs import (
+    CASES,
+    LATIN1_NOTE,
+    LEADING_ZERO_UID,
+    NON_UTF8_FOLDER,
+    OTHER_PATIENT_ID,
+    Case,
+    main,
+)
 
+from prrt_utils import cli, store
 from prrt_utils import cohort as C
+from prrt_utils import preprocess as P
 from prrt_utils.cohort import CohortConfig, build_cohort
 from prrt_utils.intake import CohortSource, check
 from prrt_utils.loading import InputError, load_patient
-from prrt_utils.preprocess import PreprocessConfig, load_volumes, run_preprocessing
+from prrt_utils.preprocess import PreprocessConfig, load_volumes, prepare_patient, run_preprocessing
+
+PLANTED = (*fac.FAKE_PHI.values(), OTHER_PATIENT_ID, LEADING_ZERO_UID)
+"""Identifying strings of the corpus: none may reach a message, a log or an output."""
 
 BY_ID = {c.patient_id: c for c in CASES}
 
@@ -89,22 +102,25 @@ def test_each_broken_image_is_excluded_by_preprocessing_with_its_reason(
 ) -> None:
     reasons = _reasons(stages["preprocess_exclusions"], case.patient_id)
     assert len(reasons) == 1 and case.expect in reasons[0], reasons
-    # the same problem as an error naming the patient (what on_error="stop" raises)
+    # the same problem as an error naming the patient (what on_error="stop" raises), from the one function
+    # that gives the stage's and prrt check's verdict
     with pytest.raises(InputError) as err:
-        load_patient(corpus / "imaging" / case.patient_id, case.patient_id)
+        prepare_patient(corpus / "imaging" / case.patient_id, case.patient_id, PreprocessConfig())
     assert str(err.value).startswith(f"patient {case.patient_id}: ") and case.expect in str(err.value)
-    assert str(corpus) not in str(err.value) and not any(s in str(err.value) for s in fac.FAKE_PHI.values())
+    assert str(corpus) not in str(err.value) and not any(s in str(err.value) for s in PLANTED)
 
 
 def test_good_patients_and_documented_handling_complete_beside_the_broken_ones(stages: dict) -> None:
     index = stages["index"].set_index("patient_id")
     done = [c.patient_id for c in CASES if c.preprocessed]
-    assert done == ["PRRT-001", "PRRT-002", "PRRT-003", "PRRT-004", "PRRT-005"]
+    assert done[:5] == ["PRRT-001", "PRRT-002", "PRRT-003", "PRRT-004", "PRRT-005"] and len(done) == 12
     assert (index.loc[done, "status"] == "ok").all()
     vols = load_volumes(stages["work"], done)
-    assert vols["pet"].shape == (5, 1, 75, 50, 50)
-    # the same body and lesion however it was stored: plain DICOM, NIfTI, with junk files, in one flat folder
-    for k in range(1, 5):
+    assert vols["pet"].shape == (12, 1, 75, 50, 50)
+    # the same body and lesion however it was stored: plain DICOM, NIfTI, with junk files, in one flat folder,
+    # a registered CT, a date-only StartDateTime, a SeriesTime after the acquisition (taken as the scan start,
+    # SUV x2.1 / x0.5), files without preamble, weights written differently, odd UIDs and folder names
+    for k in range(1, len(done)):
         np.testing.assert_allclose(vols["ct"][k], vols["ct"][0], atol=1.0)
         np.testing.assert_allclose(vols["pet"][k], vols["pet"][0], atol=0.05)
     assert 8.0 < float(vols["pet"][0].max()) < 12.5  # the hot ball (SUV 12) survives, box-averaged
@@ -142,14 +158,14 @@ def test_nothing_that_looks_whole_is_written_for_a_failed_patient(stages: dict) 
     classified = set(cohort.index[cohort["pfs_short"].notna() & cohort["has_imaging"]])
     models_see = classified & set(index.index[index["status"] == "ok"])
     assert models_see == {c.patient_id for c in CASES if c.classified}
-    text = "".join(p.read_text() for p in work.rglob("*.csv"))
-    assert not any(s in text for s in fac.FAKE_PHI.values())
+    text = "".join(p.read_text() for p in work.rglob("*") if p.is_file() and p.suffix in (".csv", ".json", ".log"))
+    assert not any(s in text for s in PLANTED)
 
 
 def test_prrt_check_agrees_with_the_stages_patient_by_patient(corpus: Path, tmp_path: Path) -> None:
     (tmp_path / "cohort.yaml").write_text(
         f"name: corpus\nclinical_table: {corpus / 'clinical.csv'}\nimaging_dir: {corpus / 'imaging'}\n"
-        "pseudonymise: never\n"
+        "pseudonymise: never\nencoding: latin-1\nregistered_pet_ct: [PRRT-036]\n"
     )
     result = check(CohortSource.load(tmp_path / "cohort.yaml"), n_jobs=2)
     usable = set(result.loc[result["usable"], "patient_id"])
@@ -159,3 +175,134 @@ def test_prrt_check_agrees_with_the_stages_patient_by_patient(corpus: Path, tmp_
         if case.stage:
             assert case.expect.split(" (")[0] in by_id[case.patient_id], (case, by_id[case.patient_id])
     assert any("decimal comma" in n for n in result.attrs["notes"])  # the hint for PRRT-028's '12,5'
+
+
+def test_prrt_check_and_preprocessing_give_the_same_verdict_for_every_patient_with_images(
+    corpus: Path, stages: dict, tmp_path: Path
+) -> None:
+    # the verdict of check --quick (headers only) may only be milder; the full check is the stage's own
+    (tmp_path / "cohort.yaml").write_text(
+        f"name: corpus\nclinical_table: {corpus / 'clinical.csv'}\nimaging_dir: {corpus / 'imaging'}\n"
+        "pseudonymise: never\nencoding: latin-1\nregistered_pet_ct: [PRRT-036]\n"
+    )
+    result = check(CohortSource.load(tmp_path / "cohort.yaml"), n_jobs=2).set_index("patient_id")
+    index = stages["index"].set_index("patient_id")
+    compared = 0
+    for pid, row in index.iterrows():
+        if row["reason"].startswith("no imaging"):
+            continue
+        images_ok = result.at[pid, "pet"].startswith("ok") and result.at[pid, "ct"].startswith("ok")
+        assert images_ok == (row["status"] == "ok"), (pid, row["reason"], result.loc[pid].to_dict())
+        if row["status"] != "ok":
+            assert row["reason"] in result.at[pid, "reason"]
+        compared += 1
+    assert compared >= 40
+
+
+def test_the_qc_table_says_which_tags_gave_the_scan_start_and_the_injection(stages: dict) -> None:
+    qc = pd.read_csv(stages["work"] / "preprocessed" / "qc.csv", dtype=str, keep_default_na=False)
+    qc = qc.set_index("patient_id")
+    assert qc.at["PRRT-001", "pet_scan_start_from"] == "SeriesDate/SeriesTime"
+    assert qc.at["PRRT-043", "pet_scan_start_from"].startswith("AcquisitionDate/AcquisitionTime (earliest)")
+    assert qc.at["PRRT-001", "pet_injection_from"] == "RadiopharmaceuticalStartDateTime"
+    assert qc.at["PRRT-042", "pet_injection_from"] == "RadiopharmaceuticalStartTime (date from StartDateTime)"
+    assert qc.at["PRRT-036", "pet_ct_registered"] == "True" and qc.at["PRRT-001", "pet_ct_registered"] == "False"
+    assert qc.at["PRRT-001", "pet_nuclide"] == "Ga-68"
+
+
+def test_a_registered_pair_is_refused_unless_the_cohort_allows_it(corpus: Path) -> None:
+    with pytest.raises(InputError, match="disagree on StudyInstanceUID, FrameOfReferenceUID"):
+        load_patient(corpus / "imaging" / "PRRT-036", "PRRT-036")
+    assert load_patient(corpus / "imaging" / "PRRT-036", "PRRT-036", registered=True).ct.meta["registered_pair"]
+    # a registered pair must still be one patient
+    with pytest.raises(InputError, match="disagree on PatientID"):
+        load_patient(corpus / "imaging" / "PRRT-033", "PRRT-033", registered=True)
+
+
+def test_pydicoms_warnings_about_header_values_never_show_the_value(
+    corpus: Path, capfd: pytest.CaptureFixture, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+    import warnings
+
+    caplog.set_level(logging.DEBUG)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        images = load_patient(corpus / "imaging" / "PRRT-051", "PRRT-051")
+    assert images.pet.meta["header_messages"]["Invalid value for VR UI"] >= 1  # counted by kind
+    said = capfd.readouterr()
+    text = said.out + said.err + " ".join(str(w.message) for w in seen) + caplog.text
+    assert "Invalid value for VR UI" in caplog.text  # told, in the project's words
+    assert LEADING_ZERO_UID not in text and "0123" not in text
+
+
+def test_an_id_that_leaves_its_folder_never_touches_a_file_outside_it(corpus: Path, tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    (work / "preprocessed").mkdir(parents=True)
+    victim = work / "victim.npz"
+    victim.write_bytes(b"somebody else's file")
+    index = run_preprocessing(PreprocessConfig(), ["../victim", "PRRT-001"], corpus / "imaging", work, progress=False)
+    assert victim.read_bytes() == b"somebody else's file"
+    assert index["status"].tolist() == ["excluded", "ok"]
+    assert "cannot name a folder safely" in index["reason"].iloc[0]
+    for bad in ("../victim", "..", "a/b", "a\\b", "/etc", ""):
+        with pytest.raises(store.UnsafePathError):
+            store.child(work, bad)
+
+
+def test_a_latin1_table_is_read_with_a_warning_by_prrt_cohort(
+    corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    raw = (corpus / "clinical.csv").read_bytes()
+    with pytest.raises(UnicodeDecodeError):
+        raw.decode("utf-8")  # the corpus table really is Latin-1
+    assert LATIN1_NOTE.encode("latin-1") in raw
+    assert cli.main(["cohort", "--data", str(corpus), "--work", str(tmp_path / "w")]) == 0
+    assert "clinical.csv is not UTF-8: read as cp1252" in capsys.readouterr().err
+    assert C.read_clinical_text(corpus / "clinical.csv").attrs["encoding"] == "cp1252"
+
+
+def test_a_folder_name_that_is_not_utf8_stops_nothing(corpus: Path, stages: dict, tmp_path: Path) -> None:
+    import os
+
+    assert (corpus / "imaging" / os.fsdecode(NON_UTF8_FOLDER)).is_dir()
+    # without a cohort table every folder is processed: the odd one is excluded, the others go on
+    index = run_preprocessing(PreprocessConfig(), None, corpus / "imaging", tmp_path / "w", progress=False, n_jobs=2)
+    row = index.set_index("patient_id").loc["PRRT-056-\\xe9"]
+    assert row["status"] == "excluded" and "not UTF-8" in row["reason"]
+    good_images = {c.patient_id for c in CASES if c.preprocessed} | {"PRRT-023", "PRRT-032"}  # bad rows only
+    assert set(index.loc[index["status"] == "ok", "patient_id"]) == good_images
+    assert stages["index"].set_index("patient_id").at["PRRT-052", "status"] == "ok"  # its sub-folder is not UTF-8
+
+
+def test_prrt_preprocess_exits_non_zero_when_nothing_is_usable(
+    corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    import shutil
+
+    data = tmp_path / "data"
+    for pid in ("PRRT-016", "PRRT-037"):
+        shutil.copytree(corpus / "imaging" / pid, data / "imaging" / pid)
+    args = ["preprocess", "--data", str(data), "--work", str(tmp_path / "w"), "--jobs", "1", "--quiet"]
+    assert cli.main(args) == 1
+    assert "0 of 2 patients preprocessed" in capsys.readouterr().out
+
+
+def test_an_unexpected_error_leaves_a_scrubbed_traceback_in_the_work_folder(
+    corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = corpus / "imaging" / "PRRT-001"
+
+    def broken(images, cfg):
+        raise ValueError(f"cannot use {LEADING_ZERO_UID!r} from {folder / 'pet'}")
+
+    monkeypatch.setattr(P, "preprocess_patient", broken)
+    work = tmp_path / "work"
+    index = run_preprocessing(PreprocessConfig(), ["PRRT-001"], corpus / "imaging", work, progress=False)
+    reason = index["reason"].iloc[0]
+    assert reason.startswith("unexpected ValueError: cannot use") and "logs/debug.log" in reason
+    log = (work / "logs" / "debug.log").read_text()
+    assert "Traceback" in log and "preprocess patient PRRT-001" in log and "def broken" not in log
+    assert "broken" in log  # the frame that raised is named
+    for secret in (LEADING_ZERO_UID, str(corpus), str(tmp_path)):
+        assert secret not in reason and secret not in log

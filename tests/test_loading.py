@@ -158,6 +158,7 @@ def test_nifti_pet_in_bqml_is_converted_with_the_sidecar(tmp_path: Path) -> None
         "patient_weight_kg": 60.0,
         "injected_dose_bq": 1.2e8,
         "injection_to_scan_s": 3000.0,
+        "nuclide": "Ga-68",  # no nuclide is assumed (issue 16: an F-18 study got SUV +19 %)
     }
     (tmp_path / "pet.json").write_text(json.dumps(side))
     im = load_patient(tmp_path, "PRRT-906")

@@ -24,11 +24,15 @@ def _needles(data_dir: Path) -> set[bytes]:
 
 # Tokens: runs of letters, digits and the characters DICOM values use inside names, ids and UIDs. A needle
 # must be a whole token (or a ^-separated part of one), so a date inside a longer number is not a hit.
-# Looking tokens up in a set is linear in the bytes scanned, however many needles there are.
+# Looking tokens up in a set is linear in the bytes scanned, however many needles there are. A needle that
+# is not one token (an institution's name has spaces) can never be a token: it is searched as a substring.
 _TOKEN = re.compile(rb"[0-9A-Za-z^.\-]+")
 
 
 def _find(data: bytes, needles: set[bytes]) -> bytes | None:
+    for needle in needles:
+        if _TOKEN.fullmatch(needle) is None and needle in data:
+            return needle
     for token in set(_TOKEN.findall(data)):
         token = token.strip(b".-")
         if token in needles:
@@ -47,6 +51,16 @@ def test_the_scanner_finds_a_planted_name_date_and_uid():
     assert _find(b"born 19490321.", needles)
     assert _find(b"uid=1.2.826.0.1.3680043.8.498.1234 ", needles)
     assert not _find(b"x=1194903215", needles)  # part of a longer number is not a birth date
+
+
+def test_the_scanner_finds_a_planted_institution_name_of_several_words():
+    from prrt_utils.synth import _INSTITUTIONS
+
+    for name, _, _ in _INSTITUTIONS.values():
+        needles = {name.encode(), b"Percival"}
+        assert _find(f"<td>Scanned at {name}, dept. of nuclear medicine</td>".encode(), needles) == name.encode()
+        assert _find(f'{{"institution": "{name}"}}'.encode(), needles) == name.encode()
+        assert not _find(name.split()[-1].encode() + b" alone", {name.encode()})  # one word of it is not the name
 
 
 @pytest.mark.slow
