@@ -262,17 +262,21 @@ if predictions is not None:
 # %% [markdown]
 # ## Uncertainty: bootstrap intervals and DeLong's test
 #
-# **Bootstrap.** Within each repeat every patient has exactly one out-of-fold prediction; we
-# resample patients with replacement (same seed for every model, so all models see the same
-# resamples) and take the 2.5th and 97.5th percentiles. The interval reflects the finite number of
-# patients, not the variation between training sets.
+# **Bootstrap.** Within each repeat every patient has exactly one out-of-fold prediction. The
+# quantity estimated is the AUROC (and AUPRC, short PFS positive) of each patient's out-of-fold
+# probability **averaged over the 5 repeats**: one prediction per patient, still from models that
+# never trained on that patient. We resample patients with replacement (same seed for every model,
+# so all models see the same resamples) and take the 2.5th and 97.5th percentiles. The estimate is
+# that averaged prediction's AUROC on the whole cohort, usually a little above the mean of the
+# per-repeat AUROCs of the other chapters (averaging smooths the noise of single training runs). The
+# interval reflects the finite number of patients, not the variation between training sets.
 
 # %%
 if predictions is not None:
     boot = cal.bootstrap_table(predictions, models, n_boot=n_boot, seed=seed)
-    boot_mean = boot.groupby(["model", "metric"], sort=False)[["estimate", "lower", "upper"]].mean().unstack("metric")
-    boot_mean.columns = [f"{m} {s}" for s, m in boot_mean.columns]
-    display(boot_mean.rename(index=names).round(3))
+    boot_wide = boot.set_index(["model", "metric"])[["estimate", "lower", "upper"]].unstack("metric")
+    boot_wide.columns = [f"{m} {s}" for s, m in boot_wide.columns]
+    display(boot_wide.rename(index=names).round(3))
 
 # %% [markdown]
 # **DeLong's test** compares two AUROCs measured on the same patients, allowing for the correlation

@@ -193,7 +193,51 @@ def test_tables_have_one_row_per_model_and_repeat():
     pred = _predictions()
     assert len(cal.calibration_table(pred)) == 4
     boot = cal.bootstrap_table(pred, n_boot=50)
-    assert len(boot) == 8 and (boot["lower"] <= boot["estimate"]).all()
+    assert len(boot) == 4 and (boot["lower"] <= boot["estimate"]).all()  # one row per model and metric
     dl = cal.delong_table(pred, "good", ["weak"])
     assert len(dl) == 2 and (dl["auc_reference"] > dl["auc_model"]).all()
     assert (dl["p_holm"] == dl["p_value"]).all()  # one comparison: Holm changes nothing
+
+
+def test_bootstrap_table_estimates_the_auroc_of_the_repeat_averaged_prediction():
+    from sklearn.metrics import average_precision_score
+
+    # two repeats whose noise differs: each repeat's AUROC is well below that of the average
+    rng = np.random.default_rng(11)
+    n = 300
+    ids = [f"P{i:03d}" for i in range(n)]
+    y = rng.binomial(1, 0.4, n)
+    rows = []
+    for r in range(2):
+        p = _sigmoid(0.8 * (y - 0.5) + 1.2 * rng.normal(size=n))
+        rows.append(pd.DataFrame({"model": "m", "repeat": r, "fold": np.arange(n) % 3, "patient_id": ids,
+                                  "y_true": y, "prob": p}))
+    pred = pd.concat(rows, ignore_index=True).sample(frac=1.0, random_state=0)  # row order must not matter
+    boot = cal.bootstrap_table(pred, n_boot=400, seed=2).set_index("metric")
+    avg = pred.groupby("patient_id")["prob"].mean().sort_index()
+    yy = pred.groupby("patient_id")["y_true"].first().sort_index()
+    assert boot.loc["auroc", "estimate"] == pytest.approx(roc_auc_score(yy, avg), abs=1e-12)
+    assert boot.loc["auprc", "estimate"] == pytest.approx(average_precision_score(yy, avg), abs=1e-12)
+    assert (boot["n_patients"] == n).all() and (boot["n_repeats"] == 2).all()
+    assert (boot["lower"] < boot["estimate"]).all() and (boot["estimate"] < boot["upper"]).all()
+    # the interval is that of bootstrap_ci on the averaged prediction, exactly
+    ci = cal.bootstrap_ci(yy, avg, "auroc", n_boot=400, seed=2)
+    assert (boot.loc["auroc", "lower"], boot.loc["auroc", "upper"]) == pytest.approx((ci.lower, ci.upper))
+    # and it is not the mean of the per-repeat intervals (which belong to no defined quantity)
+    per_repeat = [cal.bootstrap_ci(g.sort_values("patient_id")["y_true"], g.sort_values("patient_id")["prob"],
+                                   "auroc", n_boot=400, seed=2) for _, g in pred.groupby("repeat")]
+    mean_estimate = np.mean([c.estimate for c in per_repeat])
+    assert boot.loc["auroc", "estimate"] > mean_estimate + 0.02
+    assert boot.loc["auroc", "lower"] > np.mean([c.lower for c in per_repeat]) + 0.01
+
+
+def test_averaged_predictions_refuse_a_patient_missing_from_a_repeat():
+    pred = _predictions()
+    gone = pred.drop(pred.index[(pred["model"] == "good") & (pred["repeat"] == 1)][:1])
+    with pytest.raises(cal.CalibrationError, match="lack an out-of-fold prediction"):
+        cal.averaged_predictions(gone, "good")
+    twice = pd.concat([pred, pred.iloc[:1]])
+    with pytest.raises(cal.CalibrationError, match="two test folds"):
+        cal.averaged_predictions(twice, "good")
+    avg = cal.averaged_predictions(pred, "weak")
+    assert len(avg) == 90 and (avg["n_repeats"] == 2).all()
