@@ -10,8 +10,9 @@ stored out-of-fold predictions (``WORK/results/predictions.parquet``,
   ``calibration_curve``), Brier score, and logistic recalibration intercept
   ("calibration in the large", 0 is ideal) and slope (1 is ideal; < 1 means
   too extreme predictions) (:func:`calibration_stats`, statsmodels GLM).
-  :func:`recalibrate_within_folds` fits a logistic (Platt) recalibration on the
-  training patients of each fold only.
+  :func:`recalibrate_within_folds` fits a logistic (Platt) recalibration
+  inside the training part of each fold, on predictions of training patients
+  that no test patient of the fold influenced (:func:`platt_fit`).
 * **Decision curves**: net benefit of "closer follow-up after PRRT if P(short
   PFS) >= threshold" against treat-all and treat-none (:func:`decision_curve`
   calls ``dcurves.dca``; :func:`net_benefit` is the formula of Vickers & Elkin
@@ -65,8 +66,11 @@ __all__ = [
     "delong_table",
     "delong_test",
     "net_benefit",
+    "platt_fit",
     "pooled_predictions",
+    "RECALIBRATION_FITTED_ON",
     "recalibrate_within_folds",
+    "recalibration_basis",
     "reliability_curve",
     "reliability_figure",
     "reliability_table",
@@ -250,38 +254,113 @@ def reliability_table(predictions: pd.DataFrame, models: Sequence[str] | None = 
     return pd.concat(parts, ignore_index=True)[["model", "mean_predicted", "observed", "n"]]
 
 
-def recalibrate_within_folds(predictions: pd.DataFrame) -> pd.DataFrame:
-    """Logistic (Platt) recalibration of each fold's test predictions, fitted on its training patients only.
+def platt_fit(y: ArrayLike, p: ArrayLike) -> tuple[float, float]:
+    """Platt's logistic recalibration ``P(y=1) = sigmoid(a + b logit(p))``, with Platt's smoothed targets.
 
-    The stored files hold test-fold predictions only. Within one repeat, the
-    training patients of fold k are exactly the test patients of the other
-    folds, and their out-of-fold probabilities come from models that never saw
-    them. So for each (model, repeat, fold) a logistic regression
-    ``y ~ a + b logit(p)`` is fitted on the other folds' out-of-fold predictions
-    of that repeat and applied to fold k; no test patient of fold k informs its
-    own recalibration.
+    Platt (1999) fits the two parameters by maximum likelihood against the
+    targets ``(N+ + 1) / (N+ + 2)`` for the positives and ``1 / (N- + 2)`` for
+    the negatives instead of 1 and 0, so that a small or perfectly separated
+    calibration set (a fold's validation split holds some 15 patients) gives a
+    finite, moderate fit instead of an infinite slope. Unpenalised otherwise.
+
+    Returns
+    -------
+    (a, b) : float
+        Intercept and slope on the logit scale.
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    y, p = _yp(y, p)
+    if y.min() == y.max():
+        raise CalibrationError("recalibration needs both classes among the patients it is fitted on")
+    n_pos, n_neg = int(y.sum()), int(len(y) - y.sum())
+    t = np.where(y == 1, (n_pos + 1) / (n_pos + 2), 1.0 / (n_neg + 2))
+    x = _logit(p)[:, None]
+    with warnings.catch_warnings():  # C=inf is sklearn 1.8's spelling of "no penalty"; it still warns
+        warnings.simplefilter("ignore", UserWarning)
+        lr = LogisticRegression(C=np.inf, max_iter=1000).fit(
+            np.vstack([x, x]), np.r_[np.ones(len(y)), np.zeros(len(y))], sample_weight=np.r_[t, 1 - t])
+    return float(lr.intercept_[0]), float(lr.coef_[0, 0])
+
+
+RECALIBRATION_FITTED_ON = (
+    "each fold's inner predictions: patients of that fold's TRAINING part, predicted by that fold's own model "
+    "(networks: its validation split, held out of fitting but used to choose the stopping epoch; tabular models: "
+    "an inner 3-fold cross-validation over the training part). No test patient of the fold, and no model that "
+    "trained on one, is involved."
+)
+"""What :func:`recalibrate_within_folds` is fitted on, in words for the book."""
+
+
+def recalibrate_within_folds(predictions: pd.DataFrame, inner: pd.DataFrame) -> pd.DataFrame:
+    """Platt recalibration of each fold's test predictions, fitted inside that fold's training part.
+
+    For every ``(model, repeat, fold)`` the two parameters of :func:`platt_fit`
+    are fitted on the fold's inner predictions only (``inner``, from
+    :func:`prrt_utils.grid.read_inner_results`: the fold's own model predicting
+    training patients it was not fitted on; see
+    :data:`prrt_utils.training.INNER_SOURCES`) and applied to the fold's test
+    predictions. No row of another fold is read: the other folds' out-of-fold
+    predictions, which the version before issue 15 used, come from models
+    trained on this fold's test patients.
+
+    Limitation (stated in the book): a network's inner predictions are those of
+    its validation split, which also chose the stopping epoch, so they are a
+    little more favourable than truly new patients; and they are few (about a
+    fifth of the training part), so the recalibration is noisy, which Platt's
+    smoothed targets keep finite.
 
     Returns
     -------
     DataFrame
         The input with ``prob`` replaced by the recalibrated probability and the
         original kept as ``prob_raw``.
-    """
-    from sklearn.linear_model import LogisticRegression
 
+    Raises
+    ------
+    CalibrationError
+        A fold without inner predictions (trained before they were written, or
+        a network without validation split), with one class only in them, or
+        whose inner predictions hold one of its own test patients.
+    """
+    keys = ["model", "repeat", "fold"]
+    inner_groups = {k: g for k, g in inner.groupby(keys, sort=False)} if len(inner) else {}
     out = []
-    for (_, _), sub in predictions.groupby(["model", "repeat"], sort=False):
-        for fold in sorted(sub["fold"].unique()):
-            test = sub[sub["fold"] == fold]
-            train = sub[sub["fold"] != fold]
-            if train["y_true"].nunique() < 2:
-                raise CalibrationError("recalibration needs both classes in the training patients of every fold")
-            with warnings.catch_warnings():  # C=inf is sklearn 1.8's spelling of "no penalty"; it still warns
-                warnings.simplefilter("ignore", UserWarning)
-                lr = LogisticRegression(C=np.inf).fit(_logit(train["prob"].to_numpy())[:, None], train["y_true"])
-            new = lr.predict_proba(_logit(test["prob"].to_numpy())[:, None])[:, 1]
-            out.append(test.assign(prob_raw=test["prob"], prob=new))
+    for key, test in predictions.groupby(keys, sort=False):
+        fit = inner_groups.get(key)
+        where = f"model {key[0]!r}, repeat {key[1]}, fold {key[2]}"
+        if fit is None or fit.empty:
+            raise CalibrationError(f"{where}: no inner predictions to recalibrate on (retrain the fold: folds "
+                                   "finished before inner_predictions.parquet existed lack them)")
+        leak = sorted(set(fit["patient_id"]) & set(test["patient_id"]))
+        if leak:
+            raise CalibrationError(f"{where}: the inner predictions hold test patient {leak[0]} of the same fold")
+        if fit["y_true"].nunique() < 2:
+            raise CalibrationError(f"{where}: recalibration needs both classes in the fold's inner predictions")
+        a, b = platt_fit(fit["y_true"], fit["prob"])
+        new = 1.0 / (1.0 + np.exp(-(a + b * _logit(test["prob"].to_numpy()))))
+        out.append(test.assign(prob_raw=test["prob"], prob=new))
     return pd.concat(out).sort_index()
+
+
+def recalibration_basis(inner: pd.DataFrame) -> pd.DataFrame:
+    """Per model: what its recalibration was fitted on and how many patients per fold (median, min).
+
+    Returns
+    -------
+    DataFrame
+        ``model, fitted on, patients per fold (median), (min), short PFS per fold (median)``.
+    """
+    from prrt_utils.training import INNER_SOURCES
+
+    per = inner.groupby(["model", "repeat", "fold"], sort=False).agg(
+        source=("source", "first"), n=("patient_id", "size"), pos=("y_true", "sum")).reset_index()
+    rows = []
+    for m, g in per.groupby("model", sort=False):
+        rows.append({"model": m, "fitted on": "; ".join(INNER_SOURCES.get(x, x) for x in g["source"].unique()),
+                     "patients per fold (median)": float(g["n"].median()), "(min)": int(g["n"].min()),
+                     "short PFS per fold (median)": float(g["pos"].median())})
+    return pd.DataFrame(rows)
 
 
 # --------------------------------------------------------------------------- decision curves
