@@ -180,7 +180,7 @@ def _inner(pred, shift=0.0, seed=1):
     """Inner predictions of every fold: a third of the fold's TRAINING patients, predicted afresh."""
     rng = np.random.default_rng(seed)
     parts = []
-    for (m, r, f), g in pred.groupby(["model", "repeat", "fold"]):
+    for m, r, f in pred[["model", "repeat", "fold"]].drop_duplicates().itertuples(index=False):
         train = pred[(pred["model"] == m) & (pred["repeat"] == r) & (pred["fold"] != f)]
         pick = train.sample(frac=0.5, random_state=int(rng.integers(1 << 30)))
         noise = 0.6 if m == "good" else 2.0
