@@ -233,8 +233,9 @@ if predictions is not None:
 # out-of-fold predictions would not do: they come from models trained on this fold's test
 # patients.) Limitation: the networks' validation split also chose their stopping epoch, so their
 # inner predictions are slightly more favourable than new patients would be, and with some 15
-# patients per fold the recalibration is noisy. It can fix the intercept and slope; it cannot
-# change the AUROC within a fold.
+# patients per fold the recalibration is noisy; a fold whose inner patients all fall in one class
+# (possible on a small cohort) cannot be recalibrated and is left as it is (counted in the table).
+# It can fix the intercept and slope; it cannot change the AUROC within a fold.
 
 # %%
 if predictions is not None:

@@ -313,15 +313,18 @@ def recalibrate_within_folds(predictions: pd.DataFrame, inner: pd.DataFrame) -> 
     Returns
     -------
     DataFrame
-        The input with ``prob`` replaced by the recalibrated probability and the
-        original kept as ``prob_raw``.
+        The input with ``prob`` replaced by the recalibrated probability, the
+        original kept as ``prob_raw``, and ``recalibrated``: False for a fold whose
+        inner predictions hold one class only (possible on a small cohort; no
+        slope can be fitted, so its predictions are left as they are, and
+        :func:`recalibration_basis` counts such folds).
 
     Raises
     ------
     CalibrationError
         A fold without inner predictions (trained before they were written, or
-        a network without validation split), with one class only in them, or
-        whose inner predictions hold one of its own test patients.
+        a network without validation split), or whose inner predictions hold one
+        of its own test patients.
     """
     keys = ["model", "repeat", "fold"]
     inner_groups = {k: g for k, g in inner.groupby(keys, sort=False)} if len(inner) else {}
@@ -335,11 +338,12 @@ def recalibrate_within_folds(predictions: pd.DataFrame, inner: pd.DataFrame) -> 
         leak = sorted(set(fit["patient_id"]) & set(test["patient_id"]))
         if leak:
             raise CalibrationError(f"{where}: the inner predictions hold test patient {leak[0]} of the same fold")
-        if fit["y_true"].nunique() < 2:
-            raise CalibrationError(f"{where}: recalibration needs both classes in the fold's inner predictions")
+        if fit["y_true"].nunique() < 2:  # nothing to fit a slope on: the fold is left as it is, and says so
+            out.append(test.assign(prob_raw=test["prob"], recalibrated=False))
+            continue
         a, b = platt_fit(fit["y_true"], fit["prob"])
         new = 1.0 / (1.0 + np.exp(-(a + b * _logit(test["prob"].to_numpy()))))
-        out.append(test.assign(prob_raw=test["prob"], prob=new))
+        out.append(test.assign(prob_raw=test["prob"], prob=new, recalibrated=True))
     return pd.concat(out).sort_index()
 
 
@@ -349,17 +353,20 @@ def recalibration_basis(inner: pd.DataFrame) -> pd.DataFrame:
     Returns
     -------
     DataFrame
-        ``model, fitted on, patients per fold (median), (min), short PFS per fold (median)``.
+        ``model, fitted on, patients per fold (median), (min), short PFS per fold (median),
+        folds left as they are (one class)``.
     """
     from prrt_utils.training import INNER_SOURCES
 
     per = inner.groupby(["model", "repeat", "fold"], sort=False).agg(
-        source=("source", "first"), n=("patient_id", "size"), pos=("y_true", "sum")).reset_index()
+        source=("source", "first"), n=("patient_id", "size"), pos=("y_true", "sum"),
+        classes=("y_true", "nunique")).reset_index()
     rows = []
     for m, g in per.groupby("model", sort=False):
         rows.append({"model": m, "fitted on": "; ".join(INNER_SOURCES.get(x, x) for x in g["source"].unique()),
                      "patients per fold (median)": float(g["n"].median()), "(min)": int(g["n"].min()),
-                     "short PFS per fold (median)": float(g["pos"].median())})
+                     "short PFS per fold (median)": float(g["pos"].median()),
+                     "folds left as they are (one class)": int((g["classes"] < 2).sum())})
     return pd.DataFrame(rows)
 
 

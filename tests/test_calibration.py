@@ -226,6 +226,15 @@ def test_recalibration_refuses_inner_predictions_that_hold_a_test_patient_or_are
     missing = inner[~((inner["model"] == "good") & (inner["repeat"] == 1) & (inner["fold"] == 0))]
     with pytest.raises(cal.CalibrationError, match="model 'good', repeat 1, fold 0: no inner predictions"):
         cal.recalibrate_within_folds(pred, missing)
+    # inner predictions of one class cannot carry a slope: that fold is left as it is, and counted
+    one = (inner["model"] == "good") & (inner["repeat"] == 1) & (inner["fold"] == 0)
+    single = inner[~one | (inner["y_true"] == 1)]
+    rec = cal.recalibrate_within_folds(pred, single)
+    fold = (pred["model"] == "good") & (pred["repeat"] == 1) & (pred["fold"] == 0)
+    np.testing.assert_array_equal(rec.loc[fold, "prob"], pred.loc[fold, "prob"])
+    assert not rec.loc[fold, "recalibrated"].any() and rec.loc[~fold, "recalibrated"].all()
+    basis = cal.recalibration_basis(single).set_index("model")["folds left as they are (one class)"]
+    assert basis.to_dict() == {"good": 1, "weak": 0}
 
 
 def test_platt_fit_maximises_the_likelihood_of_platts_smoothed_targets_and_stays_finite_when_separated():
