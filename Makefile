@@ -12,11 +12,13 @@ JOBS   ?= 2
 # Own cohort: a cohort description (see book/own_cohort.md); empty runs the synthetic cohort
 COHORT ?=
 CT_INIT ?=
+# CT pretraining population outside the study (own cohorts; the synthetic one generates its own)
+PRETRAIN_DATA ?=
 
 .PHONY: book test check install install-test chromium lint bench clean
 
 book: install
-	$(BIN)/prrt book --data $(DATA) --work $(WORK) --jobs $(JOBS) $(if $(COHORT),--cohort $(COHORT)) $(if $(CT_INIT),--ct-init $(CT_INIT))
+	$(BIN)/prrt book --data $(DATA) --work $(WORK) --jobs $(JOBS) $(if $(COHORT),--cohort $(COHORT)) $(if $(CT_INIT),--ct-init $(CT_INIT)) $(if $(PRETRAIN_DATA),--pretrain-data $(PRETRAIN_DATA))
 
 test: install-test chromium
 	$(BIN)/python -m pytest

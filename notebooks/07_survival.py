@@ -222,15 +222,26 @@ if predictions is not None:
     cal.reliability_figure(cal.reliability_table(predictions, models), names).show()
 
 # %% [markdown]
-# **Recalibration inside the training folds.** For each fold, a logistic recalibration
-# (intercept and slope on the logit of the predicted probability) is fitted on the out-of-fold
-# predictions of the *other* folds of the same repeat — exactly the fold's training patients — and
-# applied to the fold's test patients, so no test patient informs its own recalibration. It can fix
-# the intercept and slope; it cannot change the AUROC within a fold.
+# **Recalibration inside the training part of each fold.** For each fold, a logistic (Platt)
+# recalibration (intercept and slope on the logit of the predicted probability, with Platt's
+# smoothed targets so that a small set gives a finite fit) is fitted on **inner predictions**:
+# patients of that fold's training part, predicted by that fold's own model without having been
+# fitted on them. For the networks these are the stratified validation split (a fifth of the
+# training part) held out of their fitting; for the forest and the logistic baselines, an inner
+# 3-fold cross-validation over the training part. It is then applied to the fold's test patients.
+# No test patient of the fold, and no model trained on one, takes part. (The other folds'
+# out-of-fold predictions would not do: they come from models trained on this fold's test
+# patients.) Limitation: the networks' validation split also chose their stopping epoch, so their
+# inner predictions are slightly more favourable than new patients would be, and with some 15
+# patients per fold the recalibration is noisy; a fold whose inner patients all fall in one class
+# (possible on a small cohort) cannot be recalibrated and is left as it is (counted in the table).
+# It can fix the intercept and slope; it cannot change the AUROC within a fold.
 
 # %%
 if predictions is not None:
-    recal = cal.recalibrate_within_folds(predictions)
+    inner = grid.read_inner_results(work_dir, models)
+    display(cal.recalibration_basis(inner).assign(model=lambda f: f["model"].map(lambda m: names.get(m, m))))
+    recal = cal.recalibrate_within_folds(predictions, inner)
     after = cal.calibration_table(recal, models).groupby("model", sort=False)[["brier", "intercept", "slope"]].mean()
     both = calib_mean[["brier", "intercept", "slope"]].join(after, rsuffix=" recalibrated")
     display(both.rename(index=names).round(3))
@@ -262,17 +273,21 @@ if predictions is not None:
 # %% [markdown]
 # ## Uncertainty: bootstrap intervals and DeLong's test
 #
-# **Bootstrap.** Within each repeat every patient has exactly one out-of-fold prediction; we
-# resample patients with replacement (same seed for every model, so all models see the same
-# resamples) and take the 2.5th and 97.5th percentiles. The interval reflects the finite number of
-# patients, not the variation between training sets.
+# **Bootstrap.** Within each repeat every patient has exactly one out-of-fold prediction. The
+# quantity estimated is the AUROC (and AUPRC, short PFS positive) of each patient's out-of-fold
+# probability **averaged over the 5 repeats**: one prediction per patient, still from models that
+# never trained on that patient. We resample patients with replacement (same seed for every model,
+# so all models see the same resamples) and take the 2.5th and 97.5th percentiles. The estimate is
+# that averaged prediction's AUROC on the whole cohort, usually a little above the mean of the
+# per-repeat AUROCs of the other chapters (averaging smooths the noise of single training runs). The
+# interval reflects the finite number of patients, not the variation between training sets.
 
 # %%
 if predictions is not None:
     boot = cal.bootstrap_table(predictions, models, n_boot=n_boot, seed=seed)
-    boot_mean = boot.groupby(["model", "metric"], sort=False)[["estimate", "lower", "upper"]].mean().unstack("metric")
-    boot_mean.columns = [f"{m} {s}" for s, m in boot_mean.columns]
-    display(boot_mean.rename(index=names).round(3))
+    boot_wide = boot.set_index(["model", "metric"])[["estimate", "lower", "upper"]].unstack("metric")
+    boot_wide.columns = [f"{m} {s}" for s, m in boot_wide.columns]
+    display(boot_wide.rename(index=names).round(3))
 
 # %% [markdown]
 # **DeLong's test** compares two AUROCs measured on the same patients, allowing for the correlation

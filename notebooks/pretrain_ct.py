@@ -18,17 +18,22 @@
 # The paper's best model starts its CT branch from a MONAI CT segmentation network pretrained on
 # whole-body anatomy and fine-tunes it. No machine this book runs on may download weights, so the
 # seventh model's CT encoder is pretrained here, on a task that needs **no outcome**: segmenting
-# anatomy (body, lungs, liver, spleen, kidneys, bladder, bone, lesions) on the preprocessed CT
-# volumes, supervised by label maps. On the synthetic cohort these are the generator's ground-truth
-# maps; on a real cohort they can be a centre's own TotalSegmentator outputs (`labels_dir`,
-# `prrt pretrain-ct --labels`). A centre that already has a CT segmentation checkpoint loads it
-# instead (papermill parameter `ct_init`, `prrt book --ct-init PATH`; the model's page reports which
-# tensors were loaded).
+# anatomy (body, lungs, liver, spleen, kidneys, bladder, bone, lesions) on preprocessed CT volumes,
+# supervised by label maps. A centre that already has a CT segmentation checkpoint loads it instead
+# (papermill parameter `ct_init`, `prrt book --ct-init PATH`; the model's page reports which tensors
+# were loaded).
 #
-# **No leakage of outcomes.** Pretraining reads CT volumes and anatomy labels only, never PFS.
-# Patients whose CT is used here later fall in test folds of the PFS models, but their outcome was
-# not seen; only their anatomy was. A reviewer who wants stricter separation points `labels_dir` at
-# label maps of patients outside the cohort.
+# **Never on the study's own patients.** A hub model is trained on other people. Pretraining on
+# this study's CT and label maps would let the encoder see every test patient's CT and, through the
+# lesion class, their tumour burden, before the PFS models are tested on them. So the pretraining
+# population is always separate from the study: for the synthetic cohort, an **independent
+# synthetic population** drawn by the same generator with another seed (the cohort's seed + 1000,
+# pseudonyms `ANAT-…`, no study patient), lesion labels included because none of these people is
+# a study patient; for an own cohort, a separate set of patients outside the study given by the
+# centre (`pretrain_data_dir`, `prrt book --pretrain-data DIR`: their CT and label maps, e.g.
+# TotalSegmentator outputs). Without such a set, pretraining does not run and the branch is trained
+# from scratch. The population is preprocessed with the study's own settings. A pretraining patient
+# whose id is a study id stops the run. No outcome is read.
 #
 # This page shows the model card: data, settings, the loss per epoch and the Dice per class on
 # patients held out of pretraining. The checkpoint is cached: it is retrained only when the CT
@@ -38,7 +43,10 @@
 work_dir = "work"
 data_dir = "data/synthetic"
 labels_dir = ""
+pretrain_data_dir = ""  # a separate set of patients outside the study; empty: independent synthetic population
+pretrain_patients = 0  # 0: the default size of the independent synthetic population
 pretrain_epochs = 0  # 0: the default (PretrainConfig)
+n_jobs = 2
 ct_init = ""  # empty as the model declares, none from scratch, or a checkpoint path (route 2)
 seed = 0
 device = "auto"
@@ -58,20 +66,22 @@ from IPython.display import Markdown, display
 from prrt_utils import pretrain
 from prrt_utils.models import PRETRAIN_CT, ConvEncoder, get_spec, load_encoder_checkpoint
 
-cfg = pretrain.PretrainConfig(labels_dir=labels_dir, seed=seed, device=device,
-                              **({"epochs": int(pretrain_epochs)} if pretrain_epochs else {}))
+cfg = pretrain.PretrainConfig(labels_dir=labels_dir, population_dir=pretrain_data_dir, seed=seed, device=device,
+                              **({"epochs": int(pretrain_epochs)} if pretrain_epochs else {}),
+                              **({"population_size": int(pretrain_patients)} if pretrain_patients else {}))
 spec = get_spec(cfg.model)
 start = ct_init or ("none" if spec.ct_init is None else str(spec.ct_init))
 result = None
 if start == PRETRAIN_CT:
-    result = pretrain.pretrain_ct(work_dir, data_dir, cfg, progress=False)
+    result = pretrain.pretrain_ct(work_dir, data_dir, cfg, progress=False, n_jobs=n_jobs)
     print(cfg.to_yaml())
 elif start == "none":
-    found = pretrain.find_labels(data_dir, labels_dir)[0]
+    found = pretrain.population_available(data_dir, pretrain_data_dir)
     display(Markdown(
         "**CT pretraining did not run, and the seventh model's CT branch is trained FROM SCRATCH in this run** "
-        + ("(this cohort has no CT label maps: give `ct_labels` and `ct_label_codes` in COHORT.yaml, or a "
-           "checkpoint with `--ct-init PATH`). " if found is None else "(`ct_init: none` was asked for). ")
+        + ("(no pretraining population outside the study was given, and the study's own patients are never "
+           "used: give a separate set with `--pretrain-data DIR`, or a checkpoint with `--ct-init PATH`). "
+           if not found else "(`ct_init: none` was asked for). ")
         + "It then differs from PET CT fusion only by its random initialisation."))
 else:
     display(Markdown(f"**CT pretraining did not run: the CT branch starts from the checkpoint `{Path(start).name}` "
@@ -87,6 +97,12 @@ if result is not None:
     card = result.card
     display(Markdown(
         f"- **Task**: {card['task']}; {len(card['classes']) - 1} classes plus background.\n"
+        f"- **Population**: {card['population']['kind']} (`{card['population']['folder']}`"
+        + (f", generator seed {card['population']['synthetic_seed']} against the cohort's "
+           f"{card['population']['study_seed']}" if "synthetic_seed" in card["population"] else "")
+        + f"), {card['population']['n_patients']} patients, **{card['population']['study_patients']} study "
+        f"patients**; lesion class {card['population']['lesion_class']}. Generating and preprocessing it took "
+        f"{card['population']['seconds_generate_and_preprocess']:.0f} s in the run that trained this checkpoint.\n"
         f"- **Labels**: {card['labels_source']}.\n"
         f"- **Data**: {card['n_train']} patients trained, {card['n_held_out']} held out (by patient, seed {seed}); "
         f"{card['n_skipped']} without a label map or preprocessed CT skipped.\n"
@@ -152,7 +168,8 @@ if result is not None:
 # %% [markdown]
 # ## Summary
 #
-# When this run pretrained, the CT encoder learned anatomy without any outcome, its held-out Dice per
+# When this run pretrained, the CT encoder learned anatomy without any outcome and without any
+# study patient (the population above), its held-out Dice per
 # class is above, and the seventh model's CT branch loads all of its tensors. Whether this starting
 # point helps the PFS prediction is answered in the fusion chapter, which compares the seventh model
 # with the same architecture trained from scratch on the same splits.

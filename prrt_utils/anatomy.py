@@ -9,8 +9,8 @@ PET divided by the patient's median liver SUV (PERCIST-style reference
 region), with spleen, kidneys and bladder set to zero
 (:func:`pet_relative`, applied by :class:`prrt_utils.training.FoldNormaliser`).
 
-Where the masks come from: one CT label map per patient, the same maps CT
-pretraining reads (:func:`find_labels`): a centre's own, e.g. TotalSegmentator
+Where the masks come from: one CT label map per patient, found as CT
+pretraining finds its population's (:func:`find_labels`): a centre's own, e.g. TotalSegmentator
 outputs in ``DATA/ct_labels/`` with their ``codes.json``, or, for the synthetic
 cohort, the phantom's organ labels. Only liver, spleen, kidney and bladder are
 taken; lesion labels are never read (a model must find the tumours itself).
@@ -18,7 +18,8 @@ No outcome is involved, so computing the masks for every patient leaks nothing.
 
 This module sits between loading and preprocessing in the data flow: the
 preprocessing stage resamples each map onto its grid (:func:`organs_on_grid`)
-and stores it beside PET and CT; CT pretraining reads the same maps.
+and stores it beside PET and CT. CT pretraining reads maps of the same form, but of a separate
+population, never the study's (:mod:`prrt_utils.pretrain`).
 """
 
 from __future__ import annotations

@@ -12,7 +12,8 @@ Order (the data flow of DESIGN.md):
 1. the synthetic cohort is generated if the data folder is the default one and
    holds no cohort yet (:mod:`prrt_utils.synth`);
 2. ``01_cohort``, ``02_preprocessing``;
-3. ``pretrain_ct`` (CT encoder pretrained on anatomy, no outcome) when a model
+3. ``pretrain_ct`` (CT encoder pretrained on anatomy of a population outside the study, no
+   outcome; for the synthetic cohort an independent synthetic population) when a model
    starts its CT branch from it, then ``train_model`` once per model (papermill parameter ``model``), each run
    training or resuming that model's folds (:func:`run_models`);
 4. ``03_unimodal``, ``04_fusion``, ``05_statistics``, ``06_explainability`` (read
@@ -114,7 +115,16 @@ class BookConfig(Config):
         ``""`` as declared (route 1: CT pretraining on anatomy runs first, page
         ``pretrain_ct``), ``"none"`` from scratch, or a checkpoint path (route 2).
     ct_labels_dir : str
-        Label maps for CT pretraining; empty = ``DATA/ground_truth/labels``.
+        Label maps of the CT pretraining population; empty = the population's own
+        (``ct_labels/`` or the synthetic ``ground_truth/labels/``).
+    pretrain_data_dir : str
+        CT pretraining population: a separate set of patients outside the study
+        (raw-export layout). Empty: an independent synthetic population when the
+        cohort is synthetic (:func:`prrt_utils.pretrain.pretraining_population`);
+        an own cohort without one trains the CT branch from scratch and says so.
+    pretrain_patients : int
+        Size of the independent synthetic pretraining population; 0 keeps the
+        default (:data:`prrt_utils.pretrain.POPULATION_SIZE`).
     validation_model : str
         Model packaged and validated in chapter 08 on the synthetic second
         centre (empty: no validation chapter content).
@@ -137,6 +147,8 @@ class BookConfig(Config):
     pfs_threshold_months: float = 12.0
     ct_init: str = ""
     ct_labels_dir: str = ""
+    pretrain_data_dir: str = ""
+    pretrain_patients: int = 0
     validation_model: str = "pet_fusion"
 
     def __post_init__(self) -> None:
@@ -169,6 +181,8 @@ class BookConfig(Config):
             "pfs_threshold_months": self.pfs_threshold_months,
             "ct_init": self.ct_init,
             "labels_dir": self.ct_labels_dir,
+            "pretrain_data_dir": self.pretrain_data_dir,
+            "pretrain_patients": self.pretrain_patients,
             "validation_model": self.validation_model,
         }
 
@@ -469,13 +483,13 @@ def make_book(cfg: BookConfig | None = None, root: str | Path | None = None, exe
                                                           _executed_dir(root) / f"{name}.ipynb",
                                                           cfg.parameters(), root, cfg.kernel))
         if cfg.has_pretrained_model:
-            from prrt_utils.pretrain import find_labels
+            from prrt_utils.pretrain import population_available
 
-            if not cfg.ct_init and find_labels(root / cfg.data_dir, cfg.ct_labels_dir)[0] is None:
+            if not cfg.ct_init and not population_available(root / cfg.data_dir, cfg.pretrain_data_dir):
                 # said on the pretraining page and on the model's page, not only here
-                print("NO CT LABEL MAPS in this cohort: CT pretraining cannot run, so the pretrained model's CT "
-                      "branch is trained FROM SCRATCH in this run (give ct_labels in COHORT.yaml, or --ct-init PATH)",
-                      flush=True)
+                print("NO CT PRETRAINING POPULATION outside the study: CT pretraining never uses the study's own "
+                      "patients, so the pretrained model's CT branch is trained FROM SCRATCH in this run (give a "
+                      "separate set with --pretrain-data DIR, or --ct-init PATH)", flush=True)
                 cfg = cfg.replace(ct_init="none")
             print(f"executing {PRETRAIN_PAGE}", flush=True)
             _record(timings, root, PRETRAIN_PAGE, execute_notebook(root / "notebooks" / f"{PRETRAIN_PAGE}.py",

@@ -10,14 +10,16 @@ stored out-of-fold predictions (``WORK/results/predictions.parquet``,
   ``calibration_curve``), Brier score, and logistic recalibration intercept
   ("calibration in the large", 0 is ideal) and slope (1 is ideal; < 1 means
   too extreme predictions) (:func:`calibration_stats`, statsmodels GLM).
-  :func:`recalibrate_within_folds` fits a logistic (Platt) recalibration on the
-  training patients of each fold only.
+  :func:`recalibrate_within_folds` fits a logistic (Platt) recalibration
+  inside the training part of each fold, on predictions of training patients
+  that no test patient of the fold influenced (:func:`platt_fit`).
 * **Decision curves**: net benefit of "closer follow-up after PRRT if P(short
   PFS) >= threshold" against treat-all and treat-none (:func:`decision_curve`
   calls ``dcurves.dca``; :func:`net_benefit` is the formula of Vickers & Elkin
   2006, checked equal to dcurves in the tests).
 * **Uncertainty**: percentile bootstrap confidence intervals of AUROC and AUPRC
-  of the pooled out-of-fold predictions of each repeat (:func:`bootstrap_ci`,
+  of each patient's out-of-fold prediction averaged over the repeats, a defined
+  estimand (:func:`averaged_predictions`, :func:`bootstrap_ci`,
   :func:`bootstrap_table`), and DeLong's test of two correlated AUROCs
   (:func:`delong_test`; the fast algorithm of Sun & Xu 2014, written by hand
   because no maintained Python library provides it; tested against a
@@ -47,6 +49,8 @@ from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_s
 
 __all__ = [
     "average_precision_rows",
+    "averaged_predictions",
+    "BOOTSTRAP_ESTIMAND",
     "BootstrapCI",
     "CalibrationError",
     "CalibrationResult",
@@ -62,8 +66,11 @@ __all__ = [
     "delong_table",
     "delong_test",
     "net_benefit",
+    "platt_fit",
     "pooled_predictions",
+    "RECALIBRATION_FITTED_ON",
     "recalibrate_within_folds",
+    "recalibration_basis",
     "reliability_curve",
     "reliability_figure",
     "reliability_table",
@@ -247,38 +254,120 @@ def reliability_table(predictions: pd.DataFrame, models: Sequence[str] | None = 
     return pd.concat(parts, ignore_index=True)[["model", "mean_predicted", "observed", "n"]]
 
 
-def recalibrate_within_folds(predictions: pd.DataFrame) -> pd.DataFrame:
-    """Logistic (Platt) recalibration of each fold's test predictions, fitted on its training patients only.
+def platt_fit(y: ArrayLike, p: ArrayLike) -> tuple[float, float]:
+    """Platt's logistic recalibration ``P(y=1) = sigmoid(a + b logit(p))``, with Platt's smoothed targets.
 
-    The stored files hold test-fold predictions only. Within one repeat, the
-    training patients of fold k are exactly the test patients of the other
-    folds, and their out-of-fold probabilities come from models that never saw
-    them. So for each (model, repeat, fold) a logistic regression
-    ``y ~ a + b logit(p)`` is fitted on the other folds' out-of-fold predictions
-    of that repeat and applied to fold k; no test patient of fold k informs its
-    own recalibration.
+    Platt (1999) fits the two parameters by maximum likelihood against the
+    targets ``(N+ + 1) / (N+ + 2)`` for the positives and ``1 / (N- + 2)`` for
+    the negatives instead of 1 and 0, so that a small or perfectly separated
+    calibration set (a fold's validation split holds some 15 patients) gives a
+    finite, moderate fit instead of an infinite slope. Unpenalised otherwise.
+
+    Returns
+    -------
+    (a, b) : float
+        Intercept and slope on the logit scale.
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    y, p = _yp(y, p)
+    if y.min() == y.max():
+        raise CalibrationError("recalibration needs both classes among the patients it is fitted on")
+    n_pos, n_neg = int(y.sum()), int(len(y) - y.sum())
+    t = np.where(y == 1, (n_pos + 1) / (n_pos + 2), 1.0 / (n_neg + 2))
+    x = _logit(p)[:, None]
+    with warnings.catch_warnings():  # C=inf is sklearn 1.8's spelling of "no penalty"; it still warns
+        warnings.simplefilter("ignore", UserWarning)
+        lr = LogisticRegression(C=np.inf, max_iter=1000).fit(
+            np.vstack([x, x]), np.r_[np.ones(len(y)), np.zeros(len(y))], sample_weight=np.r_[t, 1 - t])
+    return float(lr.intercept_[0]), float(lr.coef_[0, 0])
+
+
+RECALIBRATION_FITTED_ON = (
+    "each fold's inner predictions: patients of that fold's TRAINING part, predicted by that fold's own model "
+    "(networks: its validation split, held out of fitting but used to choose the stopping epoch; tabular models: "
+    "an inner 3-fold cross-validation over the training part). No test patient of the fold, and no model that "
+    "trained on one, is involved."
+)
+"""What :func:`recalibrate_within_folds` is fitted on, in words for the book."""
+
+
+def recalibrate_within_folds(predictions: pd.DataFrame, inner: pd.DataFrame) -> pd.DataFrame:
+    """Platt recalibration of each fold's test predictions, fitted inside that fold's training part.
+
+    For every ``(model, repeat, fold)`` the two parameters of :func:`platt_fit`
+    are fitted on the fold's inner predictions only (``inner``, from
+    :func:`prrt_utils.grid.read_inner_results`: the fold's own model predicting
+    training patients it was not fitted on; see
+    :data:`prrt_utils.training.INNER_SOURCES`) and applied to the fold's test
+    predictions. No row of another fold is read: the other folds' out-of-fold
+    predictions, which the version before issue 15 used, come from models
+    trained on this fold's test patients.
+
+    Limitation (stated in the book): a network's inner predictions are those of
+    its validation split, which also chose the stopping epoch, so they are a
+    little more favourable than truly new patients; and they are few (about a
+    fifth of the training part), so the recalibration is noisy, which Platt's
+    smoothed targets keep finite.
 
     Returns
     -------
     DataFrame
-        The input with ``prob`` replaced by the recalibrated probability and the
-        original kept as ``prob_raw``.
-    """
-    from sklearn.linear_model import LogisticRegression
+        The input with ``prob`` replaced by the recalibrated probability, the
+        original kept as ``prob_raw``, and ``recalibrated``: False for a fold whose
+        inner predictions hold one class only (possible on a small cohort; no
+        slope can be fitted, so its predictions are left as they are, and
+        :func:`recalibration_basis` counts such folds).
 
+    Raises
+    ------
+    CalibrationError
+        A fold without inner predictions (trained before they were written, or
+        a network without validation split), or whose inner predictions hold one
+        of its own test patients.
+    """
+    keys = ["model", "repeat", "fold"]
+    inner_groups = {k: g for k, g in inner.groupby(keys, sort=False)} if len(inner) else {}
     out = []
-    for (_, _), sub in predictions.groupby(["model", "repeat"], sort=False):
-        for fold in sorted(sub["fold"].unique()):
-            test = sub[sub["fold"] == fold]
-            train = sub[sub["fold"] != fold]
-            if train["y_true"].nunique() < 2:
-                raise CalibrationError("recalibration needs both classes in the training patients of every fold")
-            with warnings.catch_warnings():  # C=inf is sklearn 1.8's spelling of "no penalty"; it still warns
-                warnings.simplefilter("ignore", UserWarning)
-                lr = LogisticRegression(C=np.inf).fit(_logit(train["prob"].to_numpy())[:, None], train["y_true"])
-            new = lr.predict_proba(_logit(test["prob"].to_numpy())[:, None])[:, 1]
-            out.append(test.assign(prob_raw=test["prob"], prob=new))
+    for key, test in predictions.groupby(keys, sort=False):
+        fit = inner_groups.get(key)
+        where = f"model {key[0]!r}, repeat {key[1]}, fold {key[2]}"
+        if fit is None or fit.empty:
+            raise CalibrationError(f"{where}: no inner predictions to recalibrate on (retrain the fold: folds "
+                                   "finished before inner_predictions.parquet existed lack them)")
+        leak = sorted(set(fit["patient_id"]) & set(test["patient_id"]))
+        if leak:
+            raise CalibrationError(f"{where}: the inner predictions hold test patient {leak[0]} of the same fold")
+        if fit["y_true"].nunique() < 2:  # nothing to fit a slope on: the fold is left as it is, and says so
+            out.append(test.assign(prob_raw=test["prob"], recalibrated=False))
+            continue
+        a, b = platt_fit(fit["y_true"], fit["prob"])
+        new = 1.0 / (1.0 + np.exp(-(a + b * _logit(test["prob"].to_numpy()))))
+        out.append(test.assign(prob_raw=test["prob"], prob=new, recalibrated=True))
     return pd.concat(out).sort_index()
+
+
+def recalibration_basis(inner: pd.DataFrame) -> pd.DataFrame:
+    """Per model: what its recalibration was fitted on and how many patients per fold (median, min).
+
+    Returns
+    -------
+    DataFrame
+        ``model, fitted on, patients per fold (median), (min), short PFS per fold (median),
+        folds left as they are (one class)``.
+    """
+    from prrt_utils.training import INNER_SOURCES
+
+    per = inner.groupby(["model", "repeat", "fold"], sort=False).agg(
+        source=("source", "first"), n=("patient_id", "size"), pos=("y_true", "sum"),
+        classes=("y_true", "nunique")).reset_index()
+    rows = []
+    for m, g in per.groupby("model", sort=False):
+        rows.append({"model": m, "fitted on": "; ".join(INNER_SOURCES.get(x, x) for x in g["source"].unique()),
+                     "patients per fold (median)": float(g["n"].median()), "(min)": int(g["n"].min()),
+                     "short PFS per fold (median)": float(g["pos"].median()),
+                     "folds left as they are (one class)": int((g["classes"] < 2).sum())})
+    return pd.DataFrame(rows)
 
 
 # --------------------------------------------------------------------------- decision curves
@@ -443,24 +532,76 @@ def bootstrap_ci(y: ArrayLike, p: ArrayLike, metric: str | Callable = "auroc", n
     return BootstrapCI(float(f(y, p)), float(lo), float(hi), level, n_boot, len(reps))
 
 
-def bootstrap_table(predictions: pd.DataFrame, models: Sequence[str] | None = None, n_boot: int = 1000,
-                    level: float = 0.95, seed: int = 0) -> pd.DataFrame:
-    """Bootstrap CIs of AUROC and AUPRC of pooled out-of-fold predictions, per model and repeat.
+def averaged_predictions(predictions: pd.DataFrame, model: str) -> pd.DataFrame:
+    """Each patient's out-of-fold probability of ``model`` averaged over the repeats.
+
+    Within a repeat each patient has exactly one out-of-fold prediction (from
+    the one model of that repeat that did not train on them), so the mean over
+    ``R`` repeats is a per-patient quantity: the prediction of the "repeated
+    cross-validation ensemble", still out of fold for every patient.
 
     Returns
     -------
     DataFrame
-        ``model, repeat, metric, estimate, lower, upper`` (same seed for every
-        model and repeat, so the intervals of two models resample the same
-        patients).
+        ``patient_id, y_true, prob, n_repeats``, one row per patient, sorted by id.
+
+    Raises
+    ------
+    CalibrationError
+        No predictions of ``model``, a patient twice in one repeat, or a patient
+        missing from some repeat (the average would mix different numbers of repeats).
+    """
+    sub = predictions[predictions["model"] == model]
+    if sub.empty:
+        raise CalibrationError(f"no predictions of model {model!r}")
+    if sub.duplicated(["repeat", "patient_id"]).any():
+        raise CalibrationError(f"model {model!r}: a patient appears in two test folds of one repeat")
+    out = (sub.groupby("patient_id", sort=True)
+           .agg(y_true=("y_true", "first"), prob=("prob", "mean"), n_repeats=("repeat", "nunique"),
+                y_values=("y_true", "nunique"))
+           .reset_index())
+    if (out["n_repeats"] != sub["repeat"].nunique()).any():
+        raise CalibrationError(f"model {model!r}: some patients lack an out-of-fold prediction in some repeat")
+    if (out["y_values"] != 1).any():
+        raise CalibrationError(f"model {model!r}: a patient has different outcomes in different repeats")
+    return out.drop(columns="y_values")
+
+
+BOOTSTRAP_ESTIMAND = ("AUROC/AUPRC of each patient's out-of-fold probability averaged over the repeats "
+                      "(patients resampled with replacement, percentile interval)")
+"""What :func:`bootstrap_table` estimates and resamples, in words for the book."""
+
+
+def bootstrap_table(predictions: pd.DataFrame, models: Sequence[str] | None = None, n_boot: int = 1000,
+                    level: float = 0.95, seed: int = 0) -> pd.DataFrame:
+    """Bootstrap CIs of AUROC and AUPRC of the repeat-averaged out-of-fold prediction, per model.
+
+    The estimand is defined: the AUROC (AUPRC) of ``prob`` =
+    each patient's out-of-fold probability averaged over the repeats
+    (:func:`averaged_predictions`), one value per patient. ``estimate`` is that
+    metric on the cohort (``roc_auc_score(y, prob)``); the interval resamples
+    patients with replacement (:func:`bootstrap_ci`). Averaging per-repeat
+    intervals instead (what this function did before issue 15) gives the
+    bounds of no quantity: it is neither the interval of one repeat nor that
+    of the averaged prediction. Note that the averaged prediction's AUROC is
+    usually a little above the mean of the per-repeat AUROCs (averaging smooths
+    the noise of single training runs); the interval reflects the finite number
+    of patients, not the variation between training sets.
+
+    Returns
+    -------
+    DataFrame
+        ``model, metric, estimate, lower, upper, n_patients, n_repeats`` (same seed
+        for every model, and patients in the same order, so the intervals of two
+        models resample the same patients).
     """
     rows = []
-    for m, r in _model_repeats(predictions, models):
-        pooled = pooled_predictions(predictions, m, r)
+    for m in (list(models) if models is not None else list(dict.fromkeys(predictions["model"]))):
+        avg = averaged_predictions(predictions, m)
         for metric in METRIC_FUNCS:
-            ci = bootstrap_ci(pooled["y_true"], pooled["prob"], metric, n_boot, level, seed)
-            rows.append({"model": m, "repeat": r, "metric": metric, "estimate": ci.estimate,
-                         "lower": ci.lower, "upper": ci.upper})
+            ci = bootstrap_ci(avg["y_true"], avg["prob"], metric, n_boot, level, seed)
+            rows.append({"model": m, "metric": metric, "estimate": ci.estimate, "lower": ci.lower,
+                         "upper": ci.upper, "n_patients": len(avg), "n_repeats": int(avg["n_repeats"].iloc[0])})
     return pd.DataFrame(rows)
 
 

@@ -89,7 +89,7 @@ def _book_config(args: argparse.Namespace) -> BookConfig:
         models=tuple(getattr(args, "models", None) or ()), n_repeats=args.repeats, n_splits=args.folds,
         epochs=args.epochs, device=args.device, scheduler=args.scheduler,
         cohort_yaml=str(Path(args.cohort).resolve()) if args.cohort else "",
-        ct_init=args.ct_init, ct_labels_dir=args.ct_labels,
+        ct_init=args.ct_init, ct_labels_dir=args.ct_labels, pretrain_data_dir=args.pretrain_data,
     )
 
 
@@ -97,11 +97,13 @@ def _pretrain_ct(args: argparse.Namespace) -> int:
     from prrt_utils.pretrain import PretrainConfig, pretrain_ct
 
     data = _own_cohort(args)[0]
-    cfg = PretrainConfig(labels_dir=args.labels or "", seed=args.seed, device=args.device,
-                         **({"epochs": args.epochs} if args.epochs else {}))
-    result = pretrain_ct(Path(args.work), data, cfg, force=args.force, progress=not args.quiet)
+    cfg = PretrainConfig(labels_dir=args.labels or "", population_dir=args.pretrain_data or "", seed=args.seed,
+                         device=args.device, **({"epochs": args.epochs} if args.epochs else {}),
+                         **({"population_size": args.patients} if args.patients else {}))
+    result = pretrain_ct(Path(args.work), data, cfg, force=args.force, progress=not args.quiet, n_jobs=args.jobs)
     card = result.card
-    print(f"{'reused' if result.reused else 'wrote'} {result.checkpoint}: {card['n_train']} patients trained, "
+    print(f"{'reused' if result.reused else 'wrote'} {result.checkpoint}: pretrained on {card['population']['kind']}; "
+          f"{card['n_train']} patients trained, "
           f"{card['n_held_out']} held out, held-out Dice (mean over classes) {card['held_out_dice_mean_foreground']:.2f}")
     return 0
 
@@ -220,11 +222,15 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--jobs", type=int, default=2, help="worker processes for generation, preprocessing and folds (default: %(default)s)")
         p.add_argument("--scheduler", default="", help="Dask scheduler address (tcp://host:8786): folds run on that cluster instead of local processes")
         p.add_argument("--ct-init", default="", metavar="PATH|none", help="CT branch of the pretrained model: '' = as declared in models/*.yaml (CT pretraining on anatomy first), 'none' = from scratch, or a checkpoint file, e.g. a MONAI CT segmentation bundle's model.pt (default: as declared)")
-        p.add_argument("--ct-labels", default="", metavar="DIR", help="label maps <patient_id>.nii.gz for CT pretraining (default: DATA/ground_truth/labels, the synthetic cohort's)")
+        p.add_argument("--ct-labels", default="", metavar="DIR", help="label maps <patient_id>.nii.gz of the CT pretraining population (default: the population's own)")
+        p.add_argument("--pretrain-data", default="", metavar="DIR", help="CT pretraining population: patients OUTSIDE the study, imaging/<id>/ and ct_labels/<id>.nii.gz with codes.json (default: an independent synthetic population for the synthetic cohort; an own cohort without one trains the CT branch from scratch)")
 
     p = sub.add_parser("pretrain-ct", help="pretrain the CT encoder of the pretrained model on anatomy segmentation (no outcome used); write work/pretrained/")
     common(p)
-    p.add_argument("--labels", default="", metavar="DIR", help="label maps <patient_id>.nii.gz (e.g. TotalSegmentator outputs; default: DATA/ground_truth/labels)")
+    p.add_argument("--pretrain-data", default="", metavar="DIR", help="the pretraining population: patients OUTSIDE the study, imaging/<id>/ and ct_labels/<id>.nii.gz with codes.json (default for the synthetic cohort: an independent synthetic population generated beside it)")
+    p.add_argument("--patients", type=int, default=0, help="size of the independent synthetic population; 0 keeps the default (default: %(default)s)")
+    p.add_argument("--jobs", type=int, default=2, help="worker processes generating and preprocessing the population (default: %(default)s)")
+    p.add_argument("--labels", default="", metavar="DIR", help="label maps <patient_id>.nii.gz of the pretraining population (e.g. TotalSegmentator outputs; default: the population's own)")
     p.add_argument("--epochs", type=int, default=0, help="epochs; 0 keeps the default (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of the held-out split and the weights (default: %(default)s)")
     p.add_argument("--device", default="auto", help="'auto', 'cpu' or 'cuda' (default: %(default)s)")

@@ -42,6 +42,8 @@ from prrt_utils import store
 from prrt_utils.folds import CVConfig, ensure_folds
 from prrt_utils.models import LAB_COLUMNS, ModelSpec, get_spec, resolve_ct_init
 from prrt_utils.training import (
+    INNER_FILE,
+    INNER_PREDICTION_COLUMNS,
     PREDICTION_COLUMNS,
     CohortData,
     TrainConfig,
@@ -59,6 +61,7 @@ __all__ = [
     "load_embeddings",
     "load_histories",
     "prepare_inputs",
+    "read_inner_results",
     "read_results",
     "run_grid",
 ]
@@ -455,6 +458,29 @@ def read_results(work_dir: str | Path, models: Sequence[str]) -> pd.DataFrame:
                 f"run it first (prrt run --models {m})"
             )
     return pred
+
+
+def read_inner_results(work_dir: str | Path, models: Sequence[str]) -> pd.DataFrame:
+    """Inner predictions of ``models`` over all their finished folds (``inner_predictions.parquet``).
+
+    Predictions of each fold's TRAINING patients that no test patient of the
+    fold influenced (:data:`prrt_utils.training.INNER_PREDICTION_COLUMNS`): what
+    :func:`prrt_utils.calibration.recalibrate_within_folds` fits on. A finished
+    fold without the file (trained before issue 15) contributes nothing; the
+    recalibration then names it.
+
+    Returns
+    -------
+    DataFrame
+        ``model, repeat, fold, patient_id, y_true, prob, source``, sorted by model, repeat, fold, patient.
+    """
+    parts = [pd.read_parquet(d / INNER_FILE) for _, _, _, d in _finished(Path(work_dir), list(models))
+             if (d / INNER_FILE).is_file()]
+    parts = [p for p in parts if len(p)]
+    if not parts:
+        return pd.DataFrame(columns=list(INNER_PREDICTION_COLUMNS))
+    frame = pd.concat(parts, ignore_index=True)
+    return frame.sort_values(["model", "repeat", "fold", "patient_id"], kind="stable").reset_index(drop=True)
 
 
 def fold_table(work_dir: str | Path, models: Sequence[str] | None = None) -> pd.DataFrame:

@@ -242,8 +242,9 @@ class CohortSource(Config):
     link : {"auto", "hardlink", "symlink", "copy"}
         How image files reach the intake folder (module docstring).
     ct_labels : str
-        Optional CT label maps for CT pretraining (:mod:`prrt_utils.pretrain`),
-        one NIfTI per patient, e.g. a centre's TotalSegmentator outputs: the
+        Optional CT label maps of the study's patients, for the organ masks of
+        the PET models (:mod:`prrt_utils.anatomy`; never for CT pretraining,
+        which needs patients outside the study), one NIfTI per patient, e.g. a centre's TotalSegmentator outputs: the
         file relative to the YAML's folder with ``{id}`` for the table's id
         (``"export/TotalSegmentator/{id}.nii.gz"``). They are linked as
         ``ct_labels/<patient_id>.nii.gz`` under the intake's pseudonyms.
@@ -780,7 +781,7 @@ def _place_label_map(source: CohortSource, raw_id: str, dst: Path, used: set[str
     """Link one patient's CT label map to ``dst``; return ``""`` or why there is none."""
     src = source.path(source.ct_labels.format(id=raw_id))
     if not src.is_file():
-        return "no CT label map (CT pretraining leaves this patient out)"
+        return "no CT label map (no organ masks for this patient's PET)"
     if src.name.endswith(".nii"):  # pretraining reads <patient>.nii.gz: compress
         store.write_bytes(dst, gzip.compress(src.read_bytes(), mtime=0))
         used.add("copy")

@@ -10,10 +10,25 @@ supervised by label maps. The synthetic generator writes those maps
 centre's own TotalSegmentator (or any) outputs as NIfTI, one per patient, with
 ``label_map`` saying which of their codes is which of our classes.
 
-No outcome is read: the patients whose CT is used here may later fall in any
-test fold of the PFS models without leaking their PFS. (Their CT images were
-seen; a reviewer who wants pretraining on separate patients points
-``labels_dir`` at label maps of patients outside the cohort.)
+Never on the study's own patients (issue 15). A hub model is trained on other
+people; pretraining on the study's label maps would show the encoder every test
+patient's CT and, through the lesion class, its tumour burden (a transductive
+leak). So the pretraining population is always a separate set
+(:func:`pretraining_population`):
+
+* synthetic cohort: an **independent synthetic population** written by the
+  generator beside the cohort (``<DATA>-pretrain/``, :data:`POPULATION_SEED_OFFSET`
+  added to the cohort's seed, ids ``ANAT-001`` ..., NIfTI, :data:`POPULATION_SIZE`
+  patients by default), with all classes, lesions included (they are not study
+  patients);
+* own cohort: a separate set the centre gives (``population_dir``: a folder in
+  the raw-export layout, ``imaging/<id>/`` and ``ct_labels/<id>.nii.gz`` with
+  ``codes.json``, of patients outside the study). Without one, pretraining does
+  not run and the book trains the branch from scratch and says so.
+
+The population is preprocessed with the study's own preprocessing settings into
+``WORK/pretrained/population/preprocessed/``; a pretraining patient id that is
+also a study id stops the run. No outcome is read.
 
 Network: the encoder is exactly the CT branch the seventh model builds
 (:class:`~prrt_utils.models.ConvEncoder` from its :class:`ModelSpec`), so
@@ -30,7 +45,7 @@ Files (``WORK/pretrained/``): ``ct_encoder.pt`` (``{"state_dict": encoder
 weights, "card": model card}``, written atomically), ``history.csv`` (loss per
 epoch), ``dice.csv`` (held-out Dice per class, beside its ceiling: the Dice of
 the true labels taken to the training resolution and back), ``split.csv`` (which patients
-trained and which were held out: ids only), ``skipped.csv``, ``config.yaml`` and, written last, ``card.json``
+of the pretraining population trained and which were held out: ids only), ``skipped.csv``, ``config.yaml`` and, written last, ``card.json``
 (the model card, with the cache key: SHA-256 of the configuration, every CT
 volume and every label map used). A rerun with the same key reuses the
 checkpoint instead of training again.
@@ -77,7 +92,12 @@ __all__ = [
     "PretrainResult",
     "checkpoint_path",
     "labels_on_grid",
+    "POPULATION_SEED_OFFSET",
+    "POPULATION_SIZE",
+    "population_available",
+    "pretraining_population",
     "pretrain_ct",
+    "pretrain_on",
     "read_card",
     "save_label_map",
 ]
@@ -85,6 +105,17 @@ __all__ = [
 CHECKPOINT_NAME = "ct_encoder.pt"
 CHECKPOINT_FORMAT = "prrt-pfs CT encoder, version 1"
 """Written into every model card; bump the version when the checkpoint's layout changes."""
+
+
+POPULATION_SIZE = 60
+"""Patients of the independent synthetic pretraining population (generation and preprocessing take about
+1 s a patient on 2 cores; half the study's 116 keeps the book fast and still covers the anatomy)."""
+
+POPULATION_SEED_OFFSET = 1000
+"""The independent synthetic population's seed is the cohort's plus this (the second centre uses + 1)."""
+
+POPULATION_ID_PREFIX = "ANAT"
+"""Pseudonyms of the independent synthetic population (``ANAT-001`` ...): never a study id."""
 
 
 class PretrainError(ValueError):
@@ -99,10 +130,17 @@ class PretrainConfig(Config):
     ----------
     model : str
         Registry model whose CT encoder is pretrained (its architecture is used).
+    population_dir : str
+        The pretraining population: a folder in the raw-export layout
+        (``imaging/<id>/`` and label maps) of patients OUTSIDE the study; empty =
+        an independent synthetic population when the study is synthetic
+        (:func:`pretraining_population`), else pretraining cannot run.
+    population_size : int
+        Patients of the independent synthetic population.
     labels_dir : str
-        Folder of ``<patient_id>.nii.gz`` (or ``.nii``) label maps; empty =
-        :func:`find_labels` (an own cohort's ``DATA/ct_labels``, else the
-        synthetic cohort's ``DATA/ground_truth/labels``).
+        Folder of the population's ``<patient_id>.nii.gz`` (or ``.nii``) label maps; empty =
+        :func:`find_labels` on ``population_dir`` (``ct_labels/``, else the
+        synthetic ``ground_truth/labels/``).
     label_map : tuple of str
         ``"code:class"`` for every code that occurs in the label maps, class one
         of :data:`ANATOMY_CLASSES`. A code that is not listed stops the run
@@ -121,6 +159,8 @@ class PretrainConfig(Config):
     """
 
     model: str = "petct_fusion_pretrained"
+    population_dir: str = ""
+    population_size: int = POPULATION_SIZE
     labels_dir: str = ""
     label_map: tuple[str, ...] = SYNTHETIC_LABEL_MAP
     epochs: int = 40
@@ -135,6 +175,8 @@ class PretrainConfig(Config):
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 2:
             raise PretrainError(f"epochs must be >= 1 and batch_size >= 2, got {self.epochs}, {self.batch_size}")
+        if self.population_size < 10:
+            raise PretrainError(f"population_size must be >= 10, got {self.population_size}")
         if not 0.0 < self.held_out_fraction < 0.5:
             raise PretrainError(f"held_out_fraction must lie in (0, 0.5), got {self.held_out_fraction}")
         self.lookup()  # validates label_map
@@ -240,6 +282,88 @@ class PretrainResult:
     reused: bool
 
 
+def _synthetic_study(data_dir: Path) -> bool:
+    return (data_dir / "ground_truth" / "truth.csv").is_file() and (data_dir / "config.yaml").is_file()
+
+
+def population_available(data_dir: str | Path, population_dir: str | Path = "") -> bool:
+    """True when CT pretraining has a population other than the study: one given, or the study is synthetic."""
+    return bool(population_dir) or _synthetic_study(Path(data_dir))
+
+
+def pretraining_population(data_dir: str | Path, cfg: PretrainConfig, n_jobs: int = 1) -> tuple[Path, dict[str, Any]]:
+    """The raw export pretraining reads, never the study's own; generated when it is the synthetic one.
+
+    Parameters
+    ----------
+    data_dir : path
+        The STUDY's raw export.
+    cfg : PretrainConfig
+        ``population_dir`` given: that folder (a separate set of a centre).
+        Empty and the study synthetic: the independent synthetic population
+        ``<data_dir>-pretrain/`` (seed = the cohort's + :data:`POPULATION_SEED_OFFSET`,
+        ``cfg.population_size`` patients, ids ``ANAT-...``), generated if missing.
+
+    Returns
+    -------
+    (path, description)
+        ``description`` goes into the model card (kind, size, seed, where).
+
+    Raises
+    ------
+    PretrainError
+        No separate population (an own cohort without ``population_dir``), or
+        ``population_dir`` is the study's own export.
+    """
+    data_dir = Path(data_dir)
+    if cfg.population_dir:
+        pop = Path(cfg.population_dir)
+        if not (pop / "imaging").is_dir():
+            raise PretrainError(f"pretraining population {pop} has no imaging/ folder (raw-export layout: "
+                                "imaging/<id>/ and ct_labels/<id>.nii.gz with codes.json)")
+        if pop.resolve() == data_dir.resolve():
+            raise PretrainError(f"pretraining population {pop} is the study's own export: CT pretraining must use "
+                                "patients outside the study (a separate set)")
+        return pop, {"kind": "a separate set given by the centre (population_dir)", "folder": pop.name}
+    if not _synthetic_study(data_dir):
+        raise PretrainError(
+            "CT pretraining never uses the study's own patients (their CT and lesion labels would leak into "
+            "the test folds). Give a separate set of patients outside the study (population_dir / "
+            "--pretrain-data: imaging/<id>/ and ct_labels/<id>.nii.gz with codes.json), start the CT branch "
+            "from a checkpoint (--ct-init PATH) or from scratch (--ct-init none)")
+    from prrt_utils.synth import SynthConfig, generate_cohort
+
+    study = SynthConfig.from_yaml(data_dir / "config.yaml")
+    synth_cfg = SynthConfig(n_patients=cfg.population_size, seed=study.seed + POPULATION_SEED_OFFSET,
+                            id_prefix=POPULATION_ID_PREFIX, image_format="nifti")
+    pop = data_dir.parent / f"{data_dir.name}-pretrain"
+    generate_cohort(synth_cfg, pop, progress=False, n_jobs=n_jobs, overwrite=True)  # ours: regenerated when its size changes
+    return pop, {"kind": "an independent synthetic population (no study patient)", "folder": pop.name,
+                 "synthetic_seed": synth_cfg.seed, "study_seed": study.seed}
+
+
+def _study_ids(work_dir: Path) -> set[str]:
+    """Every patient id of the study: its preprocessed index and, when there, its cohort table."""
+    ids: set[str] = set()
+    for path in (work_dir / "preprocessed" / "index.csv", work_dir / "cohort" / "cohort.csv"):
+        if path.is_file():
+            ids |= set(pd.read_csv(path, dtype={"patient_id": str}, usecols=["patient_id"])["patient_id"])
+    return ids
+
+
+def _preprocess_population(work_dir: Path, population: Path, n_jobs: int) -> Path:
+    """Preprocess the population with the study's settings into ``WORK/pretrained/population/``; return that."""
+    from prrt_utils.preprocess import PreprocessConfig, run_preprocessing
+
+    settings = work_dir / "preprocessed" / "config.yaml"
+    if not settings.is_file():
+        raise PretrainError(f"{settings} not found: run the preprocessing stage first (prrt preprocess)")
+    pop_work = work_dir / "pretrained" / "population"
+    run_preprocessing(PreprocessConfig.from_yaml(settings), None, population / "imaging", pop_work,
+                      progress=False, n_jobs=n_jobs)
+    return pop_work
+
+
 def _inputs(cfg: PretrainConfig, work_dir: Path, labels_dir: Path) -> tuple[list[str], list[Path], list[Path], pd.DataFrame]:
     """Patients with a preprocessed CT and a label map; the others with the reason."""
     index_csv = work_dir / "preprocessed" / "index.csv"
@@ -289,41 +413,85 @@ def _load_pairs(ids: list[str], volumes: list[Path], maps: list[Path], lookup: d
 
 
 def pretrain_ct(work_dir: str | Path, data_dir: str | Path = "data/synthetic", cfg: PretrainConfig | None = None,
-                force: bool = False, threads: int | None = None, progress: bool = False) -> PretrainResult:
+                force: bool = False, threads: int | None = None, progress: bool = False,
+                n_jobs: int = 1) -> PretrainResult:
     """Pretrain the CT encoder of ``cfg.model`` on anatomy segmentation; reuse a finished run.
 
     Parameters
     ----------
     work_dir : path
-        ``WORK``: reads ``preprocessed/``; writes ``pretrained/``.
+        ``WORK``: reads the study's ``preprocessed/config.yaml`` and ids (never
+        its volumes); writes ``pretrained/`` (the population's preprocessed
+        volumes in ``pretrained/population/``).
     data_dir : path
-        Cohort folder; label maps default to ``DATA/ground_truth/labels``.
+        The study's cohort folder: where the independent synthetic population
+        is generated beside it (:func:`pretraining_population`); the study's
+        own label maps are never read here.
     cfg : PretrainConfig, optional
     force : bool
         Train again even when a checkpoint with the same key exists.
     threads : int, optional
         ``torch.set_num_threads`` while training (default: all cores).
+    n_jobs : int
+        Worker processes for generating and preprocessing the population.
+    """
+    cfg = cfg or PretrainConfig()
+    work_dir = Path(work_dir)
+    t_population = time.perf_counter()
+    population, described = pretraining_population(data_dir, cfg, n_jobs=n_jobs)
+    labels_dir, codes = find_labels(population, cfg.labels_dir)
+    if labels_dir is None or not labels_dir.is_dir():
+        raise PretrainError(
+            f"label map folder {labels_dir or population / 'ct_labels'} not found. CT pretraining needs one "
+            "NIfTI label map per patient of the pretraining population (e.g. TotalSegmentator outputs in "
+            "ct_labels/ with codes.json), or start the CT branch from a checkpoint (--ct-init PATH) or from "
+            "scratch (--ct-init none)"
+        )
+    if codes:
+        cfg = cfg.replace(label_map=codes)
+    pop_work = _preprocess_population(work_dir, population, n_jobs)
+    described = {**described, "seconds_generate_and_preprocess": round(time.perf_counter() - t_population, 1)}
+    return pretrain_on(work_dir, pop_work, labels_dir, cfg, described, force=force, threads=threads,
+                       progress=progress)
+
+
+def pretrain_on(work_dir: str | Path, population_work: str | Path, labels_dir: str | Path, cfg: PretrainConfig,
+                population: dict[str, Any] | None = None, force: bool = False, threads: int | None = None,
+                progress: bool = False) -> PretrainResult:
+    """Pretrain on a population that is already preprocessed; refuse any study patient among it.
+
+    Parameters
+    ----------
+    work_dir : path
+        The study's ``WORK``: its patient ids (``preprocessed/index.csv``,
+        ``cohort/cohort.csv``) are read only to be excluded; writes ``pretrained/``.
+    population_work : path
+        Holds the population's ``preprocessed/`` (index and volumes).
+    labels_dir : path
+        The population's label maps (``<patient_id>.nii.gz``), codes in ``cfg.label_map``.
+    population : dict, optional
+        How the population was made, for the model card.
+
+    Raises
+    ------
+    PretrainError
+        A patient id of the population is a study id, fewer than 10 usable
+        patients, or label codes that ``cfg.label_map`` does not list.
     """
     from monai.losses import DiceCELoss
     from monai.metrics import compute_dice
 
     from prrt_utils.training import FoldNormaliser, _deterministic, resolve_device, seed_everything
 
-    cfg = cfg or PretrainConfig()
-    work_dir = Path(work_dir)
+    work_dir, labels_dir = Path(work_dir), Path(labels_dir)
     out = work_dir / "pretrained"
-    labels_dir, codes = find_labels(data_dir, cfg.labels_dir)
-    if labels_dir is None or not labels_dir.is_dir():
-        raise PretrainError(
-            f"label map folder {labels_dir or Path(data_dir) / 'ct_labels'} not found. CT pretraining needs one "
-            "NIfTI label map per patient: the synthetic cohort ships them; for your own cohort give ct_labels and "
-            "ct_label_codes in COHORT.yaml (e.g. TotalSegmentator outputs), or start the CT branch from a "
-            "checkpoint (--ct-init PATH) or from scratch (--ct-init none)"
-        )
-    if codes:
-        cfg = cfg.replace(label_map=codes)
     spec = get_spec(cfg.model)
-    ids, volumes, maps, skipped = _inputs(cfg, work_dir, labels_dir)
+    study = _study_ids(work_dir)
+    ids, volumes, maps, skipped = _inputs(cfg, Path(population_work), labels_dir)
+    shared = sorted(set(ids) & study)
+    if shared:
+        raise PretrainError(f"patient {shared[0]} (and {len(shared) - 1} more) of the pretraining population is a "
+                            "study patient: CT pretraining must use patients outside the study")
     if len(ids) < 10:
         raise PretrainError(f"only {len(ids)} patient(s) have both a preprocessed CT and a label map in {labels_dir}; need 10")
     key = _cache_key(cfg, spec, ids, volumes, maps)
@@ -420,7 +588,12 @@ def pretrain_ct(work_dir: str | Path, data_dir: str | Path = "data/synthetic", c
         "task": "anatomy segmentation (no outcome used)",
         "classes": list(ANATOMY_CLASSES),
         "labels_source": ("synthetic ground truth" if labels_dir.parent.name == "ground_truth"
-                          else "the cohort's own label maps"),
+                          else "the population's own label maps"),
+        "population": {"kind": "a separate set (preprocessed)", "folder": Path(population_work).name,
+                       "seconds_generate_and_preprocess": 0.0, **(population or {}),
+                       "n_patients": len(ids), "study_patients": 0,
+                       "lesion_class": ("taught, from the pretraining population only (no study patient)"
+                                        if ANATOMY_CLASSES.index("lesion") in cfg.lookup().values() else "not taught")},
         "n_train": int(len(train)),
         "n_held_out": int(len(held)),
         "n_skipped": int(len(skipped)),

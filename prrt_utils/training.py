@@ -29,6 +29,9 @@ can change the order of floating-point sums, so it is recorded in
 
 Files of one fold, ``WORK/results/<model>/r<repeat>_f<fold>/`` (DESIGN
 "Folds and results"): ``predictions.parquet``, ``embeddings.npz``,
+``inner_predictions.parquet`` (:data:`INNER_PREDICTION_COLUMNS`: predictions of
+patients of the TRAINING part that no test patient influenced, for recalibration
+inside the fold, :func:`prrt_utils.calibration.recalibrate_within_folds`),
 ``weights.pt`` (Random Forest: ``weights.joblib``), ``normalisation.json``,
 ``history.json`` and, written last, ``done.json``.
 """
@@ -60,6 +63,9 @@ from prrt_utils.config import SEED, Config
 from prrt_utils.models import LAB_COLUMNS, FusionNet, ModelSpec, build_network, make_forest, make_logistic
 
 __all__ = [
+    "INNER_FILE",
+    "INNER_PREDICTION_COLUMNS",
+    "INNER_SOURCES",
     "PREDICTION_COLUMNS",
     "RECIPE_SOURCES",
     "CohortData",
@@ -86,6 +92,24 @@ __all__ = [
 
 PREDICTION_COLUMNS = ("model", "repeat", "fold", "patient_id", "y_true", "prob")
 """Columns of ``predictions.parquet``; ``prob`` is the predicted probability of short PFS."""
+
+INNER_PREDICTION_COLUMNS = (*PREDICTION_COLUMNS, "source")
+"""Columns of ``inner_predictions.parquet``: predictions of the fold's TRAINING patients that no test
+patient of the fold influenced, and ``source`` (:data:`INNER_SOURCES`): how they were made."""
+
+INNER_SOURCES = {
+    "validation": "validation split: the fold's network predicting the stratified split of the training "
+                  "part held out of its fitting (the same split chose the stopping epoch)",
+    "inner_cv": "inner 3-fold cross-validation over the training part (the same model refitted on two "
+                "thirds, predicting the third)",
+}
+"""What each ``source`` of the inner predictions means, in words for the book."""
+
+INNER_FILE = "inner_predictions.parquet"
+"""Name of the inner predictions' file in each fold's folder."""
+
+INNER_CV_SPLITS = 3
+"""Folds of the inner cross-validation that gives tabular models' inner predictions (fixed a priori)."""
 
 
 PROFILES = ("default", "paper")
@@ -587,6 +611,10 @@ class FoldOutput:
         ``epoch``, ``train_loss`` (and ``val_loss``) per epoch, ``best_epoch``, ``stopped_early``.
     info : dict
         Seed, device, threads, sizes, seconds.
+    inner_predictions : DataFrame
+        :data:`INNER_PREDICTION_COLUMNS`, one row per training patient that has an
+        inner prediction (:func:`inner_predictions`); empty for a network trained
+        without a validation split (the paper profile).
     """
 
     predictions: pd.DataFrame
@@ -595,6 +623,8 @@ class FoldOutput:
     normalisation: dict[str, Any]
     history: dict[str, Any]
     info: dict[str, Any]
+    inner_predictions: pd.DataFrame = dataclasses.field(
+        default_factory=lambda: pd.DataFrame(columns=list(INNER_PREDICTION_COLUMNS)))
 
 
 def model_volumes(spec: ModelSpec, volumes: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -800,9 +830,11 @@ def train_fold(spec: ModelSpec, cfg: TrainConfig, data: CohortData, train_ids: S
 
     if spec.kind in ("random_forest", "logistic"):
         model = make_forest(spec, seed) if spec.kind == "random_forest" else make_logistic(spec)
-        model.fit(data.features(spec, fit_rows, lab_scaler), data.y[fit_rows])
+        fit_features = data.features(spec, fit_rows, lab_scaler)
+        model.fit(fit_features, data.y[fit_rows])
         emb = data.features(spec, emb_rows, lab_scaler)
         prob = model.predict_proba(emb)[:, 1].astype(float)
+        inner_rows, inner_prob, inner_source = fit_rows, _inner_cv(model, fit_features, data.y[fit_rows], seed), "inner_cv"
     else:
         img_size = next(iter(data.volumes[m] for m in modalities)).shape[2:]
         with _deterministic(device):
@@ -815,6 +847,8 @@ def train_fold(spec: ModelSpec, cfg: TrainConfig, data: CohortData, train_ids: S
             all_x = [torch.from_numpy(x).to(device) for x in model_inputs(spec, data, emb_rows, normaliser, lab_scaler)]
             prob, emb = _predict(model, all_x)
         model = model.cpu()
+        # the validation split's predictions: training patients the network was not fitted on
+        inner_rows, inner_prob, inner_source = val_rows, prob[len(fit_rows):len(fit_rows) + len(val_rows)], "validation"
     n_test = len(test_rows)
     predictions = pd.DataFrame(
         {
@@ -844,7 +878,39 @@ def train_fold(spec: ModelSpec, cfg: TrainConfig, data: CohortData, train_ids: S
         "ct_load": report.to_dict() if (report := getattr(model, "ct_load_report", None)) is not None else None,
     }
     normalisation = {"labs": lab_scaler.to_dict(), "images": normaliser.to_dict()}
-    return FoldOutput(predictions, embeddings, model, normalisation, history, info)
+    if len(inner_prob) == 0:  # no inner prediction possible (no validation split, or a class too small)
+        inner_rows = inner_rows[:0]
+    inner = pd.DataFrame(
+        {
+            "model": spec.name,
+            "repeat": int(repeat),
+            "fold": int(fold),
+            "patient_id": [data.patient_ids[i] for i in inner_rows],
+            "y_true": data.y[inner_rows].astype(int),
+            "prob": np.asarray(inner_prob, dtype=float),
+            "source": inner_source,
+        },
+        columns=list(INNER_PREDICTION_COLUMNS),
+    )
+    return FoldOutput(predictions, embeddings, model, normalisation, history, info, inner)
+
+
+def _inner_cv(model: Any, features: np.ndarray, y: np.ndarray, seed: int) -> np.ndarray:
+    """Out-of-fold probabilities of ``model`` refitted by stratified k-fold CV inside the training part.
+
+    ``k`` = :data:`INNER_CV_SPLITS` (fewer when a class has fewer patients); an
+    empty array when a class has fewer than 2 patients (no inner prediction is
+    possible). Deterministic: the folds and the refitted models are seeded from
+    the fold's seed.
+    """
+    from sklearn.base import clone
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+
+    k = min(INNER_CV_SPLITS, int(np.bincount(np.asarray(y, dtype=int), minlength=2).min()))
+    if k < 2:
+        return np.array([], dtype=float)
+    cv = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed % (2**32))
+    return cross_val_predict(clone(model), features, y, cv=cv, method="predict_proba")[:, 1].astype(float)
 
 
 # --------------------------------------------------------------------------- files of one fold
@@ -873,6 +939,7 @@ def _fold_identity(spec: ModelSpec, cfg: TrainConfig, folds_sha256: str) -> dict
 
 def _write_fold(out: Path, spec: ModelSpec, result: FoldOutput, identity: Mapping[str, Any]) -> None:
     store.write_parquet(out / "predictions.parquet", result.predictions)
+    store.write_parquet(out / INNER_FILE, result.inner_predictions)
     with store.atomic_path(out / "embeddings.npz") as tmp, open(tmp, "wb") as fh:
         np.savez(fh, **result.embeddings)
     if spec.kind != "cnn":
@@ -908,14 +975,20 @@ def fold_status(spec: ModelSpec, cfg: TrainConfig, work_dir: str | Path, repeat:
     """``("done", [])``, ``("todo", [])`` or ``("stale", [differing keys])`` for one fold's folder.
 
     A fold is stale when its ``done.json`` was written for another model or
-    training configuration, other splits or another CT checkpoint.
+    training configuration, other splits or another CT checkpoint. A fold
+    finished before folds wrote ``inner_predictions.parquet`` (issue 15) counts
+    as not done: it is trained again (deterministically, so its test predictions
+    do not change) to gain the inner predictions recalibration needs.
     """
-    done = read_done(fold_dir(work_dir, spec.name, repeat, fold))
+    out = fold_dir(work_dir, spec.name, repeat, fold)
+    done = read_done(out)
     if done is None:
         return "todo", []
     identity = _fold_identity(spec, cfg, folds_sha256)
     differs = [k for k, v in identity.items() if done.get(k) != v]
-    return ("stale", differs) if differs else ("done", [])
+    if differs:
+        return "stale", differs
+    return ("done", []) if (out / INNER_FILE).is_file() else ("todo", [])
 
 
 def run_fold(spec: ModelSpec, cfg: TrainConfig, data: CohortData, folds: pd.DataFrame, repeat: int, fold: int,

@@ -176,24 +176,138 @@ def _predictions(shift=0.0, seed=0):
     return pd.concat(rows, ignore_index=True)
 
 
-def test_recalibration_uses_training_patients_only_and_removes_a_shift():
+def _inner(pred, shift=0.0, seed=1):
+    """Inner predictions of every fold: a third of the fold's TRAINING patients, predicted afresh."""
+    rng = np.random.default_rng(seed)
+    parts = []
+    for m, r, f in pred[["model", "repeat", "fold"]].drop_duplicates().itertuples(index=False):
+        train = pred[(pred["model"] == m) & (pred["repeat"] == r) & (pred["fold"] != f)]
+        pick = train.sample(frac=0.5, random_state=int(rng.integers(1 << 30)))
+        noise = 0.6 if m == "good" else 2.0
+        prob = _sigmoid(2 * (pick["y_true"].to_numpy() - 0.5) + noise * rng.normal(size=len(pick)) + shift)
+        parts.append(pick.assign(fold=f, prob=prob, source="validation"))
+    return pd.concat(parts, ignore_index=True)
+
+
+def test_recalibration_of_a_fold_reads_only_that_folds_inner_predictions_and_removes_a_shift():
     pred = _predictions(shift=1.5)
-    rec = cal.recalibrate_within_folds(pred)
+    inner = _inner(pred, shift=1.5)
+    rec = cal.recalibrate_within_folds(pred, inner)
     assert rec["prob"].mean() < pred["prob"].mean() - 0.1
-    # flipping the labels of one fold's test patients leaves that fold's recalibrated probabilities unchanged
-    flip = pred.copy()
-    mask = (flip["repeat"] == 0) & (flip["fold"] == 0)
-    flip.loc[mask, "y_true"] = 1 - flip.loc[mask, "y_true"]
-    again = cal.recalibrate_within_folds(flip)
-    np.testing.assert_allclose(again.loc[mask, "prob"], rec.loc[mask, "prob"])
-    assert not np.allclose(again.loc[~mask, "prob"], rec.loc[~mask, "prob"])
+    assert abs(rec["prob"].mean() - pred["y_true"].mean()) < abs(pred["prob"].mean() - pred["y_true"].mean())
+    fold = (pred["model"] == "good") & (pred["repeat"] == 0) & (pred["fold"] == 0)
+    # Every other fold's out-of-fold rows come from models trained on this fold's test patients:
+    # scrambling them (and the other folds' inner rows) must leave this fold's recalibration unchanged.
+    other = pred.copy()
+    other.loc[~fold, "prob"] = np.random.default_rng(7).random((~fold).sum())
+    other.loc[~fold, "y_true"] = 1 - other.loc[~fold, "y_true"]
+    own = (inner["model"] == "good") & (inner["repeat"] == 0) & (inner["fold"] == 0)
+    inner_other = inner.copy()
+    inner_other.loc[~own, "prob"] = np.random.default_rng(8).random((~own).sum())
+    again = cal.recalibrate_within_folds(other, inner_other)
+    np.testing.assert_allclose(again.loc[fold, "prob"], rec.loc[fold, "prob"], rtol=1e-12)
+    # nor do the fold's own test labels; its own inner predictions do
+    flipped = pred.copy()
+    flipped.loc[fold, "y_true"] = 1 - flipped.loc[fold, "y_true"]
+    np.testing.assert_allclose(cal.recalibrate_within_folds(flipped, inner).loc[fold, "prob"], rec.loc[fold, "prob"])
+    moved = inner.copy()
+    moved.loc[own, "prob"] = _sigmoid(np.log(moved.loc[own, "prob"] / (1 - moved.loc[own, "prob"])) - 1.0)
+    assert not np.allclose(cal.recalibrate_within_folds(pred, moved).loc[fold, "prob"], rec.loc[fold, "prob"])
+
+
+def test_recalibration_refuses_inner_predictions_that_hold_a_test_patient_or_are_missing():
+    pred = _predictions()
+    inner = _inner(pred)
+    test_patient = pred.loc[(pred["model"] == "weak") & (pred["repeat"] == 1) & (pred["fold"] == 2), "patient_id"].iloc[0]
+    leaky = pd.concat([inner, pd.DataFrame([{"model": "weak", "repeat": 1, "fold": 2, "patient_id": test_patient,
+                                             "y_true": 1, "prob": 0.9, "source": "validation"}])])
+    with pytest.raises(cal.CalibrationError, match=f"model 'weak', repeat 1, fold 2: .*test patient {test_patient}"):
+        cal.recalibrate_within_folds(pred, leaky)
+    missing = inner[~((inner["model"] == "good") & (inner["repeat"] == 1) & (inner["fold"] == 0))]
+    with pytest.raises(cal.CalibrationError, match="model 'good', repeat 1, fold 0: no inner predictions"):
+        cal.recalibrate_within_folds(pred, missing)
+    # inner predictions of one class cannot carry a slope: that fold is left as it is, and counted
+    one = (inner["model"] == "good") & (inner["repeat"] == 1) & (inner["fold"] == 0)
+    single = inner[~one | (inner["y_true"] == 1)]
+    rec = cal.recalibrate_within_folds(pred, single)
+    fold = (pred["model"] == "good") & (pred["repeat"] == 1) & (pred["fold"] == 0)
+    np.testing.assert_array_equal(rec.loc[fold, "prob"], pred.loc[fold, "prob"])
+    assert not rec.loc[fold, "recalibrated"].any() and rec.loc[~fold, "recalibrated"].all()
+    basis = cal.recalibration_basis(single).set_index("model")["folds left as they are (one class)"]
+    assert basis.to_dict() == {"good": 1, "weak": 0}
+
+
+def test_platt_fit_maximises_the_likelihood_of_platts_smoothed_targets_and_stays_finite_when_separated():
+    from scipy.optimize import minimize
+
+    y = np.array([0, 0, 0, 1, 1])
+    p = np.array([0.1, 0.2, 0.3, 0.6, 0.9])  # perfectly separated: an unsmoothed fit has no finite optimum
+    a, b = cal.platt_fit(y, p)
+    t = np.where(y == 1, 3 / 4, 1 / 5)  # (N+ + 1) / (N+ + 2), 1 / (N- + 2)
+    x = np.log(p / (1 - p))
+
+    def nll(theta):
+        q = _sigmoid(theta[0] + theta[1] * x)
+        return -np.sum(t * np.log(q) + (1 - t) * np.log(1 - q))
+
+    ref = minimize(nll, [0.0, 1.0], method="BFGS", options={"gtol": 1e-10}).x
+    assert (a, b) == pytest.approx(tuple(ref), abs=1e-4)
+    assert 0 < b < 10
+    # on a large calibrated set the targets barely differ from 0/1: intercept ~0, slope ~1
+    yy, pp = _draw(n=20000, seed=3)
+    a2, b2 = cal.platt_fit(yy, pp)
+    assert abs(a2) < 0.05 and abs(b2 - 1) < 0.05
 
 
 def test_tables_have_one_row_per_model_and_repeat():
     pred = _predictions()
     assert len(cal.calibration_table(pred)) == 4
     boot = cal.bootstrap_table(pred, n_boot=50)
-    assert len(boot) == 8 and (boot["lower"] <= boot["estimate"]).all()
+    assert len(boot) == 4 and (boot["lower"] <= boot["estimate"]).all()  # one row per model and metric
     dl = cal.delong_table(pred, "good", ["weak"])
     assert len(dl) == 2 and (dl["auc_reference"] > dl["auc_model"]).all()
     assert (dl["p_holm"] == dl["p_value"]).all()  # one comparison: Holm changes nothing
+
+
+def test_bootstrap_table_estimates_the_auroc_of_the_repeat_averaged_prediction():
+    from sklearn.metrics import average_precision_score
+
+    # two repeats whose noise differs: each repeat's AUROC is well below that of the average
+    rng = np.random.default_rng(11)
+    n = 300
+    ids = [f"P{i:03d}" for i in range(n)]
+    y = rng.binomial(1, 0.4, n)
+    rows = []
+    for r in range(2):
+        p = _sigmoid(0.8 * (y - 0.5) + 1.2 * rng.normal(size=n))
+        rows.append(pd.DataFrame({"model": "m", "repeat": r, "fold": np.arange(n) % 3, "patient_id": ids,
+                                  "y_true": y, "prob": p}))
+    pred = pd.concat(rows, ignore_index=True).sample(frac=1.0, random_state=0)  # row order must not matter
+    boot = cal.bootstrap_table(pred, n_boot=400, seed=2).set_index("metric")
+    avg = pred.groupby("patient_id")["prob"].mean().sort_index()
+    yy = pred.groupby("patient_id")["y_true"].first().sort_index()
+    assert boot.loc["auroc", "estimate"] == pytest.approx(roc_auc_score(yy, avg), abs=1e-12)
+    assert boot.loc["auprc", "estimate"] == pytest.approx(average_precision_score(yy, avg), abs=1e-12)
+    assert (boot["n_patients"] == n).all() and (boot["n_repeats"] == 2).all()
+    assert (boot["lower"] < boot["estimate"]).all() and (boot["estimate"] < boot["upper"]).all()
+    # the interval is that of bootstrap_ci on the averaged prediction, exactly
+    ci = cal.bootstrap_ci(yy, avg, "auroc", n_boot=400, seed=2)
+    assert (boot.loc["auroc", "lower"], boot.loc["auroc", "upper"]) == pytest.approx((ci.lower, ci.upper))
+    # and it is not the mean of the per-repeat intervals (which belong to no defined quantity)
+    per_repeat = [cal.bootstrap_ci(g.sort_values("patient_id")["y_true"], g.sort_values("patient_id")["prob"],
+                                   "auroc", n_boot=400, seed=2) for _, g in pred.groupby("repeat")]
+    mean_estimate = np.mean([c.estimate for c in per_repeat])
+    assert boot.loc["auroc", "estimate"] > mean_estimate + 0.02
+    assert boot.loc["auroc", "lower"] > np.mean([c.lower for c in per_repeat]) + 0.01
+
+
+def test_averaged_predictions_refuse_a_patient_missing_from_a_repeat():
+    pred = _predictions()
+    gone = pred.drop(pred.index[(pred["model"] == "good") & (pred["repeat"] == 1)][:1])
+    with pytest.raises(cal.CalibrationError, match="lack an out-of-fold prediction"):
+        cal.averaged_predictions(gone, "good")
+    twice = pd.concat([pred, pred.iloc[:1]])
+    with pytest.raises(cal.CalibrationError, match="two test folds"):
+        cal.averaged_predictions(twice, "good")
+    avg = cal.averaged_predictions(pred, "weak")
+    assert len(avg) == 90 and (avg["n_repeats"] == 2).all()

@@ -18,7 +18,7 @@ torch.set_num_threads(1)
 CV = CVConfig(n_splits=3, n_repeats=2, seed=0)
 CFG = TrainConfig(epochs=3, device="cpu")
 MODELS = ["rf_labs", "pet_fusion", "petct_fusion"]
-FOLD_FILES = {"predictions.parquet", "embeddings.npz", "normalisation.json", "history.json", "done.json"}
+FOLD_FILES = {"predictions.parquet", "inner_predictions.parquet", "embeddings.npz", "normalisation.json", "history.json", "done.json"}
 
 
 def write_toy_work(work: Path, data: CohortData, drop_images: tuple[str, ...] = ()) -> Path:
@@ -73,6 +73,12 @@ def test_every_fold_of_every_model_is_written_with_done_json(reference):
     assert list(pred.columns) == ["model", "repeat", "fold", "patient_id", "y_true", "prob"]
     per_repeat = pred.groupby(["model", "repeat"])["patient_id"].agg(lambda s: sorted(s))
     assert all(ids == sorted(pred["patient_id"].unique()) for ids in per_repeat)  # each patient once per repeat
+    # inner predictions (for recalibration inside the fold) never hold one of the fold's test patients
+    inner = grid.read_inner_results(work, MODELS)
+    assert set(inner["model"]) == set(MODELS)
+    for (m, r, f), g in inner.groupby(["model", "repeat", "fold"]):
+        test = pred[(pred["model"] == m) & (pred["repeat"] == r) & (pred["fold"] == f)]["patient_id"]
+        assert len(g) and not set(g["patient_id"]) & set(test), (m, r, f)
 
 
 def test_an_interrupted_grid_resumes_to_the_numbers_of_an_uninterrupted_one(tmp_path, data, reference):

@@ -85,9 +85,17 @@ def test_label_codes_are_mapped_and_an_unlisted_code_stops_the_run():
 
 
 def _toy_work(root, n=14, seed=0):
-    """A work folder with preprocessed CT volumes whose anatomy is visible in HU, and its label maps."""
+    """A study work folder (ids S...), and a preprocessed pretraining population (ids T...) with label maps.
+
+    Returns ``(work, population, labels)``: the study's WORK, the population's work folder (its
+    ``preprocessed/``), and the population's label maps. CT anatomy is visible in HU.
+    """
     rng = np.random.default_rng(seed)
-    pre, labels_dir = root / "work" / "preprocessed", root / "labels"
+    study = root / "work" / "preprocessed"
+    study.mkdir(parents=True)
+    pd.DataFrame({"patient_id": ["S001", "S002"], "status": "ok", "reason": "", "file": ["S001.npz", "S002.npz"]}
+                 ).to_csv(study / "index.csv", index=False)
+    pre, labels_dir = root / "population" / "preprocessed", root / "labels"
     pre.mkdir(parents=True)
     labels_dir.mkdir()
     d, h, w = np.meshgrid(*[np.arange(s) for s in SHAPE], indexing="ij")
@@ -105,21 +113,25 @@ def _toy_work(root, n=14, seed=0):
         rows.append({"patient_id": pid, "status": "ok", "reason": "", "file": f"{pid}.npz"})
     rows.append({"patient_id": "T999", "status": "excluded", "reason": "no CT", "file": ""})
     pd.DataFrame(rows).to_csv(pre / "index.csv", index=False)
-    return root / "work", labels_dir
+    return root / "work", root / "population", labels_dir
+
+
+def _pretrain(work, population, labels, cfg, **kw):
+    return pretrain.pretrain_on(work, population, labels, cfg, threads=1, **kw)
 
 
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory):
     root = tmp_path_factory.mktemp("pretrain")
-    work, labels = _toy_work(root)
-    cfg = pretrain.PretrainConfig(labels_dir=str(labels), label_map=("0:background", "1:body", "2:lung", "7:bone"),
+    work, population, labels = _toy_work(root)
+    cfg = pretrain.PretrainConfig(label_map=("0:background", "1:body", "2:lung", "7:bone"),
                                   epochs=25, batch_size=4, device="cpu")
-    result = pretrain.pretrain_ct(work, root, cfg, threads=1)
-    return work, labels, cfg, result
+    result = _pretrain(work, population, labels, cfg)
+    return work, population, labels, cfg, result
 
 
 def test_pretraining_learns_anatomy_it_can_see_and_writes_a_model_card(toy):
-    work, _, cfg, result = toy
+    work, _, _, cfg, result = toy
     assert not result.reused and result.checkpoint == pretrain.checkpoint_path(work)
     dice = result.dice.set_index("class")["dice_mean"]
     # HU separates them, so a working pipeline learns them up to what the training resolution allows
@@ -135,6 +147,8 @@ def test_pretraining_learns_anatomy_it_can_see_and_writes_a_model_card(toy):
     assert result.skipped.set_index("patient_id").loc["T999", "reason"] == "no preprocessed images"
     split = pd.read_csv(work / "pretrained" / "split.csv")
     assert set(split["patient_id"]) == {f"T{i:03d}" for i in range(14)} and split["patient_id"].is_unique
+    assert card["population"]["study_patients"] == 0 and card["population"]["n_patients"] == 14
+    assert card["population"]["lesion_class"] == "not taught"  # this toy's label map lists no lesion code
 
 
 def test_the_seventh_model_loads_every_tensor_of_the_pretrained_encoder(toy):
@@ -151,9 +165,9 @@ def test_the_seventh_model_loads_every_tensor_of_the_pretrained_encoder(toy):
 
 
 def test_a_rerun_reuses_the_checkpoint_and_new_labels_retrain(toy, tmp_path):
-    work, labels, cfg, result = toy
+    work, population, labels, cfg, result = toy
     mtime = os.stat(result.checkpoint).st_mtime_ns
-    again = pretrain.pretrain_ct(work, work.parent, cfg, threads=1)
+    again = _pretrain(work, population, labels, cfg)
     assert again.reused and os.stat(result.checkpoint).st_mtime_ns == mtime
     assert again.card["key"] == result.card["key"]
     # a copy with one label map changed gets another key (a stale checkpoint is never reused)
@@ -165,17 +179,16 @@ def test_a_rerun_reuses_the_checkpoint_and_new_labels_retrain(toy, tmp_path):
     data = np.asarray(img.dataobj).copy()
     data[data == 7] = 1
     nib.save(nib.Nifti1Image(data, img.affine, img.header), str(tmp_path / "labels" / "T000.nii.gz"))
-    other = pretrain.pretrain_ct(tmp_path / "work", tmp_path, cfg.replace(labels_dir=str(tmp_path / "labels"), epochs=1),
-                                 threads=1)
+    other = _pretrain(tmp_path / "work", population, tmp_path / "labels", cfg.replace(epochs=1))
     assert not other.reused and other.card["key"] != result.card["key"]
 
 
 def test_pretraining_is_deterministic_on_cpu(toy, tmp_path):
-    work, labels, cfg, result = toy
+    work, population, labels, cfg, result = toy
     import shutil
 
     shutil.copytree(work / "preprocessed", tmp_path / "work" / "preprocessed")
-    second = pretrain.pretrain_ct(tmp_path / "work", tmp_path, cfg, threads=1)
+    second = _pretrain(tmp_path / "work", population, labels, cfg)
     assert not second.reused
     a = torch.load(result.checkpoint, weights_only=True)["state_dict"]
     b = torch.load(second.checkpoint, weights_only=True)["state_dict"]
@@ -184,28 +197,65 @@ def test_pretraining_is_deterministic_on_cpu(toy, tmp_path):
 
 
 def test_unknown_label_codes_and_missing_label_maps_are_named(toy, tmp_path):
-    work, labels, cfg, _ = toy
+    work, population, labels, cfg, _ = toy
     with pytest.raises(pretrain.PretrainError, match=r"T000.*code\(s\) \[7\]"):
-        pretrain.pretrain_ct(work, work.parent, cfg.replace(label_map=("0:background", "1:body", "2:lung")), force=True)
-    with pytest.raises(pretrain.PretrainError, match="label map folder .* not found"):
-        pretrain.pretrain_ct(work, tmp_path, cfg.replace(labels_dir=""))
+        _pretrain(work, population, labels, cfg.replace(label_map=("0:background", "1:body", "2:lung")), force=True)
     (tmp_path / "few").mkdir()
     with pytest.raises(pretrain.PretrainError, match="only 0 patient"):
-        pretrain.pretrain_ct(work, tmp_path, cfg.replace(labels_dir=str(tmp_path / "few")))
+        _pretrain(work, population, tmp_path / "few", cfg)
+    (tmp_path / "pop" / "imaging").mkdir(parents=True)
+    with pytest.raises(pretrain.PretrainError, match="label map folder .* not found"):
+        pretrain.pretrain_ct(work, tmp_path, cfg.replace(population_dir=str(tmp_path / "pop")))
 
 
-def test_prrt_pretrain_ct_trains_reuses_and_explains_what_is_missing(toy, tmp_path, capsys):
+def test_prrt_pretrain_ct_explains_that_an_own_cohort_needs_a_separate_population(tmp_path, capsys):
     from prrt_utils import cli
 
-    work, labels, *_ = toy
+    (tmp_path / "own" / "imaging").mkdir(parents=True)
+    assert cli.main(["pretrain-ct", "--work", str(tmp_path / "work"), "--data", str(tmp_path / "own"), "--quiet"]) == 2
+    assert "never uses the study's own patients" in capsys.readouterr().err
+
+
+def test_pretraining_refuses_a_population_that_holds_a_study_patient(toy, tmp_path):
+    work, population, labels, cfg, _ = toy
     import shutil
 
-    shutil.copytree(work / "preprocessed", tmp_path / "work" / "preprocessed")
-    args = ["pretrain-ct", "--work", str(tmp_path / "work"), "--labels", str(labels), "--epochs", "2", "--quiet",
-            "--device", "cpu"]
-    assert cli.main(args) == 0
-    assert "wrote" in capsys.readouterr().out and pretrain.read_card(tmp_path / "work") is not None
-    assert cli.main(args) == 0
-    assert "reused" in capsys.readouterr().out
-    assert cli.main(["pretrain-ct", "--work", str(tmp_path / "work"), "--data", str(tmp_path / "nowhere")]) == 2
-    assert "label map folder" in capsys.readouterr().err
+    shutil.copytree(work, tmp_path / "work")
+    index = pd.read_csv(tmp_path / "work" / "preprocessed" / "index.csv")
+    index.loc[len(index)] = {"patient_id": "T005", "status": "ok", "reason": "", "file": "T005.npz"}
+    index.to_csv(tmp_path / "work" / "preprocessed" / "index.csv", index=False)
+    with pytest.raises(pretrain.PretrainError, match="patient T005 .* is a study patient"):
+        _pretrain(tmp_path / "work", population, labels, cfg)
+    # and the study's own export is never a population, nor is an own cohort without a separate set
+    (tmp_path / "own" / "imaging").mkdir(parents=True)
+    with pytest.raises(pretrain.PretrainError, match="study's own export"):
+        pretrain.pretraining_population(tmp_path / "own", cfg.replace(population_dir=str(tmp_path / "own")))
+    with pytest.raises(pretrain.PretrainError, match="never uses the study's own patients"):
+        pretrain.pretraining_population(tmp_path / "own", cfg)
+    assert not pretrain.population_available(tmp_path / "own")
+
+
+@pytest.mark.slow
+def test_a_synthetic_study_is_pretrained_on_an_independent_population_with_no_study_patient(tmp_path):
+    """The default route end to end: generated population beside the cohort, preprocessed, pretrained."""
+    from prrt_utils.preprocess import PreprocessConfig
+    from prrt_utils.synth import SynthConfig, generate_cohort
+
+    data = tmp_path / "data" / "synthetic"
+    generate_cohort(SynthConfig(n_patients=3, seed=4), data, progress=False)
+    study_ids = pd.read_csv(data / "clinical.csv", dtype={"patient_id": str})["patient_id"].tolist()
+    work = tmp_path / "work"
+    (work / "preprocessed").mkdir(parents=True)  # the study's settings and ids; its volumes are never read
+    (work / "preprocessed" / "config.yaml").write_text(PreprocessConfig().to_yaml())
+    pd.DataFrame({"patient_id": study_ids, "status": "ok", "reason": "", "file": [f"{p}.npz" for p in study_ids]}
+                 ).to_csv(work / "preprocessed" / "index.csv", index=False)
+    cfg = pretrain.PretrainConfig(population_size=10, epochs=1, batch_size=4, device="cpu", seed=4)
+    result = pretrain.pretrain_ct(work, data, cfg, threads=1)
+    split = pd.read_csv(work / "pretrained" / "split.csv", dtype={"patient_id": str})
+    assert len(split) == 10 and not set(split["patient_id"]) & set(study_ids)
+    assert split["patient_id"].str.startswith("ANAT-").all()
+    pop = result.card["population"]
+    assert pop["synthetic_seed"] == 4 + pretrain.POPULATION_SEED_OFFSET and pop["study_seed"] == 4
+    assert pop["folder"] == "synthetic-pretrain" and pop["study_patients"] == 0
+    assert (tmp_path / "data" / "synthetic-pretrain" / "complete.json").is_file()
+    assert "lesion" in result.dice["class"].tolist() and pop["lesion_class"].startswith("taught")

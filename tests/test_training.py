@@ -272,3 +272,41 @@ def test_every_training_setting_states_where_it_comes_from():
     assert table.set_index("setting").loc["epochs", "value"] == "7"
     inner = table[table["source"] == "inner selection"]
     assert "grid" in " ".join(inner["why"])  # inner selection names its grid
+
+
+def test_inner_predictions_are_of_training_patients_the_folds_own_model_was_not_fitted_on(signal, tmp_path):
+    from sklearn.base import clone
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+
+    from prrt_utils.models import make_forest
+    from prrt_utils.training import INNER_FILE, LabScaler, fold_seed, fold_status
+
+    folds = folds_of(signal)
+    train, test = fold_ids(folds, 0, 1)
+    # a network: its validation split, predicted by the fold's final network (the rows' embedding split says "val")
+    cfg = TrainConfig(epochs=5, device="cpu", early_stopping=True, patience=3, val_fraction=0.25)
+    out = train_fold(REG["pet_only"], cfg, signal, train, test, 0, 1)
+    split = pd.Series(out.embeddings["split"], index=out.embeddings["patient_id"])
+    inner = out.inner_predictions
+    assert set(inner["patient_id"]) == set(split[split == "val"].index)
+    assert set(inner["patient_id"]) < set(train) and not set(inner["patient_id"]) & set(test)
+    assert (inner["source"] == "validation").all() and (inner[["repeat", "fold"]] == (0, 1)).all().all()
+    # a forest: inner 3-fold CV over the whole training part, never the forest fitted on all of it
+    rf = train_fold(REG["rf_labs"], FAST, signal, train, test, 0, 1)
+    inner = rf.inner_predictions.set_index("patient_id").loc[list(train)]
+    assert (inner["source"] == "inner_cv").all() and not set(inner.index) & set(test)
+    seed = fold_seed(FAST.seed, 0, 1, "rf_labs")
+    rows = signal.rows(train)
+    x = signal.features(REG["rf_labs"], rows, LabScaler(signal.lab_columns).fit(signal.labs[rows]))
+    want = cross_val_predict(clone(make_forest(REG["rf_labs"], seed)), x, signal.y[rows],
+                             cv=StratifiedKFold(3, shuffle=True, random_state=seed), method="predict_proba")[:, 1]
+    np.testing.assert_allclose(inner["prob"], want)
+    in_sample = rf.model.predict_proba(x)[:, 1]
+    assert np.abs(in_sample - want).mean() > 0.05  # the in-sample forest would look far too good
+    # written with the fold; a finished fold without them is trained again, not reused
+    run_fold(REG["rf_labs"], FAST, signal, folds, 0, 1, tmp_path)
+    path = tmp_path / "results" / "rf_labs" / "r0_f1" / INNER_FILE
+    pd.testing.assert_frame_equal(pd.read_parquet(path), rf.inner_predictions)
+    path.unlink()
+    assert fold_status(REG["rf_labs"], FAST, tmp_path, 0, 1) == ("todo", [])
+    assert run_fold(REG["rf_labs"], FAST, signal, folds, 0, 1, tmp_path) == "trained" and path.is_file()
