@@ -17,6 +17,12 @@ DEFAULT_DATA = "data/synthetic"
 DEFAULT_WORK = "work"
 
 
+def _progress(args: argparse.Namespace) -> bool:
+    """Progress bars only for a person at a terminal: redirected to a log file, tqdm's carriage
+    returns would fill it with thousands of partial lines (``make book > log``)."""
+    return not args.quiet and sys.stderr.isatty()
+
+
 def _synth(args: argparse.Namespace) -> int:
     from prrt_utils.synth import SynthConfig, generate_cohort
 
@@ -27,7 +33,7 @@ def _synth(args: argparse.Namespace) -> int:
         base = SynthConfig(n_patients=args.n or 116, seed=args.seed or 0)
     cfg = base.replace(censor_fraction=args.censor_fraction, clinical_size=args.clinical_size, image_format=args.format,
                        scenario=args.scenario)
-    out = generate_cohort(cfg, Path(args.out), progress=not args.quiet, n_jobs=args.jobs, overwrite=args.overwrite)
+    out = generate_cohort(cfg, Path(args.out), progress=_progress(args), n_jobs=args.jobs, overwrite=args.overwrite)
     print(f"synthetic cohort of {cfg.n_patients} patients in {out} (config hash {cfg.hash()})")
     return 0
 
@@ -74,7 +80,7 @@ def _preprocess(args: argparse.Namespace) -> int:
               "to restrict to the validated cohort)")
     cfg = PreprocessConfig(on_error=args.on_error)
     index = run_preprocessing(cfg, cohort_csv if cohort_csv.exists() else None, data / "imaging", work,
-                              progress=not args.quiet, n_jobs=args.jobs)
+                              progress=_progress(args), n_jobs=args.jobs)
     ok = int((index["status"] == "ok").sum())
     print(f"{ok} of {len(index)} patients preprocessed into {work / 'preprocessed'}")
     return 0
@@ -96,7 +102,7 @@ def _pretrain_ct(args: argparse.Namespace) -> int:
     data = _own_cohort(args)[0]
     cfg = PretrainConfig(labels_dir=args.labels or "", seed=args.seed, device=args.device,
                          **({"epochs": args.epochs} if args.epochs else {}))
-    result = pretrain_ct(Path(args.work), data, cfg, force=args.force, progress=not args.quiet)
+    result = pretrain_ct(Path(args.work), data, cfg, force=args.force, progress=_progress(args))
     card = result.card
     print(f"{'reused' if result.reused else 'wrote'} {result.checkpoint}: {card['n_train']} patients trained, "
           f"{card['n_held_out']} held out, held-out Dice (mean over classes) {card['held_out_dice_mean_foreground']:.2f}")
@@ -119,7 +125,7 @@ def _validate(args: argparse.Namespace) -> int:
 
     data, yaml_threshold = _own_cohort(args)
     out = run_validation(args.model, data, Path(args.work), pfs_threshold_months=yaml_threshold or 12.0,
-                         n_jobs=args.jobs, progress=not args.quiet)
+                         n_jobs=args.jobs, progress=_progress(args))
     page = write_report(out, args.out)
     print(f"validation of {args.model} on {data}: predictions in {out}, report {page}")
     return 0
@@ -142,7 +148,7 @@ def _predict(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from prrt_utils.book import run_models
 
-    timings = run_models(_book_config(args))
+    timings = run_models(_book_config(args), progress=_progress(args))
     print("trained: " + ", ".join(f"{k} ({v:.0f} s)" for k, v in timings.items() if k.startswith("train_")))
     return 0
 
@@ -150,7 +156,7 @@ def _run(args: argparse.Namespace) -> int:
 def _book(args: argparse.Namespace) -> int:
     from prrt_utils.book import make_book
 
-    index = make_book(_book_config(args), execute=not args.build_only, progress=not args.quiet)
+    index = make_book(_book_config(args), execute=not args.build_only, progress=_progress(args))
     print(f"book built: {index}")
     return 0
 
@@ -172,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--work", default=DEFAULT_WORK, help="folder for every stage's outputs and caches (default: %(default)s)")
         if data and work:
             p.add_argument("--cohort", metavar="COHORT.yaml", default=None, help="run on your own cohort described by this YAML (see book/own_cohort.md); replaces --data")
-        p.add_argument("--quiet", action="store_true", help="no progress bars")
+        p.add_argument("--quiet", action="store_true", help="no progress bars (they are shown only on a terminal anyway)")
 
     p = sub.add_parser("synth", help="write the synthetic digital-twin cohort (DICOM + CSV + ground truth)")
     p.add_argument("--out", default=DEFAULT_DATA, help="output folder (default: %(default)s)")
@@ -236,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="global seed (default: %(default)s)")
     p.add_argument("--device", default="auto", help="'auto', 'cpu' or 'cuda' (default: %(default)s)")
     p.add_argument("--force", action="store_true", help="replace an existing package")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--quiet", action="store_true", help="no progress bars (they are shown only on a terminal anyway)")
     p.set_defaults(func=_train_final)
 
     p = sub.add_parser("validate", help="apply a model package to another cohort, no retraining: discrimination, calibration, decision curve, KM, shift (HTML)")

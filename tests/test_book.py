@@ -75,6 +75,114 @@ def test_pages_run_side_by_side_and_a_failing_one_stops_the_group_with_its_name(
     assert not (tmp_path / "book" / "executed" / "broken.ipynb").exists()
 
 
+PAGE = textwrap.dedent(
+    '''\
+    # %% [markdown]
+    # # A chapter
+
+    # %% tags=["parameters"]
+    x = 1
+
+    # %%
+    from prrt_utils.report import setup_notebook
+
+    setup_notebook()
+
+    # %%
+    import plotly.graph_objects as go
+
+    print("opening line", x)
+
+    # %% [markdown]
+    # ## A result
+
+    # %%
+    import math
+
+    # %%
+    go.Figure(go.Scatter(x=[1, 2], y=[3, x])).show()
+
+    # %% tags=["show-input"]
+    print("shown on purpose")
+    '''
+)
+
+
+def test_an_executed_page_shows_results_with_its_code_folded_and_no_parameters_cell(tmp_path: Path, capfd):
+    import nbformat
+
+    (tmp_path / "page.py").write_text(PAGE)
+    out = tmp_path / "page.ipynb"
+    execute_notebook(tmp_path / "page.py", out, {"x": 7}, cwd=tmp_path)
+    nb = nbformat.read(out, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    tags = [c.metadata.get("tags", []) for c in code]
+    assert tags == [
+        ["parameters", "remove-cell"],           # declared values: papermill's injected cell holds the ones used
+        ["injected-parameters", "remove-cell"],  # so the parameters never appear twice
+        ["remove-input"],                        # setup_notebook: its data-source line stays, its code goes
+        ["remove-input"],                        # the rest of the opening setup block
+        ["remove-input"],                        # a cell of imports only
+        ["hide-input"],                          # a result: code one click away
+        ["show-input"],                          # a cell that asks to keep its code visible keeps it
+    ]
+    assert "opening line 7" in _outputs(out)
+    from prrt_utils.book import fold_code
+
+    assert [c.metadata["tags"] for c in fold_code(nb).cells if c.cell_type == "code"] == tags  # idempotent
+    # the page carries its figure, not plotly.js: the book loads the library once from _static
+    html = "".join(o.get("data", {}).get("text/html", "") for c in code for o in c.get("outputs", []))
+    assert "Plotly.newPlot" in html
+    assert "plotly.js v" not in html and out.stat().st_size < 100_000
+    # and the terminal shows none of the kernel's own log lines
+    assert "without encryption" not in capfd.readouterr().err
+
+
+def test_the_plotly_library_is_recognised_exactly_as_plotlys_renderer_writes_it():
+    import plotly.io as pio
+    from nbformat.v4 import new_output
+    from plotly.offline import get_plotlyjs
+
+    from prrt_utils.book import _is_plotly_library
+
+    # what plotly's notebook renderer displays before the first figure (NotebookRenderer.activate)
+    library = f"<script>window.PlotlyConfig = {{}};</script>\n<script>{get_plotlyjs()}</script>"
+    assert _is_plotly_library(new_output("display_data", data={"text/html": library}))
+    figure = pio.to_html({"data": [{"type": "scatter", "y": list(range(20_000))}]}, include_plotlyjs=False,
+                         full_html=False)
+    assert len(figure) > 100_000  # a large figure, so only the library's own header tells them apart
+    assert not _is_plotly_library(new_output("display_data", data={"text/html": figure}))
+
+
+def test_make_book_prints_one_aligned_line_per_stage_with_its_seconds(capsys):
+    from prrt_utils.book import say_done
+
+    say_done("01_cohort", 12.34)
+    say_done("training (all models' folds, one pool of workers)", 65.6)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("01_cohort .") and lines[0].endswith("12.3 s")
+    assert len({len(line) for line in lines}) == 1, "the seconds line up in one column"
+    assert "\r" not in "".join(lines)
+
+
+def test_progress_bars_are_shown_only_on_a_terminal(monkeypatch):
+    import argparse
+    import io
+
+    from prrt_utils import cli
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    args = argparse.Namespace(quiet=False)
+    monkeypatch.setattr("sys.stderr", io.StringIO())  # make book > build.log 2>&1
+    assert cli._progress(args) is False
+    monkeypatch.setattr("sys.stderr", Terminal())
+    assert cli._progress(args) is True
+    assert cli._progress(argparse.Namespace(quiet=True)) is False
+
+
 def test_book_config_rejects_an_unknown_error_policy():
     with pytest.raises(BookError, match="on_error"):
         BookConfig(on_error="ignore")
@@ -202,3 +310,26 @@ def test_every_parameter_a_notebook_declares_is_seen_and_comments_cannot_hide_on
         assert len(declared_parameters(nb)) == len(lines), path.name
     nb = jupytext.reads('# %% tags=["parameters"]\nct_init = ""  # empty = as declared; none = scratch\n', fmt="py:percent")
     assert declared_parameters(nb) == {"ct_init"}  # papermill's parser drops this line
+
+
+def _glossary_terms() -> set[str]:
+    text = (ROOT / "book" / "glossary.md").read_text()
+    block = re.search(r"```\{glossary\}\n(.*?)\n```", text, flags=re.S)
+    assert block, "book/glossary.md has no {glossary} directive"
+    return {line.strip() for line in block.group(1).splitlines() if line.strip() and not line.startswith(" ")}
+
+
+def test_the_glossary_is_a_page_of_the_book_and_every_term_link_names_one_of_its_terms():
+    terms = _glossary_terms()
+    assert {"AUROC", "AUPRC", "Bayes ceiling", "SUVbw", "Cliff's delta", "corrected resampled t-test", "C-index",
+            "net benefit", "Kaplan-Meier", "hazard ratio", "Jensen-Shannon distance", "DeLong test"} <= terms
+    assert "book/glossary" in (ROOT / "_toc.yml").read_text()
+    sources = [*sorted((ROOT / "book").glob("*.md")), *sorted((ROOT / "notebooks").glob("*.py"))]
+    links = []
+    for path in sources:
+        for target in re.findall(r"\{term\}`([^`]+)`", path.read_text()):
+            name = re.search(r"<([^>]+)>$", target)  # {term}`shown words <term>`
+            links.append((path.name, (name.group(1) if name else target).strip()))
+    assert {name for name, _ in links} >= {"intro.md"}, "the introduction links its first terms"
+    unknown = [(page, t) for page, t in links if t not in terms]
+    assert not unknown, f"{{term}} links to terms the glossary does not define: {unknown}"
