@@ -216,8 +216,9 @@ def slice_viewer(volume: np.ndarray, overlays: Mapping[str, np.ndarray] | None =
         relayout = {f"sliders[{q}].visible": q == p for q in range(len(PLANES))}
         relayout.update({f"sliders[{p}].active": at[PLANES[plane]], **_axis_ranges(shape)})
         plane_buttons.append({"label": plane, "method": "update", "args": [{"source": first[plane]}, relayout, traces]})
+    # the buttons and the menu sit in a band between the title (top of the figure) and the image
     menus = [{"type": "buttons", "direction": "right", "buttons": plane_buttons, "active": 0, "showactive": True,
-              "x": 0.0, "xanchor": "left", "y": 1.12, "yanchor": "bottom", "name": "plane"}]
+              "x": 0.0, "xanchor": "left", "y": 1.0, "yanchor": "bottom", "pad": {"b": 8}, "name": "plane"}]
     if layers:
         visible = [[True] + [False] * len(layers)] + [[True] + [k == j for k in range(len(layers))]
                                                         for j in range(len(layers))]
@@ -226,10 +227,12 @@ def slice_viewer(volume: np.ndarray, overlays: Mapping[str, np.ndarray] | None =
         labels = [f"{volume_label.split(' (')[0]} only"] + [f"{overlay_label}: {k}" for k in layers]
         menus.append({"type": "dropdown", "buttons": [{"label": lab, "method": "restyle", "args": [{"visible": v}]}
                                                       for lab, v in zip(labels, visible, strict=True)],
-                      "active": 1, "x": 1.0, "xanchor": "right", "y": 1.12, "yanchor": "bottom", "name": "overlay"})
+                      "active": 1, "x": 1.0, "xanchor": "right", "y": 1.0, "yanchor": "bottom", "pad": {"b": 8},
+                      "name": "overlay"})
     fig.update_layout(
-        title={"text": title, "font": {"size": 14}} if title else None,
-        sliders=sliders, updatemenus=menus, height=height, margin={"t": 110 if title else 80, "b": 10, "l": 10, "r": 10},
+        title={"text": title, "font": {"size": 14}, "y": 0.975, "yanchor": "top", "x": 0.0, "xanchor": "left",
+               "xref": "paper"} if title else None,
+        sliders=sliders, updatemenus=menus, height=height, margin={"t": 110 if title else 60, "b": 10, "l": 10, "r": 10},
         xaxis={"range": _axis_ranges(grey[0].shape)["xaxis.range"], "showticklabels": False, "showgrid": False,
                "zeroline": False, "constrain": "domain"},
         yaxis={"range": _axis_ranges(grey[0].shape)["yaxis.range"], "showticklabels": False, "showgrid": False,

@@ -284,6 +284,116 @@ def test_pages_draw_figures_tables_and_formulas_offline_without_any_external_req
     offline_browser.assert_clean(tolerated=("THEBE_JS_URL",))
 
 
+SCREENSHOTS = ROOT / "work" / "screenshots"  # kept after the run, so a reviewer can look without building
+
+
+def _book_pages(html: Path) -> list[Path]:
+    """The book's own pages (not the files in _static, such as the example patient report)."""
+    return [p for p in sorted(html.rglob("*.html")) if "_static" not in p.relative_to(html).parts]
+
+
+@pytest.mark.slow
+def test_plotly_js_is_shipped_once_and_the_book_stays_small(built_book: Path):
+    html = built_book / "_build" / "html"
+    library = html / "_static" / "plotly.min.js"
+    assert library.stat().st_size > 1_000_000
+    with_figures = 0
+    for p in _book_pages(html):
+        text = p.read_text()
+        assert not re.search(r"\*\s*plotly\.js v\d", text), f"{p.name} embeds plotly.js"
+        if "Plotly.newPlot" in text:
+            with_figures += 1
+            src = re.findall(r'<script src="([^"?]*plotly\.min\.js)(?:\?v=\w+)?"', text)  # a plain, blocking tag
+            assert len(src) == 1 and (p.parent / src[0]).resolve() == library.resolve(), p.name
+    assert with_figures >= 10
+    size = sum(f.stat().st_size for f in html.rglob("*") if f.is_file())
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    (SCREENSHOTS / "book_size.txt").write_text(f"{size / 1e6:.1f} MB in {html}\n")
+    print(f"built book: {size / 1e6:.1f} MB")
+    assert size < 60e6, f"the built book is {size / 1e6:.0f} MB"
+
+
+@pytest.mark.slow
+def test_chapters_show_no_parameters_cell_and_no_visible_code(built_book: Path):
+    html = built_book / "_build" / "html" / "book" / "executed"
+    for name in ("01_cohort", "02_preprocessing", "03_unimodal", "06_explainability", "train_pet_fusion"):
+        text = (html / f"{name}.html").read_text()
+        assert "tag_parameters" not in text and "tag_injected-parameters" not in text, name
+        inputs = text.count('class="cell_input')
+        folded = len(re.findall(r'<details class="[^"]*hide above-input">\s*<summary[^>]*>.*?</summary>\s*'
+                                r'<div class="cell_input', text, flags=re.S))
+        assert inputs > 0 and folded == inputs, f"{name}: {inputs - folded} of {inputs} code cells are not folded"
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_code_is_folded_and_images_can_be_explored_without_a_kernel(built_book: Path, offline_browser):
+    html = built_book / "_build" / "html"
+    page = offline_browser.page
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+
+    offline_browser.open(html / "book" / "executed" / "03_unimodal.html")
+    page.wait_for_selector(".js-plotly-plot .main-svg", timeout=20000)
+    assert page.evaluate("() => typeof Plotly") == "object"
+    assert page.evaluate("() => [...document.scripts].filter(s => /_static\\/plotly\\.min\\.js(\\?|$)/.test(s.src)).length") == 1
+    inputs = page.locator(".cell_input")
+    assert inputs.count() > 0
+    assert not any(inputs.nth(i).is_visible() for i in range(inputs.count())), "a code cell is visible"
+    toggle = page.locator("details.above-input summary").first
+    toggle.click()
+    assert page.locator("details.above-input .cell_input").first.is_visible(), "the toggle does not show the code"
+    page.screenshot(path=str(SCREENSHOTS / "03_unimodal.png"), full_page=False)
+
+    # chapter 06: the slice viewer's slider and plane buttons redraw the image, in static HTML
+    offline_browser.open(html / "book" / "executed" / "06_explainability.html")
+    page.wait_for_selector(".js-plotly-plot .main-svg", timeout=20000)
+    index = page.evaluate("() => [...document.querySelectorAll('.js-plotly-plot')].findIndex(g => (g.layout.sliders || []).length === 3)")
+    assert index >= 0, "no slice viewer on the explainability page"
+    viewer = page.locator(".js-plotly-plot").nth(index)
+    viewer.scroll_into_view_if_needed()
+    state = ("() => { const g = document.querySelectorAll('.js-plotly-plot')[%d]; return {source: g.data[0].source, "
+             "visible: g.layout.sliders.map(s => s.visible), images: g.querySelectorAll('.main-svg image').length}; }" % index)
+    before = page.evaluate(state)
+    assert before["images"] >= 2, "the PET and a saliency overlay are drawn"
+    rail = viewer.locator(".slider-container .slider-rail-touch-rect").first
+    box = rail.bounding_box()
+    page.mouse.click(box["x"] + box["width"] * 0.15, box["y"] + box["height"] / 2)
+    page.wait_for_timeout(300)
+    moved = page.evaluate(state)
+    assert moved["source"] != before["source"], "the slider did not change the drawn slice"
+    viewer.locator(".updatemenu-button", has_text="coronal").click()
+    page.wait_for_timeout(300)
+    coronal = page.evaluate(state)
+    assert coronal["visible"] == [False, True, False] and coronal["source"] != moved["source"]
+    viewer.screenshot(path=str(SCREENSHOTS / "06_slice_viewer.png"))
+
+    # chapter 02: the QC browser shows another patient when one is chosen from its menu
+    offline_browser.open(html / "book" / "executed" / "02_preprocessing.html")
+    page.wait_for_selector(".js-plotly-plot .main-svg", timeout=20000)
+    index = page.evaluate("() => [...document.querySelectorAll('.js-plotly-plot')].findIndex(g => "
+                          "(g.layout.updatemenus || []).some(m => m.name === 'patient'))")
+    assert index >= 0, "no QC browser on the preprocessing page"
+    qc = page.locator(".js-plotly-plot").nth(index)
+    qc.scroll_into_view_if_needed()
+    state = "() => { const g = document.querySelectorAll('.js-plotly-plot')[%d]; return [g.data[0].source, g.layout.title.text]; }" % index
+    before = page.evaluate(state)
+    qc.locator(".updatemenu-header-group").first.click()
+    qc.locator(".updatemenu-dropdown-button").nth(1).click()
+    page.wait_for_timeout(300)
+    after = page.evaluate(state)
+    assert after[0] != before[0] and after[1] != before[1], "choosing another patient did not change the images"
+    qc.screenshot(path=str(SCREENSHOTS / "02_qc_browser.png"))
+
+    # the glossary: the introduction links its first terms to their entries
+    offline_browser.open(html / "book" / "intro.html")
+    link = page.locator("a[href*='glossary.html#term-Bayes-ceiling']").first
+    link.click()
+    page.wait_for_load_state("load")
+    assert page.url.endswith("glossary.html#term-Bayes-ceiling")
+    assert page.locator("dl.glossary dt#term-Bayes-ceiling").is_visible()
+    offline_browser.assert_clean(tolerated=("THEBE_JS_URL",))
+
+
 def test_the_tripod_page_lists_every_item_and_links_only_to_pages_that_exist():
     page = (ROOT / "book" / "tripod.md").read_text()
     items = set(re.findall(r"^\| (\d+)[a-f]?(?:–\d+[a-f])? \|", page, flags=re.M))
