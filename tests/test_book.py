@@ -351,19 +351,19 @@ def test_code_is_folded_and_images_can_be_explored_without_a_kernel(built_book: 
     assert index >= 0, "no slice viewer on the explainability page"
     viewer = page.locator(".js-plotly-plot").nth(index)
     viewer.scroll_into_view_if_needed()
-    state = ("() => { const g = document.querySelectorAll('.js-plotly-plot')[%d]; return {source: g.data[0].source, "
-             "visible: g.layout.sliders.map(s => s.visible), images: g.querySelectorAll('.main-svg image').length}; }" % index)
-    before = page.evaluate(state)
+    state = ("i => { const g = document.querySelectorAll('.js-plotly-plot')[i]; return {source: g.data[0].source, "
+             "visible: g.layout.sliders.map(s => s.visible), images: g.querySelectorAll('.main-svg image').length}; }")
+    before = page.evaluate(state, index)
     assert before["images"] >= 2, "the PET and a saliency overlay are drawn"
     rail = viewer.locator(".slider-container .slider-rail-touch-rect").first
     box = rail.bounding_box()
     page.mouse.click(box["x"] + box["width"] * 0.15, box["y"] + box["height"] / 2)
     page.wait_for_timeout(300)
-    moved = page.evaluate(state)
+    moved = page.evaluate(state, index)
     assert moved["source"] != before["source"], "the slider did not change the drawn slice"
     viewer.locator(".updatemenu-button", has_text="coronal").click()
     page.wait_for_timeout(300)
-    coronal = page.evaluate(state)
+    coronal = page.evaluate(state, index)
     assert coronal["visible"] == [False, True, False] and coronal["source"] != moved["source"]
     viewer.screenshot(path=str(SCREENSHOTS / "06_slice_viewer.png"))
 
@@ -375,12 +375,12 @@ def test_code_is_folded_and_images_can_be_explored_without_a_kernel(built_book: 
     assert index >= 0, "no QC browser on the preprocessing page"
     qc = page.locator(".js-plotly-plot").nth(index)
     qc.scroll_into_view_if_needed()
-    state = "() => { const g = document.querySelectorAll('.js-plotly-plot')[%d]; return [g.data[0].source, g.layout.title.text]; }" % index
-    before = page.evaluate(state)
+    state = "i => { const g = document.querySelectorAll('.js-plotly-plot')[i]; return [g.data[0].source, g.layout.title.text]; }"
+    before = page.evaluate(state, index)
     qc.locator(".updatemenu-header-group").first.click()
     qc.locator(".updatemenu-dropdown-button").nth(1).click()
     page.wait_for_timeout(300)
-    after = page.evaluate(state)
+    after = page.evaluate(state, index)
     assert after[0] != before[0] and after[1] != before[1], "choosing another patient did not change the images"
     qc.screenshot(path=str(SCREENSHOTS / "02_qc_browser.png"))
 
