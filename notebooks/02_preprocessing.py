@@ -118,6 +118,14 @@ for pid in qc_patients:
     preprocess.qc_figure(work_dir, pid).show()
 
 # %% [markdown]
+# Every preprocessed patient can be checked the same way: choose the patient from the menu (top
+# right). PET is shown as a nuclear-medicine reader sets it (SUVbw 0-10, dark = high uptake), CT in a
+# soft-tissue window (-160 to 240 HU), and the fused view lays the PET of the CT's coronal slice over it.
+
+# %%
+preprocess.qc_browser(work_dir, ok).show()
+
+# %% [markdown]
 # ## Before and after harmonisation
 #
 # The same patients' intensities as stored in their files and after conversion. CT series store

@@ -148,6 +148,11 @@ if fusion:
 # median of their group. Slices pass through the voxel of highest saliency; on the synthetic cohort
 # the true lesions are outlined in cyan. Planes: axial seen from the feet (patient's right on the
 # left), coronal seen from the front, sagittal with anterior on the left; 10 mm voxels.
+#
+# Below each static figure, the same patient's PET can be scrolled through slice by slice in the
+# page itself (no kernel needed): the slider moves through the slices, the buttons switch between
+# axial, coronal and sagittal, and the menu lays the saliency of one model, or none, over the PET
+# (shown as a nuclear-medicine reader would: SUVbw 0-10, dark = high uptake).
 
 # %%
 patients = (list(saliency_patients) or ex.pick_patients(predictions, compare[-1])) if compare else []
@@ -170,10 +175,11 @@ for pid in patients:
     fig = explain.saliency_figure(pet, maps, vmin=config.vmin, lesions=lesion_maps.get(pid), title=title)
     plt.show()
     plt.close(fig)
+    explain.saliency_viewer(pet, maps, vmin=config.vmin, lesions=lesion_maps.get(pid), title=title).show()
 
 # %% [markdown]
-# In a live notebook (`interactive = True`) a slice viewer lets you move through the volume; the book
-# shows the static images above.
+# In a live notebook (`interactive = True`) an ipywidgets viewer also moves the three planes of the
+# static figure at once; the book has the viewers above.
 
 # %%
 if interactive and patients:

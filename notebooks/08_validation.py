@@ -195,7 +195,8 @@ if ready:
     first = pred["patient_id"].iloc[0]  # the first patient whose images were usable
     labs = {c: float(clinical.loc[first, c]) for c in pkg.manifest["lab_columns"]}
     one = predict_patient(pkg, other / "imaging" / first, labs)
-    report = write_report(pkg, one, Path("book/executed/_static/patient_report.html"))
+    # plotly.js from the book's own copy beside it in _static (prrt predict embeds it instead)
+    report = write_report(pkg, one, Path("book/executed/_static/patient_report.html"), plotlyjs="plotly.min.js")
     display(HTML(f'<p><a href="../../_static/patient_report.html">Open the example report</a> (report '
                  f"{one.report_id}: probability {one.prediction['prob']:.2f}, fold models "
                  f"{one.prediction['prob_folds_q05']:.2f} to {one.prediction['prob_folds_q95']:.2f}).</p>"))

@@ -53,6 +53,8 @@ __all__ = [
     "build_html",
     "ensure_data",
     "execute_notebook",
+    "fold_code",
+    "prepare_for_book",
     "make_book",
     "repo_root",
     "resolve_cohort",
@@ -239,15 +241,98 @@ def declared_parameters(nb: Any) -> set[str]:
     return names
 
 
+#: Arguments of every kernel papermill starts: its own log silenced, so that the warning that the local
+#: kernel "is running over TCP without encryption" (ipykernel 7, once per page) and the "KeyboardInterrupt
+#: caught in kernel" of its shutdown do not bury the book's own lines. What a page's code prints or warns
+#: goes into the page, and a kernel that dies still stops the page with papermill's error.
+KERNEL_ARGUMENTS = ["--IPKernelApp.log_level=CRITICAL"]
+
+#: Jupyter Book 1 cell tags that already say how a cell is shown (``show-input``: keep the code visible);
+#: :func:`fold_code` leaves a cell carrying one of them as it is.
+SHOWN_AS_TAGGED = frozenset({"remove-cell", "remove-input", "hide-input", "hide-cell", "show-input"})
+
+
+def _is_setup(source: str) -> bool:
+    """Whether a code cell only prepares the page: it calls ``setup_notebook`` or is nothing but imports."""
+    import ast
+
+    if "setup_notebook(" in source:
+        return True
+    try:
+        body = ast.parse(source).body
+    except SyntaxError:  # IPython magics: not plain Python, so not an import-only cell
+        return False
+    return bool(body) and all(isinstance(node, ast.Import | ast.ImportFrom) for node in body)
+
+
+def fold_code(nb: Any) -> Any:
+    """Tag the cells of an executed notebook so that a reader of the book sees results, not code.
+
+    * the ``parameters`` cell and papermill's ``injected-parameters`` cell: ``remove-cell``
+      (the values the page ran with are the injected ones; showing both printed the parameters twice);
+    * the setup cells, i.e. the first run of code cells (up to the markdown cell that follows
+      them) and any cell that only imports or calls ``setup_notebook``: ``remove-input`` (their
+      output, such as the data-source line, stays);
+    * every other code cell: ``hide-input``, one click away behind Jupyter Book's "show code" toggle.
+
+    A cell already tagged with one of :data:`SHOWN_AS_TAGGED` keeps its tag. Modifies ``nb`` in
+    place and returns it; applying it twice changes nothing more.
+    """
+    opening = True  # code cells before the first markdown cell that follows a code cell
+    seen_code = False
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            opening = opening and not seen_code
+            continue
+        seen_code = True
+        tags = list(cell.metadata.get("tags", []))
+        if SHOWN_AS_TAGGED & set(tags):
+            continue
+        if {"parameters", "injected-parameters"} & set(tags):
+            tags.append("remove-cell")
+        elif opening or _is_setup(cell.source):
+            tags.append("remove-input")
+        else:
+            tags.append("hide-input")
+        cell.metadata["tags"] = tags
+    return nb
+
+
+def _is_plotly_library(output: Any) -> bool:
+    """Whether an output is plotly.js itself, as plotly's ``notebook`` renderer writes it before the first figure."""
+    import re
+
+    html = output.get("data", {}).get("text/html", "")
+    html = "".join(html) if isinstance(html, list) else html
+    return len(html) > 100_000 and re.search(r"\*\s*plotly\.js v\d", html[:5000]) is not None
+
+
+def prepare_for_book(nb: Any) -> Any:
+    """An executed notebook made ready to be a page: code folded (:func:`fold_code`), plotly.js removed.
+
+    plotly's ``notebook`` renderer (:func:`prrt_utils.report.setup_notebook`) writes the whole
+    library (4.6 MB) into the page before its first figure, which is what a live notebook needs;
+    the book instead loads one copy from its ``_static`` folder on every page that draws a figure
+    (:mod:`prrt_utils.sphinx_plotly`), so that copy is dropped here. Modifies ``nb`` in place.
+    """
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            cell.outputs = [o for o in cell.get("outputs", []) if not _is_plotly_library(o)]
+    return fold_code(nb)
+
+
 def execute_notebook(source: str | Path, output: str | Path, parameters: dict[str, Any], cwd: str | Path,
                      kernel: str = "python3") -> float:
     """Execute a jupytext ``.py`` notebook with papermill; write it atomically; return seconds.
 
-    Only the parameters the notebook declares are passed. On failure the partial
+    Only the parameters the notebook declares are passed. The executed copy is
+    made ready for the book by :func:`prepare_for_book` (code folded, plotly.js
+    left to the book's ``_static``). On failure the partial
     notebook is kept beside the output as ``<name>.failed.ipynb`` and
     :class:`BookError` names the notebook and the error.
     """
     import jupytext
+    import nbformat
     import papermill as pm
 
     source, output = Path(source), Path(output)
@@ -260,13 +345,14 @@ def execute_notebook(source: str | Path, output: str | Path, parameters: dict[st
     partial = output.with_name(f".partial.{output.name}")
     t0 = time.perf_counter()
     try:
-        pm.execute_notebook(nb, str(partial), parameters=params, kernel_name=kernel, cwd=str(cwd),
-                            progress_bar=False, log_output=False)
+        executed = pm.execute_notebook(nb, str(partial), parameters=params, kernel_name=kernel, cwd=str(cwd),
+                                       progress_bar=False, log_output=False, extra_arguments=KERNEL_ARGUMENTS)
     except pm.PapermillExecutionError as exc:
         os.replace(partial, failed)
         first = next((line for line in str(exc.source).splitlines() if line.strip()), "")
         raise BookError(f"{source.name} failed in the cell beginning {first!r}: {exc.ename}: {exc.evalue} "
                         f"(the executed copy is {failed})") from None
+    nbformat.write(prepare_for_book(executed), str(partial))
     os.replace(partial, output)
     failed.unlink(missing_ok=True)
     return time.perf_counter() - t0
@@ -308,10 +394,16 @@ def ensure_second_centre(cfg: BookConfig, root: Path, progress: bool = True) -> 
     return data
 
 
-def _record(timings: dict[str, float], root: Path, name: str, seconds: float) -> None:
+def say_done(name: str, seconds: float) -> None:
+    """The one line ``make book`` prints for a finished stage or page: its name and its seconds."""
+    print(f"{name + ' ':.<64} {seconds:7.1f} s", flush=True)
+
+
+def _record(timings: dict[str, float], root: Path, name: str, seconds: float, say: bool = True) -> None:
     timings[name] = round(seconds, 1)
     store.write_json(_executed_dir(root) / "timings.json", timings)
-    print(f"  {name}: {seconds:.1f} s", flush=True)
+    if say:
+        say_done(name, seconds)
 
 
 def _timings(root: Path) -> dict[str, float]:
@@ -319,7 +411,7 @@ def _timings(root: Path) -> dict[str, float]:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def train_all(cfg: BookConfig, root: Path, models: Sequence[str]) -> None:
+def train_all(cfg: BookConfig, root: Path, models: Sequence[str], progress: bool = False) -> None:
     """Every fold of every model in ONE pool of workers, with exactly the settings the model pages use.
 
     Each page would train its own model (starting its own workers, which
@@ -336,7 +428,8 @@ def train_all(cfg: BookConfig, root: Path, models: Sequence[str]) -> None:
     specs = [override_ct_init(get_spec(m), cfg.ct_init) for m in models]
     train_cfg = TrainConfig(seed=cfg.seed, device=cfg.device, **({"epochs": int(cfg.epochs)} if cfg.epochs else {}))
     cv = CVConfig(n_splits=cfg.n_splits, n_repeats=cfg.n_repeats, seed=cfg.seed)
-    grid.run_grid(specs, root / cfg.work_dir, cv, train_cfg, n_jobs=cfg.n_jobs, scheduler=cfg.scheduler or None)
+    grid.run_grid(specs, root / cfg.work_dir, cv, train_cfg, n_jobs=cfg.n_jobs, scheduler=cfg.scheduler or None,
+                  progress=progress)
 
 
 def _model_pages(cfg: BookConfig, models: Sequence[str]) -> list[tuple[str, str, dict[str, Any]]]:
@@ -371,30 +464,30 @@ def execute_pages(cfg: BookConfig, root: Path, pages: Sequence[tuple[str, str, d
     timings = _timings(root)
     if at_once <= 1 or len(pages) <= 1:
         for page in pages:
-            print(f"executing {page[0]}", flush=True)
             for name, sec in _execute_page(cfg, root, *page).items():
                 _record(timings, root, name, sec)
         return timings
     import multiprocessing
-    from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+    from concurrent.futures import ProcessPoolExecutor, as_completed
 
     # spawn: the parent has imported torch for training, and forking a process with its threads is unsafe
     with ProcessPoolExecutor(max_workers=at_once, mp_context=multiprocessing.get_context("spawn")) as pool:
-        print(f"executing {len(pages)} pages, {at_once} at a time: {', '.join(p[0] for p in pages)}", flush=True)
         futures = {pool.submit(_execute_page, cfg, root, *page): page[0] for page in pages}
-        done, _ = wait(futures, return_when=FIRST_EXCEPTION)
-        failed = [f for f in done if f.exception() is not None]
-        if failed:
-            for f in futures:
-                f.cancel()
-            raise failed[0].exception()
+        for fut in as_completed(futures):  # one line per page as it finishes
+            if fut.exception() is not None:
+                for f in futures:
+                    f.cancel()
+                raise fut.exception()
+            for name, sec in fut.result().items():
+                say_done(name, sec)
         for fut in futures:  # in submission order, so timings.json lists the pages in a stable order
             for name, sec in fut.result().items():
-                _record(timings, root, name, sec)
+                _record(timings, root, name, sec, say=False)
     return timings
 
 
-def run_models(cfg: BookConfig, root: Path | None = None, models: Sequence[str] | None = None) -> dict[str, float]:
+def run_models(cfg: BookConfig, root: Path | None = None, models: Sequence[str] | None = None,
+               progress: bool = False) -> dict[str, float]:
     """Train (or resume) each model (:func:`train_all`), then execute ``notebooks/train_model.py`` once per model.
 
     Each executed copy, ``book/executed/train_<model>.ipynb``, is that model's page
@@ -402,14 +495,14 @@ def run_models(cfg: BookConfig, root: Path | None = None, models: Sequence[str] 
     """
     root = root or repo_root()
     cfg = resolve_cohort(cfg, root)
-    _train_timed(cfg, root, models or cfg.model_keys)
+    _train_timed(cfg, root, models or cfg.model_keys, progress)
     return execute_pages(cfg, root, _model_pages(cfg, models or cfg.model_keys), cfg.n_jobs)
 
 
-def _train_timed(cfg: BookConfig, root: Path, models: Sequence[str]) -> None:
+def _train_timed(cfg: BookConfig, root: Path, models: Sequence[str], progress: bool = False) -> None:
     """:func:`train_all`, its seconds recorded in ``timings.json``."""
     t0 = time.perf_counter()
-    train_all(cfg, root, models)
+    train_all(cfg, root, models, progress)
     _record(_timings(root), root, "training (all models' folds, one pool of workers)", time.perf_counter() - t0)
 
 
@@ -466,7 +559,11 @@ def build_html(cfg: BookConfig, root: Path | None = None) -> Path:
 
 def make_book(cfg: BookConfig | None = None, root: str | Path | None = None, execute: bool = True,
               progress: bool = True) -> Path:
-    """The whole book: data, every notebook in order, the HTML. Returns the path of ``index.html``."""
+    """The whole book: data, every notebook in order, the HTML. Returns the path of ``index.html``.
+
+    Prints one line per stage and per page with its seconds (:func:`say_done`); ``progress``
+    adds tqdm bars (the command line asks for them only on a terminal).
+    """
     cfg = cfg or BookConfig()
     root = repo_root(root)
     cfg = resolve_cohort(cfg, root)
@@ -478,7 +575,6 @@ def make_book(cfg: BookConfig | None = None, root: str | Path | None = None, exe
         ensure_data(cfg, root, progress)
         _record(timings, root, "synthetic cohort (generated or reused)", time.perf_counter() - t0)
         for name in DATA_CHAPTERS:
-            print(f"executing {name}", flush=True)
             _record(timings, root, name, execute_notebook(root / "notebooks" / f"{name}.py",
                                                           _executed_dir(root) / f"{name}.ipynb",
                                                           cfg.parameters(), root, cfg.kernel))
@@ -491,12 +587,10 @@ def make_book(cfg: BookConfig | None = None, root: str | Path | None = None, exe
                       "patients, so the pretrained model's CT branch is trained FROM SCRATCH in this run (give a "
                       "separate set with --pretrain-data DIR, or --ct-init PATH)", flush=True)
                 cfg = cfg.replace(ct_init="none")
-            print(f"executing {PRETRAIN_PAGE}", flush=True)
             _record(timings, root, PRETRAIN_PAGE, execute_notebook(root / "notebooks" / f"{PRETRAIN_PAGE}.py",
                                                                    _executed_dir(root) / f"{PRETRAIN_PAGE}.ipynb",
                                                                    cfg.parameters(), root, cfg.kernel))
-        print(f"training {len(cfg.model_keys)} models", flush=True)
-        _train_timed(cfg, root, cfg.model_keys)
+        _train_timed(cfg, root, cfg.model_keys, progress)
         # every page from here on only reads what the stages above stored: n_jobs of them at a time,
         # the longest first (the order only changes how well the two cores are kept busy)
         *chapters, last = ANALYSIS_CHAPTERS
@@ -507,11 +601,11 @@ def make_book(cfg: BookConfig | None = None, root: str | Path | None = None, exe
         execute_pages(cfg, root, pages, cfg.n_jobs)
         timings = _timings(root)
         _record(timings, root, f"pages above, {cfg.n_jobs} at a time (wall clock)", time.perf_counter() - t0)
-        print(f"executing {last}", flush=True)
         _record(timings, root, last, execute_notebook(root / "notebooks" / f"{last}.py",
                                                       _executed_dir(root) / f"{last}.ipynb",
                                                       cfg.parameters(), root, cfg.kernel))
-    print("building the HTML book", flush=True)
+    t0 = time.perf_counter()
     index = build_html(cfg, root)
-    print(f"done in {time.perf_counter() - t_start:.0f} s", flush=True)
+    say_done("HTML (Jupyter Book; its log: book/executed/build.log)", time.perf_counter() - t0)
+    say_done("the whole book", time.perf_counter() - t_start)
     return index

@@ -19,6 +19,12 @@ DEFAULT_DATA = "data/synthetic"
 DEFAULT_WORK = "work"
 
 
+def _progress(args: argparse.Namespace) -> bool:
+    """Progress bars only for a person at a terminal: redirected to a log file, tqdm's carriage
+    returns would fill it with thousands of partial lines (``make book > log``)."""
+    return not args.quiet and sys.stderr.isatty()
+
+
 def _synth(args: argparse.Namespace) -> int:
     from prrt_utils.synth import SynthConfig, generate_cohort
 
@@ -29,7 +35,7 @@ def _synth(args: argparse.Namespace) -> int:
         base = SynthConfig(n_patients=args.n or 116, seed=args.seed or 0)
     cfg = base.replace(censor_fraction=args.censor_fraction, clinical_size=args.clinical_size, image_format=args.format,
                        scenario=args.scenario)
-    out = generate_cohort(cfg, Path(args.out), progress=not args.quiet, n_jobs=args.jobs, overwrite=args.overwrite)
+    out = generate_cohort(cfg, Path(args.out), progress=_progress(args), n_jobs=args.jobs, overwrite=args.overwrite)
     print(f"synthetic cohort of {cfg.n_patients} patients in {out} (config hash {cfg.hash()})")
     return 0
 
@@ -76,7 +82,7 @@ def _preprocess(args: argparse.Namespace) -> int:
                              "`prrt cohort` first to restrict to the validated cohort)")
     cfg = PreprocessConfig(on_error=args.on_error)
     index = run_preprocessing(cfg, cohort_csv if cohort_csv.exists() else None, data / "imaging", work,
-                              progress=not args.quiet, n_jobs=args.jobs)
+                              progress=_progress(args), n_jobs=args.jobs)
     ok = int((index["status"] == "ok").sum())
     print(f"{ok} of {len(index)} patients preprocessed into {work / 'preprocessed'}"
           + ("" if ok else f"; nothing usable: the reasons are in {work / 'preprocessed' / 'exclusions.csv'}"))
@@ -100,7 +106,7 @@ def _pretrain_ct(args: argparse.Namespace) -> int:
     cfg = PretrainConfig(labels_dir=args.labels or "", population_dir=args.pretrain_data or "", seed=args.seed,
                          device=args.device, **({"epochs": args.epochs} if args.epochs else {}),
                          **({"population_size": args.patients} if args.patients else {}))
-    result = pretrain_ct(Path(args.work), data, cfg, force=args.force, progress=not args.quiet, n_jobs=args.jobs)
+    result = pretrain_ct(Path(args.work), data, cfg, force=args.force, progress=_progress(args), n_jobs=args.jobs)
     card = result.card
     print(f"{'reused' if result.reused else 'wrote'} {result.checkpoint}: pretrained on {card['population']['kind']}; "
           f"{card['n_train']} patients trained, "
@@ -124,7 +130,7 @@ def _validate(args: argparse.Namespace) -> int:
 
     data, yaml_threshold = _own_cohort(args)
     out = run_validation(args.model, data, Path(args.work), pfs_threshold_months=yaml_threshold or 12.0,
-                         n_jobs=args.jobs, progress=not args.quiet)
+                         n_jobs=args.jobs, progress=_progress(args))
     page = write_report(out, args.out)
     print(f"validation of {args.model} on {data}: predictions in {out}, report {page}")
     return 0
@@ -147,7 +153,7 @@ def _predict(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from prrt_utils.book import run_models
 
-    timings = run_models(_book_config(args))
+    timings = run_models(_book_config(args), progress=_progress(args))
     print("trained: " + ", ".join(f"{k} ({v:.0f} s)" for k, v in timings.items() if k.startswith("train_")))
     return 0
 
@@ -155,7 +161,7 @@ def _run(args: argparse.Namespace) -> int:
 def _book(args: argparse.Namespace) -> int:
     from prrt_utils.book import make_book
 
-    index = make_book(_book_config(args), execute=not args.build_only, progress=not args.quiet)
+    index = make_book(_book_config(args), execute=not args.build_only, progress=_progress(args))
     print(f"book built: {index}")
     return 0
 
@@ -245,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="global seed (default: %(default)s)")
     p.add_argument("--device", default="auto", help="'auto', 'cpu' or 'cuda' (default: %(default)s)")
     p.add_argument("--force", action="store_true", help="replace an existing package")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--quiet", action="store_true", help="no progress bars (they are shown only on a terminal anyway)")
     p.set_defaults(func=_train_final)
 
     p = sub.add_parser("validate", help="apply a model package to another cohort, no retraining: discrimination, calibration, decision curve, KM, shift (HTML)")

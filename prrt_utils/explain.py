@@ -101,6 +101,7 @@ __all__ = [
     "representative_fold",
     "representative_repeat",
     "saliency_figure",
+    "saliency_viewer",
     "slice_viewer",
     "survival_frame",
     "table2",
@@ -977,10 +978,44 @@ def saliency_figure(pet: np.ndarray, maps: Mapping[str, np.ndarray], at: Sequenc
     return fig
 
 
+#: PET window of the kernel-free saliency viewer: SUVbw 0-10, dark uptake on white, as a
+#: nuclear-medicine reader sets it (the static figure above uses each patient's 99.5th percentile).
+VIEWER_PET_WINDOW = (0.0, 10.0)
+
+
+def saliency_viewer(pet: np.ndarray, maps: Mapping[str, np.ndarray], vmin: float = 0.3,
+                    lesions: np.ndarray | None = None, title: str = "") -> Any:
+    """PET with each model's saliency, to scroll through in the static book (paper Fig. 9, interactive).
+
+    A plotly figure (:func:`prrt_utils.viewer.slice_viewer`) that needs no kernel: a slice slider,
+    axial / coronal / sagittal buttons and a menu that lays the saliency of one model (or none)
+    over the PET, with the true lesions outlined in cyan when ``lesions`` is given.
+
+    Parameters
+    ----------
+    pet : ndarray (D, H, W)
+        SUVbw on the model grid; shown in :data:`VIEWER_PET_WINDOW`.
+    maps : mapping label -> ndarray (D, H, W)
+        Normalised gradient magnitudes in [0, 1] (:func:`normalised_magnitude`), one per model.
+    vmin : float
+        Saliency below it is not drawn (0.3 as in the paper).
+    lesions : ndarray (D, H, W) of bool, optional
+        Ground-truth lesion mask (synthetic cohort only).
+    """
+    from prrt_utils.viewer import slice_viewer
+
+    lo, hi = VIEWER_PET_WINDOW
+    note = (f"PET SUVbw {lo:g}-{hi:g} (dark = high uptake); colour: saliency >= {vmin:g} of the patient's maximum"
+            + ("; cyan: true lesions" if lesions is not None else ""))
+    text = f"{title}<br><sup>{note}</sup>" if title else note
+    return slice_viewer(pet, maps, window=VIEWER_PET_WINDOW, invert=True, vmin=vmin, outlines=lesions,
+                        volume_label="PET (SUVbw)", overlay_label="saliency", title=text)
+
+
 def slice_viewer(pet: np.ndarray, maps: Mapping[str, np.ndarray], vmin: float = 0.3) -> Any:
     """Interactive slice viewer (ipywidgets): one slider per axis over :func:`saliency_figure`.
 
-    Needs a live kernel; the book shows the static figure instead.
+    Needs a live kernel; the book shows :func:`saliency_viewer`, which does not.
     """
     import ipywidgets as widgets
     import matplotlib.pyplot as plt

@@ -20,7 +20,11 @@ months and, as its uncertainty, the spread of the cross-validation models.
 
 The page carries no identifying data: not the folder name, no DICOM header
 value, no date; the patient is named by a hash of the preprocessed volumes.
-plotly.js is written into the page, so it needs no network.
+plotly.js is written into the page (or, for the book's copy, read from the
+book's own ``_static``), so it needs no network. Words are a clinician's:
+laboratory values with their units, contributions in percentage points, the
+PET in a fixed SUV window with a maximum-intensity projection, and a short
+"how to read this report".
 """
 
 from __future__ import annotations
@@ -38,7 +42,30 @@ import torch
 from prrt_utils import store
 from prrt_utils.package import ModelPackage, PackageError
 
-__all__ = ["PatientPrediction", "parse_labs", "predict_patient", "write_report"]
+__all__ = ["HOW_TO_READ", "LAB_LABELS", "PET_WINDOW", "PatientPrediction", "development_bins", "lab_label",
+           "parse_labs", "predict_patient", "write_report"]
+
+#: Laboratory columns in a clinician's words, with units.
+LAB_LABELS = {"ast_u_l": "AST (U/l)", "alt_u_l": "ALT (U/l)", "cga_ug_l": "CgA (µg/l)", "ggt_u_l": "gamma-GT (U/l)"}
+
+#: PET window of the report's images: SUVbw 0-10, dark uptake on white, as a nuclear-medicine reader sets it.
+PET_WINDOW = (0.0, 10.0)
+
+HOW_TO_READ = (
+    "<b>The probability</b> is the model's estimate that the disease progresses within 12 months of the start of "
+    "PRRT; the range beside it is how much the cross-validation models (the same model trained on parts of the "
+    "development cohort) disagree about this patient: a wide range means the model is unsure. "
+    "<b>The histogram</b> shows the same estimate for every patient of the development cohort, split by what "
+    "happened to them; the black line is this patient. Where the two colours overlap, the model cannot tell the "
+    "groups apart. "
+    "<b>Laboratory contributions</b> say, in percentage points of probability, how much the estimate would "
+    "change if one value were replaced by the development cohort's median, everything else kept: "
+    "+5 points means this value raises the estimate from, say, 30 % to 35 %. "
+    "<b>The PET images</b> show the patient's PET as a maximum-intensity projection and in three planes "
+    "(SUVbw 0-10, dark = high uptake; the patient's right on the image's left); the colours mark the voxels whose "
+    "change would move the estimate most (integrated gradients), which is where the model looked, not where "
+    "the disease is."
+)
 
 CAVEAT = (
     "This is a research model. It was developed on a small cohort and has not been validated for clinical use; "
@@ -167,58 +194,99 @@ def predict_patient(pkg: ModelPackage, folder: str | Path, labs: dict[str, float
                              pkg.manifest["model"], notes)
 
 
+def lab_label(column: str) -> str:
+    """A laboratory column in words with its unit (:data:`LAB_LABELS`); an unknown column as it is named."""
+    return LAB_LABELS.get(column, column)
+
+
+def development_bins(values: np.ndarray, also: float | None = None, n_bins: int = 20) -> dict[str, float]:
+    """Histogram bins (plotly ``xbins``) over the range the probabilities occupy, not over 0-1.
+
+    A model's out-of-fold probabilities often lie in a narrow band (say 0.25 to 0.45); fixed bins of
+    0.05 over 0-1 would put the whole cohort into three or four bars and hide its spread. ``n_bins``
+    bins span the smallest to the largest value (``also``: this patient's, so that it lies inside).
+    """
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    lo, hi = (float(v.min()), float(v.max())) if v.size else (0.0, 1.0)
+    if also is not None:
+        lo, hi = min(lo, also), max(hi, also)
+    size = max((hi - lo) / n_bins, 0.005)
+    return {"start": lo - size / 2, "end": hi + size / 2, "size": size}
+
+
 def _figures(pkg: ModelPackage, p: PatientPrediction) -> list[Any]:
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
     figs = []
     dev = pkg.development
+    prob = float(p.prediction["prob"])
+    bins = development_bins(dev["prob"].to_numpy(), also=prob)
     fig = go.Figure()
     for y, name, colour in ((0, "long PFS (> 12 months)", "#1f77b4"), (1, "short PFS (≤ 12 months)", "#d62728")):
-        fig.add_trace(go.Histogram(x=dev.loc[dev["y_true"] == y, "prob"], name=name, marker_color=colour,
-                                   opacity=0.6, xbins={"start": 0, "end": 1, "size": 0.05}))
-    fig.add_vline(x=float(p.prediction["prob"]), line_width=3, line_color="black",
-                  annotation_text="this patient", annotation_position="top")
-    fig.update_layout(barmode="overlay", height=320, xaxis_title="predicted probability of PFS ≤ 12 months",
+        fig.add_trace(go.Histogram(x=dev.loc[dev["y_true"] == y, "prob"] * 100, name=name, marker_color=colour,
+                                   opacity=0.6, xbins={k: v * 100 for k, v in bins.items()},
+                                   hovertemplate="%{x:.0f} %: %{y} patients<extra></extra>"))
+    fig.add_vline(x=prob * 100, line_width=3, line_color="black",
+                  annotation_text=f"this patient ({prob:.0%})", annotation_position="top")
+    fig.update_layout(barmode="overlay", height=320, xaxis_title="predicted probability of progression within 12 months (%)",
                       yaxis_title="development patients", title="Where the prediction lies among the development cohort "
                       "(out-of-fold predictions)", margin={"t": 60})
     figs.append(fig)
     eff = p.lab_effects
-    fig = go.Figure(go.Bar(x=eff["contribution"], y=eff["laboratory value"], orientation="h",
-                           marker_color=np.where(eff["contribution"] > 0, "#d62728", "#1f77b4")))
-    fig.update_layout(height=260, xaxis_title="change in probability against the development median value",
-                      title="Laboratory contributions (positive: this value raises the predicted risk)", margin={"t": 60})
+    points = eff["contribution"] * 100
+    fig = go.Figure(go.Bar(x=points, y=[lab_label(c) for c in eff["laboratory value"]], orientation="h",
+                           marker_color=np.where(points > 0, "#d62728", "#1f77b4"),
+                           text=[f"{v:+.1f} points" for v in points], textposition="outside", cliponaxis=False,
+                           hovertemplate="%{y}: %{x:+.1f} percentage points<extra></extra>"))
+    reach = max(float(np.abs(points).max()) if len(points) else 0.0, 0.5) * 1.4  # room for the labels
+    fig.update_layout(height=260, xaxis_title="change in the probability (percentage points) against the development median",
+                      xaxis_range=[-reach if (points < 0).any() else -0.1 * reach, reach if (points > 0).any() else 0.1 * reach],
+                      title="Laboratory contributions (positive: this value raises the predicted risk)",
+                      margin={"t": 60, "l": 110})
     figs.append(fig)
     if p.pet is not None and p.saliency is not None:
         sal = np.abs(p.saliency)
         d, h, w = np.unravel_index(int(np.argmax(sal)), sal.shape)
-        planes = (("coronal", p.pet[:, h, :], sal[:, h, :]), ("sagittal", p.pet[:, :, w], sal[:, :, w]),
-                  ("axial", p.pet[d], sal[d]))
-        fig = make_subplots(rows=1, cols=3, subplot_titles=[f"{n} (through the strongest attribution)" for n, *_ in planes])
-        vmax = float(np.percentile(p.pet, 99.5)) or 1.0
+        planes = (("MIP, seen from the front", p.pet.max(axis=1), None), ("coronal", p.pet[:, h, :], sal[:, h, :]),
+                  ("sagittal", p.pet[:, :, w], sal[:, :, w]), ("axial", p.pet[d], sal[d]))
+        fig = make_subplots(rows=1, cols=4, subplot_titles=[n if s is None else f"{n} (strongest attribution)"
+                                                            for n, _, s in planes])
+        lo, hi = PET_WINDOW
         smax = float(sal.max()) or 1.0
         for k, (_, img, s) in enumerate(planes, start=1):
-            fig.add_trace(go.Heatmap(z=img, colorscale="Greys", reversescale=True, zmin=0, zmax=vmax, showscale=k == 1,
-                                     colorbar={"title": "SUV", "x": -0.08}), 1, k)
-            fig.add_trace(go.Heatmap(z=np.where(s >= 0.2 * smax, s / smax, np.nan), colorscale="Hot", zmin=0, zmax=1,
-                                     opacity=0.55, showscale=k == 3, colorbar={"title": "attribution"}), 1, k)
+            fig.add_trace(go.Heatmap(z=img, colorscale="Greys", zmin=lo, zmax=hi, showscale=k == 1,
+                                     colorbar={"title": "SUVbw", "x": -0.08},
+                                     hovertemplate="SUVbw %{z:.1f}<extra></extra>"), 1, k)
+            if s is not None:
+                fig.add_trace(go.Heatmap(z=np.where(s >= 0.2 * smax, s / smax, np.nan), colorscale="Hot", zmin=0, zmax=1,
+                                         opacity=0.55, showscale=k == 4, colorbar={"title": "attribution"},
+                                         hoverinfo="skip"), 1, k)
             fig.update_yaxes(autorange="reversed", scaleanchor=f"x{k}", row=1, col=k, showticklabels=False)
             fig.update_xaxes(showticklabels=False, row=1, col=k)
-        fig.update_layout(height=420, title="PET saliency of the final model (integrated gradients, |attribution| ≥ 20 % "
-                          "of its maximum, over the PET in SUV)", margin={"t": 80})
+        fig.update_layout(height=440, title=f"PET saliency of the final model: where it looked<br><sup>integrated "
+                          f"gradients, |attribution| ≥ 20 % of its maximum, over the PET (SUVbw {lo:g}-{hi:g}, dark = "
+                          "high uptake; the patient's right on the image's left)</sup>", margin={"t": 100})
         figs.append(fig)
     return figs
 
 
-def write_report(pkg: ModelPackage, p: PatientPrediction, out: str | Path) -> Path:
-    """Write the one-page HTML report (plotly.js embedded: opens offline)."""
+def write_report(pkg: ModelPackage, p: PatientPrediction, out: str | Path, plotlyjs: str = "embed") -> Path:
+    """Write the one-page HTML report; it opens offline.
+
+    ``plotlyjs``: ``"embed"`` writes plotly.js into the page (a file to hand on by itself); a
+    relative path such as ``"plotly.min.js"`` refers to a copy beside it instead (the book's
+    example report in ``_static``, next to the book's one copy).
+    """
     out = Path(out)
     figs = _figures(pkg, p)
-    parts = [f.to_html(full_html=False, include_plotlyjs=(i == 0), config={"displaylogo": False})
+    first = True if plotlyjs == "embed" else plotlyjs
+    parts = [f.to_html(full_html=False, include_plotlyjs=first if i == 0 else False, config={"displaylogo": False})
              for i, f in enumerate(figs)]
     pr = p.prediction
-    lab_rows = "".join(f"<tr><td>{html.escape(r['laboratory value'])}</td><td>{r['patient']:.4g}</td>"
-                       f"<td>{r['development median']:.4g}</td><td>{r['contribution']:+.3f}</td></tr>"
+    lab_rows = "".join(f"<tr><td>{html.escape(lab_label(r['laboratory value']))}</td><td>{r['patient']:.4g}</td>"
+                       f"<td>{r['development median']:.4g}</td><td>{100 * r['contribution']:+.1f}</td></tr>"
                        for _, r in p.lab_effects.iterrows())
     notes = "".join(f"<li>{html.escape(n)}</li>" for n in p.notes)
     page = f"""<!DOCTYPE html>
@@ -237,9 +305,11 @@ patients.</p>
 {pr['prob_folds_q95']:.0%} (5th to 95th percentile; mean {pr['prob_folds_mean']:.0%}). Higher than
 {p.percentile:.0f}% of the development cohort's out-of-fold predictions.</p></div>
 <div class="box caveat"><b>Research model.</b> {html.escape(CAVEAT)}</div>
+<details open class="box"><summary><b>How to read this report</b></summary><p>{HOW_TO_READ}</p></details>
 {parts[0]}
 <h2>Laboratory values</h2>
-<table><tr><th>value</th><th>patient</th><th>development median</th><th>contribution</th></tr>{lab_rows}</table>
+<table><tr><th>value</th><th>patient</th><th>development median</th><th>contribution (percentage points)</th></tr>
+{lab_rows}</table>
 {''.join(parts[1:])}
 <ul>{notes}</ul>
 <p style="color:#666">Made by prrt-pfs with the package's preprocessing ({html.escape(str(pkg.manifest['versions']))}).</p>

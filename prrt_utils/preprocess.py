@@ -123,7 +123,9 @@ __all__ = [
     "check_suv_max",
     "prepare_patient",
     "preprocess_patient",
+    "qc_browser",
     "qc_figure",
+    "qc_images",
     "registered_pairs",
     "read_table",
     "resample",
@@ -1172,9 +1174,7 @@ def qc_figure(work_dir: str | Path, patient_id: str) -> Any:
     D, H, _ = pet.shape
     upper = pet[: max(1, int(0.8 * D))]
     k_ax = int(np.unravel_index(int(np.argmax(upper)), upper.shape)[0])
-    body = ct > -500
-    rows = np.nonzero(body.any(axis=(0, 2)))[0]
-    j_cor = int(rows.mean()) if len(rows) else H // 2
+    j_cor = _coronal_row(ct)
     vmax = float(np.percentile(pet[pet > 0], 99.5)) if (pet > 0).any() else 1.0
     fig = make_subplots(
         rows=1,
@@ -1230,6 +1230,68 @@ def qc_figure(work_dir: str | Path, patient_id: str) -> Any:
         fig.update_xaxes(showticklabels=False, row=1, col=c)
     fig.update_layout(height=420, title=f"{patient_id}: preprocessed PET/CT (10 mm voxels)", margin={"t": 70})
     return fig
+
+
+def _coronal_row(ct: np.ndarray) -> int:
+    """The coronal row (H index) through the body's antero-posterior centre (CT above -500 HU)."""
+    rows = np.nonzero((ct > -500).any(axis=(0, 2)))[0]
+    return int(rows.mean()) if len(rows) else ct.shape[1] // 2
+
+
+#: Windows of the kernel-free QC views: PET SUVbw 0-10 (dark uptake on white, as nuclear medicine
+#: reads a MIP) and CT in a soft-tissue window (level 40 HU, width 400 HU).
+QC_PET_WINDOW = (0.0, 10.0)
+QC_CT_WINDOW = (-160.0, 240.0)
+
+
+def qc_images(pet: np.ndarray, ct: np.ndarray, pet_window: tuple[float, float] = QC_PET_WINDOW,
+              ct_window: tuple[float, float] = QC_CT_WINDOW) -> dict[str, np.ndarray]:
+    """The QC views of one preprocessed patient as uint8 images (radiological view, head at the top).
+
+    Parameters
+    ----------
+    pet, ct : ndarray (D, H, W)
+        SUVbw and HU on the model grid (:func:`load_volumes`).
+
+    Returns
+    -------
+    dict
+        ``"PET MIP (coronal)"``: maximum over H, inverted grey in ``pet_window``, ``(D, W)``;
+        ``"CT coronal"``: the row through the body's centre in ``ct_window``, ``(D, W)``;
+        ``"PET on CT (coronal)"``: that CT row with the PET of the same row in hot colours,
+        opaque in proportion to SUV, ``(D, W, 3)``.
+    """
+    import matplotlib
+
+    from prrt_utils.viewer import window_uint8
+
+    j = _coronal_row(ct)
+    ct_row = window_uint8(ct[:, j], *ct_window)
+    heat = np.clip((pet[:, j] - pet_window[0]) / (pet_window[1] - pet_window[0]), 0.0, 1.0)
+    hot = matplotlib.colormaps["hot"](heat)[..., :3] * 255
+    weight = (0.9 * heat)[..., None]
+    fused = np.rint(ct_row[..., None] * (1 - weight) + hot * weight).astype(np.uint8)
+    return {
+        "PET MIP (coronal)": window_uint8(pet.max(axis=1), *pet_window, invert=True),
+        "CT coronal": ct_row,
+        "PET on CT (coronal)": fused,
+    }
+
+
+def qc_browser(work_dir: str | Path, patient_ids: Sequence[str]) -> Any:
+    """Every listed patient's PET MIP, CT and fused view, the patient chosen from a drop-down (plotly).
+
+    Works in the static book without a kernel (:func:`prrt_utils.viewer.image_browser`); the
+    images are 8-bit PNGs of the 75 x 50 x 50 grid, a few kB per patient.
+    """
+    from prrt_utils.viewer import image_browser
+
+    items = {}
+    for pid in patient_ids:
+        vols = load_volumes(work_dir, [pid])
+        items[pid] = qc_images(vols["pet"][0, 0], vols["ct"][0, 0])
+    lo, hi = QC_PET_WINDOW
+    return image_browser(items, title=f"Preprocessed PET/CT (PET SUVbw {lo:g}-{hi:g}, dark = high uptake)")
 
 
 def read_table(work_dir: str | Path, name: str) -> pd.DataFrame:

@@ -1,11 +1,13 @@
 """What every chapter of the book shares: offline figures, the data-source line, the run's facts.
 
 :func:`setup_notebook` is the first call of every notebook. It makes plotly embed
-its JavaScript in the page (a ``notebook`` renderer without the MathJax CDN tag;
+its JavaScript in the notebook (a ``notebook`` renderer without the MathJax CDN tag;
 ``notebook_connected`` would load plotly.js from a CDN, which an offline reader
-cannot reach), sets table
-display options, and prints which cohort the chapter ran on, so that no page of
-results can be mistaken for the paper's real cohort.
+cannot reach), which a live notebook needs; for the book, ``prrt book`` drops that
+copy from the executed page and the book loads one shared copy from its ``_static``
+folder (:func:`prrt_utils.book.prepare_for_book`, :mod:`prrt_utils.sphinx_plotly`).
+It also sets table display options and prints which cohort the chapter ran on, so
+that no page of results can be mistaken for the paper's real cohort.
 
 :func:`environment_report` and :func:`data_fingerprint` give the versions, seed
 and input hash that the reproducibility page prints.

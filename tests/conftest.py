@@ -28,9 +28,17 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture(scope="session")
 def built_book(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Root of a temporary project whose book was built end to end; ``_build/html`` holds the pages."""
+    """Root of a temporary project whose book was built end to end; ``_build/html`` holds the pages.
+
+    ``PRRT_BUILT_BOOK=/path/to/root`` reuses a book built before (by this fixture or ``prrt book``),
+    to rerun the tests that read it without rebuilding.
+    """
+    import os
+
     from prrt_utils.book import BookConfig, make_book
 
+    if os.environ.get("PRRT_BUILT_BOOK"):
+        return Path(os.environ["PRRT_BUILT_BOOK"])
     root = tmp_path_factory.mktemp("book")
     for name in BOOK_SOURCES:
         src = ROOT / name

@@ -75,6 +75,114 @@ def test_pages_run_side_by_side_and_a_failing_one_stops_the_group_with_its_name(
     assert not (tmp_path / "book" / "executed" / "broken.ipynb").exists()
 
 
+PAGE = textwrap.dedent(
+    '''\
+    # %% [markdown]
+    # # A chapter
+
+    # %% tags=["parameters"]
+    x = 1
+
+    # %%
+    from prrt_utils.report import setup_notebook
+
+    setup_notebook()
+
+    # %%
+    import plotly.graph_objects as go
+
+    print("opening line", x)
+
+    # %% [markdown]
+    # ## A result
+
+    # %%
+    import math
+
+    # %%
+    go.Figure(go.Scatter(x=[1, 2], y=[3, x])).show()
+
+    # %% tags=["show-input"]
+    print("shown on purpose")
+    '''
+)
+
+
+def test_an_executed_page_shows_results_with_its_code_folded_and_no_parameters_cell(tmp_path: Path, capfd):
+    import nbformat
+
+    (tmp_path / "page.py").write_text(PAGE)
+    out = tmp_path / "page.ipynb"
+    execute_notebook(tmp_path / "page.py", out, {"x": 7}, cwd=tmp_path)
+    nb = nbformat.read(out, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    tags = [c.metadata.get("tags", []) for c in code]
+    assert tags == [
+        ["parameters", "remove-cell"],           # declared values: papermill's injected cell holds the ones used
+        ["injected-parameters", "remove-cell"],  # so the parameters never appear twice
+        ["remove-input"],                        # setup_notebook: its data-source line stays, its code goes
+        ["remove-input"],                        # the rest of the opening setup block
+        ["remove-input"],                        # a cell of imports only
+        ["hide-input"],                          # a result: code one click away
+        ["show-input"],                          # a cell that asks to keep its code visible keeps it
+    ]
+    assert "opening line 7" in _outputs(out)
+    from prrt_utils.book import fold_code
+
+    assert [c.metadata["tags"] for c in fold_code(nb).cells if c.cell_type == "code"] == tags  # idempotent
+    # the page carries its figure, not plotly.js: the book loads the library once from _static
+    html = "".join(o.get("data", {}).get("text/html", "") for c in code for o in c.get("outputs", []))
+    assert "Plotly.newPlot" in html
+    assert "plotly.js v" not in html and out.stat().st_size < 100_000
+    # and the terminal shows none of the kernel's own log lines
+    assert "without encryption" not in capfd.readouterr().err
+
+
+def test_the_plotly_library_is_recognised_exactly_as_plotlys_renderer_writes_it():
+    import plotly.io as pio
+    from nbformat.v4 import new_output
+    from plotly.offline import get_plotlyjs
+
+    from prrt_utils.book import _is_plotly_library
+
+    # what plotly's notebook renderer displays before the first figure (NotebookRenderer.activate)
+    library = f"<script>window.PlotlyConfig = {{}};</script>\n<script>{get_plotlyjs()}</script>"
+    assert _is_plotly_library(new_output("display_data", data={"text/html": library}))
+    figure = pio.to_html({"data": [{"type": "scatter", "y": list(range(20_000))}]}, include_plotlyjs=False,
+                         full_html=False)
+    assert len(figure) > 100_000  # a large figure, so only the library's own header tells them apart
+    assert not _is_plotly_library(new_output("display_data", data={"text/html": figure}))
+
+
+def test_make_book_prints_one_aligned_line_per_stage_with_its_seconds(capsys):
+    from prrt_utils.book import say_done
+
+    say_done("01_cohort", 12.34)
+    say_done("training (all models' folds, one pool of workers)", 65.6)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("01_cohort .") and lines[0].endswith("12.3 s")
+    assert len({len(line) for line in lines}) == 1, "the seconds line up in one column"
+    assert "\r" not in "".join(lines)
+
+
+def test_progress_bars_are_shown_only_on_a_terminal(monkeypatch):
+    import argparse
+    import io
+
+    from prrt_utils import cli
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    args = argparse.Namespace(quiet=False)
+    monkeypatch.setattr("sys.stderr", io.StringIO())  # make book > build.log 2>&1
+    assert cli._progress(args) is False
+    monkeypatch.setattr("sys.stderr", Terminal())
+    assert cli._progress(args) is True
+    assert cli._progress(argparse.Namespace(quiet=True)) is False
+
+
 def test_book_config_rejects_an_unknown_error_policy():
     with pytest.raises(BookError, match="on_error"):
         BookConfig(on_error="ignore")
@@ -176,6 +284,116 @@ def test_pages_draw_figures_tables_and_formulas_offline_without_any_external_req
     offline_browser.assert_clean(tolerated=("THEBE_JS_URL",))
 
 
+SCREENSHOTS = ROOT / "work" / "screenshots"  # kept after the run, so a reviewer can look without building
+
+
+def _book_pages(html: Path) -> list[Path]:
+    """The book's own pages (not the files in _static, such as the example patient report)."""
+    return [p for p in sorted(html.rglob("*.html")) if "_static" not in p.relative_to(html).parts]
+
+
+@pytest.mark.slow
+def test_plotly_js_is_shipped_once_and_the_book_stays_small(built_book: Path):
+    html = built_book / "_build" / "html"
+    library = html / "_static" / "plotly.min.js"
+    assert library.stat().st_size > 1_000_000
+    with_figures = 0
+    for p in _book_pages(html):
+        text = p.read_text()
+        assert not re.search(r"\*\s*plotly\.js v\d", text), f"{p.name} embeds plotly.js"
+        if "Plotly.newPlot" in text:
+            with_figures += 1
+            src = re.findall(r'<script src="([^"?]*plotly\.min\.js)(?:\?v=\w+)?"', text)  # a plain, blocking tag
+            assert len(src) == 1 and (p.parent / src[0]).resolve() == library.resolve(), p.name
+    assert with_figures >= 10
+    size = sum(f.stat().st_size for f in html.rglob("*") if f.is_file())
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    (SCREENSHOTS / "book_size.txt").write_text(f"{size / 1e6:.1f} MB in {html}\n")
+    print(f"built book: {size / 1e6:.1f} MB")
+    assert size < 60e6, f"the built book is {size / 1e6:.0f} MB"
+
+
+@pytest.mark.slow
+def test_chapters_show_no_parameters_cell_and_no_visible_code(built_book: Path):
+    html = built_book / "_build" / "html" / "book" / "executed"
+    for name in ("01_cohort", "02_preprocessing", "03_unimodal", "06_explainability", "train_pet_fusion"):
+        text = (html / f"{name}.html").read_text()
+        assert "tag_parameters" not in text and "tag_injected-parameters" not in text, name
+        inputs = text.count('class="cell_input')
+        folded = len(re.findall(r'<details class="[^"]*hide above-input">\s*<summary[^>]*>.*?</summary>\s*'
+                                r'<div class="cell_input', text, flags=re.S))
+        assert inputs > 0 and folded == inputs, f"{name}: {inputs - folded} of {inputs} code cells are not folded"
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_code_is_folded_and_images_can_be_explored_without_a_kernel(built_book: Path, offline_browser):
+    html = built_book / "_build" / "html"
+    page = offline_browser.page
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+
+    offline_browser.open(html / "book" / "executed" / "03_unimodal.html")
+    page.wait_for_selector(".js-plotly-plot .main-svg", timeout=20000)
+    assert page.evaluate("() => typeof Plotly") == "object"
+    assert page.evaluate("() => [...document.scripts].filter(s => /_static\\/plotly\\.min\\.js(\\?|$)/.test(s.src)).length") == 1
+    inputs = page.locator(".cell_input")
+    assert inputs.count() > 0
+    assert not any(inputs.nth(i).is_visible() for i in range(inputs.count())), "a code cell is visible"
+    toggle = page.locator("details.above-input summary").first
+    toggle.click()
+    assert page.locator("details.above-input .cell_input").first.is_visible(), "the toggle does not show the code"
+    page.screenshot(path=str(SCREENSHOTS / "03_unimodal.png"), full_page=False)
+
+    # chapter 06: the slice viewer's slider and plane buttons redraw the image, in static HTML
+    offline_browser.open(html / "book" / "executed" / "06_explainability.html")
+    page.wait_for_selector(".js-plotly-plot .main-svg", timeout=20000)
+    index = page.evaluate("() => [...document.querySelectorAll('.js-plotly-plot')].findIndex(g => (g.layout.sliders || []).length === 3)")
+    assert index >= 0, "no slice viewer on the explainability page"
+    viewer = page.locator(".js-plotly-plot").nth(index)
+    viewer.scroll_into_view_if_needed()
+    state = ("i => { const g = document.querySelectorAll('.js-plotly-plot')[i]; return {source: g.data[0].source, "
+             "visible: g.layout.sliders.map(s => s.visible), images: g.querySelectorAll('.main-svg image').length}; }")
+    before = page.evaluate(state, index)
+    assert before["images"] >= 2, "the PET and a saliency overlay are drawn"
+    rail = viewer.locator(".slider-container .slider-rail-touch-rect").first
+    box = rail.bounding_box()
+    page.mouse.click(box["x"] + box["width"] * 0.15, box["y"] + box["height"] / 2)
+    page.wait_for_timeout(300)
+    moved = page.evaluate(state, index)
+    assert moved["source"] != before["source"], "the slider did not change the drawn slice"
+    viewer.locator(".updatemenu-button", has_text="coronal").click()
+    page.wait_for_timeout(300)
+    coronal = page.evaluate(state, index)
+    assert coronal["visible"] == [False, True, False] and coronal["source"] != moved["source"]
+    viewer.screenshot(path=str(SCREENSHOTS / "06_slice_viewer.png"))
+
+    # chapter 02: the QC browser shows another patient when one is chosen from its menu
+    offline_browser.open(html / "book" / "executed" / "02_preprocessing.html")
+    page.wait_for_selector(".js-plotly-plot .main-svg", timeout=20000)
+    index = page.evaluate("() => [...document.querySelectorAll('.js-plotly-plot')].findIndex(g => "
+                          "(g.layout.updatemenus || []).some(m => m.name === 'patient'))")
+    assert index >= 0, "no QC browser on the preprocessing page"
+    qc = page.locator(".js-plotly-plot").nth(index)
+    qc.scroll_into_view_if_needed()
+    state = "i => { const g = document.querySelectorAll('.js-plotly-plot')[i]; return [g.data[0].source, g.layout.title.text]; }"
+    before = page.evaluate(state, index)
+    qc.locator(".updatemenu-header-group").first.click()
+    qc.locator(".updatemenu-dropdown-button").nth(1).click()
+    page.wait_for_timeout(300)
+    after = page.evaluate(state, index)
+    assert after[0] != before[0] and after[1] != before[1], "choosing another patient did not change the images"
+    qc.screenshot(path=str(SCREENSHOTS / "02_qc_browser.png"))
+
+    # the glossary: the introduction links its first terms to their entries
+    offline_browser.open(html / "book" / "intro.html")
+    link = page.locator("a[href*='glossary.html#term-Bayes-ceiling']").first
+    link.click()
+    page.wait_for_load_state("load")
+    assert page.url.endswith("glossary.html#term-Bayes-ceiling")
+    assert page.locator("dl.glossary dt#term-Bayes-ceiling").is_visible()
+    offline_browser.assert_clean(tolerated=("THEBE_JS_URL",))
+
+
 def test_the_tripod_page_lists_every_item_and_links_only_to_pages_that_exist():
     page = (ROOT / "book" / "tripod.md").read_text()
     items = set(re.findall(r"^\| (\d+)[a-f]?(?:–\d+[a-f])? \|", page, flags=re.M))
@@ -202,3 +420,26 @@ def test_every_parameter_a_notebook_declares_is_seen_and_comments_cannot_hide_on
         assert len(declared_parameters(nb)) == len(lines), path.name
     nb = jupytext.reads('# %% tags=["parameters"]\nct_init = ""  # empty = as declared; none = scratch\n', fmt="py:percent")
     assert declared_parameters(nb) == {"ct_init"}  # papermill's parser drops this line
+
+
+def _glossary_terms() -> set[str]:
+    text = (ROOT / "book" / "glossary.md").read_text()
+    block = re.search(r"```\{glossary\}\n(.*?)\n```", text, flags=re.S)
+    assert block, "book/glossary.md has no {glossary} directive"
+    return {line.strip() for line in block.group(1).splitlines() if line.strip() and not line.startswith(" ")}
+
+
+def test_the_glossary_is_a_page_of_the_book_and_every_term_link_names_one_of_its_terms():
+    terms = _glossary_terms()
+    assert {"AUROC", "AUPRC", "Bayes ceiling", "SUVbw", "Cliff's delta", "corrected resampled t-test", "C-index",
+            "net benefit", "Kaplan-Meier", "hazard ratio", "Jensen-Shannon distance", "DeLong test"} <= terms
+    assert "book/glossary" in (ROOT / "_toc.yml").read_text()
+    sources = [*sorted((ROOT / "book").glob("*.md")), *sorted((ROOT / "notebooks").glob("*.py"))]
+    links = []
+    for path in sources:
+        for target in re.findall(r"\{term\}`([^`]+)`", path.read_text()):
+            name = re.search(r"<([^>]+)>$", target)  # {term}`shown words <term>`
+            links.append((path.name, (name.group(1) if name else target).strip()))
+    assert {name for name, _ in links} >= {"intro.md"}, "the introduction links its first terms"
+    unknown = [(page, t) for page, t in links if t not in terms]
+    assert not unknown, f"{{term}} links to terms the glossary does not define: {unknown}"

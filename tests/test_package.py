@@ -135,6 +135,51 @@ def test_the_report_says_the_probability_its_range_and_that_it_is_a_research_mod
     assert "cross-validation models give" in text and "Laboratory contributions" in text
     assert "PET saliency" in text
     assert "<script src=\"http" not in text and "Plotly.newPlot" in text  # plotly.js itself is embedded
+    assert "plotly.js v" in text
+
+
+def test_the_report_speaks_a_clinicians_words(report):
+    text = report.read_text()
+    for label in ("AST (U/l)", "ALT (U/l)", "CgA (µg/l)", "gamma-GT (U/l)"):
+        assert label in text, label
+    assert "cga_ug_l" not in text and "ggt_u_l" not in text  # no column names of the code
+    assert "percentage points" in text and "How to read this report" in text
+    assert "SUVbw 0-10" in text and "MIP" in text
+
+
+def test_the_development_histogram_spreads_a_narrow_band_over_its_bins():
+    from prrt_utils.patient_report import development_bins
+
+    rng = np.random.default_rng(0)
+    probs = rng.uniform(0.25, 0.45, 200)
+    bins = development_bins(probs, also=0.5)
+    edges = np.arange(bins["start"], bins["end"] + bins["size"], bins["size"])
+    filled = (np.histogram(probs, edges)[0] > 0).sum()
+    assert filled >= 12, "the cohort's spread shows in many bars"
+    assert (np.histogram(probs, np.arange(0, 1.05, 0.05))[0] > 0).sum() <= 5  # what fixed 0.05 bins gave
+    assert bins["start"] < 0.25 and bins["end"] > 0.5  # this patient lies inside
+
+
+def test_the_pet_is_shown_in_a_fixed_suv_window_with_a_mip_and_contributions_in_points():
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from prrt_utils.patient_report import PatientPrediction, _figures
+
+    rng = np.random.default_rng(1)
+    pet = rng.uniform(0, 30, (12, 8, 8)).astype(np.float32)
+    sal = rng.standard_normal((12, 8, 8)).astype(np.float32)
+    effects = pd.DataFrame({"laboratory value": ["cga_ug_l"], "patient": [500.0], "development median": [100.0],
+                            "probability with the median instead": [0.30], "contribution": [0.05]})
+    p = PatientPrediction("x", pd.Series({"prob": 0.35}), {"cga_ug_l": 500.0}, effects, 50.0, pet, sal, "m", [])
+    pkg = SimpleNamespace(development=pd.DataFrame({"prob": rng.uniform(0.2, 0.5, 40), "y_true": [0, 1] * 20}))
+    hist, labs, images = _figures(pkg, p)
+    assert labs.data[0].y == ("CgA (µg/l)",) and labs.data[0].x[0] == pytest.approx(5.0)
+    mip = images.data[0]
+    np.testing.assert_allclose(np.asarray(mip.z), pet.max(axis=1))
+    assert (mip.zmin, mip.zmax) == (0.0, 10.0)
+    assert all(t.zmax == 10.0 for t in images.data if t.colorbar.title.text == "SUVbw")
 
 
 def test_the_report_carries_no_identifying_data(report):
