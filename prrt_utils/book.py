@@ -59,6 +59,7 @@ __all__ = [
     "repo_root",
     "resolve_cohort",
     "run_models",
+    "say_done",
 ]
 
 DATA_CHAPTERS = ("01_cohort", "02_preprocessing")
