@@ -30,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from prrt_utils import store
+
 __all__ = [
     "ANATOMY_CLASSES",
     "MASKED_ORGANS",
@@ -113,7 +115,8 @@ def find_labels(data_dir: str | Path, labels_dir: str | Path = "") -> tuple[Path
 
 def label_map_path(labels_dir: str | Path, patient_id: str) -> Path | None:
     """``<labels_dir>/<patient_id>.nii.gz`` (or ``.nii``) if it exists, else ``None``."""
-    found = [p for p in (Path(labels_dir) / f"{patient_id}.nii.gz", Path(labels_dir) / f"{patient_id}.nii") if p.is_file()]
+    found = [p for p in (store.child(labels_dir, f"{patient_id}.nii.gz"), store.child(labels_dir, f"{patient_id}.nii"))
+             if p.is_file()]
     return found[0] if found else None
 
 

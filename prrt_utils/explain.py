@@ -801,7 +801,7 @@ def load_label_map(data_dir: str | Path, patient_id: str) -> tuple[np.ndarray, n
     from prrt_utils.loading import load_label_map as read_label_map
 
     gt = Path(data_dir) / "ground_truth"
-    path = gt / "labels" / f"{patient_id}.nii.gz"
+    path = store.child(gt / "labels", f"{patient_id}.nii.gz")
     if not path.is_file():
         raise ExplainError(f"{path} not found: no ground-truth labels for {patient_id} (only the synthetic cohort has them)")
     names = {int(k): v for k, v in json.loads((gt / "labels.json").read_text()).items()}
@@ -1396,7 +1396,7 @@ class Explainer:
         h = hashlib.sha256(json.dumps({"ids": list(ids), "v": EXPLAIN_VERSION}).encode())
         for pid in ids:
             h.update(str(index.loc[pid, "sha256"]).encode())
-            h.update(store.sha256_file(self.data_dir / "ground_truth" / "labels" / f"{pid}.nii.gz").encode())
+            h.update(store.sha256_file(store.child(self.data_dir / "ground_truth" / "labels", f"{pid}.nii.gz")).encode())
         return h.hexdigest()
 
     def labels_on_grid(self, patient_ids: Sequence[str]) -> dict[str, Any]:
@@ -1520,7 +1520,7 @@ class Explainer:
                             keep_default_na=False).set_index("patient_id")
         with np.load(self.work_dir / "preprocessed" / index.loc[patient_id, "file"]) as z:
             pet, grid_affine = z["pet"], z["affine"]
-        img = nib.load(str(self.data_dir / "ground_truth" / "suv" / f"{patient_id}.nii.gz"))
+        img = nib.load(str(store.child(self.data_dir / "ground_truth" / "suv", f"{patient_id}.nii.gz")))
         lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ np.asarray(img.affine, dtype=float)
         suv = resample(np.asarray(img.get_fdata(dtype=np.float32)), lps, TargetGrid(grid_affine, pet.shape, "stored"))
         inside = pet > 0

@@ -96,3 +96,15 @@ def test_the_uptake_count_encoder_equals_its_dense_definition_and_passes_gradien
     assert torch.allclose(out, ref, atol=1e-5)
     out.sum().backward()
     assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+def test_a_label_map_lookup_never_leaves_its_folder(tmp_path):
+    from prrt_utils.anatomy import label_map_path
+    from prrt_utils.store import UnsafePathError
+
+    outside = tmp_path / "victim.nii.gz"
+    outside.write_bytes(b"not a label map")
+    (tmp_path / "labels").mkdir()
+    with pytest.raises(UnsafePathError):
+        label_map_path(tmp_path / "labels", "../victim")
+    assert label_map_path(tmp_path, "victim") == outside
