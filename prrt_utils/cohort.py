@@ -410,15 +410,6 @@ def load_clinical(path: str | Path, cfg: CohortConfig | None = None) -> tuple[pd
 # --------------------------------------------------------------------------- stage entry point
 
 
-def _utf8(name: str) -> bool:
-    """False for a file name that is not UTF-8 on disk (Python holds its bytes as surrogates)."""
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
 def _imaging_listing(imaging: Path) -> dict[str, bool]:
     """``folder name -> contains at least one file`` for every visible sub-folder of ``imaging``."""
     if not imaging.is_dir():
@@ -520,7 +511,7 @@ def build_cohort(cfg: CohortConfig, data_dir: str | Path, work_dir: str | Path) 
             img_rows.append((pid, STAGE, msg))
     all_ids = set(read_clinical_text(clinical)["patient_id"].str.strip())
     for name in listing:
-        if not _utf8(name):
+        if not store.is_utf8_name(name):
             shown = os.fsencode(name).decode("utf-8", "backslashreplace")
             msg = f"patient {shown}: imaging folder whose name is not UTF-8 text; rename it to the study id"
             if stop:

@@ -755,14 +755,6 @@ def _folder_ids(source: CohortSource) -> list[str]:
     return out
 
 
-def _utf8(name: str) -> bool:
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
 def _listing_key(source: CohortSource) -> str:
     h = hashlib.sha256()
     roots = [source.imaging_path]
@@ -844,7 +836,7 @@ def intake(source: CohortSource, out_dir: str | Path) -> Path:
 
     mapping: dict[str, str] = {}
     if hide:
-        distinct = sorted({v for v in raw_ids if v} | {v for v in _folder_ids(source) if _utf8(v)})
+        distinct = sorted({v for v in raw_ids if v} | {v for v in _folder_ids(source) if store.is_utf8_name(v)})
         mapping = {v: pseudonym(v, salt) for v in distinct}
         if len(set(mapping.values())) != len(mapping):
             raise IntakeError("two ids give the same pseudonym: delete the salt file to draw a new salt")
@@ -893,7 +885,7 @@ def intake(source: CohortSource, out_dir: str | Path) -> Path:
                 if why:
                     rows.append((pid, str(line), "ct_labels", why))
         for raw_id in _folder_ids(source):
-            if not _utf8(raw_id):  # listed by the cohort stage as a folder without a row, never linked
+            if not store.is_utf8_name(raw_id):  # listed by the cohort stage as a folder without a row, never linked
                 shown = os.fsencode(raw_id).decode("utf-8", "backslashreplace")
                 (partial / "imaging" / shown.replace("/", "_")).mkdir(parents=True, exist_ok=True)
                 rows.append((shown, "", "imaging", "imaging folder whose name is not UTF-8 text (not linked)"))
@@ -1086,7 +1078,7 @@ def check(
 
     imaging = data / "imaging"
     folders = {p.name for p in imaging.iterdir() if p.is_dir()} if imaging.is_dir() else set()
-    folders = {f for f in folders if _utf8(f)}
+    folders = {f for f in folders if store.is_utf8_name(f)}
     with_files = {name for name in folders if any(q.is_file() for q in (imaging / name).rglob("*"))}
     ids = [pid for pid in dict.fromkeys(table["patient_id"]) if pid and pid in with_files and not patient_id_problem(pid)]
     from prrt_utils.anatomy import SYNTHETIC_LABEL_MAP, find_labels, label_map_path

@@ -95,6 +95,15 @@ class UnsafePathError(ValueError):
     """A name that would lead a path out of its folder (a separator, ``..``, an absolute path)."""
 
 
+def is_utf8_name(name: str) -> bool:
+    """False for a file name that is not UTF-8 on disk (Python holds its bytes as surrogates)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def child(folder: str | Path, name: str) -> Path:
     """``folder / name``, refusing any ``name`` that is not one plain entry of ``folder``.
 
