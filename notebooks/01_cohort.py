@@ -38,6 +38,11 @@
 # export. The paper's numbers always describe the real Charité cohort of 116 patients; the two
 # agree in their general shape by construction, not in every detail.
 
+# %% [markdown]
+# ```{glue:md} key_findings
+# :format: myst
+# ```
+
 # %% tags=["parameters"]
 data_dir = "data/synthetic"
 work_dir = "work"
@@ -52,7 +57,7 @@ setup_notebook(data_dir)
 # %%
 from IPython.display import Markdown, display
 
-from prrt_utils import cohort, paper
+from prrt_utils import cohort, findings, paper
 from prrt_utils.cohort import CohortConfig, build_cohort
 
 cfg = CohortConfig(pfs_threshold_months=float(pfs_threshold_months), on_error=on_error)
@@ -167,3 +172,6 @@ exclusions if len(exclusions) else Markdown("No patient was excluded at this sta
 #   15.7 months (9.1–26.7).
 # * The PFS group defined here (`pfs_short`) is the target of every model in the following
 #   chapters; PRRT cycles and the outcome itself are never model inputs.
+
+# %%
+findings.cohort_findings(table, km, thr, len(exclusions)).glue()

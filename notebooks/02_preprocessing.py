@@ -41,6 +41,11 @@
 # of the training data; we fit those statistics inside each cross-validation fold, on its training
 # patients only (chapter 03), so that no test patient influences them.
 
+# %% [markdown]
+# ```{glue:md} key_findings
+# :format: myst
+# ```
+
 # %% tags=["parameters"]
 data_dir = "data/synthetic"
 work_dir = "work"
@@ -57,7 +62,7 @@ from pathlib import Path
 
 from IPython.display import Markdown, display
 
-from prrt_utils import preprocess
+from prrt_utils import findings, preprocess
 from prrt_utils.preprocess import PreprocessConfig, run_preprocessing
 
 cfg = PreprocessConfig(on_error=on_error)
@@ -160,3 +165,6 @@ exclusions if len(exclusions) else Markdown("No patient was excluded at this sta
 # * The figures above are the check that PET and CT are aligned, that the box sits on the
 #   trunk and that harmonisation removed the differences between scanners and injections.
 # * Intensity normalisation is deliberately left to the training of each fold (chapter 03).
+
+# %%
+findings.preprocessing_findings(index).glue()

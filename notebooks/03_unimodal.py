@@ -31,6 +31,11 @@
 # * on the synthetic cohort, the ceiling of each model's inputs (a logistic regression on their true
 #   values, fitted fold by fold) and the Bayes ceiling: the best AUROC any model could reach.
 
+# %% [markdown]
+# ```{glue:md} key_findings
+# :format: myst
+# ```
+
 # %% tags=["parameters"]
 work_dir = "work"
 data_dir = "data/synthetic"
@@ -44,7 +49,7 @@ setup_notebook(data_dir)
 # %%
 from IPython.display import display
 
-from prrt_utils import grid, metrics
+from prrt_utils import findings, grid, metrics
 from prrt_utils.cohort import read_cohort
 
 names, paper = metrics.paper_reference()
@@ -125,3 +130,6 @@ else:
 # values and, on synthetic data, beside the ceiling of what each model sees. In the synthetic
 # cohort the laboratory values and the images each carry a different part of the prognosis (the
 # synthetic-cohort page gives the equations); the next chapter fuses them.
+
+# %%
+findings.model_findings(results, ceiling, names).glue()

@@ -29,6 +29,11 @@
 # * whether the "pretrained" model's CT branch was actually pretrained in this run;
 # * the paper's Table 2 (real cohort) beside our numbers (this cohort), and the Bayes ceiling.
 
+# %% [markdown]
+# ```{glue:md} key_findings
+# :format: myst
+# ```
+
 # %% tags=["parameters"]
 work_dir = "work"
 data_dir = "data/synthetic"
@@ -43,7 +48,7 @@ setup_notebook(data_dir)
 # %%
 from IPython.display import Markdown, display
 
-from prrt_utils import grid, metrics
+from prrt_utils import findings, grid, metrics
 from prrt_utils.cohort import read_cohort
 from prrt_utils.models import get_spec
 
@@ -194,3 +199,6 @@ else:
 # Where the "pretrained" model's CT branch started, and what pretraining changed against the same
 # network from scratch on the same folds, are stated above. Chapter 05 tests whether the model
 # families differ.
+
+# %%
+findings.model_findings(with_baseline, ceiling, names, comparisons=[(primary, baseline)]).glue()

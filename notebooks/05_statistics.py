@@ -32,6 +32,11 @@
 # The paper's numbers come from its real cohort of 116 patients; ours come from the cohort this book
 # ran on (by default a synthetic one). Only the pattern can be compared, not the values.
 
+# %% [markdown]
+# ```{glue:md} key_findings
+# :format: myst
+# ```
+
 # %% tags=["parameters"]
 work_dir = "work"
 data_dir = "data/synthetic"
@@ -50,7 +55,7 @@ setup_notebook(data_dir)
 import pandas as pd
 from IPython.display import Markdown, display
 
-from prrt_utils import explain, grid, metrics, stats
+from prrt_utils import explain, findings, grid, metrics, stats
 from prrt_utils.cohort import read_cohort
 
 names, paper = metrics.paper_reference()
@@ -220,3 +225,7 @@ except ImportError:
 # where the two disagree, and the disagreements are listed above. The Kaplan-Meier curves show
 # whether the chosen model's predicted groups differ in progression-free survival, for one typical
 # repeat and, in the table, for every repeat.
+
+# %%
+fams = findings.family_findings(comparisons["fold"]) if comparisons else findings.KeyFindings(())
+fams.plus(findings.km_finding(km, km_name, names)).glue()

@@ -33,6 +33,11 @@
 #
 # Expensive results are cached in `WORK/explain/`, keyed by the stored models, so a rebuild is fast.
 
+# %% [markdown]
+# ```{glue:md} key_findings
+# :format: myst
+# ```
+
 # %% tags=["parameters"]
 work_dir = "work"
 data_dir = "data/synthetic"
@@ -59,7 +64,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from IPython.display import display
 
-from prrt_utils import explain, grid, metrics, stats
+from prrt_utils import explain, findings, grid, metrics, stats
 
 names, _ = metrics.paper_reference()
 models = list(models) or explain.available_models(work_dir)
@@ -269,3 +274,7 @@ if has_truth and pet_models:
 # compare PET only with PET fusion over a whole repeat, beside the paper's values for its real
 # cohort. On the synthetic cohort the true outlines turn the paper's visual impression into numbers:
 # the share of saliency on lesions against that on kidneys, spleen, bladder and liver.
+
+# %%
+findings.saliency_findings(mass, names).glue() if has_truth and pet_models else findings.KeyFindings((
+    "No ground-truth label maps: a real cohort has none, so where the saliency falls is shown, not scored.",)).glue()

@@ -39,6 +39,11 @@
 # The classification models are not retrained here: their stored out-of-fold predictions are read
 # from the results folder. The survival models are fitted here once and cached.
 
+# %% [markdown]
+# ```{glue:md} key_findings
+# :format: myst
+# ```
+
 # %% tags=["parameters"]
 work_dir = "work"
 data_dir = "data/synthetic"
@@ -63,7 +68,7 @@ import pandas as pd
 from IPython.display import Markdown, display
 
 from prrt_utils import calibration as cal
-from prrt_utils import explain, grid, metrics
+from prrt_utils import explain, findings, grid, metrics
 from prrt_utils import survival as sv
 
 t_start, cpu_start = time.perf_counter(), time.process_time()
@@ -370,3 +375,6 @@ display(Markdown("\n".join(lines)))
 # decision curves and the DeLong tests say how far the classification models' probabilities can be
 # taken at face value, whether acting on them would help, and which of the differences between
 # models are larger than the play of chance in about a hundred patients.
+
+# %%
+findings.survival_findings(per, calib_mean if predictions is not None else per.iloc[:0], names).glue()

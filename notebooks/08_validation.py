@@ -34,6 +34,11 @@
 # in cross-validation, and calibration to move (the model reads higher CgA as higher risk), which
 # recalibration in the large repairs without changing the ranking.
 
+# %% [markdown]
+# ```{glue:md} key_findings
+# :format: myst
+# ```
+
 # %% tags=["parameters"]
 work_dir = "work"
 data_dir = "data/synthetic"
@@ -55,7 +60,7 @@ from pathlib import Path
 import pandas as pd
 from IPython.display import HTML, Markdown, display
 
-from prrt_utils import metrics, package, validation
+from prrt_utils import findings, metrics, package, validation
 from prrt_utils.training import TrainConfig
 
 names, _ = metrics.paper_reference()
@@ -208,3 +213,7 @@ if ready:
 # discrimination, calibration, clinical value and the cohort shift are reported above, each
 # computed on that cohort. Whether the expectation stated in the overview held is for the reader to
 # check against the tables: they are computed, not written.
+
+# %%
+(findings.validation_findings(disc, cv.get(validation_model), cal, validation_model, names) if ready else
+ findings.KeyFindings(("No validation cohort: nothing to report.",))).glue()

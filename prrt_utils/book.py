@@ -16,7 +16,8 @@ Order (the data flow of DESIGN.md):
    outcome; for the synthetic cohort an independent synthetic population) when a model
    starts its CT branch from it, then ``train_model`` once per model (papermill parameter ``model``), each run
    training or resuming that model's folds (:func:`run_models`);
-4. ``03_unimodal``, ``04_fusion``, ``05_statistics``, ``06_explainability`` (read
+4. ``00_summary`` (the results-first answer, placed right after the introduction),
+   ``03_unimodal``, ``04_fusion``, ``05_statistics``, ``06_explainability`` (read
    stored results; never retrain), ``07_survival`` (survival models on the same folds),
    ``08_validation`` (a model package applied to the synthetic second centre, generated
    beside the synthetic cohort); these and the model pages read only what the
@@ -64,7 +65,7 @@ __all__ = [
 
 DATA_CHAPTERS = ("01_cohort", "02_preprocessing")
 ANALYSIS_CHAPTERS = (
-    "03_unimodal", "04_fusion", "05_statistics", "06_explainability", "07_survival", "08_validation",
+    "00_summary", "03_unimodal", "04_fusion", "05_statistics", "06_explainability", "07_survival", "08_validation",
     "90_reproducibility",
 )
 TRAIN_TEMPLATE = "train_model"

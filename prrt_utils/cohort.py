@@ -60,6 +60,7 @@ __all__ = [
     "CLINICAL_COLUMNS",
     "FORBIDDEN_INPUTS",
     "LAB_COLUMNS",
+    "LAB_LABELS",
     "CohortConfig",
     "CohortError",
     "KMResult",
@@ -81,6 +82,10 @@ __all__ = [
 
 LAB_COLUMNS: tuple[str, ...] = ("ast_u_l", "alt_u_l", "cga_ug_l", "ggt_u_l")
 """Laboratory inputs of every model (paper 2.5: AST, ALT, CgA, GGT), units in the names."""
+
+LAB_LABELS: dict[str, str] = {"ast_u_l": "AST (U/l)", "alt_u_l": "ALT (U/l)", "cga_ug_l": "CgA (µg/l)",
+                              "ggt_u_l": "gamma-GT (U/l)"}
+"""Each laboratory column in a clinician's words, with its unit (pages and reports)."""
 
 FORBIDDEN_INPUTS: tuple[str, ...] = ("prrt_cycles", "pfs_months", "event", "pfs_short")
 """Columns measured after baseline or derived from the outcome: never a model input."""

@@ -581,6 +581,9 @@ def paper_reference() -> tuple[dict[str, str], pd.DataFrame | None]:
         if isinstance(getattr(paper, attr, None), dict):
             names = dict(getattr(paper, attr))
             break
+    from prrt_utils.models import BASELINE_NAMES
+
+    names.update(BASELINE_NAMES)
     table = None
     if hasattr(paper, "paper_table2"):
         raw = paper.paper_table2()

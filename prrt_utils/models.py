@@ -87,6 +87,7 @@ __all__ = [
     "LAB_COLUMNS",
     "PAPER_MODEL_KEYS",
     "BASELINE_KEYS",
+    "BASELINE_NAMES",
     "ConvEncoder",
     "FusionHead",
     "FusionNet",
@@ -122,6 +123,10 @@ PAPER_MODEL_KEYS: tuple[str, ...] = MODEL_KEYS
 
 BASELINE_KEYS: tuple[str, ...] = ("lr_labs", "radiomics_lr")
 """Baselines beside the paper's seven (``models/*.yaml``): logistic regressions on the labs and on PET radiomics."""
+
+BASELINE_NAMES: dict[str, str] = {"lr_labs": "Logistic regression (labs)",
+                                  "radiomics_lr": "Logistic regression (PET radiomics)"}
+"""Name of each baseline in the book's tables and figures (the paper's seven: ``paper.DISPLAY_NAMES``)."""
 
 KINDS = ("random_forest", "logistic", "cnn")
 ENCODERS = ("convnet", "resnet10", "segresnet")

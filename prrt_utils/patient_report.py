@@ -40,13 +40,11 @@ import pandas as pd
 import torch
 
 from prrt_utils import store
+from prrt_utils.cohort import LAB_LABELS
 from prrt_utils.package import ModelPackage, PackageError
 
 __all__ = ["HOW_TO_READ", "LAB_LABELS", "PET_WINDOW", "PatientPrediction", "development_bins", "lab_label",
            "parse_labs", "predict_patient", "write_report"]
-
-#: Laboratory columns in a clinician's words, with units.
-LAB_LABELS = {"ast_u_l": "AST (U/l)", "alt_u_l": "ALT (U/l)", "cga_ug_l": "CgA (µg/l)", "ggt_u_l": "gamma-GT (U/l)"}
 
 #: PET window of the report's images: SUVbw 0-10, dark uptake on white, as a nuclear-medicine reader sets it.
 PET_WINDOW = (0.0, 10.0)

@@ -6,7 +6,8 @@ its JavaScript in the notebook (a ``notebook`` renderer without the MathJax CDN 
 cannot reach), which a live notebook needs; for the book, ``prrt book`` drops that
 copy from the executed page and the book loads one shared copy from its ``_static``
 folder (:func:`prrt_utils.book.prepare_for_book`, :mod:`prrt_utils.sphinx_plotly`).
-It also sets table display options and prints which cohort the chapter ran on, so
+It also makes every displayed table a table for readers (:mod:`prrt_utils.tables`: no
+row-number index, rounded numbers, column names in words) and prints which cohort the chapter ran on, so
 that no page of results can be mistaken for the paper's real cohort.
 
 :func:`environment_report` and :func:`data_fingerprint` give the versions, seed
@@ -24,6 +25,7 @@ from pathlib import Path
 import pandas as pd
 
 from prrt_utils import store
+from prrt_utils.tables import use_reader_tables
 
 __all__ = ["PACKAGES", "data_fingerprint", "data_source", "environment_report", "setup_notebook", "stage_configs"]
 
@@ -79,6 +81,7 @@ def setup_notebook(data_dir: str | Path | None = None) -> None:
     pd.set_option("display.max_rows", 200)
     pd.set_option("display.max_columns", 50)
     pd.set_option("display.width", 200)
+    use_reader_tables()
     if data_dir is not None:
         from IPython.display import Markdown, display
 

@@ -325,12 +325,56 @@ def test_chapters_show_no_parameters_cell_and_no_visible_code(built_book: Path):
         assert inputs > 0 and folded == inputs, f"{name}: {inputs - folded} of {inputs} code cells are not folded"
 
 
+def _row_number_tables(text: str) -> int:
+    """Tables whose index only numbers the rows: integers as every row's header and no name for that index.
+
+    A named integer index (``repeat``, ``fold``) is data and allowed: pandas' Styler marks its name
+    ``index_name``, pandas' own HTML puts it first in a second header row.
+    """
+    count = 0
+    for table in re.findall(r"<table.*?</table>", text, flags=re.S):
+        head, _, body = table.partition("</thead>")
+        rows = re.findall(r"<tr[^>]*>\s*<th[^>]*>(.*?)</th>", body, flags=re.S)
+        header_rows = re.findall(r"<tr[^>]*>\s*<th[^>]*>(.*?)</th>", head, flags=re.S)
+        named = "index_name" in head or any(h.strip() not in ("", "&nbsp;") for h in header_rows[1:])
+        if rows and all(r.strip().isdigit() for r in rows) and not named:
+            count += 1
+    return count
+
+
+@pytest.mark.slow
+def test_the_answer_comes_first_every_chapter_opens_with_key_findings_and_no_table_numbers_its_rows(
+        built_book: Path):
+    html = built_book / "_build" / "html"
+    intro = (html / "book" / "intro.html").read_text()
+    following = re.search(r'<a class="right-next"\s+href="([^"]+)"', intro)
+    assert following and following.group(1).endswith("executed/00_summary.html"), "the answer is not the second page"
+    summary = (html / "book" / "executed" / "00_summary.html").read_text()
+    assert "The answer" in summary and "corrected resampled t-test" in summary and "Plotly.newPlot" in summary
+    assert "Bayes ceiling" in summary  # the synthetic cohort: every model against the best possible
+    for name in ("01_cohort", "02_preprocessing", "03_unimodal", "04_fusion", "05_statistics", "06_explainability",
+                 "07_survival", "08_validation"):
+        text = (html / "book" / "executed" / f"{name}.html").read_text()
+        box = text.find("Key findings")
+        assert box > 0, f"{name}: no key findings box"
+        assert box < text.find('class="cell_output'), f"{name}: the key findings come after a result"
+    offenders = {p.name: n for p in _book_pages(html) if (n := _row_number_tables(p.read_text()))}
+    assert not offenders, f"tables with a row-number index: {offenders}"
+
+
 @pytest.mark.slow
 @pytest.mark.browser
 def test_code_is_folded_and_images_can_be_explored_without_a_kernel(built_book: Path, offline_browser):
     html = built_book / "_build" / "html"
     page = offline_browser.page
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+
+    # the answer, second page of the book: its figure drawn offline (a screenshot for a reviewer)
+    offline_browser.open(html / "book" / "executed" / "00_summary.html")
+    page.wait_for_selector(".js-plotly-plot .main-svg", timeout=20000)
+    assert page.locator(".admonition", has_text="The answer").first.is_visible()
+    assert page.evaluate("() => document.querySelector('.js-plotly-plot').data.length") >= 3
+    page.screenshot(path=str(SCREENSHOTS / "00_summary.png"), full_page=True)
 
     offline_browser.open(html / "book" / "executed" / "03_unimodal.html")
     page.wait_for_selector(".js-plotly-plot .main-svg", timeout=20000)
