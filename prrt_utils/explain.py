@@ -868,8 +868,12 @@ def region_fractions(labels: np.ndarray, affine: np.ndarray, grid_affine: np.nda
 # --------------------------------------------------------------------------- figures of chapter 06
 
 
-def umap_figure(frame: pd.DataFrame, names: Mapping[str, str] | None = None, cols: int = 3) -> Any:
-    """One UMAP panel per model, points coloured by class, test patients as crosses (plotly)."""
+def umap_figure(frame: pd.DataFrame, names: Mapping[str, str] | None = None, cols: int = 2) -> Any:
+    """One UMAP panel per model, points coloured by class, test patients as crosses (plotly).
+
+    Two panels a row, each title on two lines (name, silhouette): on a book page of about
+    700 pixels, three long model names a row ran into each other.
+    """
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
@@ -879,8 +883,10 @@ def umap_figure(frame: pd.DataFrame, names: Mapping[str, str] | None = None, col
     for m in models:
         sub = frame[frame["model"] == m]
         sil = sub["silhouette"].iloc[0] if "silhouette" in sub else math.nan
-        titles.append(f"{(names or {}).get(m, m)} (silhouette {sil:.2f})")
-    fig = make_subplots(rows=rows, cols=min(cols, len(models)), subplot_titles=titles)
+        titles.append(f"{(names or {}).get(m, m)}<br>silhouette {sil:.2f}")
+    fig = make_subplots(rows=rows, cols=min(cols, len(models)), subplot_titles=titles, vertical_spacing=0.3 / rows,
+                        horizontal_spacing=0.06)
+    fig.update_annotations(font_size=12)
     style = {0: ("#1f77b4", "PFS > 12 months"), 1: ("#d62728", "PFS <= 12 months")}
     for i, m in enumerate(models):
         r, c = i // cols + 1, i % cols + 1
@@ -894,7 +900,7 @@ def umap_figure(frame: pd.DataFrame, names: Mapping[str, str] | None = None, col
                                      hovertemplate="%{text}<extra></extra>"), row=r, col=c)
     fig.update_xaxes(showticklabels=False)
     fig.update_yaxes(showticklabels=False)
-    fig.update_layout(height=330 * rows, legend={"orientation": "h", "y": -0.08}, margin={"t": 40})
+    fig.update_layout(height=340 * rows, legend={"orientation": "h", "y": -0.08}, margin={"t": 60})
     return fig
 
 
