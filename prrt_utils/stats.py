@@ -23,7 +23,8 @@ Paper sections implemented
 Libraries used: scipy.stats (Mann-Whitney U, Student t, KS, Wasserstein, energy
 distance), scipy.spatial.distance (Jensen-Shannon), lifelines (Kaplan-Meier,
 log-rank). Written by hand because no installed maintained library provides
-them: the Bonferroni adjustment (one line; statsmodels is not a dependency),
+them: the Bonferroni adjustment (one line, which keeps a NaN p-value as a test: statsmodels'
+``multipletests`` does not),
 Cliff's delta (from the Mann-Whitney U), the corrected resampled t-test, the
 Bhattacharyya distance and the histogram overlap.
 """
@@ -229,8 +230,8 @@ def cliffs_delta(x: ArrayLike, y: ArrayLike) -> CliffsDeltaResult:
 def bonferroni(pvalues: ArrayLike) -> np.ndarray:
     """Bonferroni-adjusted p-values ``min(1, p * m)`` for ``m`` tests (paper 2.6).
 
-    Written by hand (one line); statsmodels' ``multipletests(method="bonferroni")``
-    gives the same numbers but is not a project dependency.
+    Written by hand (one line): statsmodels' ``multipletests(method="bonferroni")``
+    gives the same numbers on finite p-values but cannot count a NaN as a test.
 
     Parameters
     ----------
