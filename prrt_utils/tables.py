@@ -176,7 +176,14 @@ def reader_table(df: pd.DataFrame | pd.Series, names: Mapping[str, str] | None =
     return styler.set_table_attributes('class="dataframe reader-table"')
 
 
+#: Above this many cells a table is drawn by pandas' plain HTML (no rounding or words), which is fast.
+LARGE = 20_000
+
+
 def _html(df: pd.DataFrame | pd.Series) -> str:
+    if df.size > LARGE:
+        frame = df.to_frame() if isinstance(df, pd.Series) else df
+        return frame.to_html(index=not _row_numbers_only(frame.index), max_rows=200, classes="reader-table")
     return reader_table(df).to_html()
 
 

@@ -83,5 +83,7 @@ def test_the_kernel_draws_every_displayed_dataframe_as_a_reader_table():
         html = bundle["text/html"]
         assert "reader-table" in html and "AUROC mean" in html and "0.751" in html
         assert not re.search(r"<th[^>]*>\s*0\s*</th>", html)
+        large, _ = shell.display_formatter.format(pd.DataFrame({"x": np.arange(30_000)}))
+        assert "reader-table" in large["text/html"] and not re.search(r"<th>\s*0\s*</th>", large["text/html"])
     finally:
         InteractiveShell.clear_instance()
