@@ -1795,7 +1795,7 @@ def _build_patient(cfg: SynthConfig, index: int, cohort: SyntheticCohort, out: P
     rng = _rng(cfg, "phantom", index, 3)
     tmp_root = out / ".partial"
     tmp_root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f"{pid}-", dir=tmp_root))
+    tmp = Path(tempfile.mkdtemp(prefix=f"{store.child(tmp_root, pid).name}-", dir=tmp_root))
     try:
         if cfg.image_format == "dicom":
             pet_dir, ct_dir = _series_folders(tmp, cfg, pid, acq["layout"])
@@ -1836,12 +1836,12 @@ def _build_patient(cfg: SynthConfig, index: int, cohort: SyntheticCohort, out: P
         suv_decoded = bqml_to_suv(decoded, weight, dose, uptake).astype(np.float32)
         affine = pet_grid.nifti_affine()
         store.write_bytes(
-            out / "ground_truth" / "labels" / f"{pid}.nii.gz", _nifti_bytes(to_nifti_array(labels), affine)
+            store.child(out / "ground_truth" / "labels", f"{pid}.nii.gz"), _nifti_bytes(to_nifti_array(labels), affine)
         )
         store.write_bytes(
-            out / "ground_truth" / "suv" / f"{pid}.nii.gz", _nifti_bytes(to_nifti_array(suv_decoded), affine)
+            store.child(out / "ground_truth" / "suv", f"{pid}.nii.gz"), _nifti_bytes(to_nifti_array(suv_decoded), affine)
         )
-        final = out / "imaging" / pid
+        final = store.child(out / "imaging", pid)
         if final.exists():
             shutil.rmtree(final)
         final.parent.mkdir(parents=True, exist_ok=True)
@@ -1853,9 +1853,9 @@ def _build_patient(cfg: SynthConfig, index: int, cohort: SyntheticCohort, out: P
 
 def _patient_done(out: Path, pid: str) -> bool:
     return (
-        (out / "imaging" / pid).is_dir()
-        and (out / "ground_truth" / "labels" / f"{pid}.nii.gz").is_file()
-        and (out / "ground_truth" / "suv" / f"{pid}.nii.gz").is_file()
+        store.child(out / "imaging", pid).is_dir()
+        and store.child(out / "ground_truth" / "labels", f"{pid}.nii.gz").is_file()
+        and store.child(out / "ground_truth" / "suv", f"{pid}.nii.gz").is_file()
     )
 
 

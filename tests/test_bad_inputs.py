@@ -306,3 +306,58 @@ def test_an_unexpected_error_leaves_a_scrubbed_traceback_in_the_work_folder(
     assert "broken" in log  # the frame that raised is named
     for secret in (LEADING_ZERO_UID, str(corpus), str(tmp_path)):
         assert secret not in reason and secret not in log
+
+
+def test_prrt_check_keeps_a_scrubbed_traceback_of_an_unexpected_error_in_its_work_folder(
+    corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    # prrt check has no stage folder of its own: --work names where the debug log goes, as for preprocess
+    folder = corpus / "imaging" / "PRRT-001"
+
+    def broken(*args, **kwargs):
+        raise ValueError(f"cannot use {LEADING_ZERO_UID!r} from {folder / 'pet'}")
+
+    monkeypatch.setattr(P, "prepare_patient", broken)
+    (tmp_path / "cohort.yaml").write_text(
+        f"name: corpus\nclinical_table: {corpus / 'clinical.csv'}\nimaging_dir: {corpus / 'imaging'}\n"
+        "pseudonymise: never\nencoding: latin-1\n"
+    )
+    work = tmp_path / "work"
+    assert cli.main(["check", str(tmp_path / "cohort.yaml"), "--work", str(work), "--jobs", "1", "--quiet"]) == 1
+    printed = capsys.readouterr()
+    line = next(s for s in printed.out.splitlines() if s.startswith("PRRT-001 (line 2): "))
+    assert "unexpected ValueError: cannot use" in line and "logs/debug.log of the work folder" in line
+    log = (work / "logs" / "debug.log").read_text()
+    assert "Traceback" in log and "check patient PRRT-001" in log and "broken" in log
+    assert sorted(p.name for p in work.rglob("*") if p.is_file()) == ["debug.log"]  # nothing else is written
+    for secret in (LEADING_ZERO_UID, str(corpus), str(tmp_path)):
+        assert secret not in log and secret not in printed.out + printed.err
+    # without a work folder (the library call) the reason points to -v instead, and nothing is written
+    result = check(CohortSource.load(tmp_path / "cohort.yaml"), n_jobs=1)
+    reason = result.set_index("patient_id").at["PRRT-001", "reason"]
+    assert "prrt check -v shows the traceback" in reason
+
+
+def test_every_path_named_after_a_patient_refuses_an_id_that_leaves_its_folder(tmp_path: Path) -> None:
+    # the cohort stage refuses such ids first; each join must refuse them anyway (issue 16: never lose a file)
+    from prrt_utils import anatomy, synth
+
+    work = tmp_path / "work"
+    out = work / "preprocessed"
+    (out / "cache").mkdir(parents=True)
+    (work / "victim.json").write_text("{}")
+    for bad in ("../victim", "..", "a/b"):
+        with pytest.raises(store.UnsafePathError):
+            P._cached(out, bad, "", PreprocessConfig())  # cache/<id>.json
+        with pytest.raises(store.UnsafePathError):
+            anatomy.label_map_path(tmp_path, bad)  # ct_labels/<id>.nii.gz
+        with pytest.raises(store.UnsafePathError):
+            synth._patient_done(tmp_path, bad)  # imaging/<id>, ground_truth/*/<id>.nii.gz
+        with pytest.raises(store.UnsafePathError):
+            P.harmonisation_summary(tmp_path / "imaging", [bad])
+    # an index.csv edited by hand cannot lead a read elsewhere either
+    pd.DataFrame({"patient_id": ["PRRT-001"], "status": ["ok"], "reason": [""], "file": ["../victim.json"],
+                  "sha256": [""]}).to_csv(out / "index.csv", index=False)
+    with pytest.raises(store.UnsafePathError):
+        load_volumes(work, ["PRRT-001"])
+    assert (work / "victim.json").read_text() == "{}"
