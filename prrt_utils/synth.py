@@ -63,6 +63,7 @@ import pandas as pd
 from prrt_utils import store
 from prrt_utils.cohort import CLINICAL_COLUMNS  # the columns of clinical.csv: the cohort stage owns them
 from prrt_utils.config import SEED, Config
+from prrt_utils.log import get_logger
 
 __all__ = [
     "CLINICAL_COLUMNS",
@@ -1911,6 +1912,7 @@ def generate_cohort(
     if marker.exists():
         done = json.loads(marker.read_text())
         if done.get("config_hash") == cfg.hash() and cfg_path.exists():
+            get_logger("synth").debug(f"synthetic cohort of the same configuration found complete in {out}: reused")
             return out
     if (
         cfg_path.exists()
@@ -1942,14 +1944,19 @@ def generate_cohort(
     todo = [i for i, pid in enumerate(ids) if not _patient_done(out, pid)]
     from tqdm.auto import tqdm
 
+    log = get_logger("synth")
+    log.debug(f"{len(ids) - len(todo)} of {len(ids)} synthetic patients already written; writing {len(todo)} "
+              f"({cfg.image_format}, {n_jobs} worker(s))")
     bar = tqdm(total=len(ids), initial=len(ids) - len(todo), desc="synthetic patients", disable=not progress)
     if n_jobs > 1 and len(todo) > 1:
         with ProcessPoolExecutor(max_workers=n_jobs) as pool:
-            for _ in pool.map(_build_patient_job, [(cfg, i, cohort, out) for i in todo]):
+            for i, _ in zip(todo, pool.map(_build_patient_job, [(cfg, i, cohort, out) for i in todo]), strict=True):
+                log.debug(f"patient {ids[i]} written")
                 bar.update()
     else:
         for i in todo:
             _build_patient_checked(cfg, i, cohort, out)
+            log.debug(f"patient {ids[i]} written")
             bar.update()
     bar.close()
     if (out / ".partial").exists():
