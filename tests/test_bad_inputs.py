@@ -20,10 +20,12 @@ import pandas as pd
 import pytest
 from make_bad_inputs import (
     CASES,
+    LABEL_CODES,
     LATIN1_NOTE,
     LEADING_ZERO_UID,
     NON_UTF8_FOLDER,
     OTHER_PATIENT_ID,
+    WITH_LABEL_MAP,
     Case,
     main,
 )
@@ -40,6 +42,9 @@ PLANTED = (*fac.FAKE_PHI.values(), OTHER_PATIENT_ID, LEADING_ZERO_UID)
 """Identifying strings of the corpus: none may reach a message, a log or an output."""
 
 BY_ID = {c.patient_id: c for c in CASES}
+
+_LABELS_YAML = "ct_labels: {}/ct_labels/{{id}}.nii.gz\nct_label_codes: ['0:background', '1:body', '3:liver']\n"
+"""The corpus's CT label maps in a cohort YAML (the liver SUV rule needs them, in prrt check as in preprocessing)."""
 
 
 @pytest.fixture(scope="module")
@@ -104,8 +109,10 @@ def test_each_broken_image_is_excluded_by_preprocessing_with_its_reason(
     assert len(reasons) == 1 and case.expect in reasons[0], reasons
     # the same problem as an error naming the patient (what on_error="stop" raises), from the one function
     # that gives the stage's and prrt check's verdict
+    pid = case.patient_id
+    labels = (str(corpus / "ct_labels" / f"{pid}.nii.gz"), LABEL_CODES) if pid in WITH_LABEL_MAP else None
     with pytest.raises(InputError) as err:
-        prepare_patient(corpus / "imaging" / case.patient_id, case.patient_id, PreprocessConfig())
+        prepare_patient(corpus / "imaging" / pid, pid, PreprocessConfig(), labels=labels)
     assert str(err.value).startswith(f"patient {case.patient_id}: ") and case.expect in str(err.value)
     assert str(corpus) not in str(err.value) and not any(s in str(err.value) for s in PLANTED)
 
@@ -165,7 +172,7 @@ def test_nothing_that_looks_whole_is_written_for_a_failed_patient(stages: dict) 
 def test_prrt_check_agrees_with_the_stages_patient_by_patient(corpus: Path, tmp_path: Path) -> None:
     (tmp_path / "cohort.yaml").write_text(
         f"name: corpus\nclinical_table: {corpus / 'clinical.csv'}\nimaging_dir: {corpus / 'imaging'}\n"
-        "pseudonymise: never\nencoding: latin-1\nregistered_pet_ct: [PRRT-036]\n"
+        "pseudonymise: never\nencoding: latin-1\nregistered_pet_ct: [PRRT-036]\n" + _LABELS_YAML.format(corpus)
     )
     result = check(CohortSource.load(tmp_path / "cohort.yaml"), n_jobs=2)
     usable = set(result.loc[result["usable"], "patient_id"])
@@ -183,7 +190,7 @@ def test_prrt_check_and_preprocessing_give_the_same_verdict_for_every_patient_wi
     # the verdict of check --quick (headers only) may only be milder; the full check is the stage's own
     (tmp_path / "cohort.yaml").write_text(
         f"name: corpus\nclinical_table: {corpus / 'clinical.csv'}\nimaging_dir: {corpus / 'imaging'}\n"
-        "pseudonymise: never\nencoding: latin-1\nregistered_pet_ct: [PRRT-036]\n"
+        "pseudonymise: never\nencoding: latin-1\nregistered_pet_ct: [PRRT-036]\n" + _LABELS_YAML.format(corpus)
     )
     result = check(CohortSource.load(tmp_path / "cohort.yaml"), n_jobs=2).set_index("patient_id")
     index = stages["index"].set_index("patient_id")
@@ -208,6 +215,9 @@ def test_the_qc_table_says_which_tags_gave_the_scan_start_and_the_injection(stag
     assert qc.at["PRRT-042", "pet_injection_from"] == "RadiopharmaceuticalStartTime (date from StartDateTime)"
     assert qc.at["PRRT-036", "pet_ct_registered"] == "True" and qc.at["PRRT-001", "pet_ct_registered"] == "False"
     assert qc.at["PRRT-001", "pet_nuclide"] == "Ga-68"
+    # the liver rule ran where a label map exists (the body's SUV 1 in the liver block), and only there
+    assert float(qc.at["PRRT-001", "liver_suv_median"]) == pytest.approx(1.0, abs=0.02)
+    assert qc.at["PRRT-002", "liver_suv_median"] == ""
 
 
 def test_a_registered_pair_is_refused_unless_the_cohort_allows_it(corpus: Path) -> None:
@@ -346,7 +356,7 @@ def test_every_path_named_after_a_patient_refuses_an_id_that_leaves_its_folder(t
     out = work / "preprocessed"
     (out / "cache").mkdir(parents=True)
     (work / "victim.json").write_text("{}")
-    for bad in ("../victim", "..", "a/b"):
+    for bad in ("../victim", "a/b", "/etc/passwd"):  # ('..' + '.json' is a plain, if odd, name)
         with pytest.raises(store.UnsafePathError):
             P._cached(out, bad, "", PreprocessConfig())  # cache/<id>.json
         with pytest.raises(store.UnsafePathError):
