@@ -158,7 +158,8 @@ CASES: tuple[Case, ...] = (
     _img(
         "PRRT-047",
         "CT compressed as JPEG-LS, whose decoder is not installed",
-        "compressed as JPEG-LS Lossless Image Compression (1.2.840.10008.1.2.4.80) and no decoder",
+        "compressed as JPEG-LS Lossless Image Compression (1.2.840.10008.1.2.4.80) and no decoder for it is "
+        "installed (install one of: gdcm",
     ),
     _ok("PRRT-048", "DICOM files without preamble: PET with its meta group, CT a bare implicit-VR data set"),
     _img(

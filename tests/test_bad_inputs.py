@@ -246,6 +246,30 @@ def test_pydicoms_warnings_about_header_values_never_show_the_value(
     assert LEADING_ZERO_UID not in text and "0123" not in text
 
 
+def test_prrt_check_and_preprocess_print_no_header_value_even_with_v(
+    corpus: Path, tmp_path: Path, capfd: pytest.CaptureFixture
+) -> None:
+    # PRRT-051's UIDs make pydicom warn with the whole UID; PRRT-033's CT names another PatientID
+    import shutil
+
+    data = tmp_path / "data"
+    for pid in ("PRRT-051", "PRRT-033"):
+        shutil.copytree(corpus / "imaging" / pid, data / "imaging" / pid)
+    work = tmp_path / "w"
+    assert cli.main(["preprocess", "--data", str(data), "--work", str(work), "--jobs", "2", "-v"]) == 0
+    (tmp_path / "cohort.yaml").write_text(
+        f"name: two\nclinical_table: {corpus / 'clinical.csv'}\nimaging_dir: {data / 'imaging'}\n"
+        "pseudonymise: never\nencoding: latin-1\n"
+    )
+    assert cli.main(["check", str(tmp_path / "cohort.yaml"), "--work", str(work), "--jobs", "2", "-v"]) == 0
+    said = capfd.readouterr()
+    text = said.out + said.err
+    assert "PRRT-051" in text and "disagree on PatientID" in text  # the run said something, in its own words
+    assert not any(s in text for s in PLANTED) and "0123" not in text
+    logs = "".join(p.read_text() for p in work.rglob("*") if p.is_file() and p.suffix in (".csv", ".json", ".log"))
+    assert not any(s in logs for s in PLANTED)
+
+
 def test_an_id_that_leaves_its_folder_never_touches_a_file_outside_it(corpus: Path, tmp_path: Path) -> None:
     work = tmp_path / "work"
     (work / "preprocessed").mkdir(parents=True)
