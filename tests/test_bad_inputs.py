@@ -395,3 +395,16 @@ def test_every_path_named_after_a_patient_refuses_an_id_that_leaves_its_folder(t
     with pytest.raises(store.UnsafePathError):
         load_volumes(work, ["PRRT-001"])
     assert (work / "victim.json").read_text() == "{}"
+
+
+@pytest.mark.parametrize(
+    "pid",
+    ["../victim", ".hidden", "a/b", "a\\b", "", " PRRT-1", "PRRT-1 ", "PRRT-1.", "x" * 65, "PRRT\x00", "PRRT:1"],
+)
+def test_the_cohort_stage_refuses_an_id_that_cannot_name_a_folder_safely(pid: str) -> None:
+    assert "cannot name a folder safely" in C.patient_id_problem(pid)
+
+
+@pytest.mark.parametrize("pid", ["PRRT-001", "c03", "Patient 7", "A.1_b-2", "x" * 64])
+def test_plain_study_ids_pass_the_id_rule(pid: str) -> None:
+    assert C.patient_id_problem(pid) == ""
