@@ -43,7 +43,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from prrt_utils import store
+from prrt_utils import log, store
 from prrt_utils.config import SEED, Config
 
 __all__ = [
@@ -346,6 +346,7 @@ def execute_notebook(source: str | Path, output: str | Path, parameters: dict[st
     failed = output.with_suffix(".failed.ipynb")
     partial = output.with_name(f".partial.{output.name}")
     t0 = time.perf_counter()
+    log.get_logger("book").debug(f"executing {source.name} into {output.name} with {sorted(params)}")
     try:
         executed = pm.execute_notebook(nb, str(partial), parameters=params, kernel_name=kernel, cwd=str(cwd),
                                        progress_bar=False, log_output=False, extra_arguments=KERNEL_ARGUMENTS)
@@ -369,7 +370,7 @@ def ensure_data(cfg: BookConfig, root: Path, progress: bool = True) -> Path:
         raise BookError(f"{data} has no clinical.csv: point --data at a cohort export (see DESIGN.md)")
     from prrt_utils.synth import SynthConfig, generate_cohort
 
-    print(f"generating the synthetic cohort ({cfg.synth_patients} patients, seed {cfg.seed}) in {data}", flush=True)
+    log.say("book", f"generating the synthetic cohort ({cfg.synth_patients} patients, seed {cfg.seed}) in {data}")
     generate_cohort(SynthConfig(n_patients=cfg.synth_patients, seed=cfg.seed), data, progress=progress,
                     n_jobs=cfg.n_jobs)
     return data
@@ -391,14 +392,17 @@ def ensure_second_centre(cfg: BookConfig, root: Path, progress: bool = True) -> 
     n = max(16, round(cfg.synth_patients * 32 / 116))
     synth_cfg = SynthConfig.second_centre(n_patients=n, seed=cfg.seed + 1)
     if not (data / "complete.json").exists():
-        print(f"generating the synthetic second centre ({n} patients) in {data}", flush=True)
+        log.say("book", f"generating the synthetic second centre ({n} patients) in {data}")
     generate_cohort(synth_cfg, data, progress=progress, n_jobs=cfg.n_jobs)
     return data
 
 
 def say_done(name: str, seconds: float) -> None:
-    """The one line ``make book`` prints for a finished stage or page: its name and its seconds."""
-    print(f"{name + ' ':.<64} {seconds:7.1f} s", flush=True)
+    """The one line ``make book`` prints for a finished stage or page: its name and its seconds.
+
+    A progress line of the ``prrt.book`` logger (:func:`prrt_utils.log.say`): standard output, silenced by ``--quiet``.
+    """
+    log.say("book", f"{name + ' ':.<64} {seconds:7.1f} s")
 
 
 def _record(timings: dict[str, float], root: Path, name: str, seconds: float, say: bool = True) -> None:
@@ -473,7 +477,10 @@ def execute_pages(cfg: BookConfig, root: Path, pages: Sequence[tuple[str, str, d
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     # spawn: the parent has imported torch for training, and forking a process with its threads is unsafe
-    with ProcessPoolExecutor(max_workers=at_once, mp_context=multiprocessing.get_context("spawn")) as pool:
+    # spawned workers start with an unconfigured logger: they get the parent's level (--quiet, -v)
+    level = log.level()
+    init: dict[str, Any] = {} if level is None else {"initializer": log.configure_level, "initargs": (level,)}
+    with ProcessPoolExecutor(max_workers=at_once, mp_context=multiprocessing.get_context("spawn"), **init) as pool:
         futures = {pool.submit(_execute_page, cfg, root, *page): page[0] for page in pages}
         for fut in as_completed(futures):  # one line per page as it finishes
             if fut.exception() is not None:
@@ -549,13 +556,14 @@ def build_html(cfg: BookConfig, root: Path | None = None) -> Path:
     jb = Path(sys.executable).with_name("jupyter-book")
     cmd = [str(jb) if jb.exists() else "jupyter-book", "build", str(root), "--config", str(config_path),
            "--toc", str(root / "_toc.yml"), "--path-output", str(root)]
+    log.get_logger("book").debug(f"building the HTML: {' '.join(cmd[1:3])} (its log: book/executed/build.log)")
     proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True)
-    log = executed / "build.log"
-    store.write_text(log, proc.stdout + proc.stderr)
+    build_log = executed / "build.log"
+    store.write_text(build_log, proc.stdout + proc.stderr)
     index = root / "_build" / "html" / "index.html"
     if proc.returncode != 0 or not index.exists():
         tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-25:])
-        raise BookError(f"jupyter-book build failed (log: {log}):\n{tail}")
+        raise BookError(f"jupyter-book build failed (log: {build_log}):\n{tail}")
     return index
 
 
@@ -563,8 +571,9 @@ def make_book(cfg: BookConfig | None = None, root: str | Path | None = None, exe
               progress: bool = True) -> Path:
     """The whole book: data, every notebook in order, the HTML. Returns the path of ``index.html``.
 
-    Prints one line per stage and per page with its seconds (:func:`say_done`); ``progress``
-    adds tqdm bars (the command line asks for them only on a terminal).
+    Says one line per stage and per page with its seconds (:func:`say_done`, through the ``prrt``
+    logger: ``--quiet`` silences them, ``-v`` adds which notebook runs with which parameters);
+    ``progress`` adds tqdm bars (the command line asks for them only on a terminal).
     """
     cfg = cfg or BookConfig()
     root = repo_root(root)
@@ -585,9 +594,10 @@ def make_book(cfg: BookConfig | None = None, root: str | Path | None = None, exe
 
             if not cfg.ct_init and not population_available(root / cfg.data_dir, cfg.pretrain_data_dir):
                 # said on the pretraining page and on the model's page, not only here
-                print("NO CT PRETRAINING POPULATION outside the study: CT pretraining never uses the study's own "
-                      "patients, so the pretrained model's CT branch is trained FROM SCRATCH in this run (give a "
-                      "separate set with --pretrain-data DIR, or --ct-init PATH)", flush=True)
+                log.get_logger("book").warning(
+                    "NO CT PRETRAINING POPULATION outside the study: CT pretraining never uses the study's own "
+                    "patients, so the pretrained model's CT branch is trained FROM SCRATCH in this run (give a "
+                    "separate set with --pretrain-data DIR, or --ct-init PATH)")
                 cfg = cfg.replace(ct_init="none")
             _record(timings, root, PRETRAIN_PAGE, execute_notebook(root / "notebooks" / f"{PRETRAIN_PAGE}.py",
                                                                    _executed_dir(root) / f"{PRETRAIN_PAGE}.ipynb",

@@ -67,7 +67,7 @@ def _cohort(args: argparse.Namespace) -> int:
 def _check(args: argparse.Namespace) -> int:
     from prrt_utils.intake import CohortSource, check, format_check
 
-    result = check(CohortSource.load(args.cohort_yaml), quick=args.quick, n_jobs=args.jobs)
+    result = check(CohortSource.load(args.cohort_yaml), quick=args.quick, n_jobs=args.jobs, work_dir=args.work)
     print(format_check(result))
     return 0 if result["usable"].any() else 1
 
@@ -211,6 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("cohort_yaml", metavar="COHORT.yaml", help="description of the export (see examples/cohort.example.yaml)")
     p.add_argument("--quick", action="store_true", help="DICOM headers only: no voxel is read, slice geometry and coverage are not checked")
     p.add_argument("--jobs", type=int, default=2, help="parallel worker processes (default: %(default)s)")
+    p.add_argument("--work", default=DEFAULT_WORK, help="work folder of the debug log: an unexpected error's scrubbed traceback is appended to WORK/logs/debug.log, as for preprocess; nothing else is written (default: %(default)s)")
     p.set_defaults(func=_check)
 
     p = sub.add_parser("preprocess", help="load DICOM/NIfTI, convert to SUVbw and HU, resample to 75x50x50; write work/preprocessed/")

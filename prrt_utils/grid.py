@@ -124,7 +124,7 @@ def _volumes_from_index(work_dir: Path, ids: list[str]) -> dict[str, np.ndarray]
     index = pd.read_csv(work_dir / "preprocessed" / "index.csv", dtype={"patient_id": str}).set_index("patient_id")
     out: dict[str, list[np.ndarray]] = {"pet": [], "ct": []}
     for pid in ids:
-        with np.load(work_dir / "preprocessed" / index.loc[pid, "file"]) as z:
+        with np.load(store.child(work_dir / "preprocessed", index.loc[pid, "file"])) as z:
             for m in out:
                 out[m].append(z[m].astype(np.float32)[None])
     return {m: np.stack(v) for m, v in out.items()}

@@ -877,23 +877,24 @@ def intake(source: CohortSource, out_dir: str | Path) -> Path:
             if patient_id_problem(pid):  # the cohort stage refuses the row with its own message
                 rows.append((pid, str(line), "imaging", "the id cannot be a folder name: images not linked"))
                 continue
-            why = _place_images(source, raw_id, partial / "imaging" / pid, used)
+            why = _place_images(source, raw_id, store.child(partial / "imaging", pid), used)
             if why:
                 rows.append((pid, str(line), "imaging", why))
             if source.ct_labels:
-                why = _place_label_map(source, raw_id, partial / "ct_labels" / f"{pid}.nii.gz", used)
+                why = _place_label_map(source, raw_id, store.child(partial / "ct_labels", f"{pid}.nii.gz"), used)
                 if why:
                     rows.append((pid, str(line), "ct_labels", why))
         for raw_id in _folder_ids(source):
             if not store.is_utf8_name(raw_id):  # listed by the cohort stage as a folder without a row, never linked
                 shown = os.fsencode(raw_id).decode("utf-8", "backslashreplace")
+                # the escaped name ('\\xe9') keeps its backslash, a plain character of a POSIX name: no store.child here
                 (partial / "imaging" / shown.replace("/", "_")).mkdir(parents=True, exist_ok=True)
                 rows.append((shown, "", "imaging", "imaging folder whose name is not UTF-8 text (not linked)"))
                 continue
             pid = mapping.get(raw_id, raw_id)
             if pid not in seen:
                 # an empty folder: the cohort stage lists it as "imaging folder without clinical row"
-                (partial / "imaging" / pid).mkdir(parents=True, exist_ok=True)
+                store.child(partial / "imaging", pid).mkdir(parents=True, exist_ok=True)
                 rows.append(
                     (pid, "", "imaging", "imaging folder without clinical row (its images are not linked)")
                 )
@@ -995,18 +996,21 @@ def _check_quick(folder: Path, pid: str, registered: bool) -> tuple[str, str, st
     return pet, f"ok (headers): {ct_s.n_slices} slices", ""
 
 
-def _check_images(job: tuple[str, str, bool, str, bool, Any]) -> tuple[str, str, str, str]:
-    """``(patient_id, pet, ct, problem)`` of one patient folder, without writing anything.
+def _check_images(job: tuple[str, str, bool, str, bool, Any, str]) -> tuple[str, str, str, str]:
+    """``(patient_id, pet, ct, problem)`` of one patient folder, writing nothing but a debug log.
 
     The verdict is :func:`prrt_utils.preprocess.prepare_patient`'s, the very
     function the preprocessing stage applies (``quick``: the header checks
     only), so that a patient ``prrt check`` calls usable is not excluded later.
+    An unexpected error's scrubbed traceback is appended to
+    ``<work>/logs/debug.log`` when the job names a work folder (as the
+    preprocessing stage does), and logged at debug level (``-v``) either way.
     """
     from prrt_utils.loading import InputError
-    from prrt_utils.log import get_logger, pydicom_messages, scrub
+    from prrt_utils.log import DEBUG_LOG, get_logger, pydicom_messages, scrub, write_debug
     from prrt_utils.preprocess import PreprocessConfig, prepare_patient
 
-    folder_s, pid, quick, centre_root, registered, labels = job
+    folder_s, pid, quick, centre_root, registered, labels, work = job
     folder = Path(folder_s)
     try:
         with pydicom_messages():
@@ -1022,7 +1026,12 @@ def _check_images(job: tuple[str, str, bool, str, bool, Any]) -> tuple[str, str,
         message = scrub(f"unexpected {type(exc).__name__}: {exc}", [folder, centre_root])
         trace = scrub("".join(traceback.format_exception(exc)), [folder, centre_root])
         get_logger("check").debug("patient %s: %s", pid, trace)
-        return pid, "problem", "problem", f"{message} (prrt check -v shows the traceback)"
+        if work:
+            write_debug(work, f"check patient {pid}", exc, [folder, folder.parent, centre_root])
+            where = f"traceback in {DEBUG_LOG.as_posix()} of the work folder; prrt check -v shows it too"
+        else:
+            where = "prrt check -v shows the traceback"
+        return pid, "problem", "problem", f"{message} ({where})"
 
 
 def check(
@@ -1031,6 +1040,7 @@ def check(
     quick: bool = False,
     n_jobs: int = 1,
     out_dir: str | Path | None = None,
+    work_dir: str | Path | None = None,
 ) -> pd.DataFrame:
     """Validate a centre's export before any training: one row per patient, usable or not, and why.
 
@@ -1048,6 +1058,11 @@ def check(
     out_dir : path, optional
         Where the intake is written (reused if unchanged); default a scratch
         folder that is removed afterwards.
+    work_dir : path, optional
+        A work folder for the debug log: an unexpected error's scrubbed
+        traceback is appended to ``<work_dir>/logs/debug.log``
+        (:func:`prrt_utils.log.write_debug`, as preprocessing does). Nothing
+        else is written there.
 
     Returns
     -------
@@ -1068,7 +1083,7 @@ def check(
     if out_dir is None:
         with tempfile.TemporaryDirectory(prefix="prrt-check-") as tmp:
             scratch = source.replace(link="symlink")  # a scratch copy: no hard links needed
-            return check(scratch, quick=quick, n_jobs=n_jobs, out_dir=Path(tmp) / source.name)
+            return check(scratch, quick=quick, n_jobs=n_jobs, out_dir=Path(tmp) / source.name, work_dir=work_dir)
     data = intake(source, out_dir)
     report = read_report(data)
     cohort_cfg = CohortConfig(pfs_threshold_months=float(source.pfs_threshold_months))
@@ -1093,7 +1108,8 @@ def check(
         return None if found is None else (str(found), label_map)
 
     jobs = [
-        (str(store.child(imaging, pid)), pid, quick, str(source.imaging_path.resolve()), pid in registered, labels(pid))
+        (str(store.child(imaging, pid)), pid, quick, str(source.imaging_path.resolve()), pid in registered, labels(pid),
+         str(work_dir) if work_dir is not None else "")
         for pid in ids
     ]
     if n_jobs > 1 and len(jobs) > 1:

@@ -5,6 +5,14 @@ and its children such as ``prrt.loading``); the command line configures it
 (:func:`configure`: ``-v`` for debug messages, ``--quiet`` for warnings only). A
 library user who does nothing sees warnings only (Python's default).
 
+A stage's progress lines (:func:`say`: the one line per stage and page of ``make
+book``, "generating the synthetic cohort ...") are info records that go to
+standard output, as the command's own account of what it did, so that ``make book
+> build.log`` keeps them; every other record goes to standard error. Worker
+processes that are spawned (not forked) start with an unconfigured logger:
+:func:`level` in the parent and :func:`configure_level` as the pool's initializer
+carry the setting over.
+
 Nothing read from a header may reach a terminal, a log or a page. Two routes
 could carry such values and are closed here:
 
@@ -36,9 +44,12 @@ __all__ = [
     "DEBUG_LOG",
     "LOGGER",
     "configure",
+    "configure_level",
     "get_logger",
+    "level",
     "message_kind",
     "pydicom_messages",
+    "say",
     "scrub",
     "write_debug",
 ]
@@ -103,6 +114,38 @@ class _Stderr(logging.StreamHandler):
         pass
 
 
+class _Stdout(logging.StreamHandler):
+    """A handler writing to whatever ``sys.stdout`` is at the time; only the progress lines of :func:`say`."""
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+    def emit(self, record: logging.LogRecord) -> None:
+        super().emit(record)
+        self.flush()  # one line per stage as it finishes, also when stdout is a file
+
+
+_PROGRESS = "prrt_progress"
+
+
+def _is_progress(record: logging.LogRecord) -> bool:
+    return bool(getattr(record, _PROGRESS, False)) and record.levelno < logging.WARNING
+
+
+def say(name: str, message: str) -> None:
+    """One progress line of a stage, ``message`` as it is: info on ``prrt.<name>``, shown on standard output.
+
+    ``--quiet`` silences it (warnings only); unconfigured (a library call), it
+    is not shown, like every info message.
+    """
+    get_logger(name).info(message, extra={_PROGRESS: True})
+
+
 class _KindOnly(logging.Filter):
     """Rewrite a pydicom log record to its kind: pydicom's messages quote header values."""
 
@@ -158,18 +201,31 @@ def configure(verbosity: int = 0, quiet: bool = False) -> logging.Logger:
     Also makes every record of the ``pydicom`` logger show its kind only. Safe
     to call again (the handler is replaced, not added twice).
     """
+    return configure_level(logging.WARNING if quiet else logging.DEBUG if verbosity >= 1 else logging.INFO)
+
+
+def configure_level(level_: int) -> logging.Logger:
+    """:func:`configure` by level (``logging.INFO``, ...); the initializer of a spawned worker pool."""
     logger = get_logger()
-    level = logging.WARNING if quiet else logging.DEBUG if verbosity >= 1 else logging.INFO
-    logger.setLevel(level)
+    logger.setLevel(level_)
     for h in [h for h in logger.handlers if getattr(h, "_prrt", False)]:
         logger.removeHandler(h)
-    handler = _Stderr()
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    handler._prrt = True  # type: ignore[attr-defined]
-    logger.addHandler(handler)
+    err, out = _Stderr(), _Stdout()
+    err.addFilter(lambda r: not _is_progress(r))
+    out.addFilter(_is_progress)
+    for handler in (err, out):
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler._prrt = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
     logger.propagate = False
     _scrub_pydicom_logger()
     return logger
+
+
+def level() -> int | None:
+    """The level :func:`configure` set on the ``prrt`` logger, or ``None`` if it was never configured."""
+    logger = get_logger()
+    return logger.level if any(getattr(h, "_prrt", False) for h in logger.handlers) else None
 
 
 def write_debug(work_dir: str | Path, where: str, exc: BaseException, paths: Iterable[str | Path] = ()) -> Path:

@@ -778,7 +778,7 @@ def _process_patient(job: tuple[PreprocessConfig, str, str, str, str, Any, bool]
 
 
 def _cached(out: Path, pid: str, input_hash: str, cfg: PreprocessConfig) -> dict[str, Any] | None:
-    path = out / "cache" / f"{pid}.json"
+    path = store.child(out / "cache", f"{pid}.json")
     if not path.is_file():
         return None
     try:
@@ -792,7 +792,7 @@ def _cached(out: Path, pid: str, input_hash: str, cfg: PreprocessConfig) -> dict
     ):
         return None
     if rec.get("status") == "ok":
-        npz = out / rec.get("file", "")
+        npz = store.child(out, rec.get("file", ""))
         if not npz.is_file() or store.sha256_file(npz) != rec.get("sha256"):
             return None
     return rec
@@ -1006,7 +1006,7 @@ def load_volumes(work_dir: str | Path, patient_ids: Sequence[str]) -> dict[str, 
         row = index.loc[pid]
         if row["status"] != "ok":
             raise PreprocessError(f"patient {pid}: excluded at preprocessing ({row['reason']})")
-        with np.load(out / row["file"]) as z:
+        with np.load(store.child(out, row["file"])) as z:
             for m in vols:
                 vols[m].append(np.asarray(z[m], dtype=np.float32)[None])
             organs.append(np.asarray(z["organs"], dtype=np.uint8)[None] if "organs" in z.files else None)
@@ -1064,7 +1064,7 @@ def harmonisation_summary(
     samples: list[tuple[str, str, str, np.ndarray]] = []
     for pid in patient_ids:
         try:
-            im = load_patient(Path(imaging_dir) / pid, pid, keep_raw=True)
+            im = load_patient(store.child(imaging_dir, pid), pid, keep_raw=True)
         except InputError:
             continue
         for vol in (im.ct, im.pet):

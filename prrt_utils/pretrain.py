@@ -380,7 +380,7 @@ def _inputs(cfg: PretrainConfig, work_dir: Path, labels_dir: Path) -> tuple[list
             skipped.append((row.patient_id, "no label map"))
             continue
         ids.append(row.patient_id)
-        volumes.append(work_dir / "preprocessed" / row.file)
+        volumes.append(store.child(work_dir / "preprocessed", row.file))
         maps.append(found)
     return ids, volumes, maps, pd.DataFrame(skipped, columns=["patient_id", "reason"])
 

@@ -63,6 +63,7 @@ import pandas as pd
 from prrt_utils import store
 from prrt_utils.cohort import CLINICAL_COLUMNS  # the columns of clinical.csv: the cohort stage owns them
 from prrt_utils.config import SEED, Config
+from prrt_utils.log import get_logger
 
 __all__ = [
     "CLINICAL_COLUMNS",
@@ -1799,7 +1800,7 @@ def _build_patient(cfg: SynthConfig, index: int, cohort: SyntheticCohort, out: P
     rng = _rng(cfg, "phantom", index, 3)
     tmp_root = out / ".partial"
     tmp_root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f"{pid}-", dir=tmp_root))
+    tmp = Path(tempfile.mkdtemp(prefix=f"{store.child(tmp_root, pid).name}-", dir=tmp_root))
     try:
         if cfg.image_format == "dicom":
             pet_dir, ct_dir = _series_folders(tmp, cfg, pid, acq["layout"])
@@ -1840,12 +1841,12 @@ def _build_patient(cfg: SynthConfig, index: int, cohort: SyntheticCohort, out: P
         suv_decoded = bqml_to_suv(decoded, weight, dose, uptake).astype(np.float32)
         affine = pet_grid.nifti_affine()
         store.write_bytes(
-            out / "ground_truth" / "labels" / f"{pid}.nii.gz", _nifti_bytes(to_nifti_array(labels), affine)
+            store.child(out / "ground_truth" / "labels", f"{pid}.nii.gz"), _nifti_bytes(to_nifti_array(labels), affine)
         )
         store.write_bytes(
-            out / "ground_truth" / "suv" / f"{pid}.nii.gz", _nifti_bytes(to_nifti_array(suv_decoded), affine)
+            store.child(out / "ground_truth" / "suv", f"{pid}.nii.gz"), _nifti_bytes(to_nifti_array(suv_decoded), affine)
         )
-        final = out / "imaging" / pid
+        final = store.child(out / "imaging", pid)
         if final.exists():
             shutil.rmtree(final)
         final.parent.mkdir(parents=True, exist_ok=True)
@@ -1857,9 +1858,9 @@ def _build_patient(cfg: SynthConfig, index: int, cohort: SyntheticCohort, out: P
 
 def _patient_done(out: Path, pid: str) -> bool:
     return (
-        (out / "imaging" / pid).is_dir()
-        and (out / "ground_truth" / "labels" / f"{pid}.nii.gz").is_file()
-        and (out / "ground_truth" / "suv" / f"{pid}.nii.gz").is_file()
+        store.child(out / "imaging", pid).is_dir()
+        and store.child(out / "ground_truth" / "labels", f"{pid}.nii.gz").is_file()
+        and store.child(out / "ground_truth" / "suv", f"{pid}.nii.gz").is_file()
     )
 
 
@@ -1915,6 +1916,7 @@ def generate_cohort(
     if marker.exists():
         done = json.loads(marker.read_text())
         if done.get("config_hash") == cfg.hash() and cfg_path.exists():
+            get_logger("synth").debug(f"synthetic cohort of the same configuration found complete in {out}: reused")
             return out
     if (
         cfg_path.exists()
@@ -1946,14 +1948,19 @@ def generate_cohort(
     todo = [i for i, pid in enumerate(ids) if not _patient_done(out, pid)]
     from tqdm.auto import tqdm
 
+    log = get_logger("synth")
+    log.debug(f"{len(ids) - len(todo)} of {len(ids)} synthetic patients already written; writing {len(todo)} "
+              f"({cfg.image_format}, {n_jobs} worker(s))")
     bar = tqdm(total=len(ids), initial=len(ids) - len(todo), desc="synthetic patients", disable=not progress)
     if n_jobs > 1 and len(todo) > 1:
         with ProcessPoolExecutor(max_workers=n_jobs) as pool:
-            for _ in pool.map(_build_patient_job, [(cfg, i, cohort, out) for i in todo]):
+            for i, _ in zip(todo, pool.map(_build_patient_job, [(cfg, i, cohort, out) for i in todo]), strict=True):
+                log.debug(f"patient {ids[i]} written")
                 bar.update()
     else:
         for i in todo:
             _build_patient_checked(cfg, i, cohort, out)
+            log.debug(f"patient {ids[i]} written")
             bar.update()
     bar.close()
     if (out / ".partial").exists():

@@ -18,6 +18,20 @@ ROOT = Path(__file__).resolve().parent.parent
 BOOK_SOURCES = ("_config.yml", "_toc.yml", "notebooks", "book", "models")
 
 
+@pytest.fixture(autouse=True)
+def _prrt_logger_as_it_was():
+    """Each test leaves the ``prrt`` logger as it found it: ``cli.main`` configures it (handlers, level, no
+    propagation), and a later test reading ``caplog`` must still receive the project's records."""
+    import logging
+
+    logger = logging.getLogger("prrt")
+    saved = (list(logger.handlers), logger.level, logger.propagate)
+    yield
+    logger.handlers[:] = saved[0]
+    logger.setLevel(saved[1])
+    logger.propagate = saved[2]
+
+
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Every test that reads the built book runs in one pytest-xdist worker, so the book is built once."""

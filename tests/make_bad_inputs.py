@@ -158,7 +158,8 @@ CASES: tuple[Case, ...] = (
     _img(
         "PRRT-047",
         "CT compressed as JPEG-LS, whose decoder is not installed",
-        "compressed as JPEG-LS Lossless Image Compression (1.2.840.10008.1.2.4.80) and no decoder",
+        "compressed as JPEG-LS Lossless Image Compression (1.2.840.10008.1.2.4.80) and no decoder for it is "
+        "installed (install one of: gdcm",
     ),
     _ok("PRRT-048", "DICOM files without preamble: PET with its meta group, CT a bare implicit-VR data set"),
     _img(
@@ -173,6 +174,11 @@ CASES: tuple[Case, ...] = (
     _row("PRRT-054", "ids that differ only in case (PRRT-054 and prrt-054)", "differ only in case"),
     _row("prrt-054", "ids that differ only in case (PRRT-054 and prrt-054)", "differ only in case"),
     _row("PRRT-056-\\xe9", "imaging folder whose name is not UTF-8", "imaging folder whose name is not UTF-8"),
+    _img(
+        "PRRT-057",
+        "PatientWeight 20 kg for a 70 kg patient (each tag plausible, SUV x0.29): SUVmax passes, the liver does not",
+        "median liver SUV 0.2857 is implausible (rule: 0.3 to 40)",
+    ),
 )
 """Every case of the corpus, in the order of the clinical table."""
 
@@ -183,6 +189,11 @@ LEADING_ZERO_UID = "1.2.826.0.1.3680043.8.498.0123.77"
 """A StudyInstanceUID with a leading-zero component (PRRT-051); pydicom's warning would print it."""
 
 REGISTERED = ("PRRT-036",)
+WITH_LABEL_MAP = ("PRRT-001", "PRRT-057")
+"""Patients with a CT label map in ``ct_labels/`` (body and a liver block): the liver SUV rule runs for them only."""
+LABEL_CODES = ("0:background", "1:body", "3:liver")
+LIVER_BOX_MM = ((-100.0, -20.0), (-60.0, 40.0), (-400.0, -280.0))
+"""LPS x, y, z ranges of the label maps' liver: inside the body, below the lungs, away from the hot ball."""
 NON_UTF8_FOLDER = b"PRRT-056-\xe9"
 LATIN1_NOTE = "Überweisung aus Zürich"
 """A free-text cell of the clinical table, which is written in Latin-1 (not UTF-8) as spreadsheets on Windows do."""
@@ -353,8 +364,21 @@ def _write_bare(path: Path, ds: Any) -> None:
     pydicom.filewriter.dcmwrite(path, ds, enforce_file_format=False, implicit_vr=True, little_endian=True)
 
 
+def _label_maps(root: Path) -> None:
+    """``ct_labels/<id>.nii.gz`` (on the CT grid) and ``codes.json`` for :data:`WITH_LABEL_MAP`: body and a liver box."""
+    c = fac.CT_GEOM.centres()
+    labels = np.where(fac.patient_values(fac.CT_GEOM, "CT") > -500.0, 1, 0).astype(np.uint8)
+    box = np.ones(fac.CT_GEOM.shape, bool)
+    for axis, (lo, hi) in enumerate(LIVER_BOX_MM):
+        box &= (c[..., axis] >= lo) & (c[..., axis] <= hi)
+    labels[box] = 3
+    for pid in WITH_LABEL_MAP:
+        fac.write_nifti(root / "ct_labels" / f"{pid}.nii.gz", labels, fac.CT_GEOM.affine())
+    (root / "ct_labels" / "codes.json").write_text(json.dumps(list(LABEL_CODES)))
+
+
 def _issue16_cases(img: Path, good: Path, copy: Callable[[str], Path]) -> None:
-    """PRRT-033 to PRRT-056 (issue 16)."""
+    """PRRT-033 to PRRT-057 (issue 16)."""
     import pydicom
     from pydicom.encaps import encapsulate
     from pydicom.uid import JPEGLSLossless
@@ -438,6 +462,8 @@ def _issue16_cases(img: Path, good: Path, copy: Callable[[str], Path]) -> None:
     (img / "PRRT-054" / "not-read.txt").write_text("the clinical row of this patient is broken\n")
     odd = Path(os.fsdecode(os.fsencode(img) + b"/" + NON_UTF8_FOLDER))
     _copy(good, odd)
+    _edit(copy("PRRT-057") / pet, setter(PatientWeight="20"))
+    _label_maps(img.parent)
 
 
 def make_bad_inputs(root: str | Path) -> tuple[Case, ...]:

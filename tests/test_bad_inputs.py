@@ -20,10 +20,12 @@ import pandas as pd
 import pytest
 from make_bad_inputs import (
     CASES,
+    LABEL_CODES,
     LATIN1_NOTE,
     LEADING_ZERO_UID,
     NON_UTF8_FOLDER,
     OTHER_PATIENT_ID,
+    WITH_LABEL_MAP,
     Case,
     main,
 )
@@ -40,6 +42,9 @@ PLANTED = (*fac.FAKE_PHI.values(), OTHER_PATIENT_ID, LEADING_ZERO_UID)
 """Identifying strings of the corpus: none may reach a message, a log or an output."""
 
 BY_ID = {c.patient_id: c for c in CASES}
+
+_LABELS_YAML = "ct_labels: {}/ct_labels/{{id}}.nii.gz\nct_label_codes: ['0:background', '1:body', '3:liver']\n"
+"""The corpus's CT label maps in a cohort YAML (the liver SUV rule needs them, in prrt check as in preprocessing)."""
 
 
 @pytest.fixture(scope="module")
@@ -104,8 +109,10 @@ def test_each_broken_image_is_excluded_by_preprocessing_with_its_reason(
     assert len(reasons) == 1 and case.expect in reasons[0], reasons
     # the same problem as an error naming the patient (what on_error="stop" raises), from the one function
     # that gives the stage's and prrt check's verdict
+    pid = case.patient_id
+    labels = (str(corpus / "ct_labels" / f"{pid}.nii.gz"), LABEL_CODES) if pid in WITH_LABEL_MAP else None
     with pytest.raises(InputError) as err:
-        prepare_patient(corpus / "imaging" / case.patient_id, case.patient_id, PreprocessConfig())
+        prepare_patient(corpus / "imaging" / pid, pid, PreprocessConfig(), labels=labels)
     assert str(err.value).startswith(f"patient {case.patient_id}: ") and case.expect in str(err.value)
     assert str(corpus) not in str(err.value) and not any(s in str(err.value) for s in PLANTED)
 
@@ -165,7 +172,7 @@ def test_nothing_that_looks_whole_is_written_for_a_failed_patient(stages: dict) 
 def test_prrt_check_agrees_with_the_stages_patient_by_patient(corpus: Path, tmp_path: Path) -> None:
     (tmp_path / "cohort.yaml").write_text(
         f"name: corpus\nclinical_table: {corpus / 'clinical.csv'}\nimaging_dir: {corpus / 'imaging'}\n"
-        "pseudonymise: never\nencoding: latin-1\nregistered_pet_ct: [PRRT-036]\n"
+        "pseudonymise: never\nencoding: latin-1\nregistered_pet_ct: [PRRT-036]\n" + _LABELS_YAML.format(corpus)
     )
     result = check(CohortSource.load(tmp_path / "cohort.yaml"), n_jobs=2)
     usable = set(result.loc[result["usable"], "patient_id"])
@@ -183,7 +190,7 @@ def test_prrt_check_and_preprocessing_give_the_same_verdict_for_every_patient_wi
     # the verdict of check --quick (headers only) may only be milder; the full check is the stage's own
     (tmp_path / "cohort.yaml").write_text(
         f"name: corpus\nclinical_table: {corpus / 'clinical.csv'}\nimaging_dir: {corpus / 'imaging'}\n"
-        "pseudonymise: never\nencoding: latin-1\nregistered_pet_ct: [PRRT-036]\n"
+        "pseudonymise: never\nencoding: latin-1\nregistered_pet_ct: [PRRT-036]\n" + _LABELS_YAML.format(corpus)
     )
     result = check(CohortSource.load(tmp_path / "cohort.yaml"), n_jobs=2).set_index("patient_id")
     index = stages["index"].set_index("patient_id")
@@ -208,6 +215,9 @@ def test_the_qc_table_says_which_tags_gave_the_scan_start_and_the_injection(stag
     assert qc.at["PRRT-042", "pet_injection_from"] == "RadiopharmaceuticalStartTime (date from StartDateTime)"
     assert qc.at["PRRT-036", "pet_ct_registered"] == "True" and qc.at["PRRT-001", "pet_ct_registered"] == "False"
     assert qc.at["PRRT-001", "pet_nuclide"] == "Ga-68"
+    # the liver rule ran where a label map exists (the body's SUV 1 in the liver block), and only there
+    assert float(qc.at["PRRT-001", "liver_suv_median"]) == pytest.approx(1.0, abs=0.02)
+    assert qc.at["PRRT-002", "liver_suv_median"] == ""
 
 
 def test_a_registered_pair_is_refused_unless_the_cohort_allows_it(corpus: Path) -> None:
@@ -234,6 +244,30 @@ def test_pydicoms_warnings_about_header_values_never_show_the_value(
     text = said.out + said.err + " ".join(str(w.message) for w in seen) + caplog.text
     assert "Invalid value for VR UI" in caplog.text  # told, in the project's words
     assert LEADING_ZERO_UID not in text and "0123" not in text
+
+
+def test_prrt_check_and_preprocess_print_no_header_value_even_with_v(
+    corpus: Path, tmp_path: Path, capfd: pytest.CaptureFixture
+) -> None:
+    # PRRT-051's UIDs make pydicom warn with the whole UID; PRRT-033's CT names another PatientID
+    import shutil
+
+    data = tmp_path / "data"
+    for pid in ("PRRT-051", "PRRT-033"):
+        shutil.copytree(corpus / "imaging" / pid, data / "imaging" / pid)
+    work = tmp_path / "w"
+    assert cli.main(["preprocess", "--data", str(data), "--work", str(work), "--jobs", "2", "-v"]) == 0
+    (tmp_path / "cohort.yaml").write_text(
+        f"name: two\nclinical_table: {corpus / 'clinical.csv'}\nimaging_dir: {data / 'imaging'}\n"
+        "pseudonymise: never\nencoding: latin-1\n"
+    )
+    assert cli.main(["check", str(tmp_path / "cohort.yaml"), "--work", str(work), "--jobs", "2", "-v"]) == 0
+    said = capfd.readouterr()
+    text = said.out + said.err
+    assert "PRRT-051" in text and "disagree on PatientID" in text  # the run said something, in its own words
+    assert not any(s in text for s in PLANTED) and "0123" not in text
+    logs = "".join(p.read_text() for p in work.rglob("*") if p.is_file() and p.suffix in (".csv", ".json", ".log"))
+    assert not any(s in logs for s in PLANTED)
 
 
 def test_an_id_that_leaves_its_folder_never_touches_a_file_outside_it(corpus: Path, tmp_path: Path) -> None:
@@ -306,3 +340,71 @@ def test_an_unexpected_error_leaves_a_scrubbed_traceback_in_the_work_folder(
     assert "broken" in log  # the frame that raised is named
     for secret in (LEADING_ZERO_UID, str(corpus), str(tmp_path)):
         assert secret not in reason and secret not in log
+
+
+def test_prrt_check_keeps_a_scrubbed_traceback_of_an_unexpected_error_in_its_work_folder(
+    corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    # prrt check has no stage folder of its own: --work names where the debug log goes, as for preprocess
+    folder = corpus / "imaging" / "PRRT-001"
+
+    def broken(*args, **kwargs):
+        raise ValueError(f"cannot use {LEADING_ZERO_UID!r} from {folder / 'pet'}")
+
+    monkeypatch.setattr(P, "prepare_patient", broken)
+    (tmp_path / "cohort.yaml").write_text(
+        f"name: corpus\nclinical_table: {corpus / 'clinical.csv'}\nimaging_dir: {corpus / 'imaging'}\n"
+        "pseudonymise: never\nencoding: latin-1\n"
+    )
+    work = tmp_path / "work"
+    assert cli.main(["check", str(tmp_path / "cohort.yaml"), "--work", str(work), "--jobs", "1", "--quiet"]) == 1
+    printed = capsys.readouterr()
+    line = next(s for s in printed.out.splitlines() if s.startswith("PRRT-001 (line 2): "))
+    assert "unexpected ValueError: cannot use" in line and "logs/debug.log of the work folder" in line
+    log = (work / "logs" / "debug.log").read_text()
+    assert "Traceback" in log and "check patient PRRT-001" in log and "broken" in log
+    assert sorted(p.name for p in work.rglob("*") if p.is_file()) == ["debug.log"]  # nothing else is written
+    for secret in (LEADING_ZERO_UID, str(corpus), str(tmp_path)):
+        assert secret not in log and secret not in printed.out + printed.err
+    # without a work folder (the library call) the reason points to -v instead, and nothing is written
+    result = check(CohortSource.load(tmp_path / "cohort.yaml"), n_jobs=1)
+    reason = result.set_index("patient_id").at["PRRT-001", "reason"]
+    assert "prrt check -v shows the traceback" in reason
+
+
+def test_every_path_named_after_a_patient_refuses_an_id_that_leaves_its_folder(tmp_path: Path) -> None:
+    # the cohort stage refuses such ids first; each join must refuse them anyway (issue 16: never lose a file)
+    from prrt_utils import anatomy, synth
+
+    work = tmp_path / "work"
+    out = work / "preprocessed"
+    (out / "cache").mkdir(parents=True)
+    (work / "victim.json").write_text("{}")
+    for bad in ("../victim", "a/b", "/etc/passwd"):  # ('..' + '.json' is a plain, if odd, name)
+        with pytest.raises(store.UnsafePathError):
+            P._cached(out, bad, "", PreprocessConfig())  # cache/<id>.json
+        with pytest.raises(store.UnsafePathError):
+            anatomy.label_map_path(tmp_path, bad)  # ct_labels/<id>.nii.gz
+        with pytest.raises(store.UnsafePathError):
+            synth._patient_done(tmp_path, bad)  # imaging/<id>, ground_truth/*/<id>.nii.gz
+        with pytest.raises(store.UnsafePathError):
+            P.harmonisation_summary(tmp_path / "imaging", [bad])
+    # an index.csv edited by hand cannot lead a read elsewhere either
+    pd.DataFrame({"patient_id": ["PRRT-001"], "status": ["ok"], "reason": [""], "file": ["../victim.json"],
+                  "sha256": [""]}).to_csv(out / "index.csv", index=False)
+    with pytest.raises(store.UnsafePathError):
+        load_volumes(work, ["PRRT-001"])
+    assert (work / "victim.json").read_text() == "{}"
+
+
+@pytest.mark.parametrize(
+    "pid",
+    ["../victim", ".hidden", "a/b", "a\\b", "", " PRRT-1", "PRRT-1 ", "PRRT-1.", "x" * 65, "PRRT\x00", "PRRT:1"],
+)
+def test_the_cohort_stage_refuses_an_id_that_cannot_name_a_folder_safely(pid: str) -> None:
+    assert "cannot name a folder safely" in C.patient_id_problem(pid)
+
+
+@pytest.mark.parametrize("pid", ["PRRT-001", "c03", "Patient 7", "A.1_b-2", "x" * 64])
+def test_plain_study_ids_pass_the_id_rule(pid: str) -> None:
+    assert C.patient_id_problem(pid) == ""

@@ -156,13 +156,44 @@ def test_the_plotly_library_is_recognised_exactly_as_plotlys_renderer_writes_it(
 
 def test_make_book_prints_one_aligned_line_per_stage_with_its_seconds(capsys):
     from prrt_utils.book import say_done
+    from prrt_utils.log import configure
 
+    configure()  # as `prrt book` does: the lines are the prrt logger's, on standard output
     say_done("01_cohort", 12.34)
     say_done("training (all models' folds, one pool of workers)", 65.6)
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("01_cohort .") and lines[0].endswith("12.3 s")
     assert len({len(line) for line in lines}) == 1, "the seconds line up in one column"
     assert "\r" not in "".join(lines)
+
+
+def test_stage_lines_and_generator_messages_go_through_the_prrt_logger_quiet_silences_them_v_adds_detail(
+    tmp_path, capsys
+):
+    from prrt_utils import cli, log
+    from prrt_utils.book import say_done
+
+    log.configure(quiet=True)
+    say_done("01_cohort", 12.34)
+    log.get_logger("book").warning("NO CT PRETRAINING POPULATION outside the study")
+    said = capsys.readouterr()
+    assert said.out == "" and "NO CT PRETRAINING" in said.err  # warnings stay, on stderr
+    log.configure()
+    say_done("01_cohort", 12.34)
+    said = capsys.readouterr()
+    assert said.out.startswith("01_cohort .") and said.err == ""
+    # the generator: -v says each patient, --quiet only the command's result line
+    out = tmp_path / "syn"
+    args = ["synth", "--n", "2", "--format", "nifti", "--out", str(out), "--jobs", "1"]
+    assert cli.main([*args, "-v"]) == 0
+    said = capsys.readouterr()
+    assert "patient PRRT-001 written" in said.err and "writing 2" in said.err
+    assert said.out.startswith("synthetic cohort of 2 patients")
+    assert cli.main([*args, "--quiet"]) == 0
+    said = capsys.readouterr()
+    assert said.err == "" and said.out.startswith("synthetic cohort of 2 patients")
+    assert cli.main([*args, "-v"]) == 0
+    assert "found complete" in capsys.readouterr().err  # reused, and -v says so
 
 
 def test_progress_bars_are_shown_only_on_a_terminal(monkeypatch):
