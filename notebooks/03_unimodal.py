@@ -106,10 +106,7 @@ metrics.loss_figure(grid.load_histories(work_dir, [m for m in models if m != "rf
 # pattern, not the numbers, can be compared.
 
 # %%
-if paper is None:
-    print("The paper's Table 2 is not available (prrt_utils.paper is missing).")
-else:
-    display(metrics.side_by_side(results, paper, names=names))
+metrics.side_by_side(results, paper, names=names)
 
 # %% [markdown]
 # On the synthetic cohort the generator knows every patient's true probability of short PFS. Scored

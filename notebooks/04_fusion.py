@@ -175,10 +175,7 @@ metrics.loss_figure(grid.load_histories(work_dir, models), names=names).show()
 # pattern, not the numbers, can be compared.
 
 # %%
-if paper is None:
-    print("The paper's Table 2 is not available (prrt_utils.paper is missing).")
-else:
-    display(metrics.side_by_side(with_baseline, paper, names=names))
+display(metrics.side_by_side(with_baseline, paper, names=names))
 
 # %%
 if ceiling is None:

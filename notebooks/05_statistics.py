@@ -57,6 +57,7 @@ from IPython.display import Markdown, display
 
 from prrt_utils import explain, findings, grid, metrics, stats
 from prrt_utils.cohort import read_cohort
+from prrt_utils.paper import PAPER_KM
 
 names, paper = metrics.paper_reference()
 models = list(models) or explain.available_models(work_dir)
@@ -206,12 +207,7 @@ explain.km_over_repeats(predictions, survival, km_name, threshold)
 # The paper's values for its real cohort (PET fusion, one cross-validation):
 
 # %%
-try:
-    from prrt_utils.paper import PAPER_KM
-
-    display(pd.DataFrame([dict(PAPER_KM["by_prediction"])]))
-except ImportError:
-    print("The paper's Kaplan-Meier values are not available (prrt_utils.paper is missing).")
+pd.DataFrame([dict(PAPER_KM["by_prediction"])])
 
 # %% [markdown]
 # ## Summary

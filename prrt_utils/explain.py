@@ -61,7 +61,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from prrt_utils import store
+from prrt_utils import paper, store
 from prrt_utils.config import SEED, Config
 from prrt_utils.models import IMG_SIZE, ModelSpec, get_spec, load_registry
 
@@ -133,26 +133,16 @@ class ExplainError(ValueError):
 # --------------------------------------------------------------------------- names and families
 
 
-def _paper() -> Any:
-    try:
-        from prrt_utils import paper
-    except ImportError:
-        return None
-    return paper
-
-
 def display_names() -> dict[str, str]:
-    """Model key -> display name: ``prrt_utils.paper.DISPLAY_NAMES`` when present, else empty (keys are shown)."""
+    """Model key -> display name (the paper's seven and the baselines)."""
     from prrt_utils.metrics import paper_reference
 
     return dict(paper_reference()[0])
 
 
 def model_keys() -> list[str]:
-    """The models of the book: ``prrt_utils.paper.MODEL_KEYS`` when present, else the registry's keys."""
-    paper = _paper()
-    keys = getattr(paper, "MODEL_KEYS", None) if paper is not None else None
-    return list(keys) if keys else list(load_registry())
+    """The models of the book: the paper's seven (``prrt_utils.paper.MODEL_KEYS``), then the registry's others."""
+    return list(dict.fromkeys([*paper.MODEL_KEYS, *load_registry()]))
 
 
 def available_models(work_dir: str | Path) -> list[str]:
@@ -177,12 +167,8 @@ def available_models(work_dir: str | Path) -> list[str]:
 
 
 def family_order() -> tuple[str, ...]:
-    """Families from fewest to most modalities (``paper.FAMILY_ORDER``, else :data:`prrt_utils.stats.FAMILY_ORDER`)."""
-    from prrt_utils.stats import FAMILY_ORDER
-
-    paper = _paper()
-    order = getattr(paper, "FAMILY_ORDER", None) if paper is not None else None
-    return tuple(order) if order else tuple(FAMILY_ORDER)
+    """Families from fewest to most modalities (``paper.FAMILY_ORDER``)."""
+    return tuple(paper.FAMILY_ORDER)
 
 
 def _rule_family(spec: ModelSpec, order: Sequence[str]) -> str:
@@ -209,13 +195,7 @@ def families(models: Sequence[str]) -> dict[str, str]:
     which no comparison uses).
     """
     order = family_order()
-    paper = _paper()
-    known: dict[str, str] = {}
-    for k, v in dict(getattr(paper, "FAMILIES", None) or {}).items() if paper is not None else ():
-        if isinstance(v, str):  # model -> family
-            known[k] = v
-        else:  # family -> models
-            known.update(dict.fromkeys(v, k))
+    known = {m: family for family, members in paper.FAMILIES.items() for m in members}
     return {m: known[m] if m in known else _rule_family(get_spec(m), order) for m in models}
 
 
@@ -294,26 +274,21 @@ def representative_repeat(fold_metrics: pd.DataFrame, model: str, metric: str = 
     return int(per.index[int(np.argmin((per - per.median()).abs().to_numpy()))])
 
 
-def table2(results: Any, paper: pd.DataFrame | None, names: Mapping[str, str] | None = None,
+def table2(results: Any, reference: pd.DataFrame | None, names: Mapping[str, str] | None = None,
            digits: int = 2) -> pd.DataFrame:
     """Our Table 2 (AUROC, AUPRC, accuracy as mean ± SE over repeats) beside the paper's (real cohort).
 
-    ``results`` is a :class:`prrt_utils.metrics.ModelResults`; ``paper`` the
+    ``results`` is a :class:`prrt_utils.metrics.ModelResults`; ``reference`` the
     frame of :func:`prrt_utils.metrics.paper_reference` (or ``None``, then only
-    our columns are shown). Accuracy is ours only (threshold 0.5).
+    our columns are shown). The paper's accuracy is given for two models only.
     """
     from prrt_utils.metrics import side_by_side
 
-    if paper is None:
+    if reference is None:
         return results.table(digits=digits, names=dict(names or {}))
-    out = side_by_side(results, paper, names=dict(names or {}), digits=digits)
-    acc: dict[str, str] = {}
-    module = _paper()
-    if module is not None and hasattr(module, "paper_table2"):
-        full = module.paper_table2()
-        if {"model", "accuracy_mean", "accuracy_se"} <= set(full.columns):
-            acc = {r.model: f"{r.accuracy_mean:.{digits}f} ± {r.accuracy_se:.{digits}f}"
-                   for r in full.itertuples() if np.isfinite(r.accuracy_mean)}
+    out = side_by_side(results, reference, names=dict(names or {}), digits=digits)
+    acc = {r.model: f"{r.accuracy_mean:.{digits}f} ± {r.accuracy_se:.{digits}f}"
+           for r in paper.paper_table2().itertuples() if np.isfinite(r.accuracy_mean)}
     out["Accuracy paper (real cohort)"] = [acc.get(m, "not reported") for m in results.models]
     out["Accuracy ours (this cohort)"] = [results.get(m, "accuracy").format(digits) for m in results.models]
     return out

@@ -566,31 +566,16 @@ def _mean_se_columns(table: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def paper_reference() -> tuple[dict[str, str], pd.DataFrame | None]:
-    """Display names and the paper's Table 2 (real cohort) from :mod:`prrt_utils.paper`, if present.
+def paper_reference() -> tuple[dict[str, str], pd.DataFrame]:
+    """Display names (the paper's seven and the baselines) and the paper's Table 2 (real cohort).
 
     Returns ``(names, table)``; ``table`` has ``model, auroc_mean, auroc_se,
-    auprc_mean, auprc_se`` or is ``None`` when the paper module is unavailable.
+    auprc_mean, auprc_se``.
     """
-    try:
-        from prrt_utils import paper
-    except ImportError:
-        return {}, None
-    names: dict[str, str] = {}
-    for attr in ("DISPLAY_NAMES", "MODEL_NAMES", "NAMES"):
-        if isinstance(getattr(paper, attr, None), dict):
-            names = dict(getattr(paper, attr))
-            break
+    from prrt_utils import paper
     from prrt_utils.models import BASELINE_NAMES
 
-    names.update(BASELINE_NAMES)
-    table = None
-    if hasattr(paper, "paper_table2"):
-        raw = paper.paper_table2()
-        if "model" not in raw.columns:
-            raw = raw.reset_index().rename(columns={raw.index.name or "index": "model"})
-        table = _mean_se_columns(raw)
-    return names, table
+    return {**paper.DISPLAY_NAMES, **BASELINE_NAMES}, _mean_se_columns(paper.paper_table2())
 
 
 # --------------------------------------------------------------------------- figures (plotly)
