@@ -361,7 +361,8 @@ def run_grid(
             if status == "stale" and not force:
                 raise GridError(
                     f"{fold_dir(work_dir, s.name, repeat, fold)} was finished with a different "
-                    f"{', '.join(differs)}; delete {work_dir / 'results' / s.name} or pass force=True"
+                    f"{', '.join(differs)}{_profile_hint(work_dir, s.name, train_cfg, differs)}; delete "
+                    f"{work_dir / 'results' / s.name} or pass force=True"
                 )
             tasks.append(
                 {
@@ -392,6 +393,20 @@ def run_grid(
         if bar is not None:
             bar.close()
     return collect_results(work_dir, [s.name for s in specs])
+
+
+def _profile_hint(work_dir: Path, model: str, train_cfg: TrainConfig, differs: Sequence[str]) -> str:
+    """When the training settings differ: which profile the stored folds and this run have (else nothing)."""
+    path = work_dir / "results" / model / "train.yaml"
+    if "train_hash" not in differs or not path.is_file():
+        return ""
+    import yaml
+
+    stored = (yaml.safe_load(path.read_text()) or {}).get("profile_name", "default")
+    if stored == train_cfg.profile_name:
+        return ""
+    return (f" (they were trained with the training profile {stored!r}, this run asks for "
+            f"{train_cfg.profile_name!r}: use another --work folder to keep both)")
 
 
 # --------------------------------------------------------------------------- reading results
