@@ -39,7 +39,8 @@
 #    tolerance (on the full-size control, one permutation gave the PET-only CNN 0.41, and the two
 #    logistic regressions over six permutations ranged 0.39 to 0.62 on the same folds; this design
 #    was changed to one permutation per repeat after that first run, and the page shows what it
-#    gives now);
+#    gives now). The labels are permuted within each test fold, so that every fold keeps the
+#    numbers of short and long PFS of the true run in its training and test parts;
 # 3. two cheap references show what the inputs allow: a logistic regression on hand-made PET burden
 #    features (`radiomics_lr`) and one on the four laboratory values (`lr_labs`).
 #

@@ -15,6 +15,12 @@ the issue's tolerance (+-0.07). Measured on the book's full-size control: with o
 and labs logistic regressions over six permutations ranged 0.39-0.62 on the same folds. With a
 permutation per repeat, the mean over repeats averages five independent permutations.
 
+The labels are permuted WITHIN each test fold of the repeat (:func:`fold_shuffled_labels`), so every
+fold keeps the numbers of short and long PFS of the true run in its training and its test part: the
+folds stay stratified for the shuffled outcome too, and a fold that can be trained on the true labels
+can be trained on the shuffled ones (a free permutation left a training part of the 21-patient test
+book with one short-PFS patient, and a test part with none).
+
 :func:`run_positive_control` is the stage (cached like every stage: a second run reuses the
 generated cohort, the preprocessing and every finished fold); :func:`read_positive_control` reads
 what it stored and judges it against the issue's thresholds (:data:`THRESHOLDS`) into a
@@ -167,6 +173,29 @@ def _write_if_changed(path: Path, text: str) -> None:
         store.write_text(path, text)
 
 
+def fold_shuffled_labels(labels: pd.Series, folds: pd.DataFrame, seed: int, repeat: int) -> pd.Series:
+    """The outcome permuted within each test fold of ``repeat`` (:func:`shuffled_labels`; fixed by seed, repeat, fold).
+
+    Parameters
+    ----------
+    labels : Series
+        0/1 outcome indexed by ``patient_id``.
+    folds : DataFrame
+        ``WORK/folds.csv`` (every patient is tested exactly once per repeat).
+
+    Returns
+    -------
+    Series
+        The permuted outcome, same index; each test fold (and so each training part) keeps its counts.
+    """
+    out = labels.copy()
+    tests = folds[(folds["repeat"] == repeat) & (folds["split"] == "test")]
+    for fold, g in tests.groupby("fold"):
+        ids = g["patient_id"].astype(str).tolist()
+        out.loc[ids] = shuffled_labels(labels.loc[ids].to_numpy(), seed, repeat * 1000 + int(fold) + 1)
+    return out
+
+
 def _prepare_shuffled(work: Path, seed: int) -> list[Path]:
     """``work/shuffled/r<k>`` per repeat: the outcome permuted, repeat k's rows of the SAME folds, links to the volumes."""
     from prrt_utils import grid
@@ -176,7 +205,8 @@ def _prepare_shuffled(work: Path, seed: int) -> list[Path]:
     out = []
     for repeat in sorted(folds["repeat"].unique()):
         sub = work / "shuffled" / f"r{int(repeat)}"
-        labels = cohort.assign(pfs_short=shuffled_labels(cohort["pfs_short"].to_numpy(), seed, int(repeat)))
+        y = fold_shuffled_labels(cohort.set_index("patient_id")["pfs_short"], folds, seed, int(repeat))
+        labels = cohort.assign(pfs_short=cohort["patient_id"].map(y).astype(int).to_numpy())
         _write_if_changed(sub / "cohort" / "cohort.csv", labels.to_csv(index=False))
         _write_if_changed(sub / "folds.csv", folds[folds["repeat"] == repeat].to_csv(index=False))
         _write_if_changed(sub / "folds.json", (work / "folds.json").read_text())

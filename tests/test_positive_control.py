@@ -101,6 +101,31 @@ def _result(pred, loss: float, full_size: bool):
                                  _checks(results, train_loss), full_size)
 
 
+def test_shuffled_labels_keep_every_folds_class_counts_and_differ_from_the_truth():
+    import pandas as pd
+
+    from prrt_utils.folds import make_folds
+    from prrt_utils.positive_control import fold_shuffled_labels
+
+    ids = [f"P{i:02d}" for i in range(21)]
+    y = pd.Series([1, 1, 1] + [0] * 18, index=ids)  # as few short-PFS patients as the test book's control
+    folds = make_folds(pd.DataFrame({"patient_id": ids, "pfs_short": y.to_numpy()}), 3, 2, 0)
+    seen = []
+    for repeat in (0, 1):
+        shuffled = fold_shuffled_labels(y, folds, 0, repeat)
+        assert shuffled.sum() == 3 and sorted(shuffled.index) == ids
+        for fold in range(3):
+            g = folds[(folds["repeat"] == repeat) & (folds["fold"] == fold)]
+            for split in ("train", "test"):
+                part = g.loc[g["split"] == split, "patient_id"]
+                assert shuffled.loc[part].sum() == y.loc[part].sum(), (repeat, fold, split)
+        seen.append(shuffled.tolist())
+        assert shuffled.equals(fold_shuffled_labels(y, folds, 0, repeat))  # fixed by the seed
+    big = pd.Series(np.tile([0, 0, 1], 40), index=[f"Q{i:03d}" for i in range(120)])
+    big_folds = make_folds(pd.DataFrame({"patient_id": big.index, "pfs_short": big.to_numpy()}), 3, 1, 0)
+    assert (fold_shuffled_labels(big, big_folds, 0, 0) != big).sum() > 20
+
+
 def test_the_verdict_is_computed_against_the_issues_thresholds():
     pred = _fake_predictions()
     ok = _result(pred, 0.3, full_size=True)
