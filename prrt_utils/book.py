@@ -16,6 +16,10 @@ Order (the data flow of DESIGN.md):
    outcome; for the synthetic cohort an independent synthetic population) when a model
    starts its CT branch from it, then ``train_model`` once per model (papermill parameter ``model``), each run
    training or resuming that model's folds (:func:`run_models`);
+   then, on the synthetic cohort only, the positive control at full size
+   (:func:`ensure_positive_control`, :mod:`prrt_utils.positive_control`: its own cohort in
+   ``data/synthetic-positive-control``, its own work in ``WORK/positive-control``), shown by the page
+   ``positive_control``;
 4. ``00_summary`` (the results-first answer, placed right after the introduction),
    ``03_unimodal``, ``04_fusion``, ``05_statistics``, ``06_explainability`` (read
    stored results; never retrain), ``07_survival`` (survival models on the same folds),
@@ -53,6 +57,7 @@ __all__ = [
     "BookError",
     "build_html",
     "ensure_data",
+    "ensure_positive_control",
     "execute_notebook",
     "fold_code",
     "prepare_for_book",
@@ -71,6 +76,7 @@ ANALYSIS_CHAPTERS = (
 TRAIN_TEMPLATE = "train_model"
 _LONG_PAGES = ("08_validation", "07_survival", "06_explainability")
 PRETRAIN_PAGE = "pretrain_ct"
+POSITIVE_CONTROL_PAGE = "positive_control"
 DEFAULT_SYNTHETIC = Path("data/synthetic")
 
 
@@ -132,6 +138,13 @@ class BookConfig(Config):
     validation_model : str
         Model packaged and validated in chapter 08 on the synthetic second
         centre (empty: no validation chapter content).
+    profile : str
+        Training recipe of every network (:meth:`prrt_utils.training.TrainConfig.profile`):
+        ``default`` (one that learns) or ``paper`` (the paper's literal recipe). Recorded in each
+        model's ``train.yaml`` and part of the folds' cache key.
+    positive_control : bool
+        Run the positive control (:mod:`prrt_utils.positive_control`) when the book runs on the
+        synthetic cohort (never on an own cohort: the control is about the pipeline, not the data).
     """
 
     data_dir: str = str(DEFAULT_SYNTHETIC)
@@ -154,10 +167,16 @@ class BookConfig(Config):
     pretrain_data_dir: str = ""
     pretrain_patients: int = 0
     validation_model: str = "pet_fusion"
+    profile: str = "default"
+    positive_control: bool = True
 
     def __post_init__(self) -> None:
+        from prrt_utils.training import PROFILES
+
         if self.on_error not in ("skip", "stop"):
             raise BookError(f"on_error must be 'skip' or 'stop', got {self.on_error!r}")
+        if self.profile not in PROFILES:
+            raise BookError(f"profile must be one of {', '.join(PROFILES)}, got {self.profile!r}")
         object.__setattr__(self, "models", tuple(self.models))
 
     @property
@@ -188,7 +207,21 @@ class BookConfig(Config):
             "pretrain_data_dir": self.pretrain_data_dir,
             "pretrain_patients": self.pretrain_patients,
             "validation_model": self.validation_model,
+            "profile": self.profile,
+            "positive_control_data_dir": str(POSITIVE_CONTROL_DATA) if self.runs_positive_control else "",
         }
+
+    def train_config(self) -> Any:
+        """The :class:`~prrt_utils.training.TrainConfig` of every fold: the profile, the seed, device, epochs."""
+        from prrt_utils.training import TrainConfig
+
+        return TrainConfig.profile(self.profile, seed=self.seed, device=self.device,
+                                   **({"epochs": int(self.epochs)} if self.epochs else {}))
+
+    @property
+    def runs_positive_control(self) -> bool:
+        """Whether the positive control runs: asked for, and the book is on the default synthetic cohort."""
+        return self.positive_control and not self.cohort_yaml and Path(self.data_dir) == DEFAULT_SYNTHETIC
 
     @property
     def has_pretrained_model(self) -> bool:
@@ -377,6 +410,24 @@ def ensure_data(cfg: BookConfig, root: Path, progress: bool = True) -> Path:
 
 
 SECOND_CENTRE = DEFAULT_SYNTHETIC.parent / "synthetic-b"
+POSITIVE_CONTROL_DATA = DEFAULT_SYNTHETIC.parent / "synthetic-positive-control"
+
+
+def ensure_positive_control(cfg: BookConfig, root: Path, progress: bool = False) -> Path | None:
+    """The positive control beside the synthetic cohort, generated and trained or reused; its work folder.
+
+    ``None`` (nothing run) when the book runs on an own cohort or ``positive_control`` is off: the
+    page then says so. Same size, seed, splits, epochs and training profile as the book
+    (:class:`prrt_utils.positive_control.PositiveControlConfig`).
+    """
+    if not cfg.runs_positive_control:
+        return None
+    from prrt_utils.positive_control import PositiveControlConfig, run_positive_control
+
+    pc = PositiveControlConfig(n_patients=cfg.synth_patients, seed=cfg.seed, n_repeats=cfg.n_repeats,
+                               n_splits=cfg.n_splits, epochs=cfg.epochs, profile=cfg.profile, device=cfg.device)
+    return run_positive_control(pc, root / POSITIVE_CONTROL_DATA, root / cfg.work_dir, n_jobs=cfg.n_jobs,
+                                progress=progress)
 
 
 def ensure_second_centre(cfg: BookConfig, root: Path, progress: bool = True) -> Path | None:
@@ -429,10 +480,9 @@ def train_all(cfg: BookConfig, root: Path, models: Sequence[str], progress: bool
     from prrt_utils import grid
     from prrt_utils.folds import CVConfig
     from prrt_utils.models import get_spec, override_ct_init
-    from prrt_utils.training import TrainConfig
 
     specs = [override_ct_init(get_spec(m), cfg.ct_init) for m in models]
-    train_cfg = TrainConfig(seed=cfg.seed, device=cfg.device, **({"epochs": int(cfg.epochs)} if cfg.epochs else {}))
+    train_cfg = cfg.train_config()
     cv = CVConfig(n_splits=cfg.n_splits, n_repeats=cfg.n_repeats, seed=cfg.seed)
     grid.run_grid(specs, root / cfg.work_dir, cv, train_cfg, n_jobs=cfg.n_jobs, scheduler=cfg.scheduler or None,
                   progress=progress)
@@ -500,12 +550,15 @@ def run_models(cfg: BookConfig, root: Path | None = None, models: Sequence[str] 
     """Train (or resume) each model (:func:`train_all`), then execute ``notebooks/train_model.py`` once per model.
 
     Each executed copy, ``book/executed/train_<model>.ipynb``, is that model's page
-    of the book. Returns seconds per page.
+    of the book. Returns the seconds of the pages of ``models`` only (``timings.json`` keeps
+    every page executed before too).
     """
     root = root or repo_root()
     cfg = resolve_cohort(cfg, root)
+    pages = _model_pages(cfg, models or cfg.model_keys)
     _train_timed(cfg, root, models or cfg.model_keys, progress)
-    return execute_pages(cfg, root, _model_pages(cfg, models or cfg.model_keys), cfg.n_jobs)
+    timings = execute_pages(cfg, root, pages, cfg.n_jobs)
+    return {page: timings[page] for page, _, _ in pages}
 
 
 def _train_timed(cfg: BookConfig, root: Path, models: Sequence[str], progress: bool = False) -> None:
@@ -603,11 +656,15 @@ def make_book(cfg: BookConfig | None = None, root: str | Path | None = None, exe
                                                                    _executed_dir(root) / f"{PRETRAIN_PAGE}.ipynb",
                                                                    cfg.parameters(), root, cfg.kernel))
         _train_timed(cfg, root, cfg.model_keys, progress)
+        t0 = time.perf_counter()
+        if ensure_positive_control(cfg, root, progress) is not None:
+            _record(_timings(root), root, "positive control (generated, trained or reused)", time.perf_counter() - t0)
         # every page from here on only reads what the stages above stored: n_jobs of them at a time,
         # the longest first (the order only changes how well the two cores are kept busy)
         *chapters, last = ANALYSIS_CHAPTERS
         pages = [(name, name, cfg.parameters()) for name in chapters]
         pages = [p for p in pages if p[0] in _LONG_PAGES] + _model_pages(cfg, cfg.model_keys) + \
+            [(POSITIVE_CONTROL_PAGE, POSITIVE_CONTROL_PAGE, cfg.parameters())] + \
             [p for p in pages if p[0] not in _LONG_PAGES]
         t0 = time.perf_counter()
         execute_pages(cfg, root, pages, cfg.n_jobs)

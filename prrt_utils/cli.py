@@ -96,6 +96,7 @@ def _book_config(args: argparse.Namespace) -> BookConfig:
         epochs=args.epochs, device=args.device, scheduler=args.scheduler,
         cohort_yaml=str(Path(args.cohort).resolve()) if args.cohort else "",
         ct_init=args.ct_init, ct_labels_dir=args.ct_labels, pretrain_data_dir=args.pretrain_data,
+        profile=args.profile,
     )
 
 
@@ -118,7 +119,8 @@ def _train_final(args: argparse.Namespace) -> int:
     from prrt_utils.package import train_final
     from prrt_utils.training import TrainConfig
 
-    cfg = TrainConfig(seed=args.seed, device=args.device, **({"epochs": args.epochs} if args.epochs else {}))
+    cfg = TrainConfig.profile(args.profile, seed=args.seed, device=args.device,
+                              **({"epochs": args.epochs} if args.epochs else {}))
     for model in args.models:
         out = train_final(Path(args.work), Path(args.out) / model, model, cfg, force=args.force)
         print(f"{model}: package written to {out}")
@@ -153,8 +155,10 @@ def _predict(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from prrt_utils.book import run_models
 
-    timings = run_models(_book_config(args), progress=_progress(args))
-    print("trained: " + ", ".join(f"{k} ({v:.0f} s)" for k, v in timings.items() if k.startswith("train_")))
+    cfg = _book_config(args)
+    timings = run_models(cfg, progress=_progress(args))  # the pages of the models of this run only
+    print(f"trained (training profile {cfg.profile!r}): "
+          + ", ".join(f"{k.removeprefix('train_')} ({v:.0f} s)" for k, v in timings.items()))
     return 0
 
 
@@ -220,6 +224,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=2, help="parallel worker processes (default: %(default)s)")
     p.set_defaults(func=_preprocess)
 
+    def profile(p: argparse.ArgumentParser) -> None:
+        from prrt_utils.training import PROFILES
+
+        p.add_argument("--profile", choices=PROFILES, default="default",
+                       help="training recipe: 'default' (one that learns: AdamW, early stopping inside the training "
+                            "part, shifts, PET relative to the liver) or 'paper' (the paper's literal recipe: Adam, "
+                            "lr 0.01, L2 decay 0.2, 8 epochs); recorded in each model's train.yaml, and folds of one "
+                            "profile are never reused for another (default: %(default)s)")
+
     def training(p: argparse.ArgumentParser) -> None:
         p.add_argument("--repeats", type=int, default=5, help="cross-validation repeats (default: %(default)s, as in the paper)")
         p.add_argument("--folds", type=int, default=3, help="folds per repeat (default: %(default)s, as in the paper)")
@@ -231,6 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--ct-init", default="", metavar="PATH|none", help="CT branch of the pretrained model: '' = as declared in models/*.yaml (CT pretraining on anatomy first), 'none' = from scratch, or a checkpoint file, e.g. a MONAI CT segmentation bundle's model.pt (default: as declared)")
         p.add_argument("--ct-labels", default="", metavar="DIR", help="label maps <patient_id>.nii.gz of the CT pretraining population (default: the population's own)")
         p.add_argument("--pretrain-data", default="", metavar="DIR", help="CT pretraining population: patients OUTSIDE the study, imaging/<id>/ and ct_labels/<id>.nii.gz with codes.json (default: an independent synthetic population for the synthetic cohort; an own cohort without one trains the CT branch from scratch)")
+        profile(p)
 
     p = sub.add_parser("pretrain-ct", help="pretrain the CT encoder of the pretrained model on anatomy segmentation (no outcome used); write work/pretrained/")
     common(p)
@@ -252,6 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="global seed (default: %(default)s)")
     p.add_argument("--device", default="auto", help="'auto', 'cpu' or 'cuda' (default: %(default)s)")
     p.add_argument("--force", action="store_true", help="replace an existing package")
+    profile(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars (they are shown only on a terminal anyway)")
     p.set_defaults(func=_train_final)
 

@@ -60,10 +60,12 @@ __all__ = [
     "fold_table",
     "load_embeddings",
     "load_histories",
+    "plan_grid",
     "prepare_inputs",
     "read_inner_results",
     "read_results",
     "run_grid",
+    "run_tasks",
 ]
 
 
@@ -333,6 +335,32 @@ def run_grid(
         The predictions of ``models`` over all their folds (``WORK/results/predictions.parquet``
         holds those of every model in the work directory).
     """
+    work_dir, models = Path(work_dir).resolve(), list(models)
+    tasks, n_done = plan_grid(models, work_dir, cv, train_cfg, n_jobs, scheduler, torch_threads=torch_threads,
+                              force=force, label=label)
+    run_tasks(tasks, n_jobs, scheduler, progress, n_done=n_done)
+    return collect_results(work_dir, [get_spec(m).name for m in models])
+
+
+def plan_grid(
+    models: Iterable[str | ModelSpec],
+    work_dir: str | Path,
+    cv: CVConfig | None = None,
+    train_cfg: TrainConfig | None = None,
+    n_jobs: int = 2,
+    scheduler: Any = None,
+    *,
+    torch_threads: int | None = None,
+    force: bool = False,
+    label: str = "pfs_short",
+) -> tuple[list[dict[str, Any]], int]:
+    """The unfinished folds of :func:`run_grid` as tasks (plain values), and how many folds are done already.
+
+    Everything :func:`run_grid` does before training: the eligible cohort, the splits, the cached
+    inputs, the stale check, and each model's ``model.yaml`` and ``train.yaml``. Tasks of several
+    work folders (say, runs on differently labelled copies of one cohort) can then be trained in ONE
+    pool of workers by :func:`run_tasks`. Same parameters as :func:`run_grid`.
+    """
     work_dir = Path(work_dir).resolve()
     cv = cv or CVConfig(label=label)
     train_cfg = train_cfg or TrainConfig()
@@ -361,7 +389,8 @@ def run_grid(
             if status == "stale" and not force:
                 raise GridError(
                     f"{fold_dir(work_dir, s.name, repeat, fold)} was finished with a different "
-                    f"{', '.join(differs)}; delete {work_dir / 'results' / s.name} or pass force=True"
+                    f"{', '.join(differs)}{_profile_hint(work_dir, s.name, train_cfg, differs)}; delete "
+                    f"{work_dir / 'results' / s.name} or pass force=True"
                 )
             tasks.append(
                 {
@@ -380,18 +409,38 @@ def run_grid(
     for s in specs:  # after the stale check: never relabel folds trained with other settings
         store.write_text(work_dir / "results" / s.name / "model.yaml", s.to_yaml())
         store.write_text(work_dir / "results" / s.name / "train.yaml", train_cfg.to_yaml())
+    return tasks, n_done
+
+
+def run_tasks(tasks: list[dict[str, Any]], n_jobs: int = 2, scheduler: Any = None, progress: bool = True,
+              n_done: int = 0) -> list[dict[str, Any]]:
+    """Train the tasks of :func:`plan_grid` (of one or several work folders) in one pool; one result per fold."""
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
+        threads = tasks[0]["threads"] if tasks else "-"
         bar = tqdm(total=n_done + len(tasks), initial=n_done, unit="fold", desc="folds",
-                   postfix=f"{n_jobs if not scheduler else 'dask'} x {torch_threads} thread(s)")
+                   postfix=f"{n_jobs if not scheduler else 'dask'} x {threads} thread(s)")
     try:
-        _execute(tasks, n_jobs, scheduler, bar)
+        return _execute(tasks, n_jobs, scheduler, bar)
     finally:
         if bar is not None:
             bar.close()
-    return collect_results(work_dir, [s.name for s in specs])
+
+
+def _profile_hint(work_dir: Path, model: str, train_cfg: TrainConfig, differs: Sequence[str]) -> str:
+    """When the training settings differ: which profile the stored folds and this run have (else nothing)."""
+    path = work_dir / "results" / model / "train.yaml"
+    if "train_hash" not in differs or not path.is_file():
+        return ""
+    import yaml
+
+    stored = (yaml.safe_load(path.read_text()) or {}).get("profile_name", "default")
+    if stored == train_cfg.profile_name:
+        return ""
+    return (f" (they were trained with the training profile {stored!r}, this run asks for "
+            f"{train_cfg.profile_name!r}: use another --work folder to keep both)")
 
 
 # --------------------------------------------------------------------------- reading results

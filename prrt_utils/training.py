@@ -115,6 +115,11 @@ INNER_CV_SPLITS = 3
 PROFILES = ("default", "paper")
 """Named training recipes (:meth:`TrainConfig.profile`)."""
 
+PAPER_RECIPE: dict[str, Any] = {"optimizer": "adam", "lr": 0.01, "weight_decay": 0.2, "epochs": 8,
+                                "early_stopping": False, "augment": False, "pet_reference": "none"}
+"""The settings in which the ``paper`` profile differs from the default (section 2.5; 8 epochs: the
+paper gives no number)."""
+
 
 class TrainingError(ValueError):
     """Input that cannot be trained on (names the patient or the fold), or a results folder that does not match."""
@@ -178,6 +183,10 @@ class TrainConfig(Config):
     flip : bool
         Left-right flip in augmentation. Off: organs are not symmetric (liver
         right, spleen left), so a flipped patient is not a plausible patient.
+    profile_name : {"default", "paper"}
+        Which named recipe these settings come from (:meth:`profile`); recorded in
+        ``train.yaml`` and every fold's ``done.json`` and part of the cache key, so
+        folds trained with one profile are never reused for another.
     """
 
     optimizer: str = "adamw"
@@ -198,21 +207,37 @@ class TrainConfig(Config):
     augment: bool = True
     max_shift_voxels: int = 2
     flip: bool = False
+    profile_name: str = "default"
 
     @classmethod
     def paper(cls, **overrides: Any) -> TrainConfig:
         """The paper's literal recipe (section 2.5): Adam, lr 0.01, L2 decay 0.2, 8 epochs, raw SUV, no augmentation."""
-        return cls(**{"optimizer": "adam", "lr": 0.01, "weight_decay": 0.2, "epochs": 8, "early_stopping": False,
-                      "augment": False, "pet_reference": "none", **overrides})
+        return cls(**{**PAPER_RECIPE, "profile_name": "paper", **overrides})
 
     @classmethod
     def profile(cls, name: str, **overrides: Any) -> TrainConfig:
-        """A named recipe: ``"default"`` (one that learns) or ``"paper"`` (:meth:`paper`)."""
+        """A named recipe: ``"default"`` (one that learns) or ``"paper"`` (:meth:`paper`); ``profile_name`` records it."""
         if name not in PROFILES:
-            raise TrainingError(f"unknown training profile {name!r}; known: {PROFILES}")
-        return cls.paper(**overrides) if name == "paper" else cls(**overrides)
+            raise TrainingError(f"unknown training profile {name!r}; known: {', '.join(PROFILES)}")
+        return cls.paper(**overrides) if name == "paper" else cls(**{"profile_name": name, **overrides})
+
+    def hash(self) -> str:
+        """The cache key of the folds: every setting, and the profile unless it is the default.
+
+        The default profile leaves the key as it was before profiles were recorded, so folds
+        trained with the default recipe stay valid; any other profile changes it.
+        """
+        if self.profile_name != "default":
+            return super().hash()
+        import hashlib
+        import json
+
+        blob = {k: v for k, v in self.to_dict().items() if k != "profile_name"}
+        return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
 
     def __post_init__(self) -> None:
+        if self.profile_name not in PROFILES:
+            raise TrainingError(f"unknown training profile {self.profile_name!r}; known: {', '.join(PROFILES)}")
         if self.optimizer not in ("adam", "adamw"):
             raise TrainingError(f"optimizer must be 'adamw' (decoupled decay) or 'adam' (L2 penalty), got {self.optimizer!r}")
         if self.pet_reference not in ("liver", "none"):
@@ -259,6 +284,8 @@ RECIPE_SOURCES: dict[str, tuple[str, str]] = {
     "augment": ("a priori", "random shifts of the training volumes"),
     "max_shift_voxels": ("a priori", "largest random shift"),
     "flip": ("a priori", "off: organ position is information (the liver is on one side)"),
+    "profile_name": ("run setting", "the named recipe these settings come from: 'default' (one that learns) or "
+                     "'paper' (the paper's literal recipe, section 2.5; prrt run/book --profile)"),
 }
 """Where each :class:`TrainConfig` setting comes from: ``paper``, ``a priori`` (fixed before any
 result), ``positive control`` (compared on the separate positive-control cohort only), ``inner
@@ -279,6 +306,8 @@ def recipe_table(cfg: TrainConfig) -> pd.DataFrame:
     rows = []
     for f in dataclasses.fields(cfg):
         source, why = RECIPE_SOURCES[f.name]
+        if cfg.profile_name == "paper" and f.name in PAPER_RECIPE and getattr(cfg, f.name) == PAPER_RECIPE[f.name]:
+            source, why = "paper", "the paper's literal recipe (profile 'paper'; section 2.5, epochs: the paper gives none)"
         rows.append({"setting": f.name, "value": str(getattr(cfg, f.name)), "source": source, "why": why})
     return pd.DataFrame(rows)
 
