@@ -65,8 +65,7 @@ from IPython.display import Markdown, display
 from prrt_utils import metrics, positive_control
 
 names, _ = metrics.paper_reference()
-names = {"radiomics_lr": "Radiomics LR (PET features)", "lr_labs": "LR (labs)", **names,
-         positive_control.SHUFFLED_NAME: "PET only, shuffled labels"}
+names = {**names, positive_control.SHUFFLED_NAME: "PET only, shuffled labels"}
 result = None
 if not positive_control_data_dir:
     display(Markdown(
