@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from prrt_utils import log, store
+from prrt_utils.cohort import PFS_THRESHOLD_MONTHS
 from prrt_utils.config import SEED, Config
 
 __all__ = [
@@ -161,7 +162,7 @@ class BookConfig(Config):
     on_error: str = "skip"
     kernel: str = "python3"
     cohort_yaml: str = ""
-    pfs_threshold_months: float = 12.0
+    pfs_threshold_months: float = PFS_THRESHOLD_MONTHS
     ct_init: str = ""
     ct_labels_dir: str = ""
     pretrain_data_dir: str = ""

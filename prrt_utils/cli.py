@@ -13,6 +13,7 @@ import traceback
 from pathlib import Path
 
 from prrt_utils.book import BookConfig
+from prrt_utils.cohort import PFS_THRESHOLD_MONTHS
 from prrt_utils.log import configure, get_logger, scrub, write_debug
 
 DEFAULT_DATA = "data/synthetic"
@@ -56,7 +57,7 @@ def _cohort(args: argparse.Namespace) -> int:
     from prrt_utils.cohort import CohortConfig, build_cohort
 
     data, yaml_threshold = _own_cohort(args)
-    threshold = args.threshold if args.threshold is not None else (yaml_threshold or 12.0)
+    threshold = args.threshold if args.threshold is not None else (yaml_threshold or PFS_THRESHOLD_MONTHS)
     cfg = CohortConfig(pfs_threshold_months=threshold, on_error=args.on_error)
     cohort = build_cohort(cfg, data, Path(args.work))
     n_short = int(cohort["pfs_short"].sum()) if "pfs_short" in cohort else 0
@@ -131,7 +132,7 @@ def _validate(args: argparse.Namespace) -> int:
     from prrt_utils.validation import run_validation, write_report
 
     data, yaml_threshold = _own_cohort(args)
-    out = run_validation(args.model, data, Path(args.work), pfs_threshold_months=yaml_threshold or 12.0,
+    out = run_validation(args.model, data, Path(args.work), pfs_threshold_months=yaml_threshold or PFS_THRESHOLD_MONTHS,
                          n_jobs=args.jobs, progress=_progress(args))
     page = write_report(out, args.out)
     print(f"validation of {args.model} on {data}: predictions in {out}, report {page}")

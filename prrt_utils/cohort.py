@@ -60,6 +60,7 @@ __all__ = [
     "CLINICAL_COLUMNS",
     "FORBIDDEN_INPUTS",
     "LAB_COLUMNS",
+    "PFS_THRESHOLD_MONTHS",
     "LAB_LABELS",
     "CohortConfig",
     "CohortError",
@@ -79,6 +80,9 @@ __all__ = [
     "table1",
     "table1_side_by_side",
 ]
+
+PFS_THRESHOLD_MONTHS: float = 12.0
+"""The paper's split: short PFS is progression within 12 months (12.0 included); every default says it once, here."""
 
 LAB_COLUMNS: tuple[str, ...] = ("ast_u_l", "alt_u_l", "cga_ug_l", "ggt_u_l")
 """Laboratory inputs of every model (paper 2.5: AST, ALT, CgA, GGT), units in the names."""
@@ -170,7 +174,7 @@ class CohortConfig(Config):
         Folder under the data folder that holds ``<patient_id>/`` image folders.
     """
 
-    pfs_threshold_months: float = 12.0
+    pfs_threshold_months: float = PFS_THRESHOLD_MONTHS
     on_error: str = "skip"
     require_event: bool = True
     imaging_subdir: str = "imaging"
@@ -702,7 +706,7 @@ def fisher_freeman_halton(table: Any) -> float:
     return min(p, 1.0)
 
 
-def table1(cohort: pd.DataFrame, threshold: float = 12.0, p_as_text: bool = False) -> pd.DataFrame:
+def table1(cohort: pd.DataFrame, threshold: float = PFS_THRESHOLD_MONTHS, p_as_text: bool = False) -> pd.DataFrame:
     """Patient characteristics stratified by PFS <= / > ``threshold`` months (paper Table 1).
 
     Categorical rows: ``n (%)`` of the column's patients, and the two-sided
@@ -881,7 +885,7 @@ def table1_side_by_side(ours: pd.DataFrame, paper: pd.DataFrame | None = None) -
     return merged.fillna("")
 
 
-def cohort_summary(cohort: pd.DataFrame, threshold: float = 12.0) -> pd.DataFrame:
+def cohort_summary(cohort: pd.DataFrame, threshold: float = PFS_THRESHOLD_MONTHS) -> pd.DataFrame:
     """Counts of the cohort beside the paper's (116 patients, 42 short = 36 %).
 
     Returns
@@ -1080,7 +1084,7 @@ def kaplan_meier(cohort: pd.DataFrame, duration: str = "pfs_months", event: str 
 
 
 def km_figure(
-    result: KMResult, threshold: float = 12.0, reference: dict[str, Any] | None = None, step: float = 6.0
+    result: KMResult, threshold: float = PFS_THRESHOLD_MONTHS, reference: dict[str, Any] | None = None, step: float = 6.0
 ) -> Any:
     """Plotly Kaplan-Meier curve with its 95 % band, the threshold and an at-risk table (paper Figure 2).
 

@@ -96,6 +96,7 @@ from prrt_utils.cohort import (
     CLINICAL_COLUMNS,
     LAB_COLUMNS,
     NUMERIC_COLUMNS,
+    PFS_THRESHOLD_MONTHS,
     CohortConfig,
     load_clinical,
     patient_id_problem,
@@ -278,7 +279,7 @@ class CohortSource(Config):
     units: dict[str, str] = dataclasses.field(default_factory=dict)
     values: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     dates: dict[str, str] = dataclasses.field(default_factory=dict)
-    pfs_threshold_months: float = 12.0
+    pfs_threshold_months: float = PFS_THRESHOLD_MONTHS
     pseudonymise: str = "auto"
     salt_file: str = ""
     link: str = "auto"

@@ -43,6 +43,7 @@ import pandas as pd
 import torch
 
 from prrt_utils import store
+from prrt_utils.cohort import PFS_THRESHOLD_MONTHS
 from prrt_utils.config import SEED, Config
 from prrt_utils.metrics import predicted_long
 from prrt_utils.models import LAB_COLUMNS, build_network, get_spec, make_forest
@@ -84,7 +85,7 @@ class SurvivalError(ValueError):
 
 
 def administrative_censoring(cohort: pd.DataFrame, fraction: float, seed: int = SEED, accrual_months: float = 60.0,
-                             horizon_months: float = 12.0, min_followup_months: float = 0.5) -> pd.DataFrame:
+                             horizon_months: float = PFS_THRESHOLD_MONTHS, min_followup_months: float = 0.5) -> pd.DataFrame:
     """Censor PFS at an administrative data cut-off, so that about ``fraction`` of patients are censored.
 
     Patients enter the study uniformly over ``accrual_months`` (entry ``u_i``,
@@ -164,7 +165,7 @@ def administrative_censoring(cohort: pd.DataFrame, fraction: float, seed: int = 
     return out
 
 
-def complete_case_summary(censored: pd.DataFrame, horizon_months: float = 12.0) -> pd.DataFrame:
+def complete_case_summary(censored: pd.DataFrame, horizon_months: float = PFS_THRESHOLD_MONTHS) -> pd.DataFrame:
     """Share of short PFS and median PFS: truth vs the paper's complete cases vs label-known cases.
 
     Returns
@@ -254,7 +255,7 @@ def harrell_lifelines(time: np.ndarray, event: np.ndarray, log_risk: np.ndarray)
 
 
 def survival_metrics(train_time: np.ndarray, train_event: np.ndarray, test_time: np.ndarray, test_event: np.ndarray,
-                     log_risk: np.ndarray, survival: np.ndarray | None, times: np.ndarray, horizon: float = 12.0,
+                     log_risk: np.ndarray, survival: np.ndarray | None, times: np.ndarray, horizon: float = PFS_THRESHOLD_MONTHS,
                      true_time: np.ndarray | None = None) -> dict[str, float]:
     """Discrimination and overall error of survival predictions on one test fold (scikit-survival).
 
@@ -351,7 +352,7 @@ class SurvivalConfig(Config):
     censor_fraction: float = 0.3
     accrual_months: float = 60.0
     seed: int = SEED
-    horizon_months: float = 12.0
+    horizon_months: float = PFS_THRESHOLD_MONTHS
     cnn_model: str = "pet_fusion"
     epochs: int = 20
     batch_size: int = 16
@@ -750,7 +751,7 @@ def cox_hr_by_group(df: pd.DataFrame, threshold: float = 0.5, *, prob_is: Litera
 # --------------------------------------------------------------------------- figures
 
 
-def km_truth_figure(censored: pd.DataFrame, horizon_months: float = 12.0) -> object:
+def km_truth_figure(censored: pd.DataFrame, horizon_months: float = PFS_THRESHOLD_MONTHS) -> object:
     """Kaplan-Meier of the TRUE PFS beside the estimate from censored data and from complete cases only.
 
     Lifelines ``KaplanMeierFitter``; a plotly figure with the horizon marked.

@@ -61,7 +61,7 @@ import numpy as np
 import pandas as pd
 
 from prrt_utils import store
-from prrt_utils.cohort import CLINICAL_COLUMNS  # the columns of clinical.csv: the cohort stage owns them
+from prrt_utils.cohort import CLINICAL_COLUMNS, PFS_THRESHOLD_MONTHS  # the cohort stage owns the schema
 from prrt_utils.config import SEED, Config
 from prrt_utils.log import get_logger
 
@@ -268,7 +268,7 @@ class SynthConfig(Config):
     positive_control_shape: float = 6.0
     pfs_scale_months: float = 20.4
     pfs_shape: float = 2.1
-    pfs_threshold_months: float = 12.0
+    pfs_threshold_months: float = PFS_THRESHOLD_MONTHS
     # --- PRRT cycles (a consequence of PFS, never a risk factor)
     planned_cycle_probs: tuple[float, ...] = (0.02, 0.04, 0.10, 0.60, 0.12, 0.07, 0.05)
     cycle_interval_months: tuple[float, float] = (2.2, 2.8)

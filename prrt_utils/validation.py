@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from prrt_utils import store
+from prrt_utils.cohort import PFS_THRESHOLD_MONTHS
 from prrt_utils.package import ModelPackage, cohort_summary, load_package
 
 __all__ = ["RATIO_FLAG", "recalibrate_in_the_large", "run_validation", "shift_table"]
@@ -79,7 +80,7 @@ def recalibrate_in_the_large(y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, 
 
 
 def run_validation(package: str | Path | ModelPackage, data_dir: str | Path, work_dir: str | Path,
-                   pfs_threshold_months: float = 12.0, on_error: str = "skip", n_jobs: int = 2,
+                   pfs_threshold_months: float = PFS_THRESHOLD_MONTHS, on_error: str = "skip", n_jobs: int = 2,
                    progress: bool = False) -> Path:
     """Cohort, preprocessing (package's settings) and predictions of another cohort; returns the output folder."""
     from prrt_utils import grid
