@@ -48,6 +48,7 @@ seed = 0
 n_jobs = 2
 n_boot = 1000
 epochs = 0
+profile = "default"  # training recipe of the final model, as the book's folds
 
 # %%
 from prrt_utils.report import setup_notebook
@@ -81,7 +82,7 @@ if not ready:
 
 # %%
 if ready:
-    cfg = TrainConfig(seed=seed, **({"epochs": int(epochs)} if epochs else {}))
+    cfg = TrainConfig.profile(profile, seed=seed, **({"epochs": int(epochs)} if epochs else {}))
     pkg_dir = package.train_final(work_dir, Path(work_dir) / "packages" / validation_model, validation_model, cfg)
     pkg = package.load_package(pkg_dir)
     display(pd.Series({k: v for k, v in pkg.manifest.items() if k not in ("sha256", "source_key")}, name="manifest")
