@@ -120,7 +120,7 @@ def model_findings(results: metrics.ModelResults, ceiling: metrics.ModelResults 
     sentences = [paired_finding(results.fold_metrics, m, r, names) for m, r in comparisons]
     groups: dict[str | None, list[str]] = {}
     for m in results.models:
-        groups.setdefault(metrics._family(m), []).append(m)
+        groups.setdefault(metrics.input_family(m), []).append(m)
     for family, models in groups.items():
         listed = ", ".join(f"{_name(m, names)} **{results.get(m).format(2)}**" for m in models)
         sees = {"labs": "the laboratory values", "image": "images", "labs+image": "images and laboratory values"}
@@ -258,7 +258,7 @@ class Answer:
                    "paper (real cohort)": (f"{ref.at[m, 'auroc_mean']:.2f} ± {ref.at[m, 'auroc_se']:.2f}"
                                            if m in ref.index else "not in paper")}
             if self.ceiling is not None:
-                cname = metrics.CEILING_MODELS.get(metrics._family(m) or "")
+                cname = metrics.CEILING_MODELS.get(metrics.input_family(m) or "")
                 row["ceiling of its inputs"] = f"{self.ceiling.get(cname).mean:.2f}" if cname in self.ceiling.models else ""
                 row["Bayes ceiling"] = f"{self.ceiling.get('bayes_ceiling').mean:.2f}"
             rows.append(row)
@@ -293,7 +293,7 @@ class Answer:
             error_x={"type": "data", "array": [ref.at[m, "auroc_se"] for m in known]},
             hovertemplate="%{y}: AUROC %{x:.2f}<extra>paper</extra>"))
         if self.ceiling is not None:
-            cm = [(m, metrics.CEILING_MODELS.get(metrics._family(m) or "")) for m in models]
+            cm = [(m, metrics.CEILING_MODELS.get(metrics.input_family(m) or "")) for m in models]
             cm = [(m, c) for m, c in cm if c in self.ceiling.models]
             fig.add_trace(go.Scatter(
                 x=[self.ceiling.get(c).mean for _, c in cm], y=[_name(m, names) for m, _ in cm], mode="markers",

@@ -68,6 +68,7 @@ __all__ = [
     "fold_metrics",
     "loss_figure",
     "metrics_figure",
+    "input_family",
     "paper_reference",
     "predicted_long",
     "prediction_rule",
@@ -513,7 +514,7 @@ def side_by_side(ours: ModelResults, paper: pd.DataFrame, names: dict[str, str] 
     return pd.DataFrame(rows)
 
 
-def _family(model: str) -> str | None:
+def input_family(model: str) -> str | None:
     """The input family of a registry model (``labs``, ``image``, ``labs+image``), or None if unknown."""
     from prrt_utils.models import ModelError, get_spec
 
@@ -538,7 +539,7 @@ def versus_ceiling(results: ModelResults, ceiling: ModelResults, metric: str = "
     for model in results.models:
         s = results.get(model, metric)
         row = {"model": model, f"{metric} (mean ± SE)": s.format(digits)}
-        family = _family(model)
+        family = input_family(model)
         if any(name in ceiling.models for name in CEILING_MODELS.values()):  # one column, the family in words
             known = family is not None and CEILING_MODELS[family] in ceiling.models
             row["ceiling of what it sees (true values)"] = (
