@@ -25,7 +25,7 @@ import pandas as pd
 
 from prrt_utils import calibration, grid, metrics, paper, stats
 from prrt_utils.cohort import read_cohort
-from prrt_utils.models import BASELINE_NAMES
+from prrt_utils.tables import WORDS
 
 __all__ = ["Answer", "KeyFindings", "answer", "cohort_findings", "family_findings", "km_finding", "model_findings",
            "paired_finding", "preprocessing_findings", "saliency_findings", "survival_findings",
@@ -67,7 +67,7 @@ class KeyFindings:
 
 
 def _name(model: str, names: Mapping[str, str] | None = None) -> str:
-    return {**paper.DISPLAY_NAMES, **BASELINE_NAMES, **(names or {})}.get(model, model)
+    return {**WORDS, **(names or {})}.get(model, model)
 
 
 def _p(p: float) -> str:

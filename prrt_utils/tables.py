@@ -40,6 +40,8 @@ WORDS: dict[str, str] = {
     **LAB_LABELS,
     **DISPLAY_NAMES,
     **BASELINE_NAMES,
+    "cox_labs": "Cox model (labs)",
+    "cox_pet_fusion": "PET fusion network, Cox loss",
     "patient_id": "Patient",
     "pfs_months": "PFS (months)",
     "pfs_short": "PFS <= 12 months",
