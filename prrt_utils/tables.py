@@ -27,6 +27,7 @@ from collections.abc import Mapping
 from html import escape
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from prrt_utils.cohort import LAB_LABELS
@@ -134,6 +135,19 @@ def format_number(value: Any, p_value: bool = False) -> str:
     return f"{v:,.0f}"
 
 
+def _finite(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _whole_numbers(column: pd.Series) -> bool:
+    """A float column whose every finite value is a whole number (a count stored as float): shown without decimals."""
+    if not pd.api.types.is_float_dtype(column.dtype):
+        return False
+    values = column.to_numpy(dtype=float)
+    values = values[np.isfinite(values)]
+    return len(values) > 0 and bool(np.all(values == np.round(values))) and bool(np.all(np.abs(values) < 1e15))
+
+
 def _row_numbers_only(index: pd.Index) -> bool:
     return index.name is None and not isinstance(index, pd.MultiIndex) and (
         isinstance(index, pd.RangeIndex) or pd.api.types.is_integer_dtype(index.dtype))
@@ -159,8 +173,11 @@ def reader_table(df: pd.DataFrame | pd.Series, names: Mapping[str, str] | None =
     shown.index = shown.index.rename([say(n) for n in shown.index.names]) if isinstance(
         shown.index, pd.MultiIndex) else shown.index.rename(say(shown.index.name))
     positions = {i for i, c in enumerate(df.columns) if c in p_columns}
+    counts = {i for i in range(df.shape[1]) if _whole_numbers(df.iloc[:, i])}  # e.g. patients, stored as float
 
     def cell(position: int):
+        if position in counts:
+            return lambda v: escape(format_number(int(v) if _finite(v) else v), quote=False)
         return lambda v: escape(format_number(v, p_value=position in positions), quote=False)
 
     for column in ("model", "models"):  # model keys in a column of models, as everywhere else, by name

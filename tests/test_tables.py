@@ -62,6 +62,11 @@ def test_a_row_number_index_is_hidden_and_numbers_columns_and_models_read_as_wor
     pd.testing.assert_frame_equal(df, before)  # only the drawing is rounded: the analyst's table keeps its digits
 
 
+def test_a_count_stored_as_float_is_shown_without_decimals_but_a_metric_keeps_its_own():
+    df = pd.DataFrame({"n_test": [39.0, 38.0, math.nan], "auroc": [1.0, 0.75, 0.5]})
+    assert _cells(reader_table(df).to_html(), "td") == ["39", "1.000", "38", "0.750", "–", "0.500"]
+
+
 def test_a_named_index_is_kept_in_words_and_a_series_is_drawn_as_a_table():
     df = pd.DataFrame({"auroc": [0.7, 0.6]}, index=pd.Index(["ct_only", "pet_only"], name="model"))
     headers = _cells(reader_table(df).to_html(), "th")
