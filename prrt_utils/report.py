@@ -59,7 +59,7 @@ def _offline_renderer():
     load and which the browser test catches. The book serves its own MathJax.
     """
     from plotly.io import to_html
-    from plotly.io._base_renderers import NotebookRenderer
+    from plotly.io.base_renderers import NotebookRenderer
 
     class OfflineNotebookRenderer(NotebookRenderer):
         def to_mimebundle(self, fig_dict):
