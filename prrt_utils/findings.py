@@ -28,7 +28,7 @@ from prrt_utils.cohort import read_cohort
 from prrt_utils.tables import WORDS
 
 __all__ = ["Answer", "KeyFindings", "answer", "cohort_findings", "family_findings", "km_finding", "model_findings",
-           "paired_finding", "preprocessing_findings", "saliency_findings", "survival_findings",
+           "paired_finding", "power_finding", "preprocessing_findings", "saliency_findings", "survival_findings",
            "validation_findings"]
 
 
@@ -142,6 +142,30 @@ def paired_finding(fold_metrics: pd.DataFrame, model: str, reference: str, names
     lead = f"{question} " if question else ""
     return (f"{lead}{_name(model, names)} vs {_name(reference, names)}: AUROC difference **{r.mean_difference:+.3f}** "
             f"over {r.n} paired test folds, **{stats.verdict(r)}** (corrected resampled t-test).")
+
+
+def power_finding(ceiling: metrics.ModelResults, power: metrics.ComparisonPower | None = None) -> str:
+    """One sentence: how much this cohort could show, from the truth-based ceilings on its own folds.
+
+    Even the logistic regression on the true values of labs and image is compared
+    with the ceiling of each input family alone; with ``power``
+    (:func:`prrt_utils.metrics.comparison_power`), also how often that comparison
+    reaches p < 0.05 over cohorts of the same size from the same generator.
+    """
+    both = metrics.CEILING_MODELS["labs+image"]
+    parts = []
+    for family in ("labs", "image"):
+        r = stats.paired_model_test(ceiling.fold_metrics, both, metrics.CEILING_MODELS[family])
+        parts.append(f"{family} alone by **{r.mean_difference:+.3f}** ({_p(r.p_value)})")
+    text = ("How much could this cohort show? The true values of labs and image together (the ceilings) "
+            "beat " + " and ".join(parts) + " on these folds (corrected resampled t-test)")
+    if power is None:
+        return text + "."
+    t = power.table().set_index("comparison").iloc[:, 1]
+    return (text + f"; over {len(power.per_seed)} cohorts of {power.n_patients} patients from the same generator "
+            f"the truth itself reaches p < {power.alpha:g} against the labs in {100 * t.iloc[0]:.0f} %, against the "
+            f"image in {100 * t.iloc[1]:.0f} % and against both in {100 * t.iloc[2]:.0f} %. A non-significant "
+            "comparison above is therefore what this cohort size gives, not evidence of no difference.")
 
 
 def family_findings(comparison: stats.FamilyComparison) -> KeyFindings:
@@ -344,6 +368,9 @@ def answer(work_dir: str | Path, data_dir: str | Path, models: Sequence[str] | N
     ref = paper.paper_table2().set_index("model")
     where = f" (the paper: {ref.at[primary, 'auroc_mean']:.2f} on its real cohort)" if primary in ref.index else ""
     if ceiling is not None:
+        synth_cfg = metrics.read_synth_config(data_dir)
+        power = metrics.comparison_power(synth_cfg) if synth_cfg is not None else None
+        sentences.append(power_finding(ceiling, power))
         bayes = ceiling.get("bayes_ceiling").mean
         share = (s.mean - 0.5) / (bayes - 0.5) if bayes != 0.5 else math.nan
         sentences.append(f"{_name(primary)} reaches AUROC **{s.format(2)}**{where}; on this cohort no model could "

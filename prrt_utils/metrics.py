@@ -58,14 +58,17 @@ from sklearn.metrics import (
 __all__ = [
     "METRICS",
     "METRIC_LABELS",
+    "ComparisonPower",
     "CurveSet",
     "MetricSummary",
     "MetricsError",
     "ModelResults",
     "bayes_ceiling",
+    "comparison_power",
     "curves_figure",
     "evaluate",
     "fold_metrics",
+    "generator_ceilings",
     "loss_figure",
     "metrics_figure",
     "input_family",
@@ -73,6 +76,7 @@ __all__ = [
     "predicted_long",
     "prediction_rule",
     "pr_curves",
+    "read_synth_config",
     "read_truth",
     "truth_ceilings",
     "roc_curves",
@@ -472,6 +476,92 @@ def truth_ceilings(predictions: pd.DataFrame, truth: pd.DataFrame, clinical: pd.
     p = truth.set_index(truth["patient_id"].astype(str))["p_short_bayes"]
     parts.append(src.assign(model="bayes_ceiling", prob=src["patient_id"].map(p).to_numpy(dtype=float)))
     return evaluate(pd.concat(parts, ignore_index=True), threshold, order=[*CEILING_MODELS.values(), "bayes_ceiling"])
+
+
+@dataclasses.dataclass(frozen=True)
+class ComparisonPower:
+    """How often the truth itself would show fusion better than one modality alone, at this size.
+
+    Attributes
+    ----------
+    per_seed : DataFrame
+        One row per generator seed: the ceilings' mean AUROC (``labs``,
+        ``image``, ``labs+image``) and the corrected resampled t-test p of
+        labs + image against each single family, on that cohort's folds.
+    n_patients, alpha : int, float
+    """
+
+    per_seed: pd.DataFrame
+    n_patients: int
+    alpha: float
+
+    def table(self) -> pd.DataFrame:
+        """One row per comparison: mean ceiling difference and the share of seeds with p < alpha."""
+        d = self.per_seed
+        rows = [{"comparison": f"labs + image against {other}",
+                 "mean AUROC difference of the ceilings": float((d["labs+image"] - d[other]).mean()),
+                 f"share of cohorts with p < {self.alpha:g}": float((d[f"p vs {other}"] < self.alpha).mean())}
+                for other in ("labs", "image")]
+        both = (d["p vs labs"] < self.alpha) & (d["p vs image"] < self.alpha)
+        rows.append({"comparison": "labs + image against labs and against image",
+                     "mean AUROC difference of the ceilings": math.nan,
+                     f"share of cohorts with p < {self.alpha:g}": float(both.mean())})
+        return pd.DataFrame(rows).assign(cohorts=len(d), patients=self.n_patients)
+
+
+def read_synth_config(data_dir: str | Path) -> Any | None:
+    """The generator configuration of a synthetic cohort (``DATA/config.yaml``), or None for a real one."""
+    from prrt_utils.synth import SynthConfig
+
+    path = Path(data_dir) / "config.yaml"
+    return SynthConfig.from_yaml(path) if path.exists() and (Path(data_dir) / "ground_truth").is_dir() else None
+
+
+def generator_ceilings(cfg: Any, n_splits: int = 3, n_repeats: int = 5) -> ModelResults:
+    """:func:`truth_ceilings` of a cohort drawn at table level from ``cfg`` (no images), on the pipeline's folds.
+
+    The cohort is split as :func:`prrt_utils.folds.make_folds` splits it, with
+    ``cfg.seed`` for the folds as for the generator; a patient censored before
+    the threshold has no class and is left out, as in the cohort stage.
+    """
+    from prrt_utils.folds import make_folds
+    from prrt_utils.synth import sample_cohort
+
+    c = sample_cohort(cfg)
+    clin = c.clinical
+    y = (clin["pfs_months"] <= cfg.pfs_threshold_months).astype(int)
+    known = (clin["event"] == 1) | (y == 0)
+    labels = pd.DataFrame({"patient_id": clin["patient_id"], "pfs_short": y})[known]
+    folds = make_folds(labels, n_splits=n_splits, n_repeats=n_repeats, seed=int(cfg.seed))
+    test = folds[folds["split"] == "test"].merge(labels, on="patient_id")
+    frame = test.assign(model="labels", prob=0.5, y_true=test["pfs_short"])[
+        ["model", "repeat", "fold", "patient_id", "y_true", "prob"]]
+    return truth_ceilings(frame, c.truth, clin)
+
+
+def comparison_power(cfg: Any, seeds: Sequence[int] = range(20), alpha: float = 0.05,
+                     n_splits: int = 3, n_repeats: int = 5) -> ComparisonPower:
+    """Power of the paired fusion-against-one-modality test when the models are as good as the truth.
+
+    For each generator seed, the ceilings of the table-level cohort of ``cfg``
+    (:func:`generator_ceilings`) compare labs + image with labs and with image
+    by the corrected resampled t-test. No model can beat the ceiling of what it
+    sees, so the share of seeds with p < ``alpha`` is an upper bound on how
+    often a real fusion model could be declared better at this cohort size: it
+    says how to read a non-significant comparison. Synthetic cohorts only (the
+    truth is needed); a few seconds for 20 seeds.
+    """
+    from prrt_utils.stats import paired_model_test
+
+    rows = []
+    for seed in seeds:
+        ceil = generator_ceilings(cfg.replace(seed=int(seed)), n_splits, n_repeats)
+        row = {"seed": int(seed), **{f: ceil.get(CEILING_MODELS[f]).mean for f in CEILING_MODELS}}
+        for other in ("labs", "image"):
+            row[f"p vs {other}"] = paired_model_test(
+                ceil.fold_metrics, CEILING_MODELS["labs+image"], CEILING_MODELS[other]).p_value
+        rows.append(row)
+    return ComparisonPower(pd.DataFrame(rows), int(cfg.n_patients), alpha)
 
 
 def side_by_side(ours: ModelResults, paper: pd.DataFrame, names: dict[str, str] | None = None,

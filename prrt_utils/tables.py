@@ -68,6 +68,10 @@ WORDS: dict[str, str] = {
     "volume_ml_fractional": "volume (ml, fractional)",
     "volume_ml_majority": "volume (ml, majority)",
     "mass_fraction": "share of saliency",
+    "ceiling_labs": "Ceiling: labs (true values)",
+    "ceiling_image": "Ceiling: image (true values)",
+    "ceiling_labs_image": "Ceiling: labs + image (true values)",
+    "bayes_ceiling": "Bayes ceiling",
 }
 
 _TOKENS: dict[str, str] = {

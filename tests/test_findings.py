@@ -69,3 +69,22 @@ def test_the_answer_table_sets_each_model_beside_the_paper_and_its_ceiling():
     assert [t.name for t in fig.data][:3] == ["95 % interval over patients", "ours: mean ± SE over repeats",
                                               "paper (real cohort), mean ± SE"]
     assert "Logistic regression (labs)" in fig.data[1].y  # baselines named in words, not by key
+
+
+
+def test_power_finding_states_the_ceiling_comparison_and_the_share_of_cohorts():
+    from prrt_utils import findings, metrics, stats
+    from prrt_utils.synth import SynthConfig
+
+    cfg = SynthConfig(n_patients=116)
+    power = metrics.comparison_power(cfg, seeds=range(2))
+    ceiling = metrics.generator_ceilings(cfg)
+    text = findings.power_finding(ceiling, power)
+    r = stats.paired_model_test(ceiling.fold_metrics, "ceiling_labs_image", "ceiling_labs")
+    assert f"labs alone by **{r.mean_difference:+.3f}**" in text
+    assert abs(r.p_value - power.per_seed.loc[0, "p vs labs"]) < 1e-12  # seed 0 is this cohort
+    assert "over 2 cohorts of 116 patients" in text
+    share = 100 * float((power.per_seed["p vs labs"] < 0.05).mean())
+    assert f"against the labs in {share:.0f} %" in text
+    assert "not evidence of no difference" in text
+    assert findings.power_finding(ceiling).endswith("(corrected resampled t-test).")

@@ -211,3 +211,22 @@ def test_accuracy_uses_the_same_rule_as_the_kaplan_meier_split():
     assert predicted_long([0.9 + 1e-6], prob_is="short", threshold=0.1).tolist() == [False]
     with pytest.raises(ValueError, match="prob_is"):
         predicted_long([0.5], prob_is="long PFS")
+
+
+def test_comparison_power_detects_an_image_only_signal_and_not_a_missing_one():
+    """Labs that carry nothing about the outcome: the truth beats labs nearly always and image rarely."""
+    from prrt_utils.synth import SynthConfig
+
+    blind_labs = SynthConfig(n_patients=116, cga_per_log_burden=0.0, cga_per_biology=0.0, ggt_per_log_hepatic=0.0,
+                             ast_per_log_hepatic=0.0, beta_burden=0.6, beta_sstr=0.6, beta_biology=0.0)
+    power = metrics.comparison_power(blind_labs, seeds=range(4))
+    table = power.table().set_index("comparison").iloc[:, 1]
+    assert table["labs + image against labs"] == 1.0
+    assert table["labs + image against image"] <= 0.25
+    assert table["labs + image against labs and against image"] <= min(table.iloc[0], table.iloc[1])
+    d = power.per_seed
+    assert list(d["seed"]) == [0, 1, 2, 3] and (d["labs"] < 0.62).all() and (d["image"] > 0.7).all()
+
+
+def test_read_synth_config_is_none_for_a_real_cohort(tmp_path):
+    assert metrics.read_synth_config(tmp_path) is None
