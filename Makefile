@@ -15,13 +15,17 @@ CT_INIT ?=
 # CT pretraining population outside the study (own cohorts; the synthetic one generates its own)
 PRETRAIN_DATA ?=
 
-.PHONY: book test check install install-test chromium lint bench clean
+.PHONY: book test test-fast check install install-test chromium lint bench clean
 
 book: install
 	$(BIN)/prrt book --data $(DATA) --work $(WORK) --jobs $(JOBS) $(if $(COHORT),--cohort $(COHORT)) $(if $(CT_INIT),--ct-init $(CT_INIT)) $(if $(PRETRAIN_DATA),--pretrain-data $(PRETRAIN_DATA))
 
 test: install-test chromium
 	$(BIN)/python -m pytest
+
+# Without the end-to-end tests (book build, positive control, interruption): a few minutes, for a working session.
+test-fast: install-test
+	$(BIN)/python -m pytest -m "not slow"
 
 install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test

@@ -15,9 +15,14 @@ from pathlib import Path
 from prrt_utils.book import BookConfig
 from prrt_utils.cohort import PFS_THRESHOLD_MONTHS
 from prrt_utils.log import configure, get_logger, scrub, write_debug
+from prrt_utils.synth import SCENARIOS, SynthConfig
 
-DEFAULT_DATA = "data/synthetic"
-DEFAULT_WORK = "work"
+# Every default comes from the stage's own configuration, so that the CLI, the book and the API agree.
+_BOOK = BookConfig()
+_SYNTH = SynthConfig()
+_SECOND = SynthConfig.second_centre()
+DEFAULT_DATA = _BOOK.data_dir
+DEFAULT_WORK = _BOOK.work_dir
 
 
 def _progress(args: argparse.Namespace) -> bool:
@@ -33,7 +38,8 @@ def _synth(args: argparse.Namespace) -> int:
         base = SynthConfig.second_centre(**({"n_patients": args.n} if args.n else {}),
                                          **({"seed": args.seed} if args.seed is not None else {}))
     else:
-        base = SynthConfig(n_patients=args.n or 116, seed=args.seed or 0)
+        base = SynthConfig(**({"n_patients": args.n} if args.n else {}),
+                           **({"seed": args.seed} if args.seed is not None else {}))
     cfg = base.replace(censor_fraction=args.censor_fraction, clinical_size=args.clinical_size, image_format=args.format,
                        scenario=args.scenario)
     out = generate_cohort(cfg, Path(args.out), progress=_progress(args), n_jobs=args.jobs, overwrite=args.overwrite)
@@ -192,16 +198,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("synth", help="write the synthetic digital-twin cohort (DICOM + CSV + ground truth)")
     p.add_argument("--out", default=DEFAULT_DATA, help="output folder (default: %(default)s)")
-    p.add_argument("--n", type=int, default=None, help="number of patients (default: 116, as in the paper; 32 with --second-centre)")
-    p.add_argument("--seed", type=int, default=None, help="seed; the same seed gives byte-identical files (default: 0; 1 with --second-centre)")
+    p.add_argument("--n", type=int, default=None, help=f"number of patients (default: {_SYNTH.n_patients}, as in the paper; {_SECOND.n_patients} with --second-centre)")
+    p.add_argument("--seed", type=int, default=None, help=f"seed; the same seed gives byte-identical files (default: {_SYNTH.seed}; {_SECOND.seed} with --second-centre)")
     p.add_argument("--second-centre", action="store_true", help="an external validation centre: another scanner, other lab assays, another case mix (book/synthetic_cohort.md)")
-    p.add_argument("--scenario", choices=("twin", "positive-control"), default="twin",
+    p.add_argument("--scenario", choices=SCENARIOS, default=_SYNTH.scenario,
                    help="outcome model: the digital twin (labs and images carry prognosis additively) or the positive "
                         "control (PFS fixed by the tumour burden visible on PET; a pipeline must learn it) (default: %(default)s)")
-    p.add_argument("--censor-fraction", type=float, default=0.0, help="fraction of patients censored administratively (default: %(default)s: every patient progresses, as in the paper)")
+    p.add_argument("--censor-fraction", type=float, default=_SYNTH.censor_fraction, help="fraction of patients censored administratively (default: %(default)s: every patient progresses, as in the paper)")
     p.add_argument("--clinical-size", action="store_true", help="write clinical matrix sizes (CT 512x512, PET ~200x200) for benchmarks")
-    p.add_argument("--format", choices=("dicom", "nifti"), default="dicom", help="image format of the export (default: %(default)s)")
-    p.add_argument("--jobs", type=int, default=2, help="worker processes; the files do not depend on it (default: %(default)s)")
+    p.add_argument("--format", choices=("dicom", "nifti"), default=_SYNTH.image_format, help="image format of the export (default: %(default)s)")
+    p.add_argument("--jobs", type=int, default=_BOOK.n_jobs, help="worker processes; the files do not depend on it (default: %(default)s)")
     p.add_argument("--overwrite", action="store_true", help="replace a cohort of another configuration in --out (otherwise refused)")
     common(p, data=False, work=False)
     p.set_defaults(func=_synth)
@@ -209,38 +215,38 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("cohort", help="validate the clinical table against the imaging folders; write work/cohort/")
     common(p)
     p.add_argument("--threshold", type=float, default=None, help="PFS threshold in months for short vs long PFS (default: the cohort YAML's, else 12)")
-    p.add_argument("--on-error", choices=("skip", "stop"), default="skip", help="skip a bad patient (listed in the exclusion table) or stop at the first problem (default: %(default)s)")
+    p.add_argument("--on-error", choices=("skip", "stop"), default=_BOOK.on_error, help="skip a bad patient (listed in the exclusion table) or stop at the first problem (default: %(default)s)")
     p.set_defaults(func=_cohort)
 
     p = sub.add_parser("check", help="validate your own cohort (COHORT.yaml) before any training: one line per patient, usable or not, and why")
     p.add_argument("cohort_yaml", metavar="COHORT.yaml", help="description of the export (see examples/cohort.example.yaml)")
     p.add_argument("--quick", action="store_true", help="DICOM headers only: no voxel is read, slice geometry and coverage are not checked")
-    p.add_argument("--jobs", type=int, default=2, help="parallel worker processes (default: %(default)s)")
+    p.add_argument("--jobs", type=int, default=_BOOK.n_jobs, help="parallel worker processes (default: %(default)s)")
     p.add_argument("--work", default=DEFAULT_WORK, help="work folder of the debug log: an unexpected error's scrubbed traceback is appended to WORK/logs/debug.log, as for preprocess; nothing else is written (default: %(default)s)")
     p.set_defaults(func=_check)
 
     p = sub.add_parser("preprocess", help="load DICOM/NIfTI, convert to SUVbw and HU, resample to 75x50x50; write work/preprocessed/")
     common(p)
-    p.add_argument("--on-error", choices=("skip", "stop"), default="skip", help="skip a bad patient (listed in the exclusion table) or stop at the first problem (default: %(default)s)")
-    p.add_argument("--jobs", type=int, default=2, help="parallel worker processes (default: %(default)s)")
+    p.add_argument("--on-error", choices=("skip", "stop"), default=_BOOK.on_error, help="skip a bad patient (listed in the exclusion table) or stop at the first problem (default: %(default)s)")
+    p.add_argument("--jobs", type=int, default=_BOOK.n_jobs, help="parallel worker processes (default: %(default)s)")
     p.set_defaults(func=_preprocess)
 
     def profile(p: argparse.ArgumentParser) -> None:
         from prrt_utils.training import PROFILES
 
-        p.add_argument("--profile", choices=PROFILES, default="default",
+        p.add_argument("--profile", choices=PROFILES, default=_BOOK.profile,
                        help="training recipe: 'default' (one that learns: AdamW, early stopping inside the training "
                             "part, shifts, PET relative to the liver) or 'paper' (the paper's literal recipe: Adam, "
                             "lr 0.01, L2 decay 0.2, 8 epochs); recorded in each model's train.yaml, and folds of one "
                             "profile are never reused for another (default: %(default)s)")
 
     def training(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--repeats", type=int, default=5, help="cross-validation repeats (default: %(default)s, as in the paper)")
-        p.add_argument("--folds", type=int, default=3, help="folds per repeat (default: %(default)s, as in the paper)")
-        p.add_argument("--epochs", type=int, default=0, help="training epochs; 0 keeps the training default (default: %(default)s)")
-        p.add_argument("--seed", type=int, default=0, help="seed fixing the synthetic cohort, the splits and every initial weight (default: %(default)s)")
-        p.add_argument("--device", default="auto", help="'auto' (CUDA when present), 'cpu' or 'cuda' (default: %(default)s)")
-        p.add_argument("--jobs", type=int, default=2, help="worker processes for generation, preprocessing and folds (default: %(default)s)")
+        p.add_argument("--repeats", type=int, default=_BOOK.n_repeats, help="cross-validation repeats (default: %(default)s, as in the paper)")
+        p.add_argument("--folds", type=int, default=_BOOK.n_splits, help="folds per repeat (default: %(default)s, as in the paper)")
+        p.add_argument("--epochs", type=int, default=_BOOK.epochs, help="training epochs; 0 keeps the training default (default: %(default)s)")
+        p.add_argument("--seed", type=int, default=_BOOK.seed, help="seed fixing the synthetic cohort, the splits and every initial weight (default: %(default)s)")
+        p.add_argument("--device", default=_BOOK.device, help="'auto' (CUDA when present), 'cpu' or 'cuda' (default: %(default)s)")
+        p.add_argument("--jobs", type=int, default=_BOOK.n_jobs, help="worker processes for generation, preprocessing and folds (default: %(default)s)")
         p.add_argument("--scheduler", default="", help="Dask scheduler address (tcp://host:8786): folds run on that cluster instead of local processes")
         p.add_argument("--ct-init", default="", metavar="PATH|none", help="CT branch of the pretrained model: '' = as declared in models/*.yaml (CT pretraining on anatomy first), 'none' = from scratch, or a checkpoint file, e.g. a MONAI CT segmentation bundle's model.pt (default: as declared)")
         p.add_argument("--ct-labels", default="", metavar="DIR", help="label maps <patient_id>.nii.gz of the CT pretraining population (default: the population's own)")
@@ -250,12 +256,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("pretrain-ct", help="pretrain the CT encoder of the pretrained model on anatomy segmentation (no outcome used); write work/pretrained/")
     common(p)
     p.add_argument("--pretrain-data", default="", metavar="DIR", help="the pretraining population: patients OUTSIDE the study, imaging/<id>/ and ct_labels/<id>.nii.gz with codes.json (default for the synthetic cohort: an independent synthetic population generated beside it)")
-    p.add_argument("--patients", type=int, default=0, help="size of the independent synthetic population; 0 keeps the default (default: %(default)s)")
-    p.add_argument("--jobs", type=int, default=2, help="worker processes generating and preprocessing the population (default: %(default)s)")
+    p.add_argument("--patients", type=int, default=_BOOK.pretrain_patients, help="size of the independent synthetic population; 0 keeps the default (default: %(default)s)")
+    p.add_argument("--jobs", type=int, default=_BOOK.n_jobs, help="worker processes generating and preprocessing the population (default: %(default)s)")
     p.add_argument("--labels", default="", metavar="DIR", help="label maps <patient_id>.nii.gz of the pretraining population (e.g. TotalSegmentator outputs; default: the population's own)")
-    p.add_argument("--epochs", type=int, default=0, help="epochs; 0 keeps the default (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the held-out split and the weights (default: %(default)s)")
-    p.add_argument("--device", default="auto", help="'auto', 'cpu' or 'cuda' (default: %(default)s)")
+    p.add_argument("--epochs", type=int, default=_BOOK.epochs, help="epochs; 0 keeps the default (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=_BOOK.seed, help="seed of the held-out split and the weights (default: %(default)s)")
+    p.add_argument("--device", default=_BOOK.device, help="'auto', 'cpu' or 'cuda' (default: %(default)s)")
     p.add_argument("--force", action="store_true", help="train again even if a checkpoint with the same data and settings exists")
     p.set_defaults(func=_pretrain_ct)
 
@@ -263,9 +269,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--work", default=DEFAULT_WORK, help="work folder of the development cohort, with finished cross-validation (default: %(default)s)")
     p.add_argument("--models", nargs="+", default=["pet_fusion"], help="model keys (default: %(default)s)")
     p.add_argument("--out", default="packages", help="folder for the packages, one sub-folder per model (default: %(default)s)")
-    p.add_argument("--epochs", type=int, default=0, help="training epochs; 0 keeps the training default (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="global seed (default: %(default)s)")
-    p.add_argument("--device", default="auto", help="'auto', 'cpu' or 'cuda' (default: %(default)s)")
+    p.add_argument("--epochs", type=int, default=_BOOK.epochs, help="training epochs; 0 keeps the training default (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=_BOOK.seed, help="global seed (default: %(default)s)")
+    p.add_argument("--device", default=_BOOK.device, help="'auto', 'cpu' or 'cuda' (default: %(default)s)")
     p.add_argument("--force", action="store_true", help="replace an existing package")
     profile(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars (they are shown only on a terminal anyway)")
@@ -274,7 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("validate", help="apply a model package to another cohort, no retraining: discrimination, calibration, decision curve, KM, shift (HTML)")
     p.add_argument("--model", required=True, metavar="PACKAGE", help="model package folder (prrt train-final)")
     common(p)
-    p.add_argument("--jobs", type=int, default=2, help="parallel worker processes for preprocessing (default: %(default)s)")
+    p.add_argument("--jobs", type=int, default=_BOOK.n_jobs, help="parallel worker processes for preprocessing (default: %(default)s)")
     p.add_argument("--out", default="validation.html", help="HTML report to write (default: %(default)s)")
     p.set_defaults(func=_validate)
 

@@ -81,7 +81,7 @@ __all__ = [
     "table1_side_by_side",
 ]
 
-PFS_THRESHOLD_MONTHS: float = 12.0
+PFS_THRESHOLD_MONTHS: float = PAPER_KM["threshold_months"]
 """The paper's split: short PFS is progression within 12 months (12.0 included); every default says it once, here."""
 
 LAB_COLUMNS: tuple[str, ...] = ("ast_u_l", "alt_u_l", "cga_ug_l", "ggt_u_l")

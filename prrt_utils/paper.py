@@ -124,7 +124,7 @@ def paper_table2() -> pd.DataFrame:
 # The p-value is as printed. Categorical p-values are per row: Fisher's exact
 # test of "this level vs the rest" (2 x 2); recomputing them from the counts
 # with scipy reproduces every printed value (tests/test_paper.py).
-_N_ALL, _N_SHORT, _N_LONG = 116, 42, 74
+_N_ALL, _N_SHORT, _N_LONG = PAPER_N["total"], PAPER_N["pfs_short"], PAPER_N["pfs_long"]
 _CAT = "n (%)"
 _CONT = "median (min–max)"
 _TABLE1_COUNTS: tuple[tuple[str, str, int, int, str], ...] = (
@@ -249,8 +249,8 @@ PAPER_KM: MappingProxyType = MappingProxyType(
         # Section 2.4: PFS from the first PRRT cycle to progression or death;
         # patients without a progression event were not included; split at 1 year.
         "threshold_months": 12.0,
-        "n": 116,
-        "events": 116,
+        "n": PAPER_N["total"],
+        "events": PAPER_N["total"],
         "censored": 0,
         # Section 3.2 and Figure 2: Kaplan-Meier of the whole cohort.
         "median_pfs_months": 15.7,

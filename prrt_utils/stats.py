@@ -230,8 +230,9 @@ def cliffs_delta(x: ArrayLike, y: ArrayLike) -> CliffsDeltaResult:
 def bonferroni(pvalues: ArrayLike) -> np.ndarray:
     """Bonferroni-adjusted p-values ``min(1, p * m)`` for ``m`` tests (paper 2.6).
 
-    Written by hand (one line): statsmodels' ``multipletests(method="bonferroni")``
-    gives the same numbers on finite p-values but cannot count a NaN as a test.
+    statsmodels' :func:`~statsmodels.stats.multitest.multipletests` does the
+    adjustment; this wrapper checks the range and keeps a NaN (a test that could
+    not be run) as NaN while still counting it among the ``m`` tests.
 
     Parameters
     ----------
@@ -243,11 +244,15 @@ def bonferroni(pvalues: ArrayLike) -> np.ndarray:
     numpy.ndarray, shape (m,)
         Adjusted p-values, capped at 1.
     """
+    from statsmodels.stats.multitest import multipletests
+
     p = np.asarray(pvalues, dtype=float).ravel()
     finite = p[np.isfinite(p)]
     if ((finite < 0) | (finite > 1)).any():
         raise StatsError(f"bonferroni: p-values must lie in [0, 1], got {p.tolist()}")
-    return np.minimum(1.0, p * p.size)
+    if p.size == 0:
+        return p
+    return multipletests(p, method="bonferroni")[1]
 
 
 # --------------------------------------------------------------------------- corrected resampled t-test

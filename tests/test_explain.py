@@ -174,7 +174,9 @@ def test_permutation_importance_on_stored_folds(explainer):
     summary = explain.importance_summary(tidy)
     assert set(summary.columns) >= {"mean_drop", "sd_permutations", "se_folds", "n_folds"}
     assert (summary["n_folds"] == 3).all()
-    assert explain.importance_figure(summary) is not None
+    fig = explain.importance_figure(summary)
+    assert [t.type for t in fig.data] == ["bar", "bar"]  # one bar series per model with labs
+    assert {tuple(t.x) for t in fig.data} == {tuple(s["feature"]) for _, s in summary.groupby("model")}
 
 
 def test_lab_gradients_match_finite_differences_of_the_head(explainer, work, toy):
@@ -203,7 +205,10 @@ def test_umap_is_deterministic_with_a_seed(work, toy, tmp_path):
     pd.testing.assert_frame_equal(a, b)
     assert len(a) == 2 * 30 and set(a["split"]) == {"train", "val", "test"}  # val: early stopping's split
     assert a["silhouette"].between(-1, 1).all()
-    assert explain.umap_figure(a) is not None
+    fig = explain.umap_figure(a)
+    points = sum(len(t.x) for t in fig.data)
+    assert points == len(a)  # every patient of every model is drawn once
+    assert all(t.mode == "markers" for t in fig.data)
 
 
 def test_cache_is_keyed_by_the_folds_done_json(work, toy, tmp_path):
@@ -319,7 +324,12 @@ def test_survival_frame_and_km_over_repeats(work):
     assert len(km) == 1 and km["n_long"].iloc[0] + km["n_short"].iloc[0] == 30
     from prrt_utils.stats import km_by_prediction
 
-    assert explain.km_figure(km_by_prediction(frame, 0.5, prob_is="short")) is not None
+    km_fit = km_by_prediction(frame, 0.5, prob_is="short")
+    fig = explain.km_figure(km_fit)
+    groups = km_fit.curves()["group"].nunique()
+    assert len(fig.data) == 2 * groups  # a confidence band and a step curve per predicted group
+    curves = [t for t in fig.data if t.fill != "toself"]
+    assert len(curves) == groups and all(f"n={n}" in " ".join(t.name for t in curves) for n in (km_fit.n_long, km_fit.n_short) if n)
 
 
 def test_the_single_model_analyses_use_the_pre_specified_model_not_the_best_scorer():

@@ -353,7 +353,7 @@ def test_no_identifying_data_reaches_volume_meta(tmp_path: Path) -> None:
 def test_loaded_suv_equals_the_synthetic_ground_truth_voxel_by_voxel(
     tmp_path: Path, image_format: str
 ) -> None:
-    synth = pytest.importorskip("prrt_utils.synth")
+    from prrt_utils import synth
     cfg = synth.SynthConfig(
         n_patients=2, pet_matrix=24, ct_matrix=32, slice_mm=25.0, image_format=image_format
     )

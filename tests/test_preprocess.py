@@ -403,7 +403,7 @@ def test_qc_figure_shows_mip_slices_and_overlay(imaging: Path, tmp_path: Path) -
 def test_synthetic_cohort_is_preprocessed_with_the_box_anchored_at_the_phantoms_lung_apex(
     tmp_path: Path,
 ) -> None:
-    synth = pytest.importorskip("prrt_utils.synth")
+    from prrt_utils import synth
     cfg = synth.SynthConfig(n_patients=3, pet_matrix=32, ct_matrix=48, slice_mm=10.0)
     data = synth.generate_cohort(cfg, tmp_path / "data", progress=False)
     pcfg = PreprocessConfig()
@@ -423,9 +423,10 @@ def test_synthetic_cohort_is_preprocessed_with_the_box_anchored_at_the_phantoms_
 
 @pytest.mark.slow
 def test_the_preprocessing_chapter_executes_on_a_tiny_synthetic_cohort(tmp_path: Path) -> None:
-    jupytext = pytest.importorskip("jupytext")
-    papermill = pytest.importorskip("papermill")
-    synth = pytest.importorskip("prrt_utils.synth")
+    import jupytext
+    import papermill
+
+    from prrt_utils import synth
     data = synth.generate_cohort(
         synth.SynthConfig(n_patients=2, pet_matrix=24, ct_matrix=32, slice_mm=20.0),
         tmp_path / "data",

@@ -105,6 +105,12 @@ def test_bonferroni_multiplies_by_the_number_of_tests_and_caps_at_one():
     np.testing.assert_allclose(bonferroni([0.004]), [0.004])
 
 
+def test_bonferroni_counts_a_test_that_could_not_be_run():
+    out = bonferroni([0.01, np.nan, 0.2])
+    np.testing.assert_allclose(out[[0, 2]], [0.03, 0.6])
+    assert np.isnan(out[1])
+
+
 def test_bonferroni_rejects_values_that_are_not_probabilities():
     with pytest.raises(StatsError, match=r"\[0, 1\]"):
         bonferroni([0.2, 1.5])
