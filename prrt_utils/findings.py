@@ -159,7 +159,7 @@ def power_finding(ceiling: metrics.ModelResults, power: metrics.ComparisonPower 
         parts.append(f"{family} alone by **{r.mean_difference:+.3f}** ({_p(r.p_value)})")
     text = ("How much could this cohort show? The true values of labs and image together (the ceilings) "
             "beat " + " and ".join(parts) + " on these folds (corrected resampled t-test)")
-    if power is None:
+    if power is None or power.per_seed.empty:
         return text + "."
     t = power.table().set_index("comparison").iloc[:, 1]
     return (text + f"; over {len(power.per_seed)} cohorts of {power.n_patients} patients from the same generator "

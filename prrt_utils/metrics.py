@@ -489,6 +489,8 @@ class ComparisonPower:
         ``image``, ``labs+image``) and the corrected resampled t-test p of
         labs + image against each single family, on that cohort's folds.
     n_patients, alpha : int, float
+        Cohort size and significance level; seeds whose draw has fewer patients of
+        a class than folds are left out (``cohorts`` in :meth:`table` counts the rest).
     """
 
     per_seed: pd.DataFrame
@@ -517,12 +519,13 @@ def read_synth_config(data_dir: str | Path) -> Any | None:
     return SynthConfig.from_yaml(path) if path.exists() and (Path(data_dir) / "ground_truth").is_dir() else None
 
 
-def generator_ceilings(cfg: Any, n_splits: int = 3, n_repeats: int = 5) -> ModelResults:
+def generator_ceilings(cfg: Any, n_splits: int = 3, n_repeats: int = 5) -> ModelResults | None:
     """:func:`truth_ceilings` of a cohort drawn at table level from ``cfg`` (no images), on the pipeline's folds.
 
     The cohort is split as :func:`prrt_utils.folds.make_folds` splits it, with
     ``cfg.seed`` for the folds as for the generator; a patient censored before
-    the threshold has no class and is left out, as in the cohort stage.
+    the threshold has no class and is left out, as in the cohort stage. None
+    when a class has fewer patients than folds (a small draw cannot be split).
     """
     from prrt_utils.folds import make_folds
     from prrt_utils.synth import sample_cohort
@@ -532,6 +535,8 @@ def generator_ceilings(cfg: Any, n_splits: int = 3, n_repeats: int = 5) -> Model
     y = (clin["pfs_months"] <= cfg.pfs_threshold_months).astype(int)
     known = (clin["event"] == 1) | (y == 0)
     labels = pd.DataFrame({"patient_id": clin["patient_id"], "pfs_short": y})[known]
+    if labels["pfs_short"].value_counts().reindex([0, 1], fill_value=0).min() < n_splits:
+        return None
     folds = make_folds(labels, n_splits=n_splits, n_repeats=n_repeats, seed=int(cfg.seed))
     test = folds[folds["split"] == "test"].merge(labels, on="patient_id")
     frame = test.assign(model="labels", prob=0.5, y_true=test["pfs_short"])[
@@ -556,6 +561,8 @@ def comparison_power(cfg: Any, seeds: Sequence[int] = range(20), alpha: float = 
     rows = []
     for seed in seeds:
         ceil = generator_ceilings(cfg.replace(seed=int(seed)), n_splits, n_repeats)
+        if ceil is None:  # this draw cannot be split; the table counts the cohorts it used
+            continue
         row = {"seed": int(seed), **{f: ceil.get(CEILING_MODELS[f]).mean for f in CEILING_MODELS}}
         for other in ("labs", "image"):
             row[f"p vs {other}"] = paired_model_test(

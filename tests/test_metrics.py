@@ -230,3 +230,13 @@ def test_comparison_power_detects_an_image_only_signal_and_not_a_missing_one():
 
 def test_read_synth_config_is_none_for_a_real_cohort(tmp_path):
     assert metrics.read_synth_config(tmp_path) is None
+
+
+def test_comparison_power_leaves_out_a_draw_that_cannot_be_split():
+    from prrt_utils.synth import SynthConfig
+
+    tiny = SynthConfig(n_patients=7)
+    kept = [s for s in range(12) if metrics.generator_ceilings(tiny.replace(seed=s)) is not None]
+    power = metrics.comparison_power(tiny, seeds=range(12))
+    assert 0 < len(kept) < 12  # some 7-patient draws have fewer than 3 of a class
+    assert list(power.per_seed["seed"]) == kept and (power.table()["cohorts"] == len(kept)).all()
