@@ -664,26 +664,28 @@ def _pfs_from_dates(
     return out
 
 
-def _normalise(
-    raw: pd.DataFrame, source: CohortSource
-) -> tuple[pd.DataFrame, pd.Series, list[tuple[str, str, str, str]]]:
-    """Our columns as text (renamed, values mapped, units converted); the raw ids; column-level notes."""
+def _locate_columns(raw: pd.DataFrame, source: CohortSource) -> dict[str, str | None]:
+    """Which of the centre's columns holds each of ours (None: absent); PFS is skipped when given as dates.
+
+    Raises
+    ------
+    IntakeError
+        A column named under ``columns:`` is not in the table, or a required column (id, event,
+        labs, PFS) cannot be found.
+    """
     table = source.table_path.name
-    notes: list[tuple[str, str, str, str]] = []
     where: dict[str, str | None] = {}
     for col in CLINICAL_COLUMNS:
         if col == "pfs_months" and source.dates:
             continue
         their = source.columns.get(col)
-        if their is not None:
-            found = _their_column(raw, their)
-            if found is None:
-                raise IntakeError(
-                    f"{table} has no column {their!r} (columns: {col}); it has {list(raw.columns)}"
-                )
-            where[col] = found
-        else:
+        if their is None:
             where[col] = _their_column(raw, col)
+            continue
+        found = _their_column(raw, their)
+        if found is None:
+            raise IntakeError(f"{table} has no column {their!r} (columns: {col}); it has {list(raw.columns)}")
+        where[col] = found
     required = ["patient_id", "event", *LAB_COLUMNS] + ([] if source.dates else ["pfs_months"])
     missing = [c for c in required if where.get(c) is None]
     if missing:
@@ -692,24 +694,49 @@ def _normalise(
             + ("" if source.dates or "pfs_months" not in missing else " or give PFS as dates:")
             + f"; it has {list(raw.columns)}"
         )
+    return where
+
+
+def _renamed_columns(
+    raw: pd.DataFrame, source: CohortSource, where: dict[str, str | None], notes: list[tuple[str, str, str, str]]
+) -> pd.DataFrame:
+    """Our columns (in :data:`CLINICAL_COLUMNS` order, without PFS when given as dates) as text, values mapped.
+
+    An absent descriptive column is left empty, with a note.
+    """
     out = pd.DataFrame(index=raw.index)
-    for col in CLINICAL_COLUMNS:
-        if col == "pfs_months" and source.dates:
-            continue
-        if where[col] is None:
+    for col, their in where.items():
+        if their is None:
             out[col] = ""
             notes.append(
-                (ALL, "", col, f"not in {table}: left empty (descriptive only, never a model input)")
+                (ALL, "", col, f"not in {source.table_path.name}: left empty (descriptive only, never a model input)")
             )
             continue
-        s = raw[where[col]].astype(str)
-        if col in source.values:
-            s = _map_values(s, source.values[col])
-        out[col] = s
-    ids = out["patient_id"].copy()
-    lines = pd.Series(raw.index.to_numpy() + 2, index=raw.index)
-    if source.dates:
-        out["pfs_months"] = _pfs_from_dates(raw, source, notes, ids, lines)
+        s = raw[their].astype(str)
+        out[col] = _map_values(s, source.values[col]) if col in source.values else s
+    return out
+
+
+def _converted_cell(text: str, decimal: str, factor: float | None) -> str | None:
+    """One non-empty numeric cell in our unit and decimal point; None when it is not a number.
+
+    Unchanged when there is no factor and the decimal mark is already ``"."``; otherwise rewritten
+    by :func:`_format`.
+    """
+    value = _number(text, decimal)
+    if value is None:
+        return None
+    if factor is not None:
+        return _format(value * factor)
+    return _format(value) if decimal == "," else text
+
+
+def _convert_numbers(out: pd.DataFrame, source: CohortSource, notes: list[tuple[str, str, str, str]]) -> None:
+    """Convert every numeric column of ``out`` in place (units, decimal mark), noting conversions.
+
+    A cell that is not a number is passed on unchanged (the cohort stage names patient, column and
+    value); the first such cell that looks like a decimal comma under ``decimal: '.'`` adds one hint.
+    """
     decimal_hint = False
     for col in NUMERIC_COLUMNS:
         if col == "pfs_months" and source.dates:
@@ -717,28 +744,35 @@ def _normalise(
         factor = UNIT_FACTORS.get(col, {}).get(_unit_key(source.units[col])) if col in source.units else None
         converted = []
         for text in out[col]:
-            if not text:
-                converted.append(text)
-                continue
-            value = _number(text, source.decimal)
-            if value is None:
+            cell = _converted_cell(text, source.decimal, factor) if text else text
+            if cell is None:
                 if source.decimal == "." and re.fullmatch(r"[-+]?\d+,\d+", text) and not decimal_hint:
                     decimal_hint = True
                     notes.append(
                         (ALL, "", col, f"values such as {text!r} look like decimal commas: set decimal: ','")
                     )
-                converted.append(text)  # passed on: the cohort stage names patient, column and value
-                continue
-            converted.append(
-                _format(value * factor)
-                if factor is not None
-                else _format(value)
-                if source.decimal == ","
-                else text
-            )
+                cell = text  # passed on: the cohort stage names patient, column and value
+            converted.append(cell)
         out[col] = converted
         if factor is not None:
             notes.append((ALL, "", col, f"converted from {source.units[col]} to our unit (x {factor:g})"))
+
+
+def _normalise(
+    raw: pd.DataFrame, source: CohortSource
+) -> tuple[pd.DataFrame, pd.Series, list[tuple[str, str, str, str]]]:
+    """Our columns as text (renamed, values mapped, units converted); the line numbers; column-level notes.
+
+    The steps: :func:`_locate_columns`, :func:`_renamed_columns`, PFS from dates
+    (:func:`_pfs_from_dates`) when asked, :func:`_convert_numbers`.
+    """
+    notes: list[tuple[str, str, str, str]] = []
+    out = _renamed_columns(raw, source, _locate_columns(raw, source), notes)
+    ids = out["patient_id"].copy()
+    lines = pd.Series(raw.index.to_numpy() + 2, index=raw.index)
+    if source.dates:
+        out["pfs_months"] = _pfs_from_dates(raw, source, notes, ids, lines)
+    _convert_numbers(out, source, notes)
     return out[list(CLINICAL_COLUMNS)], lines, notes
 
 

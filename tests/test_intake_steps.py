@@ -136,3 +136,29 @@ def test_replace_folder_swaps_contents(tmp_path: Path) -> None:
     assert sorted(p.name for p in out.iterdir()) == ["new.txt"]
     assert not new.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+@pytest.mark.parametrize(
+    ("text", "decimal", "factor", "expected"),
+    [
+        ("12.50", ".", None, "12.50"),  # unchanged: already ours
+        ("12,5", ",", None, "12.5"),
+        ("0,5", ",", 60.0, "30"),
+        ("2", ".", 0.001, "0.002"),
+        ("n/a", ".", None, None),
+        ("12,5", ".", None, None),
+    ],
+)
+def test_converted_cell(text: str, decimal: str, factor: float | None, expected: str | None) -> None:
+    assert intake._converted_cell(text, decimal, factor) == expected
+
+
+def test_locate_columns_by_name_or_mapping_and_refuse_missing_ones(tmp_path: Path) -> None:
+    raw = pd.DataFrame(columns=["ID", "event", "ast_u_l", "alt_u_l", "cga_ug_l", "ggt_u_l", "PFS"])
+    source = CohortSource(base_dir=str(tmp_path), columns={"patient_id": "ID", "pfs_months": "PFS"})
+    where = intake._locate_columns(raw, source)
+    assert where["patient_id"] == "ID" and where["pfs_months"] == "PFS" and where["age_years"] is None
+    with pytest.raises(IntakeError, match="has no column 'Pat' \\(columns: patient_id\\)"):
+        intake._locate_columns(raw, CohortSource(base_dir=str(tmp_path), columns={"patient_id": "Pat"}))
+    with pytest.raises(IntakeError, match="lacks required column\\(s\\) \\['patient_id', 'pfs_months'\\]"):
+        intake._locate_columns(raw, CohortSource(base_dir=str(tmp_path)))
