@@ -443,6 +443,85 @@ def _read_dicom(path: Path, read_pixels: bool) -> tuple[Any, int, bool]:
 
 
 
+def _truncation(ds: Any, size: int, header_end: int, read_pixels: bool) -> str:
+    """Why a PT/CT file is cut short ("" when its pixel data fit in the file).
+
+    Parameters
+    ----------
+    ds : pydicom.Dataset
+        The file's dataset (with ``file_meta``).
+    size : int
+        File size in bytes.
+    header_end : int
+        Byte offset where the header read stopped (:func:`_read_dicom`); with ``read_pixels`` it is
+        recomputed from where the pixel data element starts.
+    """
+    if read_pixels:
+        # where the pixel values start; a whole read leaves the file's end in header_end
+        pixels = ds.get_item(_PIXEL_DATA) if _PIXEL_DATA in ds else None
+        header_end = size if pixels is None else int(getattr(pixels, "value_tell", header_end)) - 8
+    if not all(k in ds for k in ("SeriesInstanceUID", "Rows", "Columns")) or header_end >= size:
+        return "is truncated (no pixel data after the header)"
+    if str(ds.file_meta.TransferSyntaxUID) in _UNCOMPRESSED:
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        expected = int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1)) * frames
+        expected *= int(ds.get("BitsAllocated", 16)) // 8
+        if size < header_end + 8 + expected:
+            return f"is truncated (pixel data needs {expected} bytes, file ends early)"
+    return ""
+
+
+def _examine_file(path: Path, read_pixels: bool) -> tuple[str, Any, bool]:
+    """What one file of a patient folder is.
+
+    Returns
+    -------
+    kind : {"series", "unreadable", "non_dicom", "other"}
+        A usable PT/CT image; an empty, damaged or truncated DICOM file; not DICOM at all; or DICOM
+        of another kind (DICOMDIR, another modality).
+    found : Dataset or str or None
+        The dataset (``"series"``), the reason (``"unreadable"``), else None.
+    bare : bool
+        The file is DICOM without the 128-byte preamble.
+    """
+    from pydicom.errors import InvalidDicomError
+
+    size = path.stat().st_size
+    if size == 0:
+        return "unreadable", "is empty (0 bytes)", False
+    try:
+        ds, header_end, bare = _read_dicom(path, read_pixels)
+    except InvalidDicomError:
+        return "non_dicom", None, False
+    except Exception as exc:  # pydicom raises many kinds on damaged headers
+        return "unreadable", f"has a damaged DICOM header ({type(exc).__name__})", False
+    meta = getattr(ds, "file_meta", None)
+    sop = str(getattr(meta, "MediaStorageSOPClassUID", "") or ds.get("SOPClassUID", ""))
+    if sop == _DICOMDIR_SOP:
+        return "other", None, bare
+    modality = str(ds.get("Modality", "") or "")
+    if not modality or "TransferSyntaxUID" not in (meta or {}):
+        return "unreadable", "is truncated (DICOM header incomplete)", bare
+    if modality not in ("PT", "CT"):
+        return "other", None, bare
+    why = _truncation(ds, size, header_end, read_pixels)
+    return ("unreadable", why, bare) if why else ("series", ds, bare)
+
+
+def _series_facts(ds: Any, modality: str) -> dict[str, Any]:
+    """What a series' first file says about it (image type, units, hashed frame of reference, patient, study)."""
+    return {
+        "files": [],
+        "image_type": _strings(ds.get("ImageType")),
+        "corrected": _strings(ds.get("CorrectedImage")),
+        "units": str(ds.get("Units", "") or "").upper() if modality == "PT" else "",
+        "for": _short_hash(ds.get("FrameOfReferenceUID", "")),
+        "patient": _short_hash(str(ds.get("PatientID", "") or "").strip()),
+        "study": _short_hash(ds.get("StudyInstanceUID", "")),
+        "datasets": [],
+    }
+
+
 def discover_series(
     folder: str | Path, patient_id: str = "?", on_error: str = "stop", *, read_pixels: bool = False
 ) -> SeriesList:
@@ -454,7 +533,9 @@ def discover_series(
     not DICOM are skipped and counted; DICOM files that are empty or cut short
     (header incomplete, or fewer bytes left than the pixel data needs) raise
     :class:`InputError` naming the file by its position (``on_error="stop"``)
-    or are skipped and counted (``on_error="skip"``).
+    or are skipped and counted (``on_error="skip"``). Each file is judged by
+    :func:`_examine_file` (:func:`_truncation`); a series is described by its
+    first file (:func:`_series_facts`).
 
     Parameters
     ----------
@@ -473,8 +554,6 @@ def discover_series(
     SeriesList
         One :class:`SeriesInfo` per series, sorted by modality then key.
     """
-    from pydicom.errors import InvalidDicomError
-
     if on_error not in _ON_ERROR:
         raise ValueError(f"on_error must be one of {_ON_ERROR}, got {on_error!r}")
     root = Path(folder)
@@ -484,69 +563,23 @@ def discover_series(
     n = len(files)
     out = SeriesList()
     groups: dict[tuple[str, str], dict[str, Any]] = {}
-
-    def unreadable(pos: int, why: str) -> None:
-        if on_error == "stop":
-            raise InputError(patient_id, f"{_file_label(pos, n)} {why}")
-        out.n_unreadable += 1
-
     for pos, path in enumerate(files, start=1):
-        size = path.stat().st_size
-        if size == 0:
-            unreadable(pos, "is empty (0 bytes)")
-            continue
-        try:
-            ds, header_end, bare = _read_dicom(path, read_pixels)
-        except InvalidDicomError:
-            out.n_non_dicom += 1
-            continue
-        except Exception as exc:  # pydicom raises many kinds on damaged headers
-            unreadable(pos, f"has a damaged DICOM header ({type(exc).__name__})")
-            continue
+        kind, found, bare = _examine_file(path, read_pixels)
         out.n_no_preamble += int(bare)
-        meta = getattr(ds, "file_meta", None)
-        sop = str(getattr(meta, "MediaStorageSOPClassUID", "") or ds.get("SOPClassUID", ""))
-        if sop == _DICOMDIR_SOP:
+        if kind == "unreadable":
+            if on_error == "stop":
+                raise InputError(patient_id, f"{_file_label(pos, n)} {found}")
+            out.n_unreadable += 1
+        elif kind == "non_dicom":
+            out.n_non_dicom += 1
+        elif kind == "other":
             out.n_other += 1
-            continue
-        modality = str(ds.get("Modality", "") or "")
-        if not modality or "TransferSyntaxUID" not in (meta or {}):
-            unreadable(pos, "is truncated (DICOM header incomplete)")
-            continue
-        if modality not in ("PT", "CT"):
-            out.n_other += 1
-            continue
-        if read_pixels:
-            # where the pixel values start; a whole read leaves the file's end in header_end
-            pixels = ds.get_item(_PIXEL_DATA) if _PIXEL_DATA in ds else None
-            header_end = size if pixels is None else int(getattr(pixels, "value_tell", header_end)) - 8
-        if not all(k in ds for k in ("SeriesInstanceUID", "Rows", "Columns")) or header_end >= size:
-            unreadable(pos, "is truncated (no pixel data after the header)")
-            continue
-        if str(meta.TransferSyntaxUID) in _UNCOMPRESSED:
-            frames = int(ds.get("NumberOfFrames", 1) or 1)
-            expected = int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1)) * frames
-            expected *= int(ds.get("BitsAllocated", 16)) // 8
-            if size < header_end + 8 + expected:
-                unreadable(pos, f"is truncated (pixel data needs {expected} bytes, file ends early)")
-                continue
-        key = (modality, str(ds.SeriesInstanceUID))
-        g = groups.setdefault(
-            key,
-            {
-                "files": [],
-                "image_type": _strings(ds.get("ImageType")),
-                "corrected": _strings(ds.get("CorrectedImage")),
-                "units": str(ds.get("Units", "") or "").upper() if modality == "PT" else "",
-                "for": _short_hash(ds.get("FrameOfReferenceUID", "")),
-                "patient": _short_hash(str(ds.get("PatientID", "") or "").strip()),
-                "study": _short_hash(ds.get("StudyInstanceUID", "")),
-                "datasets": [],
-            },
-        )
-        g["files"].append((pos, path))
-        if read_pixels:
-            g["datasets"].append(ds)
+        else:
+            modality = str(found.get("Modality", "") or "")
+            g = groups.setdefault((modality, str(found.SeriesInstanceUID)), _series_facts(found, modality))
+            g["files"].append((pos, path))
+            if read_pixels:
+                g["datasets"].append(found)
     for (modality, uid), g in sorted(groups.items(), key=lambda kv: (kv[0][0], _short_hash(kv[0][1]))):
         out.append(
             SeriesInfo(

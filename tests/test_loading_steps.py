@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from pydicom.dataset import Dataset
@@ -112,3 +114,21 @@ def test_slice_values_need_rescale_tags() -> None:
     _, pet, _ = _slice(0.0)
     with pytest.raises(InputError, match="PET file 1 of 1 in the patient folder .* has no RescaleSlope"):
         loading._slice_values([(1, pet, np.zeros((2, 2), np.int16))], "PT", "P1", 1, keep_raw=False)
+
+
+def test_examine_file_tells_empty_foreign_truncated_and_usable_files_apart(tmp_path: Path) -> None:
+    from pydicom.data import get_testdata_file
+
+    empty, text = tmp_path / "empty", tmp_path / "notes.txt"
+    empty.write_bytes(b"")
+    text.write_text("not DICOM")
+    assert loading._examine_file(empty, False) == ("unreadable", "is empty (0 bytes)", False)
+    assert loading._examine_file(text, False) == ("non_dicom", None, False)
+    whole = get_testdata_file("CT_small.dcm")
+    kind, ds, bare = loading._examine_file(Path(whole), False)
+    assert kind == "series" and ds.Modality == "CT" and not bare
+    cut = tmp_path / "cut.dcm"
+    data = Path(whole).read_bytes()
+    cut.write_bytes(data[: len(data) // 2])
+    kind, why, _ = loading._examine_file(cut, False)
+    assert kind == "unreadable" and why.startswith("is truncated (pixel data needs")
