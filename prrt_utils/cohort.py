@@ -885,7 +885,19 @@ def table1(cohort: pd.DataFrame, threshold: float = PFS_THRESHOLD_MONTHS, p_as_t
             if n_s and n_l:
                 rows[first]["p (variable)"] = fisher_freeman_halton(counts)
                 rows[first]["test (variable)"] = f"Fisher-Freeman-Halton exact ({len(codes)} levels x PFS)"
-    for row in rows:  # a continuous variable and a metastatic site (present or not) have one test already
+    table = _table1_frame(rows, p_as_text)
+    table.attrs["n_left_out"] = n_left_out
+    return table
+
+
+def _table1_frame(rows: list[dict[str, Any]], p_as_text: bool) -> pd.DataFrame:
+    """Table 1's rows as a frame, with the one test per variable filled in.
+
+    A continuous variable and a metastatic site (present or not) have one test already: their row's
+    ``p`` and ``test`` are also the variable's. Missing ``p (variable)`` is NaN, missing ``test
+    (variable)`` empty; with ``p_as_text`` both p columns are printed by :func:`format_p`.
+    """
+    for row in rows:
         if row["test"] == "Mann-Whitney U":
             row["p (variable)"], row["test (variable)"] = row["p"], row["test"]
         elif row["variable"] == "Metastatic sites":
@@ -896,7 +908,6 @@ def table1(cohort: pd.DataFrame, threshold: float = PFS_THRESHOLD_MONTHS, p_as_t
     if p_as_text:
         table["p"] = table["p"].map(format_p)
         table["p (variable)"] = table["p (variable)"].map(format_p)
-    table.attrs["n_left_out"] = n_left_out
     return table
 
 
