@@ -191,10 +191,6 @@ class CohortConfig(Config):
 # --------------------------------------------------------------------------- validation
 
 
-def _problem(problems: list[tuple[int, str, str]], line: int, pid: str, message: str) -> None:
-    problems.append((line, pid, message))
-
-
 _SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._ -]{0,63}")
 
 
@@ -252,8 +248,185 @@ def read_clinical_text(path: str | Path) -> pd.DataFrame:
     return frame
 
 
+def _read_clinical_columns(path: Path) -> pd.DataFrame:
+    """Our columns of the clinical table, every cell as stripped text (parsing is ours and strict).
+
+    Raises
+    ------
+    CohortError
+        The file is missing or lacks one of :data:`CLINICAL_COLUMNS` (with a hint when it looks
+        semicolon-separated).
+    """
+    if not path.is_file():
+        raise CohortError(f"clinical table {path} not found")
+    # Every cell as text so that parsing is ours and strict ("12,5" must not become 125 or NaN silently).
+    raw = read_clinical_text(path)
+    raw.columns = [str(c).strip() for c in raw.columns]
+    missing = [c for c in CLINICAL_COLUMNS if c not in raw.columns]
+    if missing:
+        hint = ""
+        if len(raw.columns) == 1 and ";" in raw.columns[0]:
+            hint = " (the file looks semicolon-separated; save it with commas)"
+        raise CohortError(f"{path.name} lacks required column(s) {missing}{hint}; it has {list(raw.columns)}")
+    return raw[list(CLINICAL_COLUMNS)].apply(lambda s: s.str.strip())
+
+
+RowProblems = list[tuple[Any, str]]
+"""``(row index, message)`` per problem of a row; a row with any problem is excluded."""
+
+
+def _id_problems(ids: pd.Series, lines: pd.Series, table_name: str) -> RowProblems:
+    """Rows whose id is missing, cannot name a folder, differs from another only in case, or repeats.
+
+    Parameters
+    ----------
+    ids : pandas.Series
+        ``patient_id`` as stripped text ("" where missing).
+    lines : pandas.Series
+        Line number in the file of each row (same index).
+    table_name : str
+        File name shown in the message about repeated ids.
+
+    Returns
+    -------
+    list of (index, message)
+        Grouped by kind (missing, unsafe, case clash, repeated), each kind in row order.
+    """
+    out: RowProblems = [(i, f"row at line {lines[i]} has no patient_id") for i in ids.index if not ids[i]]
+    for i in ids.index:
+        why = patient_id_problem(ids[i]) if ids[i] else ""
+        if why:
+            out.append((i, f"patient {ids[i]}: {why}"))
+    folded = ids.str.casefold()
+    for key in folded[(ids != "") & folded.duplicated(keep=False)].unique():
+        same = folded == key
+        if ids[same].nunique() < 2:
+            continue  # the same spelling twice: the duplicate check below
+        where = lines[same].tolist()
+        out += [
+            (
+                i,
+                f"patient {ids[i]}: ids {' and '.join(sorted(set(ids[same])))} differ only in case "
+                f"(lines {', '.join(map(str, where))}) and are one folder on a case-insensitive disk; "
+                "keep one row per patient",
+            )
+            for i in ids.index[same]
+        ]
+    counts = ids[ids != ""].value_counts()
+    for pid in counts[counts > 1].index:
+        where = lines[ids == pid].tolist()
+        out += [
+            (
+                i,
+                f"patient {pid} appears {len(where)} times in {table_name} (lines {', '.join(map(str, where))}); "
+                "keep one row per patient",
+            )
+            for i in ids.index[ids == pid]
+        ]
+    return out
+
+
+def _number_problem(col: str, text: str, value: float) -> str:
+    """Why one non-empty cell of a numeric column is refused ("" when it is fine).
+
+    Checked in order: a number at all, 0/1 for :data:`BINARY_COLUMNS`, whole for
+    :data:`INTEGER_COLUMNS`, not negative and within :data:`RANGES`. The message starts with
+    ``"column <col>"``.
+    """
+    if not math.isfinite(value):
+        return f"column {col} has {text!r} where a number is expected"
+    if col in BINARY_COLUMNS and value not in (0.0, 1.0):
+        return f"column {col} is {text!r}; expected 0 or 1"
+    if col in INTEGER_COLUMNS and value != round(value):
+        return f"column {col} is {text!r}; expected a whole number"
+    if col not in RANGES:
+        return ""
+    lo, hi, lo_open, unit = RANGES[col]
+    if value < 0:
+        return f"column {col} is negative ({text})"
+    if (value <= lo if lo_open else value < lo) or value > hi:
+        rng = f"{'>' if lo_open else '>='} {_format_value(lo)} and <= {_format_value(hi)} {unit}"
+        return f"column {col} = {text} is implausible (expected {rng})"
+    return ""
+
+
+def _parse_numbers(raw: pd.DataFrame, lines: pd.Series) -> tuple[dict[str, pd.Series], RowProblems]:
+    """Every column of :data:`NUMERIC_COLUMNS` as float, and the problems of its cells.
+
+    An empty cell is a problem only in :data:`MUST_HAVE` columns (``missing lab value`` for the labs);
+    elsewhere it stays NaN.
+
+    Returns
+    -------
+    parsed : dict of pandas.Series
+        Float values per column (NaN where empty or not a number).
+    problems : list of (index, message)
+        By column, then row.
+    """
+    ids = raw["patient_id"]
+    parsed: dict[str, pd.Series] = {}
+    out: RowProblems = []
+    for col in NUMERIC_COLUMNS:
+        text = raw[col]
+        values = pd.to_numeric(text.where(text != ""), errors="coerce").astype(float)
+        parsed[col] = values
+        for i in raw.index:
+            who = _who(ids[i], lines[i])
+            if text[i] == "":
+                if col in MUST_HAVE:
+                    what = "missing lab value" if col in LAB_COLUMNS else "missing value in"
+                    out.append((i, f"{who}: {what} {col}"))
+                continue
+            why = _number_problem(col, text[i], values[i])
+            if why:
+                out.append((i, f"{who}: {why}"))
+    return parsed, out
+
+
+def _parse_categories(raw: pd.DataFrame, lines: pd.Series) -> tuple[dict[str, pd.Series], RowProblems]:
+    """Every column of :data:`CATEGORIES` in its canonical spelling (matched case-insensitively).
+
+    Returns
+    -------
+    cats : dict of pandas.Series
+        Canonical values (NaN where empty or unknown).
+    problems : list of (index, message)
+        Non-empty values that are none of the allowed ones.
+    """
+    ids = raw["patient_id"]
+    cats: dict[str, pd.Series] = {}
+    out: RowProblems = []
+    for col, allowed in CATEGORIES.items():
+        lookup = {a.lower(): a for a in allowed}
+        text = raw[col]
+        cats[col] = text.str.lower().map(lookup)
+        out += [
+            (i, f"{_who(ids[i], lines[i])}: column {col} is {text[i]!r}; expected one of {list(allowed)}")
+            for i in raw.index
+            if text[i] and text[i].lower() not in lookup
+        ]
+    return cats, out
+
+
+def _clinical_frame(ids: pd.Series, parsed: dict[str, pd.Series], cats: dict[str, pd.Series]) -> pd.DataFrame:
+    """The parsed table in :data:`CLINICAL_COLUMNS` order: categories, Int64 for integer columns, floats."""
+    df = pd.DataFrame({"patient_id": ids})
+    for col in CLINICAL_COLUMNS[1:]:
+        if col in cats:
+            df[col] = cats[col]
+        elif col in INTEGER_COLUMNS:
+            df[col] = parsed[col].round().astype("Int64")
+        else:
+            df[col] = parsed[col]
+    return df
+
+
 def load_clinical(path: str | Path, cfg: CohortConfig | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Read and validate ``clinical.csv``.
+
+    The steps: :func:`_read_clinical_columns`, then the problems of ids (:func:`_id_problems`),
+    numbers (:func:`_parse_numbers`, :func:`_number_problem`) and categories
+    (:func:`_parse_categories`), then the table of the rows without any (:func:`_clinical_frame`).
 
     Parameters
     ----------
@@ -281,134 +454,19 @@ def load_clinical(path: str | Path, cfg: CohortConfig | None = None) -> tuple[pd
     """
     cfg = cfg or CohortConfig()
     path = Path(path)
-    if not path.is_file():
-        raise CohortError(f"clinical table {path} not found")
-    # Every cell as text so that parsing is ours and strict ("12,5" must not become 125 or NaN silently).
-    raw = read_clinical_text(path)
-    raw.columns = [str(c).strip() for c in raw.columns]
-    missing = [c for c in CLINICAL_COLUMNS if c not in raw.columns]
-    if missing:
-        hint = ""
-        if len(raw.columns) == 1 and ";" in raw.columns[0]:
-            hint = " (the file looks semicolon-separated; save it with commas)"
-        raise CohortError(f"{path.name} lacks required column(s) {missing}{hint}; it has {list(raw.columns)}")
-    raw = raw[list(CLINICAL_COLUMNS)].apply(lambda s: s.str.strip())
+    raw = _read_clinical_columns(path)
     lines = pd.Series(np.arange(len(raw)) + 2, index=raw.index)  # line 1 is the header
-    problems: list[tuple[int, str, str]] = []
-    bad = pd.Series(False, index=raw.index)
     ids = raw["patient_id"]
-
-    for i in raw.index:
-        if not ids[i]:
-            _problem(problems, lines[i], "", f"row at line {lines[i]} has no patient_id")
-            bad[i] = True
-    for i in raw.index:
-        why = patient_id_problem(ids[i]) if ids[i] else ""
-        if why:
-            _problem(problems, lines[i], ids[i], f"patient {ids[i]}: {why}")
-            bad[i] = True
-    folded = ids.str.casefold()
-    for key in folded[(ids != "") & folded.duplicated(keep=False)].unique():
-        same = folded == key
-        if ids[same].nunique() < 2:
-            continue  # the same spelling twice: the duplicate check below
-        where = lines[same].tolist()
-        for i in raw.index[same]:
-            _problem(
-                problems,
-                lines[i],
-                ids[i],
-                f"patient {ids[i]}: ids {' and '.join(sorted(set(ids[same])))} differ only in case "
-                f"(lines {', '.join(map(str, where))}) and are one folder on a case-insensitive disk; "
-                "keep one row per patient",
-            )
-            bad[i] = True
-    counts = ids[ids != ""].value_counts()
-    for pid in counts[counts > 1].index:
-        where = lines[ids == pid].tolist()
-        for i in raw.index[ids == pid]:
-            _problem(
-                problems,
-                lines[i],
-                pid,
-                f"patient {pid} appears {len(where)} times in {path.name} (lines {', '.join(map(str, where))}); "
-                "keep one row per patient",
-            )
-            bad[i] = True
-
-    parsed: dict[str, pd.Series] = {}
-    for col in NUMERIC_COLUMNS:
-        text = raw[col]
-        values = pd.to_numeric(text.where(text != ""), errors="coerce").astype(float)
-        parsed[col] = values
-        for i in raw.index:
-            who = _who(ids[i], lines[i])
-            if text[i] == "":
-                if col in MUST_HAVE:
-                    what = "missing lab value" if col in LAB_COLUMNS else "missing value in"
-                    _problem(problems, lines[i], ids[i], f"{who}: {what} {col}")
-                    bad[i] = True
-                continue
-            v = values[i]
-            if not math.isfinite(v):
-                _problem(
-                    problems,
-                    lines[i],
-                    ids[i],
-                    f"{who}: column {col} has {text[i]!r} where a number is expected",
-                )
-                bad[i] = True
-            elif col in BINARY_COLUMNS and v not in (0.0, 1.0):
-                _problem(problems, lines[i], ids[i], f"{who}: column {col} is {text[i]!r}; expected 0 or 1")
-                bad[i] = True
-            elif col in INTEGER_COLUMNS and v != round(v):
-                _problem(
-                    problems, lines[i], ids[i], f"{who}: column {col} is {text[i]!r}; expected a whole number"
-                )
-                bad[i] = True
-            elif col in RANGES:
-                lo, hi, lo_open, unit = RANGES[col]
-                if v < 0:
-                    _problem(problems, lines[i], ids[i], f"{who}: column {col} is negative ({text[i]})")
-                    bad[i] = True
-                elif (v <= lo if lo_open else v < lo) or v > hi:
-                    rng = f"{'>' if lo_open else '>='} {_format_value(lo)} and <= {_format_value(hi)} {unit}"
-                    _problem(
-                        problems,
-                        lines[i],
-                        ids[i],
-                        f"{who}: column {col} = {text[i]} is implausible (expected {rng})",
-                    )
-                    bad[i] = True
-
-    cats: dict[str, pd.Series] = {}
-    for col, allowed in CATEGORIES.items():
-        lookup = {a.lower(): a for a in allowed}
-        text = raw[col]
-        cats[col] = text.str.lower().map(lookup)
-        for i in raw.index:
-            if text[i] and text[i].lower() not in lookup:
-                _problem(
-                    problems,
-                    lines[i],
-                    ids[i],
-                    f"{_who(ids[i], lines[i])}: column {col} is {text[i]!r}; expected one of {list(allowed)}",
-                )
-                bad[i] = True
-
+    parsed, number_problems = _parse_numbers(raw, lines)
+    cats, category_problems = _parse_categories(raw, lines)
+    found = [*_id_problems(ids, lines, path.name), *number_problems, *category_problems]
+    problems = [(lines[i], ids[i], message) for i, message in found]
     problems.sort(key=lambda p: p[0])  # file order: with on_error="stop" the first line's problem is raised
     if problems and cfg.on_error == "stop":
         raise CohortError(problems[0][2])
-
-    df = pd.DataFrame({"patient_id": ids})
-    for col in CLINICAL_COLUMNS[1:]:
-        if col in cats:
-            df[col] = cats[col]
-        elif col in INTEGER_COLUMNS:
-            df[col] = parsed[col].round().astype("Int64")
-        else:
-            df[col] = parsed[col]
-    df = df[~bad].reset_index(drop=True)
+    bad = pd.Series(False, index=raw.index)
+    bad[[i for i, _ in found]] = True
+    df = _clinical_frame(ids, parsed, cats)[~bad].reset_index(drop=True)
     table = pd.DataFrame(
         [(pid if pid else f"(line {line})", STAGE, msg) for line, pid, msg in problems],
         columns=["patient_id", "stage", "reason"],
@@ -827,7 +885,19 @@ def table1(cohort: pd.DataFrame, threshold: float = PFS_THRESHOLD_MONTHS, p_as_t
             if n_s and n_l:
                 rows[first]["p (variable)"] = fisher_freeman_halton(counts)
                 rows[first]["test (variable)"] = f"Fisher-Freeman-Halton exact ({len(codes)} levels x PFS)"
-    for row in rows:  # a continuous variable and a metastatic site (present or not) have one test already
+    table = _table1_frame(rows, p_as_text)
+    table.attrs["n_left_out"] = n_left_out
+    return table
+
+
+def _table1_frame(rows: list[dict[str, Any]], p_as_text: bool) -> pd.DataFrame:
+    """Table 1's rows as a frame, with the one test per variable filled in.
+
+    A continuous variable and a metastatic site (present or not) have one test already: their row's
+    ``p`` and ``test`` are also the variable's. Missing ``p (variable)`` is NaN, missing ``test
+    (variable)`` empty; with ``p_as_text`` both p columns are printed by :func:`format_p`.
+    """
+    for row in rows:
         if row["test"] == "Mann-Whitney U":
             row["p (variable)"], row["test (variable)"] = row["p"], row["test"]
         elif row["variable"] == "Metastatic sites":
@@ -838,7 +908,6 @@ def table1(cohort: pd.DataFrame, threshold: float = PFS_THRESHOLD_MONTHS, p_as_t
     if p_as_text:
         table["p"] = table["p"].map(format_p)
         table["p (variable)"] = table["p (variable)"].map(format_p)
-    table.attrs["n_left_out"] = n_left_out
     return table
 
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import types
 import typing
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import yaml
 
@@ -32,6 +33,75 @@ def _plain(value: Any) -> Any:
     if dataclasses.is_dataclass(value):
         return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
     return value
+
+
+def choices(hint: Any) -> tuple[Any, ...]:
+    """The values a ``typing.Literal`` annotation admits, in their declared order.
+
+    >>> choices(Literal["a", "b"])
+    ('a', 'b')
+    """
+    return typing.get_args(hint) if typing.get_origin(hint) is Literal else ()
+
+
+def _value_problem(hint: Any, value: Any) -> str:
+    """Why ``value`` does not fit the annotation ``hint`` ("" when it does, or when the hint is not checked).
+
+    Checked: ``Literal`` choices, ``str``, ``bool``, ``int`` (not a bool), ``float`` (an int passes; not
+    a bool) and unions of these with ``None``. Containers and paths are left to the class's own checks.
+    """
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        allowed = typing.get_args(hint)
+        ok = any(value == c and type(value) is type(c) for c in allowed)
+        return "" if ok else f"must be one of {list(allowed)}, got {value!r}"
+    if origin in (typing.Union, types.UnionType):
+        members = typing.get_args(hint)
+        if value is None and type(None) in members:
+            return ""
+        found = [_value_problem(m, value) for m in members if m is not type(None)]
+        return "" if "" in found else found[0]
+    checks = {
+        str: (lambda v: isinstance(v, str), "must be text"),
+        bool: (lambda v: isinstance(v, bool), "must be true or false"),
+        int: (lambda v: isinstance(v, int) and not isinstance(v, bool), "must be a whole number"),
+        float: (lambda v: isinstance(v, int | float) and not isinstance(v, bool), "must be a number"),
+    }
+    if hint in checks:
+        fits, words = checks[hint]
+        return "" if fits(value) else f"{words}, got {value!r}"
+    return ""
+
+
+def field_problems(config: Any) -> list[str]:
+    """Every field of a config dataclass whose value does not fit its annotation, as ``"<field> <problem>"``.
+
+    Parameters
+    ----------
+    config : dataclass instance
+        Its annotations are resolved with :func:`typing.get_type_hints`.
+
+    Returns
+    -------
+    list of str
+        One line per bad field, in declaration order (empty when all fit); e.g.
+        ``"link must be one of ['auto', 'copy'], got 'move'"``.
+    """
+    hints = typing.get_type_hints(type(config))
+    out = []
+    for field in dataclasses.fields(config):
+        problem = _value_problem(hints[field.name], getattr(config, field.name))
+        if problem:
+            out.append(f"{field.name} {problem}")
+    return out
+
+
+def problems_message(problems: list[str], what: str) -> str:
+    """One error message for every problem: the problem itself when there is one, else a numbered list."""
+    if len(problems) == 1:
+        return problems[0]
+    lines = "".join(f"\n  {k}. {p}" for k, p in enumerate(problems, 1))
+    return f"{what} has {len(problems)} problems:{lines}"
 
 
 @dataclasses.dataclass(frozen=True)

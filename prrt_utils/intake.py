@@ -86,7 +86,7 @@ import shutil
 import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pandas as pd
 import yaml
@@ -101,7 +101,7 @@ from prrt_utils.cohort import (
     load_clinical,
     patient_id_problem,
 )
-from prrt_utils.config import Config
+from prrt_utils.config import Config, choices, field_problems, problems_message
 
 __all__ = [
     "CHECK_COLUMNS",
@@ -142,9 +142,14 @@ _REFUSED_UNITS: dict[str, dict[str, str]] = {
 REPORT_COLUMNS = ("patient_id", "line", "column", "problem")
 CHECK_COLUMNS = ("patient_id", "line", "clinical", "pet", "ct", "usable", "reason")
 ALL = "(all)"
-_IMAGE_FORMATS = ("auto", "dicom", "nifti")
-_PSEUDONYMISE = ("auto", "always", "never")
-_LINKS = ("auto", "hardlink", "symlink", "copy")
+ImageFormat = Literal["auto", "dicom", "nifti"]
+Pseudonymise = Literal["auto", "always", "never"]
+LinkMode = Literal["auto", "hardlink", "symlink", "copy"]
+DecimalMark = Literal[".", ","]
+NiftiPetUnits = Literal["", "SUVbw"]
+_IMAGE_FORMATS = choices(ImageFormat)
+_PSEUDONYMISE = choices(Pseudonymise)
+_LINKS = choices(LinkMode)
 _DATE_KEYS = ("therapy_start", "progression_or_last_followup", "format")
 _NIFTI_KEYS = ("pet", "ct", "sidecar")
 _STUDY_ID = re.compile(r"^[A-Za-z][A-Za-z]{0,11}[-_ ]?\d{1,4}$")
@@ -269,105 +274,38 @@ class CohortSource(Config):
     clinical_table: str = "clinical.csv"
     imaging_dir: str = "imaging"
     imaging_folder: str = "{id}"
-    image_format: str = "auto"
+    image_format: ImageFormat = "auto"
     nifti_files: dict[str, str] = dataclasses.field(default_factory=dict)
-    nifti_pet_units: str = ""
+    nifti_pet_units: NiftiPetUnits = ""
     sep: str = ","
-    decimal: str = "."
+    decimal: DecimalMark = "."
     encoding: str = "utf-8-sig"
     columns: dict[str, str] = dataclasses.field(default_factory=dict)
     units: dict[str, str] = dataclasses.field(default_factory=dict)
     values: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     dates: dict[str, str] = dataclasses.field(default_factory=dict)
     pfs_threshold_months: float = PFS_THRESHOLD_MONTHS
-    pseudonymise: str = "auto"
+    pseudonymise: Pseudonymise = "auto"
     salt_file: str = ""
-    link: str = "auto"
+    link: LinkMode = "auto"
     ct_labels: str = ""
     ct_label_codes: tuple[str, ...] = ()
     registered_pet_ct: tuple[str, ...] = ()
     base_dir: str = ""
 
     def __post_init__(self) -> None:
-        # plain text everywhere (YAML may give ints for values such as event codes)
-        norm = {
-            "columns": {str(k): _text(v) for k, v in (self.columns or {}).items()},
-            "units": {str(k): _text(v) for k, v in (self.units or {}).items()},
-            "values": {
-                str(k): {_text(a): _text(b) for a, b in (m or {}).items()}
-                for k, m in (self.values or {}).items()
-            },
-            "dates": {str(k): _text(v) for k, v in (self.dates or {}).items()},
-            "nifti_files": {str(k): _text(v) for k, v in (self.nifti_files or {}).items()},
-        }
-        for key, value in norm.items():
-            object.__setattr__(self, key, value)
-        reg = self.registered_pet_ct
-        object.__setattr__(
-            self, "registered_pet_ct", tuple(_text(v) for v in ([reg] if isinstance(reg, str) else reg or ()))
-        )
-        ours = set(CLINICAL_COLUMNS)
-        for field in ("columns", "units", "values"):
-            unknown = sorted(set(getattr(self, field)) - ours)
-            if unknown:
-                raise IntakeError(
-                    f"{field}: {unknown} are not columns of ours; ours are {list(CLINICAL_COLUMNS)}"
-                )
-        for col, unit in self.units.items():
-            key = _unit_key(unit)
-            if key in _REFUSED_UNITS.get(col, {}):
-                raise IntakeError(f"units: {col} in {unit!r}: {_REFUSED_UNITS[col][key]}")
-            if col not in UNIT_FACTORS:
-                raise IntakeError(f"units: {col} has no unit conversion (only {sorted(UNIT_FACTORS)})")
-            if key not in UNIT_FACTORS[col]:
-                raise IntakeError(
-                    f"units: {col} in {unit!r} is not a unit we can convert; known: {sorted(UNIT_FACTORS[col])}"
-                )
-        if self.dates:
-            unknown = sorted(set(self.dates) - set(_DATE_KEYS))
-            missing = [k for k in _DATE_KEYS[:2] if not self.dates.get(k)]
-            if unknown or missing:
-                raise IntakeError(
-                    f"dates: needs {list(_DATE_KEYS[:2])} (and optionally format); got {sorted(self.dates)}"
-                )
-            if "pfs_months" in self.columns or "pfs_months" in self.units:
-                raise IntakeError(
-                    "give PFS either as a column (columns/units: pfs_months) or as dates, not both"
-                )
-        unknown = sorted(set(self.nifti_files) - set(_NIFTI_KEYS))
-        if unknown:
-            raise IntakeError(f"nifti_files: unknown key(s) {unknown}; known: {list(_NIFTI_KEYS)}")
-        for field, allowed in (
-            ("image_format", _IMAGE_FORMATS),
-            ("pseudonymise", _PSEUDONYMISE),
-            ("link", _LINKS),
-            ("decimal", (".", ",")),
-        ):
-            if getattr(self, field) not in allowed:
-                raise IntakeError(f"{field} must be one of {list(allowed)}, got {getattr(self, field)!r}")
-        if self.nifti_pet_units not in ("", "SUVbw"):
-            raise IntakeError("nifti_pet_units can only be 'SUVbw' (a PET in Bq/ml needs its own pet.json)")
-        if len(self.sep) != 1 or self.sep == self.decimal:
-            raise IntakeError(f"sep must be one character other than the decimal mark, got {self.sep!r}")
-        if "{id}" not in self.imaging_folder.split("/")[0]:
-            raise IntakeError(
-                f"imaging_folder must name the patient's folder with {{id}}, got {self.imaging_folder!r}"
-            )
-        if not (isinstance(self.pfs_threshold_months, int | float) and self.pfs_threshold_months > 0):
-            raise IntakeError(
-                f"pfs_threshold_months must be a positive number, got {self.pfs_threshold_months!r}"
-            )
-        if self.ct_labels:
-            from prrt_utils.pretrain import PretrainConfig, PretrainError
+        """Normalise the mappings to plain text, then refuse the description with every problem at once.
 
-            if "{id}" not in self.ct_labels or not self.ct_label_codes:
-                raise IntakeError("ct_labels needs {id} in its file pattern and ct_label_codes ('code:class' per code)")
-            try:
-                PretrainConfig(label_map=tuple(self.ct_label_codes))
-            except PretrainError as exc:
-                raise IntakeError(f"ct_label_codes: {exc}") from None
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", self.name):
-            raise IntakeError(f"name must be a short folder name (letters, digits, . _ -), got {self.name!r}")
+        Raises
+        ------
+        IntakeError
+            One message naming every bad field (:func:`source_problems`).
+        """
+        for key, value in _plain_text_fields(self).items():
+            object.__setattr__(self, key, value)
+        problems = source_problems(self)
+        if problems:
+            raise IntakeError(problems_message(problems, "the cohort description"))
 
     # ------------------------------------------------------------------ loading and paths
 
@@ -417,6 +355,137 @@ class CohortSource(Config):
     def nifti_name(self, key: str, raw_id: str) -> str:
         default = {"pet": "pet.nii.gz", "ct": "ct.nii.gz", "sidecar": "pet.json"}[key]
         return self.nifti_files.get(key, default).format(id=raw_id)
+
+
+def _text_map(value: Any, field: str, key: Any = str) -> dict[str, Any]:
+    """A YAML mapping (``None``: empty) with text keys (``key`` converts them) and plain-text values.
+
+    Raises
+    ------
+    IntakeError
+        ``value`` is not a mapping.
+    """
+    if not isinstance(value or {}, dict):
+        raise IntakeError(f"{field} must be a mapping ({{key: value}}), got {value!r}")
+    return {key(k): _text(v) for k, v in (value or {}).items()}
+
+
+def _plain_text_fields(source: CohortSource) -> dict[str, Any]:
+    """The description's mappings and id list as plain text (YAML may give numbers, e.g. event codes).
+
+    Returns
+    -------
+    dict
+        New values of ``columns``, ``units``, ``dates``, ``nifti_files`` (``None`` becomes empty),
+        ``values`` (``{column: {theirs: ours}}``, both sides through :func:`_text`) and
+        ``registered_pet_ct`` (a tuple; one string becomes a one-element tuple).
+
+    Raises
+    ------
+    IntakeError
+        A mapping field holds something other than a mapping.
+    """
+    out: dict[str, Any] = {
+        key: _text_map(getattr(source, key), key) for key in ("columns", "units", "dates", "nifti_files")
+    }
+    if not isinstance(source.values or {}, dict):
+        raise IntakeError(f"values must be a mapping ({{column: {{theirs: ours}}}}), got {source.values!r}")
+    out["values"] = {str(k): _text_map(m, f"values: {k}", key=_text) for k, m in (source.values or {}).items()}
+    reg = source.registered_pet_ct
+    out["registered_pet_ct"] = tuple(_text(v) for v in ([reg] if isinstance(reg, str) else reg or ()))
+    return out
+
+
+def _column_problems(source: CohortSource) -> list[str]:
+    """``columns``, ``units`` and ``values`` may only name our columns (:data:`CLINICAL_COLUMNS`)."""
+    ours = set(CLINICAL_COLUMNS)
+    out = []
+    for field in ("columns", "units", "values"):
+        unknown = sorted(set(getattr(source, field)) - ours)
+        if unknown:
+            out.append(f"{field}: {unknown} are not columns of ours; ours are {list(CLINICAL_COLUMNS)}")
+    return out
+
+
+def _unit_problem(column: str, unit: str) -> str:
+    """Why a centre's unit of one of our columns cannot be converted ("" when it can, or the column is not ours).
+
+    Refused units (CgA in nmol/l or assay units) say why; a column without conversions and an unknown
+    unit list what is known.
+    """
+    key = _unit_key(unit)
+    if column not in CLINICAL_COLUMNS:
+        return ""  # reported by _column_problems
+    if key in _REFUSED_UNITS.get(column, {}):
+        return f"units: {column} in {unit!r}: {_REFUSED_UNITS[column][key]}"
+    if column not in UNIT_FACTORS:
+        return f"units: {column} has no unit conversion (only {sorted(UNIT_FACTORS)})"
+    if key not in UNIT_FACTORS[column]:
+        return f"units: {column} in {unit!r} is not a unit we can convert; known: {sorted(UNIT_FACTORS[column])}"
+    return ""
+
+
+def _date_problems(source: CohortSource) -> list[str]:
+    """``dates`` needs both date columns (``format`` optional) and excludes a PFS column."""
+    if not source.dates:
+        return []
+    out = []
+    unknown = sorted(set(source.dates) - set(_DATE_KEYS))
+    missing = [k for k in _DATE_KEYS[:2] if not source.dates.get(k)]
+    if unknown or missing:
+        out.append(f"dates: needs {list(_DATE_KEYS[:2])} (and optionally format); got {sorted(source.dates)}")
+    if "pfs_months" in source.columns or "pfs_months" in source.units:
+        out.append("give PFS either as a column (columns/units: pfs_months) or as dates, not both")
+    return out
+
+
+def _layout_problems(source: CohortSource) -> list[str]:
+    """NIfTI file keys, the CSV separator, the imaging folder pattern, the threshold and the cohort's name."""
+    out = []
+    unknown = sorted(set(source.nifti_files) - set(_NIFTI_KEYS))
+    if unknown:
+        out.append(f"nifti_files: unknown key(s) {unknown}; known: {list(_NIFTI_KEYS)}")
+    if not isinstance(source.sep, str) or len(source.sep) != 1 or source.sep == source.decimal:
+        out.append(f"sep must be one character other than the decimal mark, got {source.sep!r}")
+    if isinstance(source.imaging_folder, str) and "{id}" not in source.imaging_folder.split("/")[0]:
+        out.append(f"imaging_folder must name the patient's folder with {{id}}, got {source.imaging_folder!r}")
+    threshold = source.pfs_threshold_months
+    if isinstance(threshold, int | float) and not isinstance(threshold, bool) and not threshold > 0:
+        out.append(f"pfs_threshold_months must be a positive number, got {threshold!r}")
+    if isinstance(source.name, str) and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", source.name):
+        out.append(f"name must be a short folder name (letters, digits, . _ -), got {source.name!r}")
+    return out
+
+
+def _ct_label_problems(source: CohortSource) -> list[str]:
+    """``ct_labels`` needs ``{id}`` and ``ct_label_codes`` that :class:`~prrt_utils.pretrain.PretrainConfig` accepts."""
+    if not source.ct_labels:
+        return []
+    from prrt_utils.pretrain import PretrainConfig, PretrainError
+
+    if "{id}" not in source.ct_labels or not source.ct_label_codes:
+        return ["ct_labels needs {id} in its file pattern and ct_label_codes ('code:class' per code)"]
+    try:
+        PretrainConfig(label_map=tuple(source.ct_label_codes))
+    except PretrainError as exc:
+        return [f"ct_label_codes: {exc}"]
+    return []
+
+
+def source_problems(source: CohortSource) -> list[str]:
+    """Every reason a cohort description cannot work, one line each (empty: it can).
+
+    Field types and choices come from the annotations (:func:`prrt_utils.config.field_problems`);
+    then our columns, units, dates, layout and CT label maps.
+    """
+    return [
+        *field_problems(source),
+        *_column_problems(source),
+        *[p for col, unit in source.units.items() if (p := _unit_problem(col, unit))],
+        *_date_problems(source),
+        *_layout_problems(source),
+        *_ct_label_problems(source),
+    ]
 
 
 def intake_dir(root: str | Path, source: CohortSource) -> Path:
@@ -595,26 +664,28 @@ def _pfs_from_dates(
     return out
 
 
-def _normalise(
-    raw: pd.DataFrame, source: CohortSource
-) -> tuple[pd.DataFrame, pd.Series, list[tuple[str, str, str, str]]]:
-    """Our columns as text (renamed, values mapped, units converted); the raw ids; column-level notes."""
+def _locate_columns(raw: pd.DataFrame, source: CohortSource) -> dict[str, str | None]:
+    """Which of the centre's columns holds each of ours (None: absent); PFS is skipped when given as dates.
+
+    Raises
+    ------
+    IntakeError
+        A column named under ``columns:`` is not in the table, or a required column (id, event,
+        labs, PFS) cannot be found.
+    """
     table = source.table_path.name
-    notes: list[tuple[str, str, str, str]] = []
     where: dict[str, str | None] = {}
     for col in CLINICAL_COLUMNS:
         if col == "pfs_months" and source.dates:
             continue
         their = source.columns.get(col)
-        if their is not None:
-            found = _their_column(raw, their)
-            if found is None:
-                raise IntakeError(
-                    f"{table} has no column {their!r} (columns: {col}); it has {list(raw.columns)}"
-                )
-            where[col] = found
-        else:
+        if their is None:
             where[col] = _their_column(raw, col)
+            continue
+        found = _their_column(raw, their)
+        if found is None:
+            raise IntakeError(f"{table} has no column {their!r} (columns: {col}); it has {list(raw.columns)}")
+        where[col] = found
     required = ["patient_id", "event", *LAB_COLUMNS] + ([] if source.dates else ["pfs_months"])
     missing = [c for c in required if where.get(c) is None]
     if missing:
@@ -623,24 +694,49 @@ def _normalise(
             + ("" if source.dates or "pfs_months" not in missing else " or give PFS as dates:")
             + f"; it has {list(raw.columns)}"
         )
+    return where
+
+
+def _renamed_columns(
+    raw: pd.DataFrame, source: CohortSource, where: dict[str, str | None], notes: list[tuple[str, str, str, str]]
+) -> pd.DataFrame:
+    """Our columns (in :data:`CLINICAL_COLUMNS` order, without PFS when given as dates) as text, values mapped.
+
+    An absent descriptive column is left empty, with a note.
+    """
     out = pd.DataFrame(index=raw.index)
-    for col in CLINICAL_COLUMNS:
-        if col == "pfs_months" and source.dates:
-            continue
-        if where[col] is None:
+    for col, their in where.items():
+        if their is None:
             out[col] = ""
             notes.append(
-                (ALL, "", col, f"not in {table}: left empty (descriptive only, never a model input)")
+                (ALL, "", col, f"not in {source.table_path.name}: left empty (descriptive only, never a model input)")
             )
             continue
-        s = raw[where[col]].astype(str)
-        if col in source.values:
-            s = _map_values(s, source.values[col])
-        out[col] = s
-    ids = out["patient_id"].copy()
-    lines = pd.Series(raw.index.to_numpy() + 2, index=raw.index)
-    if source.dates:
-        out["pfs_months"] = _pfs_from_dates(raw, source, notes, ids, lines)
+        s = raw[their].astype(str)
+        out[col] = _map_values(s, source.values[col]) if col in source.values else s
+    return out
+
+
+def _converted_cell(text: str, decimal: str, factor: float | None) -> str | None:
+    """One non-empty numeric cell in our unit and decimal point; None when it is not a number.
+
+    Unchanged when there is no factor and the decimal mark is already ``"."``; otherwise rewritten
+    by :func:`_format`.
+    """
+    value = _number(text, decimal)
+    if value is None:
+        return None
+    if factor is not None:
+        return _format(value * factor)
+    return _format(value) if decimal == "," else text
+
+
+def _convert_numbers(out: pd.DataFrame, source: CohortSource, notes: list[tuple[str, str, str, str]]) -> None:
+    """Convert every numeric column of ``out`` in place (units, decimal mark), noting conversions.
+
+    A cell that is not a number is passed on unchanged (the cohort stage names patient, column and
+    value); the first such cell that looks like a decimal comma under ``decimal: '.'`` adds one hint.
+    """
     decimal_hint = False
     for col in NUMERIC_COLUMNS:
         if col == "pfs_months" and source.dates:
@@ -648,28 +744,35 @@ def _normalise(
         factor = UNIT_FACTORS.get(col, {}).get(_unit_key(source.units[col])) if col in source.units else None
         converted = []
         for text in out[col]:
-            if not text:
-                converted.append(text)
-                continue
-            value = _number(text, source.decimal)
-            if value is None:
+            cell = _converted_cell(text, source.decimal, factor) if text else text
+            if cell is None:
                 if source.decimal == "." and re.fullmatch(r"[-+]?\d+,\d+", text) and not decimal_hint:
                     decimal_hint = True
                     notes.append(
                         (ALL, "", col, f"values such as {text!r} look like decimal commas: set decimal: ','")
                     )
-                converted.append(text)  # passed on: the cohort stage names patient, column and value
-                continue
-            converted.append(
-                _format(value * factor)
-                if factor is not None
-                else _format(value)
-                if source.decimal == ","
-                else text
-            )
+                cell = text  # passed on: the cohort stage names patient, column and value
+            converted.append(cell)
         out[col] = converted
         if factor is not None:
             notes.append((ALL, "", col, f"converted from {source.units[col]} to our unit (x {factor:g})"))
+
+
+def _normalise(
+    raw: pd.DataFrame, source: CohortSource
+) -> tuple[pd.DataFrame, pd.Series, list[tuple[str, str, str, str]]]:
+    """Our columns as text (renamed, values mapped, units converted); the line numbers; column-level notes.
+
+    The steps: :func:`_locate_columns`, :func:`_renamed_columns`, PFS from dates
+    (:func:`_pfs_from_dates`) when asked, :func:`_convert_numbers`.
+    """
+    notes: list[tuple[str, str, str, str]] = []
+    out = _renamed_columns(raw, source, _locate_columns(raw, source), notes)
+    ids = out["patient_id"].copy()
+    lines = pd.Series(raw.index.to_numpy() + 2, index=raw.index)
+    if source.dates:
+        out["pfs_months"] = _pfs_from_dates(raw, source, notes, ids, lines)
+    _convert_numbers(out, source, notes)
     return out[list(CLINICAL_COLUMNS)], lines, notes
 
 
@@ -786,8 +889,191 @@ def _place_label_map(source: CohortSource, raw_id: str, dst: Path, used: set[str
 # --------------------------------------------------------------------------- the entry point
 
 
+def _hides_ids(raw_ids: pd.Series, mode: str) -> tuple[bool, bool]:
+    """Whether ids are replaced by pseudonyms, and whether any looks like a hospital id.
+
+    Parameters
+    ----------
+    raw_ids : pandas.Series
+        The table's ids as text (empty for rows without one).
+    mode : {"auto", "always", "never"}
+        ``pseudonymise`` of the description.
+
+    Returns
+    -------
+    hide : bool
+        ``always``, or ``auto`` with an id that is not a short study code (:func:`looks_like_study_id`).
+    hospital_like : bool
+        Some id is not a short study code.
+    """
+    hospital_like = not all(looks_like_study_id(v) for v in raw_ids if v)
+    return mode == "always" or (mode == "auto" and hospital_like), hospital_like
+
+
+def _intake_key(source: CohortSource, salt: bytes, hide: bool) -> dict[str, Any]:
+    """The cache key of an intake (``done.json``): layout version, description, table, image listing, salt check.
+
+    The salt enters only as a keyed hash of a fixed text, so a new salt redoes the intake without the
+    key revealing the salt.
+    """
+    return {
+        "intake_version": _INTAKE_VERSION,
+        "source_hash": source.hash(),
+        "table_sha256": store.sha256_file(source.table_path),
+        "imaging_listing_sha256": _listing_key(source),
+        "salt_check": hmac.new(salt, b"salt-check", hashlib.sha256).hexdigest()[:16] if hide else None,
+    }
+
+
+def _intake_is_current(out_dir: Path, key: dict[str, Any]) -> bool:
+    """True when ``out_dir`` holds a finished intake of the same key.
+
+    Raises
+    ------
+    IntakeError
+        ``out_dir`` is a non-empty folder that is not an intake (it is never overwritten).
+    """
+    done = out_dir / "done.json"
+    if done.is_file() and (out_dir / "clinical.csv").is_file():
+        try:
+            if json.loads(done.read_text()) == key:
+                return True
+        except ValueError:
+            pass
+    if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / "intake.json").is_file():
+        raise IntakeError(f"{out_dir} exists and is not an intake folder: it is never overwritten")
+    return False
+
+
+def _pseudonym_map(source: CohortSource, raw_ids: pd.Series, salt: bytes) -> dict[str, str]:
+    """``{raw id: pseudonym}`` for every id of the table and every (UTF-8-named) imaging folder.
+
+    Raises
+    ------
+    IntakeError
+        Two ids give the same pseudonym.
+    """
+    distinct = sorted({v for v in raw_ids if v} | {v for v in _folder_ids(source) if store.is_utf8_name(v)})
+    mapping = {v: pseudonym(v, salt) for v in distinct}
+    if len(set(mapping.values())) != len(mapping):
+        raise IntakeError("two ids give the same pseudonym: delete the salt file to draw a new salt")
+    return mapping
+
+
+def _id_note(mode: str, hide: bool, hospital_like: bool) -> tuple[str, str, str, str] | None:
+    """The report's cohort-wide line about ids: pseudonymised, or hospital-like ids shown; else None."""
+    if hide:
+        return (
+            ALL,
+            "",
+            "patient_id",
+            f"ids pseudonymised (pseudonymise: {mode}): P- + 10 hex digits "
+            "of HMAC-SHA-256 with the salt beside the YAML; line numbers are those of the centre's table",
+        )
+    if hospital_like:
+        return (
+            ALL,
+            "",
+            "patient_id",
+            "ids look like hospital ids but pseudonymise is 'never': they will appear on every page",
+        )
+    return None
+
+
+def _link_patients(
+    source: CohortSource, raw_ids: pd.Series, pids: pd.Series, lines: Any, partial: Path, used: set[str]
+) -> tuple[list[tuple[str, str, str, str]], set[str]]:
+    """Link each table patient's images (and CT label map) into ``partial`` under the patient's id.
+
+    Rows without an id, repeated ids and ids that cannot be a folder name are not linked.
+
+    Returns
+    -------
+    rows : list of (patient_id, line, column, problem)
+        Report lines of patients whose files could not be placed.
+    seen : set of str
+        The ids handled (linked or not).
+    """
+    rows: list[tuple[str, str, str, str]] = []
+    seen: set[str] = set()
+    for raw_id, pid, line in zip(raw_ids, pids, lines, strict=True):
+        if not raw_id or pid in seen:
+            continue
+        seen.add(pid)
+        if patient_id_problem(pid):  # the cohort stage refuses the row with its own message
+            rows.append((pid, str(line), "imaging", "the id cannot be a folder name: images not linked"))
+            continue
+        why = _place_images(source, raw_id, store.child(partial / "imaging", pid), used)
+        if why:
+            rows.append((pid, str(line), "imaging", why))
+        if source.ct_labels:
+            why = _place_label_map(source, raw_id, store.child(partial / "ct_labels", f"{pid}.nii.gz"), used)
+            if why:
+                rows.append((pid, str(line), "ct_labels", why))
+    return rows, seen
+
+
+def _mark_orphan_folders(
+    source: CohortSource, mapping: dict[str, str], seen: set[str], partial: Path
+) -> list[tuple[str, str, str, str]]:
+    """Create an empty ``imaging/<id>/`` for each imaging folder without a table row, so the cohort stage lists it.
+
+    A folder whose name is not UTF-8 text gets its escaped name; neither kind is linked.
+
+    Returns
+    -------
+    list of (patient_id, line, column, problem)
+        One report line per such folder.
+    """
+    rows = []
+    for raw_id in _folder_ids(source):
+        if not store.is_utf8_name(raw_id):  # listed by the cohort stage as a folder without a row, never linked
+            shown = os.fsencode(raw_id).decode("utf-8", "backslashreplace")
+            # the escaped name ('\\xe9') keeps its backslash, a plain character of a POSIX name: no store.child here
+            (partial / "imaging" / shown.replace("/", "_")).mkdir(parents=True, exist_ok=True)
+            rows.append((shown, "", "imaging", "imaging folder whose name is not UTF-8 text (not linked)"))
+            continue
+        pid = mapping.get(raw_id, raw_id)
+        if pid not in seen:
+            # an empty folder: the cohort stage lists it as "imaging folder without clinical row"
+            store.child(partial / "imaging", pid).mkdir(parents=True, exist_ok=True)
+            rows.append((pid, "", "imaging", "imaging folder without clinical row (its images are not linked)"))
+    return rows
+
+
+_SYMLINK_NOTE = (
+    ALL,
+    "",
+    "imaging",
+    "hard links impossible (another file system?): symbolic links "
+    "used, which record the original paths; do not pass this folder on",
+)
+
+
+def _registered_ids(source: CohortSource, raw_ids: pd.Series, mapping: dict[str, str]) -> list[str]:
+    """Ids (pseudonyms where pseudonymised) of ``registered_pet_ct``, in table order, each once; ``all``: every id."""
+    wanted = set(source.registered_pet_ct)
+    return [mapping.get(r, r) for r in dict.fromkeys(raw_ids) if r and ("all" in wanted or r in wanted)]
+
+
+def _replace_folder(partial: Path, out_dir: Path) -> None:
+    """Rename ``partial`` into ``out_dir``, moving an existing ``out_dir`` aside first and deleting it after."""
+    old = None
+    if out_dir.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
+        os.replace(out_dir, old / "x")
+    os.replace(partial, out_dir)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
 def intake(source: CohortSource, out_dir: str | Path) -> Path:
     """Write a centre's export in the pipeline's raw-export layout (module docstring); return ``out_dir``.
+
+    The steps: normalise the table (:func:`_normalise`), decide on pseudonyms (:func:`_hides_ids`,
+    :func:`_pseudonym_map`), skip when nothing changed (:func:`_intake_key`, :func:`_intake_is_current`),
+    link the images (:func:`_link_patients`, :func:`_mark_orphan_folders`), write the files into a
+    scratch folder and rename it into place (:func:`_replace_folder`).
 
     Parameters
     ----------
@@ -813,55 +1099,18 @@ def intake(source: CohortSource, out_dir: str | Path) -> Path:
     out_dir = Path(out_dir)
     table, lines, notes = _normalise(_read_table(source), source)
     raw_ids = table["patient_id"].copy()
-    present = [v for v in raw_ids if v]
-    mode = source.pseudonymise
-    hospital_like = not all(looks_like_study_id(v) for v in present)
-    hide = mode == "always" or (mode == "auto" and hospital_like)
+    hide, hospital_like = _hides_ids(raw_ids, source.pseudonymise)
     salt = _salt(source.salt_path, out_dir) if hide else b""
-    key = {
-        "intake_version": _INTAKE_VERSION,
-        "source_hash": source.hash(),
-        "table_sha256": store.sha256_file(source.table_path),
-        "imaging_listing_sha256": _listing_key(source),
-        "salt_check": hmac.new(salt, b"salt-check", hashlib.sha256).hexdigest()[:16] if hide else None,
-    }
-    done = out_dir / "done.json"
-    if done.is_file() and (out_dir / "clinical.csv").is_file():
-        try:
-            if json.loads(done.read_text()) == key:
-                return out_dir
-        except ValueError:
-            pass
-    if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / "intake.json").is_file():
-        raise IntakeError(f"{out_dir} exists and is not an intake folder: it is never overwritten")
+    key = _intake_key(source, salt, hide)
+    if _intake_is_current(out_dir, key):
+        return out_dir
 
-    mapping: dict[str, str] = {}
+    mapping = _pseudonym_map(source, raw_ids, salt) if hide else {}
     if hide:
-        distinct = sorted({v for v in raw_ids if v} | {v for v in _folder_ids(source) if store.is_utf8_name(v)})
-        mapping = {v: pseudonym(v, salt) for v in distinct}
-        if len(set(mapping.values())) != len(mapping):
-            raise IntakeError("two ids give the same pseudonym: delete the salt file to draw a new salt")
         table["patient_id"] = raw_ids.map(lambda v: mapping.get(v, v))
-        notes.insert(
-            0,
-            (
-                ALL,
-                "",
-                "patient_id",
-                f"ids pseudonymised (pseudonymise: {mode}): P- + 10 hex digits "
-                "of HMAC-SHA-256 with the salt beside the YAML; line numbers are those of the centre's table",
-            ),
-        )
-    elif hospital_like:
-        notes.insert(
-            0,
-            (
-                ALL,
-                "",
-                "patient_id",
-                "ids look like hospital ids but pseudonymise is 'never': they will appear on every page",
-            ),
-        )
+    note = _id_note(source.pseudonymise, hide, hospital_like)
+    if note:
+        notes.insert(0, note)
     # ids in messages: the pseudonym, never the raw id
     notes = [(mapping.get(p, p), line, col, prob) for p, line, col, prob in notes]
 
@@ -869,55 +1118,15 @@ def intake(source: CohortSource, out_dir: str | Path) -> Path:
     partial = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
     try:
         used: set[str] = set()
-        seen: set[str] = set()
-        rows = list(notes)
-        for raw_id, pid, line in zip(raw_ids, table["patient_id"], lines, strict=True):
-            if not raw_id or pid in seen:
-                continue
-            seen.add(pid)
-            if patient_id_problem(pid):  # the cohort stage refuses the row with its own message
-                rows.append((pid, str(line), "imaging", "the id cannot be a folder name: images not linked"))
-                continue
-            why = _place_images(source, raw_id, store.child(partial / "imaging", pid), used)
-            if why:
-                rows.append((pid, str(line), "imaging", why))
-            if source.ct_labels:
-                why = _place_label_map(source, raw_id, store.child(partial / "ct_labels", f"{pid}.nii.gz"), used)
-                if why:
-                    rows.append((pid, str(line), "ct_labels", why))
-        for raw_id in _folder_ids(source):
-            if not store.is_utf8_name(raw_id):  # listed by the cohort stage as a folder without a row, never linked
-                shown = os.fsencode(raw_id).decode("utf-8", "backslashreplace")
-                # the escaped name ('\\xe9') keeps its backslash, a plain character of a POSIX name: no store.child here
-                (partial / "imaging" / shown.replace("/", "_")).mkdir(parents=True, exist_ok=True)
-                rows.append((shown, "", "imaging", "imaging folder whose name is not UTF-8 text (not linked)"))
-                continue
-            pid = mapping.get(raw_id, raw_id)
-            if pid not in seen:
-                # an empty folder: the cohort stage lists it as "imaging folder without clinical row"
-                store.child(partial / "imaging", pid).mkdir(parents=True, exist_ok=True)
-                rows.append(
-                    (pid, "", "imaging", "imaging folder without clinical row (its images are not linked)")
-                )
+        linked, seen = _link_patients(source, raw_ids, table["patient_id"], lines, partial, used)
+        rows = [*notes, *linked, *_mark_orphan_folders(source, mapping, seen, partial)]
         (partial / "imaging").mkdir(exist_ok=True)
         if source.ct_labels:
             store.write_json(partial / "ct_labels" / "codes.json", list(source.ct_label_codes))
         if "symlink" in used and source.link == "auto":
-            rows.insert(
-                0,
-                (
-                    ALL,
-                    "",
-                    "imaging",
-                    "hard links impossible (another file system?): symbolic links "
-                    "used, which record the original paths; do not pass this folder on",
-                ),
-            )
+            rows.insert(0, _SYMLINK_NOTE)
         if source.registered_pet_ct:
-            wanted = set(source.registered_pet_ct)
-            allowed = [
-                mapping.get(r, r) for r in dict.fromkeys(raw_ids) if r and ("all" in wanted or r in wanted)
-            ]
+            allowed = _registered_ids(source, raw_ids, mapping)
             store.write_csv(partial / "registered_pet_ct.csv", pd.DataFrame({"patient_id": allowed}))
         store.write_csv(partial / "clinical.csv", table)
         store.write_csv(partial / "intake_report.csv", pd.DataFrame(rows, columns=list(REPORT_COLUMNS)))
@@ -934,13 +1143,7 @@ def intake(source: CohortSource, out_dir: str | Path) -> Path:
             },
         )
         store.write_json(partial / "done.json", key)
-        old = None
-        if out_dir.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
-            os.replace(out_dir, old / "x")
-        os.replace(partial, out_dir)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        _replace_folder(partial, out_dir)
     finally:
         if partial.exists():
             shutil.rmtree(partial, ignore_errors=True)

@@ -70,14 +70,14 @@ import dataclasses
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
 from prrt_utils import store
 from prrt_utils.cohort import LAB_COLUMNS  # the cohort stage owns the list of lab inputs
-from prrt_utils.config import Config
+from prrt_utils.config import Config, choices, field_problems, problems_message
 from prrt_utils.paper import MODEL_KEYS
 
 __all__ = [
@@ -128,8 +128,12 @@ BASELINE_NAMES: dict[str, str] = {"lr_labs": "Logistic regression (labs)",
                                   "radiomics_lr": "Logistic regression (PET radiomics)"}
 """Name of each baseline in the book's tables and figures (the paper's seven: ``paper.DISPLAY_NAMES``)."""
 
-KINDS = ("random_forest", "logistic", "cnn")
-ENCODERS = ("convnet", "resnet10", "segresnet")
+Kind = Literal["random_forest", "logistic", "cnn"]
+EncoderName = Literal["convnet", "resnet10", "segresnet"]
+PetEncoderName = Literal["count", "convnet"]
+Pooling = Literal["logavgmax", "avgmax", "avg", "max", "flatten"]
+KINDS = choices(Kind)
+ENCODERS = choices(EncoderName)
 
 PRETRAIN_CT = "pretrain-ct"
 """Value of ``ct_init`` meaning "the checkpoint ``prrt pretrain-ct`` wrote into the work folder" (route 1)."""
@@ -138,7 +142,7 @@ PRETRAIN_CT = "pretrain-ct"
 def pretrained_ct_path(work_dir: str | Path) -> Path:
     """Where CT pretraining (:mod:`prrt_utils.pretrain`) writes its checkpoint: ``WORK/pretrained/ct_encoder.pt``."""
     return Path(work_dir) / "pretrained" / "ct_encoder.pt"
-POOLINGS = ("logavgmax", "avgmax", "avg", "max", "flatten")
+POOLINGS = choices(Pooling)
 LOG_POOL_EPS = 1e-4
 """Added to the global mean before its log in ``pooling="logavgmax"`` (a channel that is zero everywhere)."""
 
@@ -208,16 +212,16 @@ class ModelSpec(Config):
 
     name: str
     inputs: tuple[str, ...]
-    kind: str = "cnn"
+    kind: Kind = "cnn"
     description: str = ""
-    encoder: str = "convnet"
+    encoder: EncoderName = "convnet"
     channels: tuple[int, ...] = (8, 16, 32)
     strides: tuple[int, ...] = (3, 2, 2)
-    pet_encoder: str = "count"
+    pet_encoder: PetEncoderName = "count"
     thresholds: tuple[float, ...] = (1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 6.0, 10.0)
     kernel_size: int = 3
     norm: str | None = "batch"
-    pooling: str = "logavgmax"
+    pooling: Pooling = "logavgmax"
     dropout_prob: float | None = None
     head: tuple[int, ...] = (32, 16)
     blocks_down: tuple[int, ...] = (1, 2, 2, 4)
@@ -228,41 +232,18 @@ class ModelSpec(Config):
     max_features: str | None = "sqrt"
 
     def __post_init__(self) -> None:
-        where = f"model {self.name!r}"
-        if not self.name or not self.name.replace("_", "").replace("-", "").isalnum():
-            raise ModelError(f"{where}: name must be letters, digits, '_' or '-'")
-        if isinstance(self.inputs, str) or not self.inputs:
-            raise ModelError(f"{where}: inputs must be a non-empty list out of {INPUT_ORDER}, got {self.inputs!r}")
-        unknown = set(self.inputs) - set(INPUT_ORDER)
-        if unknown or len(set(self.inputs)) != len(self.inputs):
-            raise ModelError(f"{where}: inputs {self.inputs} must be distinct names out of {INPUT_ORDER}")
-        if self.kind not in KINDS:
-            raise ModelError(f"{where}: kind must be one of {KINDS}, got {self.kind!r}")
-        if self.kind == "random_forest" and tuple(self.inputs) != ("labs",):
-            raise ModelError(f"{where}: a random_forest takes inputs ['labs'] only, got {list(self.inputs)}")
-        if self.kind == "logistic" and "ct" in self.inputs:
-            raise ModelError(f"{where}: a logistic model takes 'labs' and/or 'pet' (its radiomics features), not 'ct'")
-        if self.kind == "cnn":
-            if not self.image_inputs:
-                raise ModelError(f"{where}: a cnn needs 'pet' and/or 'ct' among its inputs")
-            if self.encoder not in ENCODERS:
-                raise ModelError(f"{where}: encoder must be one of {ENCODERS}, got {self.encoder!r}")
-            if len(self.channels) != len(self.strides) or not self.channels:
-                raise ModelError(f"{where}: channels {self.channels} and strides {self.strides} need equal, non-zero length")
-            if self.pet_encoder not in ("count", "convnet"):
-                raise ModelError(f"{where}: pet_encoder must be 'count' or 'convnet', got {self.pet_encoder!r}")
-            if self.pet_encoder == "count" and (not self.thresholds or min(self.thresholds) <= 0.5):
-                raise ModelError(f"{where}: thresholds must be non-empty multiples of the liver above 0.5, got {self.thresholds}")
-            if self.pooling not in POOLINGS:
-                raise ModelError(f"{where}: pooling must be one of {POOLINGS}, got {self.pooling!r}")
-            if len(self.head) != 2:
-                raise ModelError(f"{where}: head lists the 2 hidden widths of the 3-layer MLP, got {self.head}")
-        if self.dropout_prob is not None and not 0.0 <= self.dropout_prob < 1.0:
-            raise ModelError(f"{where}: dropout_prob must lie in [0, 1), got {self.dropout_prob}")
-        if self.ct_init is not None and "ct" not in self.inputs:
-            raise ModelError(f"{where}: ct_init is set but the model has no CT input")
-        if self.encoder == "segresnet" and (not self.blocks_down or min(self.blocks_down) < 1):
-            raise ModelError(f"{where}: blocks_down must list >= 1 block per level, got {self.blocks_down}")
+        """Refuse a declaration that cannot work, naming every problem at once.
+
+        Raises
+        ------
+        ModelError
+            ``model '<name>': <problem>``, or a numbered list of every problem (:func:`spec_problems`).
+        """
+        problems = spec_problems(self)
+        if problems:
+            where = f"model {self.name!r}"
+            message = problems_message(problems, where)
+            raise ModelError(f"{where}: {message}" if len(problems) == 1 else message)
 
     @property
     def ordered_inputs(self) -> tuple[str, ...]:
@@ -301,6 +282,69 @@ class ModelSpec(Config):
             return ("CT branch initialised from the anatomy-pretrained checkpoint of `prrt pretrain-ct` "
                     "(pretrained/ct_encoder.pt in the work folder; no outcome used) and fine-tuned.")
         return f"CT branch initialised from the checkpoint {Path(self.ct_init).name} (given by path) and fine-tuned."
+
+
+def _input_problems(spec: ModelSpec) -> list[str]:
+    """``name`` a plain key; ``inputs`` a non-empty list of distinct names out of :data:`INPUT_ORDER`."""
+    out = []
+    if not isinstance(spec.name, str) or not spec.name.replace("_", "").replace("-", "").isalnum():
+        out.append("name must be letters, digits, '_' or '-'")
+    if isinstance(spec.inputs, str) or not spec.inputs:
+        return [*out, f"inputs must be a non-empty list out of {INPUT_ORDER}, got {spec.inputs!r}"]
+    if set(spec.inputs) - set(INPUT_ORDER) or len(set(spec.inputs)) != len(spec.inputs):
+        out.append(f"inputs {spec.inputs} must be distinct names out of {INPUT_ORDER}")
+    return out
+
+
+def _kind_problems(spec: ModelSpec) -> list[str]:
+    """Inputs each kind takes: a random forest the labs only; a logistic model not the CT; a cnn an image."""
+    inputs = () if isinstance(spec.inputs, str) else tuple(spec.inputs or ())
+    if spec.kind == "random_forest" and inputs != ("labs",):
+        return [f"a random_forest takes inputs ['labs'] only, got {list(inputs)}"]
+    if spec.kind == "logistic" and "ct" in inputs:
+        return ["a logistic model takes 'labs' and/or 'pet' (its radiomics features), not 'ct'"]
+    if spec.kind == "cnn" and not any(m in IMAGE_INPUTS for m in inputs):
+        return ["a cnn needs 'pet' and/or 'ct' among its inputs"]
+    return []
+
+
+def _cnn_problems(spec: ModelSpec) -> list[str]:
+    """A cnn's architecture: matching ``channels``/``strides``, ``count`` thresholds above 0.5, two head widths."""
+    if spec.kind != "cnn":
+        return []
+    out = []
+    if len(spec.channels) != len(spec.strides) or not spec.channels:
+        out.append(f"channels {spec.channels} and strides {spec.strides} need equal, non-zero length")
+    if spec.pet_encoder == "count" and (not spec.thresholds or min(spec.thresholds) <= 0.5):
+        out.append(f"thresholds must be non-empty multiples of the liver above 0.5, got {spec.thresholds}")
+    if len(spec.head) != 2:
+        out.append(f"head lists the 2 hidden widths of the 3-layer MLP, got {spec.head}")
+    return out
+
+
+def _shared_problems(spec: ModelSpec) -> list[str]:
+    """``dropout_prob`` in [0, 1); ``ct_init`` only with a CT input; SegResNet levels with >= 1 block."""
+    out = []
+    dropout = spec.dropout_prob
+    if isinstance(dropout, int | float) and not 0.0 <= dropout < 1.0:
+        out.append(f"dropout_prob must lie in [0, 1), got {dropout}")
+    if spec.ct_init is not None and "ct" not in (spec.inputs or ()):
+        out.append("ct_init is set but the model has no CT input")
+    if spec.encoder == "segresnet" and (not spec.blocks_down or min(spec.blocks_down) < 1):
+        out.append(f"blocks_down must list >= 1 block per level, got {spec.blocks_down}")
+    return out
+
+
+def spec_problems(spec: ModelSpec) -> list[str]:
+    """Every reason a model declaration cannot work, one line each (empty: it can).
+
+    Field types and the choices of ``kind``, ``encoder``, ``pet_encoder`` and ``pooling`` come from the
+    annotations (:func:`prrt_utils.config.field_problems`); then inputs, kind, cnn architecture and the
+    fields every kind shares. The Random Forest fields (``n_estimators``, ``min_samples_leaf``,
+    ``max_features``) are checked for type here and by scikit-learn when the forest is built.
+    """
+    return [*field_problems(spec), *_input_problems(spec), *_kind_problems(spec), *_cnn_problems(spec),
+            *_shared_problems(spec)]
 
 
 def models_dir() -> Path:

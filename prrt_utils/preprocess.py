@@ -833,6 +833,125 @@ def _patient_ids(cohort_csv: str | Path | Sequence[str] | None, imaging_dir: Pat
     return [(str(p), True) for p in cohort_csv]
 
 
+_INDEX_COLUMNS = ["patient_id", "status", "reason", "file", "sha256", "input_sha256", "config_hash"]
+
+
+def _input_hash(
+    folder: Path, pid: str, registered: bool, labels_dir: Path | None, label_map: Sequence[str]
+) -> tuple[str, tuple[str, tuple[str, ...]] | None]:
+    """The cache key of one patient's inputs, and the patient's CT label map if there is one.
+
+    Parameters
+    ----------
+    folder : Path
+        The patient's imaging folder (every file's content enters the hash).
+    registered : bool
+        The patient's CT was registered to the PET (the pairing waiver changes the verdict).
+    labels_dir : Path or None
+        Folder of CT label maps (:func:`prrt_utils.anatomy.find_labels`).
+    label_map : sequence of str
+        ``"code:class"`` of the label maps.
+
+    Returns
+    -------
+    input_hash : str
+        SHA-256 of the folder, extended by the waiver and by the label map file and its codes.
+    labels : (str, tuple of str) or None
+        ``(label map path, codes)`` for :func:`_process_patient`.
+    """
+    input_hash = store.sha256_tree(folder)
+    if registered:  # the waiver changes the verdict: part of the cache key
+        input_hash = hashlib.sha256(f"{input_hash}:registered-pet-ct".encode()).hexdigest()
+    found = label_map_path(labels_dir, pid) if labels_dir is not None else None
+    if found is None:
+        return input_hash, None
+    # the label map and its description are inputs too
+    input_hash = hashlib.sha256(
+        f"{input_hash}:{store.sha256_file(found)}:{json.dumps(list(label_map))}".encode()).hexdigest()
+    return input_hash, (str(found), tuple(label_map))
+
+
+def _unusable_patient(
+    cfg: PreprocessConfig, pid: str, has_imaging: bool, imaging: Path, out: Path
+) -> dict[str, Any] | None:
+    """The excluded-record of a patient whose id or imaging folder is unusable; None when it can be processed.
+
+    An id that is not a plain file name never reaches a path join; a patient without imaging loses any
+    stale ``<pid>.npz``.
+
+    Raises
+    ------
+    InputError
+        With ``on_error == "stop"``: a bad id, or a missing folder of a patient that should have imaging.
+    """
+    shown = os.fsencode(pid).decode("utf-8", "backslashreplace")
+    base = {
+        "patient_id": shown,
+        "status": "excluded",
+        "file": "",
+        "sha256": "",
+        "input_sha256": "",
+        "config_hash": cfg.hash(),
+    }
+    why = _id_problem(pid)
+    if why:  # never a path: an id such as ../victim must not reach a join
+        if cfg.on_error == "stop":
+            raise InputError(shown, why)
+        return {**base, "reason": why}
+    if has_imaging and store.child(imaging, pid).is_dir():
+        return None
+    reason = "no imaging (has_imaging is false in the cohort)" if not has_imaging else "imaging folder not found"
+    if cfg.on_error == "stop" and has_imaging:
+        raise InputError(pid, reason)
+    store.child(out, f"{pid}.npz").unlink(missing_ok=True)
+    return {**base, "reason": reason}
+
+
+def _run_jobs(jobs: list[tuple[Any, ...]], n_jobs: int, records: dict[str, dict[str, Any]], bar: Any) -> None:
+    """Run :func:`_process_patient` on every job (in ``n_jobs`` processes when > 1), storing each record.
+
+    Records go into ``records`` under their patient id as they finish; the first error cancels the
+    jobs not yet started and propagates.
+    """
+    if n_jobs > 1 and len(jobs) > 1:
+        with ProcessPoolExecutor(max_workers=n_jobs) as pool:
+            futures = [pool.submit(_process_patient, job) for job in jobs]
+            try:
+                for fut in as_completed(futures):
+                    rec = fut.result()
+                    records[rec["patient_id"]] = rec
+                    bar.update()
+            except BaseException:
+                for f in futures:
+                    f.cancel()
+                raise
+    else:
+        for job in jobs:
+            rec = _process_patient(job)
+            records[rec["patient_id"]] = rec
+            bar.update()
+
+
+def _qc_frame(records: dict[str, dict[str, Any]], patients: Sequence[tuple[str, bool]]) -> pd.DataFrame:
+    """``qc.csv``: the facts of every preprocessed patient, in cohort order, ``patient_id`` then sorted columns.
+
+    The columns are the same whether a patient's facts were computed now or read from the cache (whose
+    JSON is key-sorted), so a resumed run writes the same file as an uninterrupted one; list values are
+    written space-separated (``"2 2 2"``).
+    """
+    qc = [
+        {"patient_id": pid, **records[pid].get("facts", {})}
+        for pid, _ in patients
+        if records[pid]["status"] == "ok"
+    ]
+    frame = pd.DataFrame(qc)
+    frame = frame[["patient_id", *sorted(c for c in frame.columns if c != "patient_id")]] if qc else frame
+    for col in frame.columns:
+        if frame[col].map(lambda v: isinstance(v, list)).any():
+            frame[col] = frame[col].map(lambda v: " ".join(f"{x:g}" for x in v) if isinstance(v, list) else v)
+    return frame
+
+
 def run_preprocessing(
     cfg: PreprocessConfig,
     cohort_csv: str | Path | Sequence[str] | None,
@@ -843,6 +962,10 @@ def run_preprocessing(
     n_jobs: int = 1,
 ) -> pd.DataFrame:
     """Preprocess every patient with imaging; write ``WORK/preprocessed/`` (module docstring).
+
+    The steps: per patient, refuse an unusable id or folder (:func:`_unusable_patient`), key its inputs
+    (:func:`_input_hash`) and reuse a cached result (:func:`_cached`); process the rest
+    (:func:`_run_jobs`); write ``index.csv``, ``exclusions.csv`` and ``qc.csv`` (:func:`_qc_frame`).
 
     Parameters
     ----------
@@ -884,42 +1007,12 @@ def run_preprocessing(
     records: dict[str, dict[str, Any]] = {}
     jobs = []
     for pid, has_imaging in patients:
-        shown = os.fsencode(pid).decode("utf-8", "backslashreplace")
-        base = {
-            "patient_id": shown,
-            "status": "excluded",
-            "file": "",
-            "sha256": "",
-            "input_sha256": "",
-            "config_hash": cfg.hash(),
-        }
-        why = _id_problem(pid)
-        if why:  # never a path: an id such as ../victim must not reach a join
-            if cfg.on_error == "stop":
-                raise InputError(shown, why)
-            records[pid] = {**base, "reason": why}
+        excluded = _unusable_patient(cfg, pid, has_imaging, imaging, out)
+        if excluded is not None:
+            records[pid] = excluded
             continue
         folder = store.child(imaging, pid)
-        if not has_imaging or not folder.is_dir():
-            reason = (
-                "no imaging (has_imaging is false in the cohort)"
-                if not has_imaging
-                else "imaging folder not found"
-            )
-            if cfg.on_error == "stop" and has_imaging:
-                raise InputError(pid, reason)
-            store.child(out, f"{pid}.npz").unlink(missing_ok=True)
-            records[pid] = {**base, "reason": reason}
-            continue
-        input_hash = store.sha256_tree(folder)
-        if pid in registered:  # the waiver changes the verdict: part of the cache key
-            input_hash = hashlib.sha256(f"{input_hash}:registered-pet-ct".encode()).hexdigest()
-        labels = None
-        found = label_map_path(labels_dir, pid) if labels_dir is not None else None
-        if found is not None:  # the label map and its description are inputs too
-            labels = (str(found), tuple(label_map))
-            input_hash = hashlib.sha256(
-                f"{input_hash}:{store.sha256_file(found)}:{json.dumps(list(label_map))}".encode()).hexdigest()
+        input_hash, labels = _input_hash(folder, pid, pid in registered, labels_dir, label_map)
         hit = _cached(out, pid, input_hash, cfg)
         if hit is not None:
             records[pid] = hit
@@ -929,47 +1022,16 @@ def run_preprocessing(
         total=len(patients), initial=len(patients) - len(jobs), desc="preprocess", disable=not progress
     )
     try:
-        if n_jobs > 1 and len(jobs) > 1:
-            with ProcessPoolExecutor(max_workers=n_jobs) as pool:
-                futures = [pool.submit(_process_patient, job) for job in jobs]
-                try:
-                    for fut in as_completed(futures):
-                        rec = fut.result()
-                        records[rec["patient_id"]] = rec
-                        bar.update()
-                except BaseException:
-                    for f in futures:
-                        f.cancel()
-                    raise
-        else:
-            for job in jobs:
-                rec = _process_patient(job)
-                records[rec["patient_id"]] = rec
-                bar.update()
+        _run_jobs(jobs, n_jobs, records, bar)
     finally:
         bar.close()
-    index_cols = ["patient_id", "status", "reason", "file", "sha256", "input_sha256", "config_hash"]
     index = pd.DataFrame(
-        [{c: records[pid].get(c, "") for c in index_cols} for pid, _ in patients], columns=index_cols
+        [{c: records[pid].get(c, "") for c in _INDEX_COLUMNS} for pid, _ in patients], columns=_INDEX_COLUMNS
     )
     store.write_csv(out / "index.csv", index)
     excl = index.loc[index["status"] != "ok", ["patient_id", "reason"]].assign(stage=STAGE)
     store.write_csv(out / "exclusions.csv", excl[["patient_id", "stage", "reason"]])
-    qc = [
-        {"patient_id": pid, **records[pid].get("facts", {})}
-        for pid, _ in patients
-        if records[pid]["status"] == "ok"
-    ]
-    qc_frame = pd.DataFrame(qc)
-    # the same columns in the same order whether a patient's facts were computed now or read from the
-    # cache (whose JSON is key-sorted), so a resumed run writes the same qc.csv as an uninterrupted one
-    qc_frame = qc_frame[["patient_id", *sorted(c for c in qc_frame.columns if c != "patient_id")]] if qc else qc_frame
-    for col in qc_frame.columns:
-        if qc_frame[col].map(lambda v: isinstance(v, list)).any():
-            qc_frame[col] = qc_frame[col].map(
-                lambda v: " ".join(f"{x:g}" for x in v) if isinstance(v, list) else v
-            )
-    store.write_csv(out / "qc.csv", qc_frame)
+    store.write_csv(out / "qc.csv", _qc_frame(records, patients))
     log = get_logger("preprocess")
     for row in index.itertuples():
         if row.status != "ok":

@@ -55,8 +55,7 @@ import numpy as np
 import pandas as pd
 import torch
 from sklearn.model_selection import StratifiedShuffleSplit
-from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import FunctionTransformer, StandardScaler
+from sklearn.preprocessing import StandardScaler
 
 from prrt_utils import store
 from prrt_utils.config import SEED, Config
@@ -487,44 +486,61 @@ class LabScaler:
     AST, ALT, CgA and GGT are right-skewed (CgA spans orders of magnitude), so
     they are log-transformed (``log1p``, defined at 0) before a
     :class:`~sklearn.preprocessing.StandardScaler` learns their mean and
-    standard deviation from the training patients only.
+    standard deviation from the training patients only. The fitted state is two
+    plain arrays: it is saved as them (:meth:`to_dict`) and restored from them
+    (:meth:`from_dict`) without touching any estimator's attributes; the transform
+    is ``(log1p(lab) - mean_) / scale_``, the arithmetic of ``StandardScaler.transform``.
+    No imputation: the cohort stage excludes a patient with a missing lab value.
 
     Attributes
     ----------
     mean_, scale_ : ndarray, shape (L,)
-        Mean and standard deviation of ``log1p(lab)`` over the training patients.
+        Mean and standard deviation of ``log1p(lab)`` over the training patients
+        (a constant column gets scale 1, as in scikit-learn).
     """
 
     def __init__(self, columns: Sequence[str] = LAB_COLUMNS) -> None:
         self.columns = tuple(columns)
 
-    def _pipeline(self) -> Pipeline:
-        return Pipeline([("log1p", FunctionTransformer(np.log1p)), ("scale", StandardScaler())])
+    def _log_labs(self, labs: np.ndarray) -> np.ndarray:
+        """``log1p`` of ``(N, L)`` labs as float64; refuses a wrong width or infinite results (as scikit-learn)."""
+        x = np.log1p(np.asarray(labs, dtype=float))
+        if x.ndim != 2 or x.shape[1] != len(self.columns):
+            raise ValueError(f"labs must have shape (N, {len(self.columns)}) for {list(self.columns)}, got {x.shape}")
+        if np.isinf(x).any():
+            raise ValueError("labs give infinite log1p values (a value of -1 or an infinite value)")
+        return x
 
     def fit(self, labs: np.ndarray) -> LabScaler:
-        self.pipeline_ = self._pipeline().fit(np.asarray(labs, dtype=float))
-        self.mean_ = self.pipeline_.named_steps["scale"].mean_
-        self.scale_ = self.pipeline_.named_steps["scale"].scale_
+        scaler = StandardScaler().fit(self._log_labs(labs))
+        self.mean_ = np.asarray(scaler.mean_, dtype=float)
+        self.scale_ = np.asarray(scaler.scale_, dtype=float)
         return self
 
     def transform(self, labs: np.ndarray) -> np.ndarray:
         """``(N, L)`` raw labs -> ``(N, L)`` float32 standardised log-labs."""
-        return self.pipeline_.transform(np.asarray(labs, dtype=float)).astype(np.float32)
+        return ((self._log_labs(labs) - self.mean_) / self.scale_).astype(np.float32)
 
     def to_dict(self) -> dict[str, Any]:
+        """The fitted state as plain lists: ``columns``, ``transform`` (``"log1p"``), ``mean``, ``scale``."""
         return {"columns": list(self.columns), "transform": "log1p", "mean": self.mean_.tolist(), "scale": self.scale_.tolist()}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> LabScaler:
+        """Restore a scaler saved by :meth:`to_dict`.
+
+        Raises
+        ------
+        ValueError
+            Another transform than ``log1p``, or ``mean``/``scale`` whose length is not the number of columns.
+        """
         self = cls(d["columns"])
-        self.pipeline_ = self._pipeline()
-        scaler = self.pipeline_.named_steps["scale"]
-        self.pipeline_.named_steps["log1p"].fit(np.zeros((1, len(self.columns))))
-        scaler.mean_ = np.asarray(d["mean"], dtype=float)
-        scaler.scale_ = np.asarray(d["scale"], dtype=float)
-        scaler.var_ = scaler.scale_**2
-        scaler.n_features_in_ = len(self.columns)
-        self.mean_, self.scale_ = scaler.mean_, scaler.scale_
+        if d.get("transform", "log1p") != "log1p":
+            raise ValueError(f"lab scaler transform {d.get('transform')!r} is not 'log1p'")
+        self.mean_ = np.asarray(d["mean"], dtype=float)
+        self.scale_ = np.asarray(d["scale"], dtype=float)
+        if self.mean_.shape != (len(self.columns),) or self.scale_.shape != (len(self.columns),):
+            raise ValueError(f"lab scaler: mean and scale need {len(self.columns)} values, one per column")
         return self
 
 

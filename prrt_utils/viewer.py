@@ -132,6 +132,39 @@ def _axis_ranges(shape: Sequence[int]) -> dict[str, list[float]]:
     return {"xaxis.range": [-0.5, cols - 0.5], "yaxis.range": [rows - 0.5, -0.5]}
 
 
+def _viewer_inputs(volume: np.ndarray, overlays: Mapping[str, np.ndarray] | None, outlines: np.ndarray | None,
+                   at: Sequence[int] | None) -> tuple[np.ndarray, dict[str, np.ndarray], tuple[int, int, int]]:
+    """:func:`slice_viewer`'s arrays as float32, checked to share the volume's shape, and the first slices.
+
+    Returns
+    -------
+    volume : ndarray (D, H, W) float32
+    overlays : dict label -> ndarray (D, H, W) float32
+    at : (d, h, w)
+        As given; else the voxel of largest summed overlay; else the centre.
+
+    Raises
+    ------
+    ValueError
+        A volume that is not 3-D, or an overlay or the outlines of another shape.
+    """
+    volume = np.asarray(volume, dtype=np.float32)
+    if volume.ndim != 3:
+        raise ValueError(f"slice_viewer needs a (D, H, W) volume, got shape {volume.shape}")
+    arrays = {k: np.asarray(v, dtype=np.float32) for k, v in (overlays or {}).items()}
+    for label, v in arrays.items():
+        if v.shape != volume.shape:
+            raise ValueError(f"overlay {label!r} has shape {v.shape}, the volume {volume.shape}")
+    if outlines is not None and np.shape(outlines) != volume.shape:
+        raise ValueError(f"outlines have shape {np.shape(outlines)}, the volume {volume.shape}")
+    if at is None:
+        if arrays:
+            at = np.unravel_index(int(np.argmax(sum(arrays.values()))), volume.shape)
+        else:
+            at = tuple(s // 2 for s in volume.shape)
+    return volume, arrays, tuple(int(a) for a in at)
+
+
 def slice_viewer(volume: np.ndarray, overlays: Mapping[str, np.ndarray] | None = None, *,
                  window: tuple[float, float] = (0.0, 10.0), invert: bool = True, vmin: float = 0.3,
                  outlines: np.ndarray | None = None, at: Sequence[int] | None = None,
@@ -164,21 +197,7 @@ def slice_viewer(volume: np.ndarray, overlays: Mapping[str, np.ndarray] | None =
     """
     import plotly.graph_objects as go
 
-    volume = np.asarray(volume, dtype=np.float32)
-    if volume.ndim != 3:
-        raise ValueError(f"slice_viewer needs a (D, H, W) volume, got shape {volume.shape}")
-    overlays = {k: np.asarray(v, dtype=np.float32) for k, v in (overlays or {}).items()}
-    for label, v in overlays.items():
-        if v.shape != volume.shape:
-            raise ValueError(f"overlay {label!r} has shape {v.shape}, the volume {volume.shape}")
-    if outlines is not None and np.shape(outlines) != volume.shape:
-        raise ValueError(f"outlines have shape {np.shape(outlines)}, the volume {volume.shape}")
-    if at is None:
-        if overlays:
-            at = np.unravel_index(int(np.argmax(sum(overlays.values()))), volume.shape)
-        else:
-            at = tuple(s // 2 for s in volume.shape)
-    at = tuple(int(a) for a in at)
+    volume, overlays, at = _viewer_inputs(volume, overlays, outlines, at)
     grey = window_uint8(volume, *window, invert=invert)
     layers = list(overlays)
     n_traces = 1 + len(layers) + (outlines is not None)

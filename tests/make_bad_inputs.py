@@ -466,6 +466,30 @@ def _issue16_cases(img: Path, good: Path, copy: Callable[[str], Path]) -> None:
     _label_maps(img.parent)
 
 
+def _flat_folder_with_mr_and_dicomdir(good: Path, f: Path) -> None:
+    """PET and CT files of ``good`` in one flat folder (hard links), beside an MR localiser and a DICOMDIR."""
+    import pydicom
+
+    f.mkdir()
+    for sub in ("pet", "ct"):
+        for p in sorted((good / sub).iterdir()):
+            os.link(p, f / f"{sub}_{p.name}")
+    for k, p in enumerate(sorted((good / "ct").iterdir())[:5]):  # an MR localiser: a modality we do not use
+        ds = pydicom.dcmread(p)
+        ds.Modality = "MR"
+        ds.SeriesInstanceUID = fac._uid("mr-localiser")
+        ds.SOPInstanceUID = fac._uid("mr-localiser", k)
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.save_as(f / f"mr_{k:02d}", enforce_file_format=True)
+    dicomdir = pydicom.Dataset()
+    dicomdir.file_meta = pydicom.dataset.FileMetaDataset()
+    dicomdir.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.1.3.10"
+    dicomdir.file_meta.MediaStorageSOPInstanceUID = fac._uid("dicomdir")
+    dicomdir.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+    dicomdir.FileSetID = "EXPORT"
+    dicomdir.save_as(f / "DICOMDIR", enforce_file_format=True)
+
+
 def make_bad_inputs(root: str | Path) -> tuple[Case, ...]:
     """Write the corpus into ``root`` (``clinical.csv``, ``imaging/``, ``cases.csv``); return :data:`CASES`.
 
@@ -478,8 +502,6 @@ def make_bad_inputs(root: str | Path) -> tuple[Case, ...]:
     -------
     tuple of Case
     """
-    import pydicom
-
     root = Path(root)
     img = root / "imaging"
     img.mkdir(parents=True, exist_ok=True)
@@ -499,25 +521,7 @@ def make_bad_inputs(root: str | Path) -> tuple[Case, ...]:
     (f / ct / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1" + bytes(64))
     (f / "report.pdf").write_bytes(b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n1 0 obj\n<<>>\nendobj\n%%EOF\n")
 
-    f = img / "PRRT-004"
-    f.mkdir()
-    for sub in (pet, ct):
-        for p in sorted((good / sub).iterdir()):
-            os.link(p, f / f"{sub}_{p.name}")
-    for k, p in enumerate(sorted((good / ct).iterdir())[:5]):  # an MR localiser: a modality we do not use
-        ds = pydicom.dcmread(p)
-        ds.Modality = "MR"
-        ds.SeriesInstanceUID = fac._uid("mr-localiser")
-        ds.SOPInstanceUID = fac._uid("mr-localiser", k)
-        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        ds.save_as(f / f"mr_{k:02d}", enforce_file_format=True)
-    dicomdir = pydicom.Dataset()
-    dicomdir.file_meta = pydicom.dataset.FileMetaDataset()
-    dicomdir.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.1.3.10"
-    dicomdir.file_meta.MediaStorageSOPInstanceUID = fac._uid("dicomdir")
-    dicomdir.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
-    dicomdir.FileSetID = "EXPORT"
-    dicomdir.save_as(f / "DICOMDIR", enforce_file_format=True)
+    _flat_folder_with_mr_and_dicomdir(good, img / "PRRT-004")
 
     copy("PRRT-005")
 

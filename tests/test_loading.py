@@ -206,82 +206,105 @@ def _truncate(folder: Path, n_bytes: int) -> None:
     p.write_bytes(p.read_bytes()[:n_bytes])
 
 
+def _singular_nifti(folder: Path) -> None:
+    geom = fac.Geometry(shape=(3, 4, 4), spacing=(2.0, 2.0, 2.0), origin=(0.0, 0.0, 0.0))
+    broken = geom.affine()
+    broken[:3, 2] = broken[:3, 1]  # two equal columns: singular
+    fac.write_nifti(folder / "pet.nii.gz", np.ones(geom.shape, np.float32), broken)
+    fac.write_nifti(folder / "ct.nii.gz", np.zeros(geom.shape, np.float32), geom.affine())
+    (folder / "pet.json").write_text(json.dumps({"units": "SUVbw"}))
+
+
+def _no_pet(folder: Path) -> None:
+    fac.write_patient(folder)
+    shutil.rmtree(folder / "pet")
+
+
+def _missing_slice(folder: Path) -> None:
+    fac.write_patient(folder)
+    sorted((folder / "ct").iterdir(), key=lambda p: -float(pydicom.dcmread(p).ImagePositionPatient[2]))[10].unlink()
+
+
+def _two_pet_series(folder: Path) -> None:
+    fac.write_patient(folder)
+    fac.write_series(
+        folder / "pet",
+        fac.patient_values(fac.PET_GEOM, "PT") * 1e3,
+        "PT",
+        fac.PET_GEOM,
+        header=fac.pet_header(),
+        series_key="second-recon",
+        seed=9,
+    )
+
+
+def _duplicate_position(ds, d):
+    if d == 7:
+        ds.ImagePositionPatient = [f"{v:.6f}" for v in fac.CT_GEOM.positions()[6]]
+
+
+def _wrong_spacing(ds, d):
+    if d == 4:
+        ds.PixelSpacing = ["9", "9"]
+
+
+def _tilt_tag(ds, d):
+    ds.GantryDetectorTilt = "15"
+
+
+def _tilt_geometry(ds, d):
+    p = fac.CT_GEOM.positions()[d]
+    ds.ImagePositionPatient = [
+        f"{p[0]:.6f}",
+        f"{p[1] + d * 20.0 * np.tan(np.radians(12)):.6f}",
+        f"{p[2]:.6f}",
+    ]
+
+
+def _no_rescale(ds, d):
+    del ds.RescaleSlope
+    del ds.RescaleIntercept
+
+
+def _no_weight(ds, d):
+    del ds.PatientWeight
+
+
+_BUILT = {
+    "nifti singular affine": _singular_nifti,
+    "no pet": _no_pet,
+    "missing slice": _missing_slice,
+    "two pet series mixed": _two_pet_series,
+}
+"""Cases written whole by their own function."""
+
+_WRITE_KW = {
+    "duplicated positions": {"ct_edit": _duplicate_position},
+    "inconsistent spacing": {"ct_edit": _wrong_spacing},
+    "gantry tilt tag": {"ct_edit": _tilt_tag},
+    "gantry tilt geometry": {"ct_edit": _tilt_geometry},
+    "ct without rescale": {"ct_edit": _no_rescale},
+    "pet in counts": {"pet_header_kw": {"units": "CNTS"}},
+    "missing weight": {"weight_kg": 70.0, "pet_edit": _no_weight},
+}
+"""Cases that are a normal patient written with other headers (``dicom_factory.write_patient`` keywords)."""
+
+_DAMAGE = {
+    "truncated file": lambda folder: _truncate(folder, 3000),
+    "truncated header": lambda folder: _truncate(folder, 400),
+    "zero-byte file": lambda folder: (folder / "pet" / "empty.dcm").write_bytes(b""),
+}
+"""Cases that are a normal patient damaged after writing."""
+
+
 def _bad_patient(tmp: Path, case: str) -> Path:
     folder = tmp / "PRRT-013"
-    if case == "nifti singular affine":
-        geom = fac.Geometry(shape=(3, 4, 4), spacing=(2.0, 2.0, 2.0), origin=(0.0, 0.0, 0.0))
-        broken = geom.affine()
-        broken[:3, 2] = broken[:3, 1]  # two equal columns: singular
-        fac.write_nifti(folder / "pet.nii.gz", np.ones(geom.shape, np.float32), broken)
-        fac.write_nifti(folder / "ct.nii.gz", np.zeros(geom.shape, np.float32), geom.affine())
-        (folder / "pet.json").write_text(json.dumps({"units": "SUVbw"}))
+    if case in _BUILT:
+        _BUILT[case](folder)
         return folder
-    if case == "no pet":
-        fac.write_patient(folder)
-        shutil.rmtree(folder / "pet")
-        return folder
-    pet_edit = ct_edit = None
-    kw: dict = {}
-    if case == "missing slice":
-        fac.write_patient(folder)
-        sorted((folder / "ct").iterdir(), key=lambda p: -float(pydicom.dcmread(p).ImagePositionPatient[2]))[
-            10
-        ].unlink()
-        return folder
-    if case == "duplicated positions":
-
-        def ct_edit(ds, d):  # noqa: E306
-            if d == 7:
-                ds.ImagePositionPatient = [f"{v:.6f}" for v in fac.CT_GEOM.positions()[6]]
-    elif case == "inconsistent spacing":
-
-        def ct_edit(ds, d):  # noqa: E306
-            if d == 4:
-                ds.PixelSpacing = ["9", "9"]
-    elif case == "gantry tilt tag":
-
-        def ct_edit(ds, d):  # noqa: E306
-            ds.GantryDetectorTilt = "15"
-    elif case == "gantry tilt geometry":
-
-        def ct_edit(ds, d):  # noqa: E306
-            p = fac.CT_GEOM.positions()[d]
-            ds.ImagePositionPatient = [
-                f"{p[0]:.6f}",
-                f"{p[1] + d * 20.0 * np.tan(np.radians(12)):.6f}",
-                f"{p[2]:.6f}",
-            ]
-    elif case == "ct without rescale":
-
-        def ct_edit(ds, d):  # noqa: E306
-            del ds.RescaleSlope
-            del ds.RescaleIntercept
-    elif case == "pet in counts":
-        kw["pet_header_kw"] = {"units": "CNTS"}
-    elif case == "missing weight":
-        kw["weight_kg"] = 70.0
-
-        def pet_edit(ds, d):  # noqa: E306
-            del ds.PatientWeight
-    elif case == "two pet series mixed":
-        fac.write_patient(folder)
-        fac.write_series(
-            folder / "pet",
-            fac.patient_values(fac.PET_GEOM, "PT") * 1e3,
-            "PT",
-            fac.PET_GEOM,
-            header=fac.pet_header(),
-            series_key="second-recon",
-            seed=9,
-        )
-        return folder
-    fac.write_patient(folder, pet_edit=pet_edit, ct_edit=ct_edit, **kw)
-    if case == "truncated file":
-        _truncate(folder, 3000)
-    elif case == "truncated header":
-        _truncate(folder, 400)
-    elif case == "zero-byte file":
-        (folder / "pet" / "empty.dcm").write_bytes(b"")
+    fac.write_patient(folder, **_WRITE_KW.get(case, {}))
+    if case in _DAMAGE:
+        _DAMAGE[case](folder)
     return folder
 
 
