@@ -458,16 +458,17 @@ def _layout_problems(source: CohortSource) -> list[str]:
 
 
 def _ct_label_problems(source: CohortSource) -> list[str]:
-    """``ct_labels`` needs ``{id}`` and ``ct_label_codes`` that :class:`~prrt_utils.pretrain.PretrainConfig` accepts."""
+    """``ct_labels`` needs ``{id}`` and ``ct_label_codes`` that :func:`prrt_utils.anatomy.label_lookup` accepts
+    (the check CT pretraining applies to its ``label_map``)."""
     if not source.ct_labels:
         return []
-    from prrt_utils.pretrain import PretrainConfig, PretrainError
+    from prrt_utils.anatomy import AnatomyError, label_lookup
 
     if "{id}" not in source.ct_labels or not source.ct_label_codes:
         return ["ct_labels needs {id} in its file pattern and ct_label_codes ('code:class' per code)"]
     try:
-        PretrainConfig(label_map=tuple(source.ct_label_codes))
-    except PretrainError as exc:
+        label_lookup(tuple(source.ct_label_codes))
+    except AnatomyError as exc:
         return [f"ct_label_codes: {exc}"]
     return []
 
