@@ -138,9 +138,9 @@ def predicted_long(prob: Any, *, prob_is: str, threshold: float = 0.5) -> np.nda
         True where long PFS is predicted.
     """
     if prob_is not in ("short", "long"):
-        raise MetricsError(f"prob_is must be 'short' or 'long', got {prob_is!r}")
+        raise ValueError(f"prob_is must be 'short' or 'long', got {prob_is!r}")
     if not 0.0 < threshold < 1.0:
-        raise MetricsError(f"threshold must lie in (0, 1), got {threshold}")
+        raise ValueError(f"threshold must lie in (0, 1), got {threshold}")
     p = np.asarray(prob, dtype=float)
     p_long = p if prob_is == "long" else 1.0 - p
     return p_long >= threshold - _RULE_TOLERANCE
