@@ -49,14 +49,10 @@ setup_notebook(data_dir)
 # %%
 from IPython.display import display
 
-from prrt_utils import findings, grid, metrics
-from prrt_utils.cohort import read_cohort
+from prrt_utils import findings, grid, metrics, report
 
-names, paper = metrics.paper_reference()
-predictions = grid.read_results(work_dir, models)
-results = metrics.evaluate(predictions, order=models)
-truth = metrics.read_truth(data_dir)
-ceiling = metrics.truth_ceilings(predictions, truth, read_cohort(work_dir)) if truth is not None else None
+loaded = report.load_results(work_dir, data_dir, models)
+names, paper, predictions, results, ceiling = loaded.names, loaded.paper, loaded.predictions, loaded.results, loaded.ceiling
 
 # %% [markdown]
 # ## Results
