@@ -72,6 +72,9 @@ __all__ = [
     "Explainer",
     "available_models",
     "best_model",
+    "compare_model_families",
+    "FamilyComparisons",
+    "km_note",
     "primary_model",
     "cohort_data",
     "display_names",
@@ -1506,3 +1509,89 @@ class Explainer:
         suv = resample(np.asarray(img.get_fdata(dtype=np.float32)), lps, TargetGrid(grid_affine, pet.shape, "stored"))
         inside = pet > 0
         return float(np.corrcoef(pet[inside], suv[inside])[0, 1])
+
+
+# --------------------------------------------------------------------------- chapter 05: what its cells show
+
+
+@dataclasses.dataclass(frozen=True)
+class FamilyComparisons:
+    """Chapter 05's model families and their comparisons, per fold and per repeat.
+
+    Attributes
+    ----------
+    families : dict
+        Model key -> family (:func:`families`).
+    order : tuple of str
+        The families that have results, from fewest to most modalities.
+    comparisons : dict
+        ``{"fold": FamilyComparison, "repeat": FamilyComparison}`` of
+        :func:`prrt_utils.stats.compare_families`; empty with fewer than two families.
+    """
+
+    families: dict[str, str]
+    order: tuple[str, ...]
+    comparisons: dict[str, Any]
+
+    def members(self, names: Mapping[str, str] | None = None) -> dict[str, list[str]]:
+        """Family -> its models' display names, families in :attr:`order`."""
+        names = names or {}
+        return {f: [names.get(m, m) for m, fam in self.families.items() if fam == f] for f in self.order}
+
+    def table(self) -> pd.DataFrame | str:
+        """:func:`family_table` of both sample units, or the sentence saying there is nothing to compare."""
+        if not self.comparisons:
+            return "Fewer than two model families have results: nothing to compare."
+        return family_table(*self.comparisons.values())
+
+    def disagreements(self, alpha: float = 0.05) -> tuple[Any, ...]:
+        """Per sample unit, the sentence whether Mann-Whitney and the corrected t-test agree and, if not, where.
+
+        Returns
+        -------
+        tuple
+            Strings and DataFrames (:func:`prrt_utils.stats.disagreements`) in display order.
+        """
+        from prrt_utils import stats
+
+        out: list[Any] = []
+        for unit, comparison in self.comparisons.items():
+            dis = stats.disagreements(comparison, alpha=alpha)
+            if dis.empty:
+                out.append(f"Mann-Whitney on per-{unit} AUROCs and the corrected t-test agree for every comparison "
+                           f"at alpha = {alpha}.")
+            else:
+                out += [f"Mann-Whitney on per-{unit} AUROCs and the corrected t-test disagree:", dis]
+        return tuple(out)
+
+
+def compare_model_families(fold_metrics: pd.DataFrame, models: Sequence[str]) -> FamilyComparisons:
+    """Each model family against the next lower one, per fold and per repeat (paper 2.6; chapter 05).
+
+    Parameters
+    ----------
+    fold_metrics : DataFrame
+        ``model, repeat, fold, auroc`` (:func:`prrt_utils.metrics.fold_metrics`).
+    models : sequence of str
+        The models with results.
+
+    Returns
+    -------
+    FamilyComparisons
+        ``comparisons`` is empty when fewer than two families have a model.
+    """
+    from prrt_utils import stats
+
+    fam = families(models)
+    order = tuple(f for f in family_order() if f in fam.values())
+    comparisons = ({unit: stats.compare_families(fold_metrics, fam, list(order), unit=unit) for unit in ("fold", "repeat")}
+                   if len(order) >= 2 else {})
+    return FamilyComparisons(families=dict(fam), order=order, comparisons=comparisons)
+
+
+def km_note(km: Any) -> str | None:
+    """Why a Kaplan-Meier split by prediction has nothing to compare (one group empty), else ``None``."""
+    if min(km.n_long, km.n_short) > 0:
+        return None
+    return (f"Every patient falls in one group at threshold {km.threshold}: the model's probabilities do not cross "
+            "it, so there is nothing to compare (log-rank undefined).")

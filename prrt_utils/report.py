@@ -93,7 +93,8 @@ def setup_notebook(data_dir: str | Path | None = None) -> None:
 
 
 def show(*items: Any) -> None:
-    """Display each item in order: a figure with its ``show()``, ``None`` not at all, anything else with ``display``.
+    """Display each item in order: a figure with its ``show()``, a string printed, ``None`` not at all, anything
+    else with ``display``.
 
     A chapter's result object returns what a section shows as a tuple; a notebook
     cell is then ``show(*result.section())``.
@@ -103,7 +104,9 @@ def show(*items: Any) -> None:
     for item in items:
         if item is None:
             continue
-        if hasattr(item, "show") and not isinstance(item, (pd.DataFrame, pd.Series)):
+        if isinstance(item, str):
+            print(item)
+        elif hasattr(item, "show") and not isinstance(item, (pd.DataFrame, pd.Series)):
             item.show()
         else:
             display(item)
@@ -147,6 +150,18 @@ class ChapterResults:
     def name(self, model: str) -> str:
         """The display name of ``model`` (its id when it has none)."""
         return self.names.get(model, model)
+
+    def versus_ceiling(self, results: Any = None, missing: str | None = None) -> pd.DataFrame | str | None:
+        """Each model's AUROC against the ceiling of what it sees (:func:`prrt_utils.metrics.versus_ceiling`).
+
+        ``results`` defaults to :attr:`results`. Without truth (an own cohort) there is no ceiling:
+        returns ``missing`` (a sentence to show, or ``None`` to show nothing).
+        """
+        from prrt_utils import metrics
+
+        if self.ceiling is None:
+            return missing
+        return metrics.versus_ceiling(self.results if results is None else results, self.ceiling)
 
     def subset(self, models: Sequence[str]) -> Any:
         """:func:`prrt_utils.metrics.evaluate` of only ``models`` (in that order), from the same predictions."""

@@ -330,3 +330,25 @@ def test_the_single_model_analyses_use_the_pre_specified_model_not_the_best_scor
     # Without it: the fusion model with the most inputs by registry order, whatever the scores.
     assert primary_model(["rf_labs", "pet_fusion", "petct_fusion", "pet_only"]) == "petct_fusion"
     assert primary_model(["rf_labs", "pet_only"]) == "pet_only"
+
+
+def test_compare_model_families_orders_the_families_and_lists_their_members():
+    from types import SimpleNamespace
+
+    rng = np.random.default_rng(0)
+    models = ["rf_labs", "pet_only", "pet_fusion", "petct_fusion"]
+    rows = [{"model": m, "repeat": r, "fold": f, "auroc": 0.5 + 0.1 * k + rng.normal(0, 0.02)}
+            for k, m in enumerate(models) for r in range(3) for f in range(3)]
+    fm = pd.DataFrame(rows)
+    fc = explain.compare_model_families(fm, models)
+    assert fc.order == ("unimodal", "one_image_fusion", "dual_fusion")
+    assert fc.members() == {"unimodal": ["rf_labs", "pet_only"], "one_image_fusion": ["pet_fusion"],
+                            "dual_fusion": ["petct_fusion"]}
+    assert set(fc.comparisons) == {"fold", "repeat"}
+    assert len(fc.table()) == 4  # two comparisons x two sample units
+    texts = [x for x in fc.disagreements(0.05) if isinstance(x, str)]
+    assert len(texts) == 2 and "per-fold" in texts[0] and "per-repeat" in texts[1]
+    one = explain.compare_model_families(fm[fm["model"].isin(["rf_labs", "pet_only"])], ["rf_labs", "pet_only"])
+    assert one.comparisons == {} and one.table().startswith("Fewer than two") and one.disagreements() == ()
+    assert explain.km_note(SimpleNamespace(n_long=3, n_short=4, threshold=0.5)) is None
+    assert "one group at threshold 0.5" in explain.km_note(SimpleNamespace(n_long=0, n_short=7, threshold=0.5))

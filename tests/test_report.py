@@ -47,7 +47,7 @@ def test_load_results_reads_the_truth_of_a_synthetic_cohort(tmp_path, monkeypatc
     assert out.truth["patient_id"].tolist() == ["P000"] and out.ceiling is None
 
 
-def test_show_displays_tables_calls_show_on_figures_and_skips_none(monkeypatch):
+def test_show_displays_tables_calls_show_on_figures_prints_text_and_skips_none(monkeypatch, capsys):
     shown, displayed = [], []
 
     class Figure:
@@ -59,4 +59,5 @@ def test_show_displays_tables_calls_show_on_figures_and_skips_none(monkeypatch):
     monkeypatch.setattr(IPython.display, "display", lambda item: displayed.append(item))
     fig, table = Figure(), pd.DataFrame({"a": [1]})
     report.show(table, None, fig, "text")
-    assert shown == [fig] and displayed[0] is table and displayed[1] == "text" and len(displayed) == 2
+    assert shown == [fig] and displayed == [table]
+    assert capsys.readouterr().out == "text\n"
