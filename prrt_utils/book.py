@@ -53,6 +53,7 @@ from prrt_utils.config import SEED, Config
 
 __all__ = [
     "ANALYSIS_CHAPTERS",
+    "STATIC_HREF",
     "DATA_CHAPTERS",
     "BookConfig",
     "BookError",
@@ -67,6 +68,8 @@ __all__ = [
     "resolve_cohort",
     "run_models",
     "say_done",
+    "static_dir",
+    "static_href",
 ]
 
 DATA_CHAPTERS = ("01_cohort", "02_preprocessing")
@@ -258,6 +261,23 @@ def repo_root(start: str | Path | None = None) -> Path:
 
 def _executed_dir(root: Path) -> Path:
     return root / "book" / "executed"
+
+
+STATIC_HREF = "../../_static"
+"""The book's ``_static`` folder as a link from an executed page (how Jupyter Book lays out the HTML)."""
+
+
+def static_dir(root: str | Path = ".") -> Path:
+    """The book's ``_static`` folder under the executed pages: files a page writes there ship with the book.
+
+    Pages run with the repository root as working directory, so the default ``root`` is ``"."``.
+    """
+    return _executed_dir(Path(root)) / "_static"
+
+
+def static_href(name: str) -> str:
+    """The link from a page to ``name`` in :func:`static_dir` (``"../../_static/<name>"``)."""
+    return f"{STATIC_HREF}/{name}"
 
 
 def declared_parameters(nb: Any) -> set[str]:
