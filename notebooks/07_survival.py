@@ -37,7 +37,8 @@
 #   best fusion model and each other model, with a plain statement of which differences survive.
 #
 # The classification models are not retrained here: their stored out-of-fold predictions are read
-# from the results folder. The survival models are fitted here once and cached.
+# from the results folder. The survival models are fitted once and cached (by the book before this page
+# runs, or by this page when it runs alone).
 
 # %% [markdown]
 # ```{glue:md} key_findings
@@ -72,7 +73,7 @@ t_start, cpu_start = time.perf_counter(), time.process_time()
 names, _ = metrics.paper_reference()
 folds, cohort = sv.study_cohort(work_dir)
 cfg = sv.chapter_config(censor_fraction, seed, horizon_months, epochs=survival_epochs)
-censored = sv.administrative_censoring(cohort, cfg.censor_fraction, cfg.seed, cfg.accrual_months, cfg.horizon_months)
+censored = sv.censor(cohort, cfg)
 cfg
 
 # %% [markdown]

@@ -76,6 +76,7 @@ __all__ = [
     "time_grid",
     "ClassificationValue",
     "assess_classification",
+    "censor",
     "chapter_config",
     "classification_value",
     "concordance_against_truth",
@@ -83,6 +84,7 @@ __all__ = [
     "study_cohort",
     "survival_cached",
     "survival_models",
+    "train_survival_stage",
     "useful_thresholds",
 ]
 
@@ -842,6 +844,29 @@ def chapter_config(censor_fraction: float = 0.3, seed: int = SEED, horizon_month
     """Chapter 07's :class:`SurvivalConfig` from its page parameters; ``epochs`` 0 keeps the default."""
     return SurvivalConfig(censor_fraction=censor_fraction, seed=seed, horizon_months=horizon_months,
                           **({"epochs": int(epochs)} if epochs else {}))
+
+
+def censor(cohort: pd.DataFrame, cfg: SurvivalConfig) -> pd.DataFrame:
+    """:func:`administrative_censoring` of ``cohort`` with the settings of ``cfg``."""
+    return administrative_censoring(cohort, cfg.censor_fraction, cfg.seed, cfg.accrual_months, cfg.horizon_months)
+
+
+def train_survival_stage(work_dir: str | Path, censor_fraction: float = 0.3, seed: int = SEED,
+                         horizon_months: float = PFS_THRESHOLD_MONTHS, survival_epochs: int = 0,
+                         n_jobs: int = 2) -> pd.DataFrame:
+    """Chapter 07's training as a stage of the book, run before the read-only pages.
+
+    The same settings (the page's parameters) give the same cache key, so the
+    page then only reads the folds this stage fitted (:func:`survival_cached`).
+
+    Returns
+    -------
+    DataFrame
+        :func:`fit_survival_models`'s table.
+    """
+    cfg = chapter_config(censor_fraction, seed, horizon_months, epochs=survival_epochs)
+    folds, cohort = study_cohort(work_dir)
+    return fit_survival_models(cfg, work_dir, censor(cohort, cfg), folds, n_jobs=n_jobs)
 
 
 def study_cohort(work_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:

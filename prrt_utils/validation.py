@@ -31,7 +31,7 @@ from prrt_utils import store
 from prrt_utils.cohort import PFS_THRESHOLD_MONTHS
 from prrt_utils.package import ModelPackage, cohort_summary, load_package
 
-__all__ = ["EXPECTED_SHIFT", "RATIO_FLAG", "ValidationChapter", "hazard_ratio_sentence", "recalibrate_in_the_large",
+__all__ = ["EXPECTED_SHIFT", "RATIO_FLAG", "ValidationChapter", "final_package", "hazard_ratio_sentence", "recalibrate_in_the_large",
            "run_validation", "shift_sentence", "shift_table", "validation_chapter", "validation_cohort"]
 
 RATIO_FLAG = 1.5
@@ -401,6 +401,18 @@ class ValidationChapter:
         return findings.validation_findings(self.discrimination, self.development, self.calibration, self.model, names)
 
 
+def final_package(work_dir: str | Path, model: str, profile: str = "default", seed: int = 0,
+                  epochs: int = 0) -> Path:
+    """``WORK/packages/<model>/``: the final model of chapter 08, trained, or reused when made from the same
+    results and settings (:func:`prrt_utils.package.train_final`). The book trains it as a stage before
+    the read-only pages; the page then reuses it."""
+    from prrt_utils import package
+    from prrt_utils.training import TrainConfig
+
+    cfg = TrainConfig.profile(profile, seed=seed, **({"epochs": int(epochs)} if epochs else {}))
+    return package.train_final(work_dir, Path(work_dir) / "packages" / model, model, cfg)
+
+
 def validation_chapter(work_dir: str | Path, data_dir: str | Path, model: str, validation_data: str | Path = "", *,
                        profile: str = "default", seed: int = 0, epochs: int = 0, n_jobs: int = 2, n_boot: int = 1000,
                        names: dict[str, str] | None = None, static_dir: str | Path | None = None) -> ValidationChapter:
@@ -433,7 +445,6 @@ def validation_chapter(work_dir: str | Path, data_dir: str | Path, model: str, v
     """
     from prrt_utils import book, metrics, package
     from prrt_utils.patient_report import predict_patient, write_report
-    from prrt_utils.training import TrainConfig
 
     names = names or {}
     other = validation_cohort(data_dir, validation_data)
@@ -441,8 +452,7 @@ def validation_chapter(work_dir: str | Path, data_dir: str | Path, model: str, v
     if not (other / "clinical.csv").is_file():
         return ValidationChapter(other=other, model=model, name=name)
     work_dir = Path(work_dir)
-    cfg = TrainConfig.profile(profile, seed=seed, **({"epochs": int(epochs)} if epochs else {}))
-    pkg = package.load_package(package.train_final(work_dir, work_dir / "packages" / model, model, cfg))
+    pkg = package.load_package(final_package(work_dir, model, profile=profile, seed=seed, epochs=epochs))
     out = run_validation(pkg, other, work_dir / "validation-centre", n_jobs=n_jobs)
     pred, shift, _ = load_results(out)
     development = metrics.evaluate(pd.read_parquet(work_dir / "results" / "predictions.parquet")

@@ -239,3 +239,9 @@ def test_without_stored_models_every_section_is_empty_but_the_first_says_why():
     assert not value.available and value.survivors == [] and value.summary_lines() == []
     assert value.evaluation_section()[0].startswith("No classification model has finished results")
     assert value.calibration_section() == value.decision_section() == value.delong_section() == ()
+
+
+def test_censor_uses_every_setting_of_the_config():
+    cohort = _cohort(100)
+    cfg = sv.SurvivalConfig(censor_fraction=0.25, seed=4, accrual_months=30.0, horizon_months=9.0)
+    pd.testing.assert_frame_equal(sv.censor(cohort, cfg), sv.administrative_censoring(cohort, 0.25, 4, 30.0, 9.0))
