@@ -47,8 +47,6 @@ from prrt_utils.report import setup_notebook
 setup_notebook(data_dir)
 
 # %%
-from IPython.display import display
-
 from prrt_utils import findings, grid, metrics, report
 
 loaded = report.load_results(work_dir, data_dir, models)
@@ -110,10 +108,7 @@ metrics.side_by_side(results, paper, names=names)
 # chance (0) towards it (1).
 
 # %%
-if ceiling is None:
-    print(f"No ground truth in {data_dir}: a real cohort has no Bayes ceiling.")
-else:
-    display(metrics.versus_ceiling(results, ceiling))
+report.show(loaded.versus_ceiling(missing=f"No ground truth in {data_dir}: a real cohort has no Bayes ceiling."))
 
 # %% [markdown]
 # ## Summary

@@ -61,3 +61,21 @@ def test_show_displays_tables_calls_show_on_figures_prints_text_and_skips_none(m
     report.show(table, None, fig, "text")
     assert shown == [fig] and displayed == [table]
     assert capsys.readouterr().out == "text\n"
+
+
+def test_versus_ceiling_needs_the_truth_and_defaults_to_the_chapters_results(monkeypatch):
+    pred = _predictions()
+    results = metrics.evaluate(pred, order=["rf_labs", "pet_fusion"])
+    own = report.ChapterResults(["rf_labs", "pet_fusion"], pred, results, None, None, {}, pd.DataFrame())
+    assert own.versus_ceiling() is None
+    assert own.versus_ceiling(missing="no truth") == "no truth"
+    seen = []
+    monkeypatch.setattr(metrics, "versus_ceiling", lambda r, c: seen.append((r, c)) or "table")
+    synthetic = report.ChapterResults(["rf_labs", "pet_fusion"], pred, results, pd.DataFrame(), "ceiling", {},
+                                      pd.DataFrame())
+    assert synthetic.versus_ceiling(missing="no truth") == "table" and seen == [(results, "ceiling")]
+    other = synthetic.subset(["pet_fusion"])
+    assert other.models == ["pet_fusion"]
+    assert other.get("pet_fusion").mean == results.get("pet_fusion").mean
+    synthetic.versus_ceiling(other)
+    assert seen[-1] == (other, "ceiling")
