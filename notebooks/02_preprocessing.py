@@ -51,6 +51,7 @@ data_dir = "data/synthetic"
 work_dir = "work"
 n_qc_patients = 3
 on_error = "skip"
+n_jobs = 2  # patients preprocessed at a time (the book passes its --jobs)
 
 # %%
 from prrt_utils.report import setup_notebook
@@ -87,7 +88,7 @@ preprocess.grid_table(cfg)
 
 # %%
 index = run_preprocessing(
-    cfg, cohort_csv if cohort_csv.exists() else None, imaging_dir, work_dir, progress=False, n_jobs=2
+    cfg, cohort_csv if cohort_csv.exists() else None, imaging_dir, work_dir, progress=False, n_jobs=int(n_jobs)
 )
 index["status"].value_counts().rename_axis("status").to_frame("patients")
 

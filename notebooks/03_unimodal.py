@@ -47,16 +47,10 @@ from prrt_utils.report import setup_notebook
 setup_notebook(data_dir)
 
 # %%
-from IPython.display import display
+from prrt_utils import findings, grid, metrics, report
 
-from prrt_utils import findings, grid, metrics
-from prrt_utils.cohort import read_cohort
-
-names, paper = metrics.paper_reference()
-predictions = grid.read_results(work_dir, models)
-results = metrics.evaluate(predictions, order=models)
-truth = metrics.read_truth(data_dir)
-ceiling = metrics.truth_ceilings(predictions, truth, read_cohort(work_dir)) if truth is not None else None
+loaded = report.load_results(work_dir, data_dir, models)
+names, paper, predictions, results, ceiling = loaded.names, loaded.paper, loaded.predictions, loaded.results, loaded.ceiling
 
 # %% [markdown]
 # ## Results
@@ -114,10 +108,7 @@ metrics.side_by_side(results, paper, names=names)
 # chance (0) towards it (1).
 
 # %%
-if ceiling is None:
-    print(f"No ground truth in {data_dir}: a real cohort has no Bayes ceiling.")
-else:
-    display(metrics.versus_ceiling(results, ceiling))
+report.show(loaded.versus_ceiling(missing=f"No ground truth in {data_dir}: a real cohort has no Bayes ceiling."))
 
 # %% [markdown]
 # ## Summary

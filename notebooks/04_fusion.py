@@ -49,16 +49,12 @@ setup_notebook(data_dir)
 import pandas as pd
 from IPython.display import Markdown, display
 
-from prrt_utils import findings, grid, metrics
-from prrt_utils.cohort import read_cohort
+from prrt_utils import findings, grid, metrics, report
 from prrt_utils.models import get_spec
 
-names, paper = metrics.paper_reference()
-predictions = grid.read_results(work_dir, models)
-results = metrics.evaluate(predictions, order=models)
-with_baseline = metrics.evaluate(grid.read_results(work_dir, [baseline, *models]), order=[baseline, *models])
-truth = metrics.read_truth(data_dir)
-ceiling = metrics.truth_ceilings(predictions, truth, read_cohort(work_dir)) if truth is not None else None
+loaded = report.load_results(work_dir, data_dir, [baseline, *models])
+names, paper, with_baseline, ceiling = loaded.names, loaded.paper, loaded.results, loaded.ceiling
+results = loaded.subset(models)
 
 # %% [markdown]
 # ## Was the CT branch pretrained?
@@ -143,23 +139,22 @@ else:
 # ## Pretrained against from scratch, on the same splits
 #
 # PET CT fusion and its pretrained twin differ only in where the CT branch starts; both were trained
-# and tested on the same 15 folds. The table pairs them fold by fold: a positive difference means the
+# and tested on the same 15 folds. The test pairs them fold by fold: a positive difference means the
 # pretrained start scored higher on that test fold. The paper found the pretrained model best
 # (0.72 ± 0.01 against 0.68 ± 0.01 for PET CT fusion from scratch).
 
 # %%
-paired = (results.fold_metrics.pivot_table(index=["repeat", "fold"], columns="model", values="auroc")
-          [["petct_fusion", "petct_fusion_pretrained"]].dropna())
-paired["difference"] = paired["petct_fusion_pretrained"] - paired["petct_fusion"]
+paired = stats.paired_table(results.fold_metrics, ["petct_fusion_pretrained"], "petct_fusion")
 test = stats.paired_model_test(results.fold_metrics, "petct_fusion_pretrained", "petct_fusion")
 display(Markdown(
     f"Pretrained minus from scratch, AUROC: **{test.mean_difference:+.3f}** (mean of {test.n} paired folds); the "
-    f"pretrained start scored higher on {int((paired['difference'] > 0).sum())} of {len(paired)} test folds; "
+    f"pretrained start scored higher on {paired['folds higher'].iloc[0]} test folds; "
     f"corrected resampled t-test t = {test.t_statistic:.2f}, p = {test.p_value:.2g}. "
     + (f"On this cohort the pretrained CT branch is **{stats.verdict(test)}**." if pretrained_here else
        "**In this run both CT branches started from scratch** (no pretraining, see above): the difference is "
        "only that of another random initialisation.")))
-paired.round(3)
+paired.assign(model=paired["model"].map(lambda m: names.get(m, m)),
+              reference=paired["reference"].map(lambda m: names.get(m, m))).round(3)
 
 # %% [markdown]
 # Every fold; `prob_sd` 0 marks a fold where the model gave every patient the same probability
@@ -175,7 +170,7 @@ results.fold_metrics
 # laboratory-only Random Forest included for reference (as in the paper's Figure 4).
 
 # %%
-both = grid.read_results(work_dir, [baseline, *models])
+both = loaded.predictions
 metrics.curves_figure(metrics.roc_curves(both), metrics.pr_curves(both), names=names,
                       models=[baseline, *models]).show()
 

@@ -55,17 +55,13 @@ setup_notebook(data_dir)
 import pandas as pd
 from IPython.display import Markdown, display
 
-from prrt_utils import explain, findings, grid, metrics, stats
-from prrt_utils.cohort import read_cohort
+from prrt_utils import explain, findings, metrics, report, stats
 from prrt_utils.paper import PAPER_KM
 
-names, paper = metrics.paper_reference()
 models = list(models) or explain.available_models(work_dir)
-predictions = grid.read_results(work_dir, models)
-results = metrics.evaluate(predictions, order=models)
+loaded = report.load_results(work_dir, data_dir, models)
+names, paper, predictions, results, ceiling = loaded.names, loaded.paper, loaded.predictions, loaded.results, loaded.ceiling
 fold_metrics = results.fold_metrics
-truth = metrics.read_truth(data_dir)
-ceiling = metrics.truth_ceilings(predictions, truth, read_cohort(work_dir)) if truth is not None else None
 primary = explain.primary_model(models)
 display(Markdown(f"Models: {', '.join(names.get(m, m) for m in models)}. The single-model analyses below use "
                  f"**{names.get(primary, primary)}**, named before any result was seen (the paper's best model), "
@@ -88,8 +84,7 @@ explain.table2(results, paper, names)
 metrics.metrics_figure(results, ceiling, names=names, metrics=("auroc", "auprc", "auprc_long", "accuracy")).show()
 
 # %%
-if ceiling is not None:
-    display(metrics.versus_ceiling(results, ceiling))
+report.show(loaded.versus_ceiling())
 
 # %% [markdown]
 # ## ROC and precision-recall curves
@@ -140,28 +135,16 @@ metrics.curves_figure(metrics.roc_curves(predictions), metrics.pr_curves(predict
 # accounts for that overlap; it is shown beside the paper's test for the same pairs.
 
 # %%
-fam = explain.families(models)
-order = [f for f in explain.family_order() if f in fam.values()]
-print("Families:", {f: [names.get(m, m) for m in models if fam[m] == f] for f in order})
-comparisons = {}
-if len(order) >= 2:
-    comparisons = {unit: stats.compare_families(fold_metrics, fam, order, unit=unit) for unit in ("fold", "repeat")}
-    display(explain.family_table(*comparisons.values()))
-else:
-    print("Fewer than two model families have results: nothing to compare.")
+families = explain.compare_model_families(fold_metrics, models)
+comparisons = families.comparisons
+print("Families:", families.members(names))
+report.show(families.table())
 
 # %% [markdown]
 # Where the two tests disagree at the 5 % level (Bonferroni-adjusted p-values of both):
 
 # %%
-for unit, comparison in comparisons.items():
-    label = f"per-{unit}"
-    dis = stats.disagreements(comparison, alpha=alpha)
-    if dis.empty:
-        print(f"Mann-Whitney on {label} AUROCs and the corrected t-test agree for every comparison at alpha = {alpha}.")
-    else:
-        print(f"Mann-Whitney on {label} AUROCs and the corrected t-test disagree:")
-        display(dis)
+report.show(*families.disagreements(alpha))
 
 # %% [markdown]
 # ## Kaplan-Meier by predicted probability
@@ -184,9 +167,7 @@ survival = explain.read_survival(work_dir)
 km = stats.km_by_prediction(explain.survival_frame(predictions, survival, km_name, km_rep), threshold,
                             prob_is="short")
 print(km.rule)
-if min(km.n_long, km.n_short) == 0:
-    print(f"Every patient falls in one group at threshold {threshold}: the model's probabilities do not cross it, "
-          "so there is nothing to compare (log-rank undefined).")
+report.show(explain.km_note(km))
 explain.km_figure(km, title=f"{names.get(km_name, km_name)}, repeat {km_rep}:").show()
 km.to_frame()
 

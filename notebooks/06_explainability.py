@@ -60,15 +60,14 @@ setup_notebook(data_dir)
 # %%
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import pandas as pd
 from IPython.display import display
 
-from prrt_utils import explain, findings, grid, metrics, stats
+from prrt_utils import explain, report
 
-names, _ = metrics.paper_reference()
 models = list(models) or explain.available_models(work_dir)
-predictions = grid.read_results(work_dir, models)
+loaded = report.load_results(work_dir, data_dir, models, ceilings=False)
+names, predictions = loaded.names, loaded.predictions
 config = explain.ExplainConfig(repeat=repeat, umap_repeat=umap_repeat, umap_fold=umap_fold, seed=seed,
                                n_permutations=n_permutations)
 ex = explain.Explainer(work_dir, data_dir, config, cache_dir=cache_dir or None)
@@ -137,9 +136,7 @@ print("Spearman correlation of AST and ALT in this cohort:",
 # reacts; mean signed value: in which direction (positive = a higher value pushes towards short PFS).
 
 # %%
-if fusion:
-    gradients = explain.lab_gradient_summary(ex.lab_gradients(fusion))
-    display(gradients.pivot(index="feature", columns="model", values=["mean_abs_gradient", "mean_gradient"]).round(3))
+report.show(explain.lab_gradient_table(ex, fusion))
 
 # %% [markdown]
 # ## PET saliency maps
@@ -161,38 +158,15 @@ if fusion:
 
 # %%
 patients = (list(saliency_patients) or ex.pick_patients(predictions, compare[-1])) if compare else []
-volumes = ex.data
-lesion_maps = {}
-if has_truth and patients:
-    lab = ex.labels_on_grid(patients)
-    lesion_code = {v: k for k, v in lab["names"].items()}["lesion"]
-    lesion_maps = {p: lab["labels"][i] == lesion_code for i, p in enumerate(patients)}
-    for p in patients:
-        print(f"{p}: PET vs resampled true SUV, Pearson r = {ex.alignment_check(p):.3f} (label geometry check)")
-for pid in patients:
-    row = volumes.rows([pid])[0]
-    pet = volumes.volumes["pet"][row, 0]
-    maps = {names.get(m, m): explain.normalised_magnitude(ex.saliency(m, [pid]))[0] for m in compare}
-    prob = predictions[(predictions["repeat"] == repeat) & (predictions["patient_id"] == pid)].set_index("model")["prob"]
-    y = int(volumes.y[row])
-    title = (f"{pid}: {'short' if y else 'long'} PFS; P(short) "
-             + ", ".join(f"{names.get(m, m)} {prob[m]:.2f}" for m in compare))
-    fig = explain.saliency_figure(pet, maps, vmin=config.vmin, lesions=lesion_maps.get(pid), title=title)
-    plt.show()
-    plt.close(fig)
-    explain.saliency_viewer(pet, maps, vmin=config.vmin, lesions=lesion_maps.get(pid), title=title).show()
+panels, checks = explain.saliency_panels(ex, predictions, compare, patients, repeat, names, with_lesions=has_truth)
+report.show(*checks, *panels)
 
 # %% [markdown]
 # In a live notebook (`interactive = True`) an ipywidgets viewer also moves the three planes of the
 # static figure at once; the book has the viewers above.
 
 # %%
-if interactive and patients:
-    pid = patients[0]
-    row = volumes.rows([pid])[0]
-    display(explain.slice_viewer(volumes.volumes["pet"][row, 0],
-                                 {names.get(m, m): explain.normalised_magnitude(ex.saliency(m, [pid]))[0] for m in compare},
-                                 config.vmin))
+report.show(panels[0].live_viewer() if interactive and panels else None)
 
 # %% [markdown]
 # ## Distribution of gradient magnitudes
@@ -210,16 +184,7 @@ if interactive and patients:
 # beside our distance; our divergence is given too, labelled.
 
 # %%
-if len(compare) == 2:
-    gd = ex.gradient_distributions(compare)
-    explain.gradient_histogram_figure(gd["hist"], names).show()
-    a, b = compare
-    comparison = stats.distribution_distances(gd["samples"][a], gd["samples"][b], bins=config.bins, range=(0.0, 1.0))
-    print(f"{names.get(a, a)} vs {names.get(b, b)}, {gd['n_patients']} test patients of repeat {repeat}; "
-          f"{comparison.n_a:,} and {comparison.n_b:,} voxels in the distances")
-    display(explain.distance_table(comparison))
-else:
-    print("Two PET models are needed for this comparison (parameter `compare`).")
+report.show(*explain.gradient_comparison(ex, compare, names))
 
 # %% [markdown]
 # ## Where the saliency falls (synthetic cohort)
@@ -235,21 +200,8 @@ else:
 # more than the region's size alone would explain).
 
 # %%
-if has_truth and pet_models:
-    mass = ex.saliency_mass(pet_models)
-    flat = mass.groupby("model")[["n_patients", "n_without_saliency"]].first()
-    if flat["n_without_saliency"].any():
-        print("Patients whose prediction does not depend on the PET at all (zero gradient everywhere; left out):")
-        display(flat)
-    display(mass.pivot(index="region", columns="model", values="mass_fraction").round(3))
-    display(mass.pivot(index="region", columns="model", values="enrichment").round(2))
-    import plotly.express as px
-
-    px.bar(mass.assign(model=mass["model"].map(lambda m: names.get(m, m))), x="model", y="mass_fraction",
-           color="region", title="Share of PET saliency per region (test patients of one repeat)",
-           labels={"mass_fraction": "share of saliency"}).show()
-else:
-    print(f"No ground-truth label maps in {data_dir}: a real cohort has none, so this section is skipped.")
+saliency = explain.saliency_mass_section(ex, pet_models, has_truth, data_dir)
+report.show(*saliency.tables(names))
 
 # %% [markdown]
 # What the majority rule costs: each region's total volume over these patients from the occupancy
@@ -258,10 +210,7 @@ else:
 # underestimate.
 
 # %%
-if has_truth and pet_models:
-    ids = sorted(ex.folds.loc[ex.folds["repeat"] == repeat, "patient_id"].unique())
-    vol = ex.labels_on_grid(ids)["volumes"].groupby("region", sort=False)[["volume_ml_fractional", "volume_ml_majority"]].sum()
-    display(vol.assign(ratio=vol["volume_ml_majority"] / vol["volume_ml_fractional"]).round(2))
+report.show(saliency.volumes)
 
 # %% [markdown]
 # ## Summary
@@ -276,5 +225,4 @@ if has_truth and pet_models:
 # the share of saliency on lesions against that on kidneys, spleen, bladder and liver.
 
 # %%
-findings.saliency_findings(mass, names).glue() if has_truth and pet_models else findings.KeyFindings((
-    "No ground-truth label maps: a real cohort has none, so where the saliency falls is shown, not scored.",)).glue()
+saliency.findings(names).glue()

@@ -37,7 +37,8 @@
 #   best fusion model and each other model, with a plain statement of which differences survive.
 #
 # The classification models are not retrained here: their stored out-of-fold predictions are read
-# from the results folder. The survival models are fitted here once and cached.
+# from the results folder. The survival models are fitted once and cached (by the book before this page
+# runs, or by this page when it runs alone).
 
 # %% [markdown]
 # ```{glue:md} key_findings
@@ -62,24 +63,17 @@ setup_notebook(data_dir)
 
 # %%
 import time
-from pathlib import Path
 
-import pandas as pd
 from IPython.display import Markdown, display
 
-from prrt_utils import calibration as cal
-from prrt_utils import explain, findings, grid, metrics
+from prrt_utils import findings, metrics, report
 from prrt_utils import survival as sv
 
 t_start, cpu_start = time.perf_counter(), time.process_time()
 names, _ = metrics.paper_reference()
-folds = pd.read_csv(f"{work_dir}/folds.csv", dtype={"patient_id": str})
-cohort = pd.read_csv(f"{work_dir}/cohort/cohort.csv", dtype={"patient_id": str})
-cohort = cohort[cohort["patient_id"].isin(folds["patient_id"])].sort_values("patient_id").reset_index(drop=True)
-cfg = sv.SurvivalConfig(censor_fraction=censor_fraction, seed=seed, horizon_months=horizon_months)
-if survival_epochs:
-    cfg = cfg.replace(epochs=int(survival_epochs))
-censored = sv.administrative_censoring(cohort, cfg.censor_fraction, cfg.seed, cfg.accrual_months, cfg.horizon_months)
+folds, cohort = sv.study_cohort(work_dir)
+cfg = sv.chapter_config(censor_fraction, seed, horizon_months, epochs=survival_epochs)
+censored = sv.censor(cohort, cfg)
 cfg
 
 # %% [markdown]
@@ -133,12 +127,7 @@ sv.km_truth_figure(censored, cfg.horizon_months).show()
 
 # %%
 t0 = time.perf_counter()
-try:
-    table = sv.run_survival(cfg, work_dir, censored, None, folds)  # everything from the cache, if present
-except sv.SurvivalError:
-    data = explain.cohort_data(work_dir, modalities=("pet",))
-    # one torch thread per 2 cores: on a shared 2-core machine two threads made each fold 3x slower
-    table = sv.run_survival(cfg, work_dir, censored, data, folds, threads=max(1, n_jobs // 2))
+table = sv.fit_survival_models(cfg, work_dir, censored, folds, n_jobs=n_jobs)  # read from the cache when complete
 surv_seconds = time.perf_counter() - t0
 surv_pred = table.attrs["predictions"]
 print(f"survival models: {surv_seconds:.0f} s (cache: {table.attrs['cache']})")
@@ -146,9 +135,7 @@ sv.summarise_survival(table)
 
 # %%
 gap = (table["harrell"] - table["harrell_lifelines"]).abs().max()
-per = table.groupby("model")[["harrell", "uno", "c_true"]].mean()
-per["harrell - c_true"] = per["harrell"] - per["c_true"]
-per["uno - c_true"] = per["uno"] - per["c_true"]
+per = sv.concordance_against_truth(table)
 display(Markdown(
     f"Harrell's C from scikit-survival and from lifelines agree on every fold (largest difference "
     f"{gap:.1e}). Mean over folds, against the truth:"))
@@ -195,21 +182,8 @@ display(Markdown(
 # complete-case prevalence is higher, which raises AUPRC regardless of the model.
 
 # %%
-models = explain.available_models(work_dir) if (Path(work_dir) / "results").is_dir() else []
-predictions = grid.read_results(work_dir, models) if models else None
-if predictions is None:
-    print("No classification model has finished results in this work folder: the sections below need them.")
-else:
-    ev = sv.evaluation_bias(predictions, censored)
-    ev_wide = ev.pivot_table(index="model", columns="design", values="auroc").reindex(models)
-    ev_wide["complete cases - truth"] = ev_wide["complete cases"] - ev_wide["truth"]
-    display(ev_wide.rename(index=names).round(3))
-    lower = int((ev_wide["complete cases - truth"] < 0).sum())
-    display(Markdown(
-        f"Came out: the complete-case AUROC is lower than the AUROC against the truth for **{lower} of "
-        f"{len(ev_wide)}** models (mean difference {ev_wide['complete cases - truth'].mean():+.3f}); "
-        f"prevalence {ev.loc[ev['design'] == 'complete cases', 'prevalence'].mean():.2f} among complete cases vs "
-        f"{ev.loc[ev['design'] == 'truth', 'prevalence'].mean():.2f} in truth."))
+value = sv.classification_value(work_dir, censored, n_boot=n_boot, seed=seed, alpha=alpha)
+report.show(*value.evaluation_section(names))
 
 # %% [markdown]
 # ## Calibration of the classification models
@@ -220,11 +194,7 @@ else:
 # The diagram pools all repeats into 5 bins of equal size per model.
 
 # %%
-if predictions is not None:
-    calib = cal.calibration_table(predictions, models)
-    calib_mean = calib.groupby("model", sort=False)[["prevalence", "mean_prob", "brier", "intercept", "slope"]].mean()
-    display(calib_mean.rename(index=names).round(3))
-    cal.reliability_figure(cal.reliability_table(predictions, models), names).show()
+report.show(*value.calibration_section(names))
 
 # %% [markdown]
 # **Recalibration inside the training part of each fold.** For each fold, a logistic (Platt)
@@ -243,13 +213,7 @@ if predictions is not None:
 # It can fix the intercept and slope; it cannot change the AUROC within a fold.
 
 # %%
-if predictions is not None:
-    inner = grid.read_inner_results(work_dir, models)
-    display(cal.recalibration_basis(inner).assign(model=lambda f: f["model"].map(lambda m: names.get(m, m))))
-    recal = cal.recalibrate_within_folds(predictions, inner)
-    after = cal.calibration_table(recal, models).groupby("model", sort=False)[["brier", "intercept", "slope"]].mean()
-    both = calib_mean[["brier", "intercept", "slope"]].join(after, rsuffix=" recalibrated")
-    display(both.rename(index=names).round(3))
+report.show(*value.recalibration_section(names))
 
 # %% [markdown]
 # ## Decision curves: closer follow-up after PRRT
@@ -263,17 +227,7 @@ if predictions is not None:
 # the pooled out-of-fold predictions.
 
 # %%
-if predictions is not None:
-    dc = cal.decision_curve_over_repeats(predictions, models)
-    cal.decision_figure(dc, names).show()
-    wide = dc.pivot(index="threshold", columns="model", values="net_benefit")
-    best_default = wide[["all", "none"]].max(axis=1)
-    useful = {m: wide.index[wide[m] > best_default + 1e-9] for m in models}
-    display(pd.DataFrame({
-        "model": [names.get(m, m) for m in models],
-        "thresholds where it beats both defaults": [
-            f"{u.min():.2f}–{u.max():.2f} ({len(u)} of {len(wide)})" if len(u) else "none" for u in useful.values()],
-    }))
+report.show(*value.decision_section(names))
 
 # %% [markdown]
 # ## Uncertainty: bootstrap intervals and DeLong's test
@@ -288,11 +242,7 @@ if predictions is not None:
 # interval reflects the finite number of patients, not the variation between training sets.
 
 # %%
-if predictions is not None:
-    boot = cal.bootstrap_table(predictions, models, n_boot=n_boot, seed=seed)
-    boot_wide = boot.set_index(["model", "metric"])[["estimate", "lower", "upper"]].unstack("metric")
-    boot_wide.columns = [f"{m} {s}" for s, m in boot_wide.columns]
-    display(boot_wide.rename(index=names).round(3))
+report.show(*value.bootstrap_section(names))
 
 # %% [markdown]
 # **DeLong's test** compares two AUROCs measured on the same patients, allowing for the correlation
@@ -305,20 +255,7 @@ if predictions is not None:
 # repeat, and the p-values are Holm-adjusted over the comparisons within a repeat.
 
 # %%
-if predictions is not None:
-    fold_metrics = metrics.evaluate(predictions, order=models).fold_metrics
-    best = explain.primary_model(models)
-    others = [m for m in models if m != best]
-    if others:
-        dl = cal.delong_table(predictions, best, others)
-        dsum = cal.delong_summary(dl, alpha)
-        display(dsum.assign(model=dsum["model"].map(lambda m: names.get(m, m))).round(3))
-        survive = [names.get(m, m) for m in dsum.loc[dsum["significant_holm"] == dsum["repeats"], "model"]]
-        display(Markdown(
-            f"**Which differences survive.** Against {names.get(best, best)}, the AUROC difference is significant "
-            f"after Holm's adjustment in every repeat for: {', '.join(survive) if survive else 'no model'}. "
-            f"For the others the data do not show a difference at the {alpha:.0%} level in every repeat; "
-            f"with about {len(cohort)} patients, small AUROC differences cannot be told apart from chance."))
+report.show(*value.delong_section(names, n_patients=len(cohort)))
 
 # %% [markdown]
 # ## Hazard ratio of the predicted groups
@@ -329,14 +266,7 @@ if predictions is not None:
 # progress early do progress faster.
 
 # %%
-if predictions is not None:
-    survival_cols = explain.read_survival(work_dir)
-    hr = pd.concat([
-        sv.cox_hr_by_group(explain.survival_frame(predictions, survival_cols, best, r), 0.5, prob_is="short")
-        .to_frame().assign(repeat=r)
-        for r in sorted(predictions["repeat"].unique())
-    ], ignore_index=True)
-    display(hr.round(3))
+report.show(None if value.hazard_ratios is None else value.hazard_ratios.round(3))
 
 # %% [markdown]
 # ## Summary
@@ -351,16 +281,7 @@ lines = [
     f"* **Complete-case training** of the laboratory forest moves its mean predicted risk from "
     f"{oracle['mean_prob']:.2f} (oracle) to {cc['mean_prob']:.2f} for a true share of {cc['true_prevalence']:.2f}.",
 ]
-if predictions is not None:
-    lines += [
-        f"* **Complete-case evaluation** lowers the AUROC of {lower} of {len(ev_wide)} stored models "
-        f"(mean {ev_wide['complete cases - truth'].mean():+.3f}).",
-        f"* **Calibration**: slopes from {calib_mean['slope'].min():.2f} to {calib_mean['slope'].max():.2f} "
-        f"(1 is ideal), Brier scores from {calib_mean['brier'].min():.3f} to {calib_mean['brier'].max():.3f}.",
-    ]
-    if others:
-        lines.append(f"* **DeLong**: against {names.get(best, best)}, differences surviving Holm's adjustment in every "
-                     f"repeat: {', '.join(survive) if survive else 'none'}.")
+lines += value.summary_lines(names)
 lines.append(f"* This chapter ran in {time.perf_counter() - t_start:.0f} s wall-clock, {time.process_time() - cpu_start:.0f} s "
              f"of CPU time (survival models {surv_seconds:.0f} s, training included unless read from the cache).")
 display(Markdown("\n".join(lines)))
@@ -377,4 +298,4 @@ display(Markdown("\n".join(lines)))
 # models are larger than the play of chance in about a hundred patients.
 
 # %%
-findings.survival_findings(per, calib_mean if predictions is not None else per.iloc[:0], names).glue()
+findings.survival_findings(per, value.calibration if value.available else per.iloc[:0], names).glue()

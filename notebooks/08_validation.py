@@ -56,22 +56,12 @@ from prrt_utils.report import setup_notebook
 setup_notebook(data_dir)
 
 # %%
-from pathlib import Path
-
-import pandas as pd
-from IPython.display import HTML, Markdown, display
-
-from prrt_utils import findings, metrics, package, validation
-from prrt_utils.training import TrainConfig
+from prrt_utils import metrics, report, validation
 
 names, _ = metrics.paper_reference()
-name = names.get(validation_model, validation_model)
-other = Path(validation_data) if validation_data else Path(data_dir).parent / "synthetic-b"
-ready = (other / "clinical.csv").is_file()
-if not ready:
-    display(Markdown(f"**No validation cohort** (`{other}` holds none): this chapter has nothing to show. Run "
-                     "`prrt validate --model PACKAGE --cohort OTHER.yaml` with a package made by "
-                     "`prrt train-final`, or give this page `validation_data`."))
+chapter = validation.validation_chapter(work_dir, data_dir, validation_model, validation_data, profile=profile, seed=seed,
+                                        epochs=epochs, n_jobs=n_jobs, n_boot=n_boot, names=names)
+report.show(*chapter.intro())
 
 # %% [markdown]
 # ## The model package
@@ -81,12 +71,7 @@ if not ready:
 # receiving centre checks first.
 
 # %%
-if ready:
-    cfg = TrainConfig.profile(profile, seed=seed, **({"epochs": int(epochs)} if epochs else {}))
-    pkg_dir = package.train_final(work_dir, Path(work_dir) / "packages" / validation_model, validation_model, cfg)
-    pkg = package.load_package(pkg_dir)
-    display(pd.Series({k: v for k, v in pkg.manifest.items() if k not in ("sha256", "source_key")}, name="manifest")
-            .to_frame())
+report.show(*chapter.manifest_section())
 
 # %% [markdown]
 # ## Predictions on the other cohort
@@ -97,12 +82,7 @@ if ready:
 # Kaplan-Meier curves.
 
 # %%
-if ready:
-    out = validation.run_validation(pkg, other, Path(work_dir) / "validation-centre", n_jobs=n_jobs)
-    pred, shift, done = validation.load_results(out)
-    lab = validation.labelled(pred)
-    display(Markdown(f"**{len(pred)}** patients predicted, **{len(lab)}** with a known 12-month outcome "
-                     f"({int(lab['y_true'].sum())} with PFS ≤ 12 months)."))
+report.show(*chapter.predictions_section())
 
 # %% [markdown]
 # ## How the cohorts differ
@@ -114,16 +94,7 @@ if ready:
 # rule: the package keeps quantiles, not patients' values, so no two-sample test can be run).
 
 # %%
-if ready:
-    flagged = shift.loc[shift["shifted"], "feature"].tolist()
-    expected = {"cga_ug_l", "ggt_u_l"}  # the assays that differ at the synthetic second centre
-    note = "." if validation_data else (
-        f" Expected on the synthetic second centre: {', '.join(sorted(expected))}; "
-        + ("all of them flagged." if expected <= set(flagged) else
-           f"not flagged: {', '.join(sorted(expected - set(flagged)))} (its shift stays under the screening rule's thresholds).")
-    )
-    display(Markdown(f"Flagged: **{', '.join(flagged) or 'none'}**.{note}"))
-    display(shift.round(3))
+report.show(*chapter.shift_section())
 
 # %% [markdown]
 # ## Discrimination
@@ -133,15 +104,7 @@ if ready:
 # development cohort is given below the table.
 
 # %%
-if ready:
-    disc = validation.discrimination(pred, n_boot=n_boot, seed=seed)
-    display(disc.round(3))
-    cv = metrics.evaluate(pd.read_parquet(Path(work_dir) / "results" / "predictions.parquet").query(
-        "model == @validation_model"))
-    auc = disc.loc[disc["metric"] == "AUROC"].iloc[0]
-    display(Markdown(f"{name}: AUROC **{auc['estimate']:.2f}** ({auc['ci_lower']:.2f} to {auc['ci_upper']:.2f}) "
-                     f"on the other cohort; {cv.get(validation_model).format()} in cross-validation on the "
-                     "development cohort (mean ± standard error over repeats)."))
+report.show(*chapter.discrimination_section())
 
 # %% [markdown]
 # ## Calibration, and recalibration in the large
@@ -152,11 +115,7 @@ if ready:
 # recalibrated line uses this cohort's outcomes, so its calibration here is optimistic.
 
 # %%
-if ready:
-    cal, _ = validation.calibration_summary(pred)
-    display(cal.round(3))
-    figs = validation.figures(pred, name)
-    figs["reliability"].show()
+report.show(*chapter.calibration_section())
 
 # %% [markdown]
 # ## Decision curve
@@ -165,8 +124,7 @@ if ready:
 # following up everyone or no one.
 
 # %%
-if ready:
-    figs["decision"].show()
+report.show(*chapter.decision_section())
 
 # %% [markdown]
 # ## Kaplan-Meier by prediction
@@ -175,17 +133,7 @@ if ready:
 # Cox hazard ratio, on every patient of the other cohort (censored ones included).
 
 # %%
-if ready:
-    hr = figs["hazard_ratio"]
-    if min(hr.n_short, hr.n_long) == 0:
-        display(Markdown(f"At the threshold 0.5 every patient falls into one group ({hr.n_short} predicted short, "
-                         f"{hr.n_long} predicted long): no hazard ratio can be estimated. With predictions this far "
-                         "from the observed share (see calibration), the paper's fixed threshold does not transport."))
-    else:
-        display(Markdown(f"Hazard ratio, predicted short vs predicted long: **{hr.hazard_ratio:.2f}** (95 % CI "
-                         f"{hr.ci[0]:.2f} to {hr.ci[1]:.2f}, p = {hr.p_value:.3g}; {hr.n_short} vs {hr.n_long} "
-                         "patients)."))
-    figs["km"].show()
+report.show(*chapter.survival_section())
 
 # %% [markdown]
 # ## One patient: the prediction report
@@ -194,18 +142,7 @@ if ready:
 # that opens offline. Here it is made for the first patient of the other cohort (link below).
 
 # %%
-if ready:
-    from prrt_utils.patient_report import predict_patient, write_report
-
-    clinical = pd.read_csv(other / "clinical.csv", dtype={"patient_id": str}).set_index("patient_id")
-    first = pred["patient_id"].iloc[0]  # the first patient whose images were usable
-    labs = {c: float(clinical.loc[first, c]) for c in pkg.manifest["lab_columns"]}
-    one = predict_patient(pkg, other / "imaging" / first, labs)
-    # plotly.js from the book's own copy beside it in _static (prrt predict embeds it instead)
-    report = write_report(pkg, one, Path("book/executed/_static/patient_report.html"), plotlyjs="plotly.min.js")
-    display(HTML(f'<p><a href="../../_static/patient_report.html">Open the example report</a> (report '
-                 f"{one.report_id}: probability {one.prediction['prob']:.2f}, fold models "
-                 f"{one.prediction['prob_folds_q05']:.2f} to {one.prediction['prob_folds_q95']:.2f}).</p>"))
+report.show(*chapter.report_section())
 
 # %% [markdown]
 # ## Summary
@@ -216,5 +153,4 @@ if ready:
 # check against the tables: they are computed, not written.
 
 # %%
-(findings.validation_findings(disc, cv.get(validation_model), cal, validation_model, names) if ready else
- findings.KeyFindings(("No validation cohort: nothing to report.",))).glue()
+chapter.findings(names).glue()

@@ -60,24 +60,11 @@ from prrt_utils.report import setup_notebook
 setup_notebook(data_dir)
 
 # %%
-from IPython.display import Markdown, display
-
 from prrt_utils import metrics, positive_control
+from prrt_utils.report import show
 
-names, _ = metrics.paper_reference()
-names = {**names, positive_control.SHUFFLED_NAME: "PET only, shuffled labels"}
-result = None
-if not positive_control_data_dir:
-    display(Markdown(
-        "**The positive control was not run in this book.** It is run only when the book is made on the "
-        "synthetic cohort: the control tests the pipeline, not a centre's data, so it does not depend on "
-        "which patients a book shows. Run `make book` once on the synthetic cohort (or `prrt book` without "
-        "`--cohort`) to see it."))
-else:
-    result = positive_control.read_positive_control(positive_control_data_dir, work_dir, profile)
-    print(f"Training profile: {profile!r}. Cohort: {positive_control_data_dir} "
-          f"({result.config['n_patients']} patients, seed {result.config['seed']}); "
-          f"cross-validation {result.config['n_repeats']} x {result.config['n_splits']}.")
+page = positive_control.positive_control_page(positive_control_data_dir, work_dir, profile, metrics.paper_reference()[0])
+show(page.intro())
 
 # %% [markdown]
 # ## Verdict
@@ -87,9 +74,7 @@ else:
 # smaller run (such as the test suite's) is shown but not judged.
 
 # %%
-if result is not None:
-    display(Markdown(f"**{result.verdict()}**"))
-    display(result.checks)
+show(*page.verdict())
 
 # %% [markdown]
 # ## AUROC per repeat
@@ -98,8 +83,7 @@ if result is not None:
 # standard error over the repeats. 0.5 is chance.
 
 # %%
-if result is not None:
-    display(result.per_repeat().assign(model=lambda t: t["model"].map(lambda m: names.get(m, m))))
+show(*page.per_repeat())
 
 # %% [markdown]
 # ## Against the ceilings
@@ -111,21 +95,10 @@ if result is not None:
 # shuffled run has no ceiling: nothing links its labels to any input, so its ceiling is chance.
 
 # %%
-if result is not None and result.ceilings is not None:
-    models = [m for m in result.results.models if m != positive_control.SHUFFLED_NAME]
-    table = metrics.versus_ceiling(metrics.evaluate(result.predictions[result.predictions["model"].isin(models)],
-                                                    order=models), result.ceilings)
-    display(table.assign(model=table["model"].map(lambda m: names.get(m, m))))
-    display(result.ceilings.table(names={"ceiling_labs": "ceiling: labs (true values)",
-                                         "ceiling_image": "ceiling: image (true values)",
-                                         "ceiling_labs_image": "ceiling: labs + image (true values)",
-                                         "bayes_ceiling": "Bayes ceiling"}))
-elif result is not None:
-    print(f"No ground truth in {positive_control_data_dir}: no ceiling to show.")
+show(*page.ceilings())
 
 # %%
-if result is not None:
-    metrics.metrics_figure(result.results, result.ceilings, names=names).show()
+show(page.metrics_figure())
 
 # %% [markdown]
 # ## Training loss
@@ -137,10 +110,7 @@ if result is not None:
 # training part, but its validation loss does not fall, and the epoch kept stays early.
 
 # %%
-if result is not None:
-    metrics.loss_figure(result.histories, names=names).show()
-    display(result.train_loss.groupby("model", sort=False)[["best_epoch", "train_loss_kept", "train_loss_last"]]
-            .mean().round(3).rename(index=lambda m: names.get(m, m)))
+show(*page.losses())
 
 # %% [markdown]
 # ## Shuffled labels
@@ -152,10 +122,7 @@ if result is not None:
 # labels unrelated to the inputs, together with the chance variation of the permutations.
 
 # %%
-if result is not None:
-    fm = result.results.fold_metrics
-    display(fm[fm["model"] == positive_control.SHUFFLED_NAME][["repeat", "fold", "auroc", "prob_sd"]]
-            .reset_index(drop=True))
+show(*page.shuffled())
 
 # %% [markdown]
 # ## Summary

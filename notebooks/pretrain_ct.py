@@ -57,35 +57,14 @@ from prrt_utils.report import setup_notebook
 setup_notebook(data_dir)
 
 # %%
-from pathlib import Path
-
-import pandas as pd
-import plotly.graph_objects as go
-from IPython.display import Markdown, display
-
 from prrt_utils import pretrain
-from prrt_utils.models import PRETRAIN_CT, ConvEncoder, get_spec, load_encoder_checkpoint
+from prrt_utils.report import show
 
 cfg = pretrain.PretrainConfig(labels_dir=labels_dir, population_dir=pretrain_data_dir, seed=seed, device=device,
                               **({"epochs": int(pretrain_epochs)} if pretrain_epochs else {}),
                               **({"population_size": int(pretrain_patients)} if pretrain_patients else {}))
-spec = get_spec(cfg.model)
-start = ct_init or ("none" if spec.ct_init is None else str(spec.ct_init))
-result = None
-if start == PRETRAIN_CT:
-    result = pretrain.pretrain_ct(work_dir, data_dir, cfg, progress=False, n_jobs=n_jobs)
-    print(cfg.to_yaml())
-elif start == "none":
-    found = pretrain.population_available(data_dir, pretrain_data_dir)
-    display(Markdown(
-        "**CT pretraining did not run, and the seventh model's CT branch is trained FROM SCRATCH in this run** "
-        + ("(no pretraining population outside the study was given, and the study's own patients are never "
-           "used: give a separate set with `--pretrain-data DIR`, or a checkpoint with `--ct-init PATH`). "
-           if not found else "(`ct_init: none` was asked for). ")
-        + "It then differs from PET CT fusion only by its random initialisation."))
-else:
-    display(Markdown(f"**CT pretraining did not run: the CT branch starts from the checkpoint `{Path(start).name}` "
-                     "given by path (route 2).** What it holds for the CT encoder is reported on the model's page."))
+page = pretrain.pretrain_page(work_dir, data_dir, cfg, ct_init, pretrain_data_dir, n_jobs=n_jobs)
+show(page.statement())
 
 # %% [markdown]
 # ## Model card
@@ -93,29 +72,7 @@ else:
 # (Only when this run pretrained; otherwise the statement above says where the CT branch starts.)
 
 # %%
-if result is not None:
-    card = result.card
-    display(Markdown(
-        f"- **Task**: {card['task']}; {len(card['classes']) - 1} classes plus background.\n"
-        f"- **Population**: {card['population']['kind']} (`{card['population']['folder']}`"
-        + (f", generator seed {card['population']['synthetic_seed']} against the cohort's "
-           f"{card['population']['study_seed']}" if "synthetic_seed" in card["population"] else "")
-        + f"), {card['population']['n_patients']} patients, **{card['population']['study_patients']} study "
-        f"patients**; lesion class {card['population']['lesion_class']}. Generating and preprocessing it took "
-        f"{card['population']['seconds_generate_and_preprocess']:.0f} s in the run that trained this checkpoint.\n"
-        f"- **Labels**: {card['labels_source']}.\n"
-        f"- **Data**: {card['n_train']} patients trained, {card['n_held_out']} held out (by patient, seed {seed}); "
-        f"{card['n_skipped']} without a label map or preprocessed CT skipped.\n"
-        f"- **Encoder**: the CT branch of `{card['created_for_model']}` "
-        f"(channels {card['encoder']['channels']}, strides {card['encoder']['strides']}); decoder: one 1x1x1 "
-        "convolution per stage, discarded after pretraining.\n"
-        f"- **Training**: {cfg.epochs} epochs, AdamW, learning rate {cfg.lr}, Dice + cross-entropy "
-        f"(MONAI `DiceCELoss`) at the resolution of the encoder's first stage, "
-        f"{card['seconds']:.0f} s on {card['device']} with {card['threads']} thread(s)"
-        f"{' (this run reused the cached checkpoint)' if result.reused else ''}.\n"
-        f"- **Held-out Dice** (mean over foreground classes): {card['held_out_dice_mean_foreground']:.2f}.\n"
-        f"- **Checkpoint**: `pretrained/ct_encoder.pt` in the work folder, SHA-256 "
-        f"`{card['checkpoint_sha256'][:16]}…`."))
+show(page.card())
 
 # %% [markdown]
 # ## Loss per epoch
@@ -125,13 +82,7 @@ if result is not None:
 # patients, which is what the fine-tuning is meant to start from.
 
 # %%
-if result is not None:
-    fig = go.Figure()
-    for col, name in (("train_loss", "training patients"), ("held_out_loss", "held-out patients")):
-        fig.add_trace(go.Scatter(x=result.history["epoch"], y=result.history[col], mode="lines+markers", name=name))
-    fig.update_layout(xaxis_title="epoch", yaxis_title="Dice + cross-entropy loss", height=360,
-                      title="CT pretraining on anatomy")
-    fig.show()
+show(page.losses())
 
 # %% [markdown]
 # ## Dice per class on held-out patients
@@ -143,14 +94,7 @@ if result is not None:
 # hardest; a class with Dice near 0 was not learned.
 
 # %%
-if result is not None:
-    dice = result.dice.round({"dice_mean": 3, "dice_sd": 3, "dice_ceiling": 3, "voxels_per_patient": 0})
-    learned = dice.loc[dice["dice_mean"] >= 0.5, "class"].tolist()
-    not_learned = dice.loc[dice["dice_mean"] < 0.1, "class"].tolist()
-    display(dice)
-    display(Markdown(
-        f"Classes segmented with Dice ≥ 0.5 on held-out patients: **{', '.join(learned) or 'none'}**. "
-        f"Not learned (Dice < 0.1): **{', '.join(not_learned) or 'none'}**."))
+show(*page.dice())
 
 # %% [markdown]
 # ## What the seventh model loads
@@ -159,11 +103,7 @@ if result is not None:
 # seventh model reports how many of its tensors were found; every one should be.
 
 # %%
-if result is not None:
-    fresh = ConvEncoder(3, 1, spec.channels, spec.strides, spec.kernel_size, spec.norm, 0.1, spec.pooling)
-    report = load_encoder_checkpoint(fresh, result.checkpoint, model=spec.name)
-    print(report.summary())
-    display(pd.Series(report.loaded, name="loaded tensors").to_frame())
+show(*page.load_check())
 
 # %% [markdown]
 # ## Summary

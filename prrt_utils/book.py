@@ -19,12 +19,13 @@ Order (the data flow of DESIGN.md):
    then, on the synthetic cohort only, the positive control at full size
    (:func:`ensure_positive_control`, :mod:`prrt_utils.positive_control`: its own cohort in
    ``data/synthetic-positive-control``, its own work in ``WORK/positive-control``), shown by the page
-   ``positive_control``;
+   ``positive_control``; then the training of the analysis chapters (:func:`train_chapter_models`):
+   chapter 07's survival models and chapter 08's final model package (after its synthetic second centre);
 4. ``00_summary`` (the results-first answer, placed right after the introduction),
    ``03_unimodal``, ``04_fusion``, ``05_statistics``, ``06_explainability`` (read
-   stored results; never retrain), ``07_survival`` (survival models on the same folds),
-   ``08_validation`` (a model package applied to the synthetic second centre, generated
-   beside the synthetic cohort); these and the model pages read only what the
+   stored results; never retrain), ``07_survival`` (survival models on the same folds, read from
+   the stage above), ``08_validation`` (the stage's model package applied to the synthetic second
+   centre, generated beside the synthetic cohort); these and the model pages read only what the
    stages before them stored, so they run ``n_jobs`` at a time (:func:`execute_pages`);
 5. ``90_reproducibility`` (versions, seed, configurations, input hashes, the
    execution time of every page above);
@@ -53,6 +54,7 @@ from prrt_utils.config import SEED, Config
 
 __all__ = [
     "ANALYSIS_CHAPTERS",
+    "STATIC_HREF",
     "DATA_CHAPTERS",
     "BookConfig",
     "BookError",
@@ -63,10 +65,14 @@ __all__ = [
     "fold_code",
     "prepare_for_book",
     "make_book",
+    "page_parameters",
     "repo_root",
     "resolve_cohort",
     "run_models",
     "say_done",
+    "static_dir",
+    "static_href",
+    "train_chapter_models",
 ]
 
 DATA_CHAPTERS = ("01_cohort", "02_preprocessing")
@@ -258,6 +264,23 @@ def repo_root(start: str | Path | None = None) -> Path:
 
 def _executed_dir(root: Path) -> Path:
     return root / "book" / "executed"
+
+
+STATIC_HREF = "../../_static"
+"""The book's ``_static`` folder as a link from an executed page (how Jupyter Book lays out the HTML)."""
+
+
+def static_dir(root: str | Path = ".") -> Path:
+    """The book's ``_static`` folder under the executed pages: files a page writes there ship with the book.
+
+    Pages run with the repository root as working directory, so the default ``root`` is ``"."``.
+    """
+    return _executed_dir(Path(root)) / "_static"
+
+
+def static_href(name: str) -> str:
+    """The link from a page to ``name`` in :func:`static_dir` (``"../../_static/<name>"``)."""
+    return f"{STATIC_HREF}/{name}"
 
 
 def declared_parameters(nb: Any) -> set[str]:
@@ -489,18 +512,56 @@ def train_all(cfg: BookConfig, root: Path, models: Sequence[str], progress: bool
                   progress=progress)
 
 
+def page_parameters(root: Path, notebook: str, cfg: BookConfig) -> dict[str, Any]:
+    """The parameters ``notebook`` runs with in this book: its ``parameters`` cell, overridden (as papermill
+    does) by the book's values of the names it declares. A stage that trains for a page uses these, so
+    that the page finds exactly what it would have trained."""
+    import jupytext
+
+    nb = jupytext.read(root / "notebooks" / f"{notebook}.py")
+    cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    values: dict[str, Any] = {}
+    exec(cell.source, {}, values)  # the repository's own parameters cell: plain assignments
+    declared = declared_parameters(nb)
+    return {**values, **{k: v for k, v in cfg.parameters().items() if k in declared}}
+
+
+def train_chapter_models(cfg: BookConfig, root: Path) -> dict[str, float]:
+    """The training of the analysis chapters, as stages before the read-only pages; their seconds.
+
+    Chapter 07's survival models (Cox on labs and the Cox CNN, every fold) and chapter 08's final
+    model package (after generating the synthetic second centre, when there is another cohort). Each
+    is cached, so the pages that follow only read it.
+    """
+    from prrt_utils import survival, validation
+
+    seconds: dict[str, float] = {}
+    t0 = time.perf_counter()
+    p = page_parameters(root, "07_survival", cfg)
+    survival.train_survival_stage(root / p["work_dir"], p["censor_fraction"], p["seed"], p["horizon_months"],
+                                  p["survival_epochs"], p["n_jobs"])
+    seconds["survival models of chapter 07 (trained or reused)"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    if ensure_second_centre(cfg, root, progress=False) is not None:
+        seconds["synthetic second centre (generated or reused)"] = time.perf_counter() - t0
+    p = page_parameters(root, "08_validation", cfg)
+    other = validation.validation_cohort(root / p["data_dir"], root / p["validation_data"] if p["validation_data"] else "")
+    t0 = time.perf_counter()
+    if p["validation_model"] and (other / "clinical.csv").is_file():
+        validation.final_package(root / p["work_dir"], p["validation_model"], profile=p["profile"], seed=p["seed"],
+                                 epochs=p["epochs"])
+        seconds["final model package of chapter 08 (trained or reused)"] = time.perf_counter() - t0
+    return seconds
+
+
 def _model_pages(cfg: BookConfig, models: Sequence[str]) -> list[tuple[str, str, dict[str, Any]]]:
     """``(page, notebook, parameters)`` of each model's page (the ``train_model`` template)."""
     return [(f"train_{m}", TRAIN_TEMPLATE, {**cfg.parameters(), "model": m}) for m in models]
 
 
 def _execute_page(cfg: BookConfig, root: Path, page: str, notebook: str, params: dict[str, Any]) -> dict[str, float]:
-    """Execute one page (in a worker of :func:`execute_pages`); chapter 08 first makes its second centre."""
+    """Execute one page (in a worker of :func:`execute_pages`)."""
     seconds: dict[str, float] = {}
-    if page == "08_validation":
-        t0 = time.perf_counter()
-        if ensure_second_centre(cfg, root, progress=False) is not None:
-            seconds["synthetic second centre (generated or reused)"] = time.perf_counter() - t0
     seconds[page] = execute_notebook(root / "notebooks" / f"{notebook}.py", _executed_dir(root) / f"{page}.ipynb",
                                      params, root, cfg.kernel)
     return seconds
@@ -660,6 +721,8 @@ def make_book(cfg: BookConfig | None = None, root: str | Path | None = None, exe
         t0 = time.perf_counter()
         if ensure_positive_control(cfg, root, progress) is not None:
             _record(_timings(root), root, "positive control (generated, trained or reused)", time.perf_counter() - t0)
+        for name, seconds in train_chapter_models(cfg, root).items():
+            _record(_timings(root), root, name, seconds)
         # every page from here on only reads what the stages above stored: n_jobs of them at a time,
         # the longest first (the order only changes how well the two cores are kept busy)
         *chapters, last = ANALYSIS_CHAPTERS

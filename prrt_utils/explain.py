@@ -72,6 +72,16 @@ __all__ = [
     "Explainer",
     "available_models",
     "best_model",
+    "compare_model_families",
+    "FamilyComparisons",
+    "gradient_comparison",
+    "km_note",
+    "lab_gradient_table",
+    "SaliencyMass",
+    "SaliencyPanel",
+    "saliency_mass_section",
+    "saliency_panels",
+    "saliency_title",
     "primary_model",
     "cohort_data",
     "display_names",
@@ -1506,3 +1516,298 @@ class Explainer:
         suv = resample(np.asarray(img.get_fdata(dtype=np.float32)), lps, TargetGrid(grid_affine, pet.shape, "stored"))
         inside = pet > 0
         return float(np.corrcoef(pet[inside], suv[inside])[0, 1])
+
+
+# --------------------------------------------------------------------------- chapter 05: what its cells show
+
+
+@dataclasses.dataclass(frozen=True)
+class FamilyComparisons:
+    """Chapter 05's model families and their comparisons, per fold and per repeat.
+
+    Attributes
+    ----------
+    families : dict
+        Model key -> family (:func:`families`).
+    order : tuple of str
+        The families that have results, from fewest to most modalities.
+    comparisons : dict
+        ``{"fold": FamilyComparison, "repeat": FamilyComparison}`` of
+        :func:`prrt_utils.stats.compare_families`; empty with fewer than two families.
+    """
+
+    families: dict[str, str]
+    order: tuple[str, ...]
+    comparisons: dict[str, Any]
+
+    def members(self, names: Mapping[str, str] | None = None) -> dict[str, list[str]]:
+        """Family -> its models' display names, families in :attr:`order`."""
+        names = names or {}
+        return {f: [names.get(m, m) for m, fam in self.families.items() if fam == f] for f in self.order}
+
+    def table(self) -> pd.DataFrame | str:
+        """:func:`family_table` of both sample units, or the sentence saying there is nothing to compare."""
+        if not self.comparisons:
+            return "Fewer than two model families have results: nothing to compare."
+        return family_table(*self.comparisons.values())
+
+    def disagreements(self, alpha: float = 0.05) -> tuple[Any, ...]:
+        """Per sample unit, the sentence whether Mann-Whitney and the corrected t-test agree and, if not, where.
+
+        Returns
+        -------
+        tuple
+            Strings and DataFrames (:func:`prrt_utils.stats.disagreements`) in display order.
+        """
+        from prrt_utils import stats
+
+        out: list[Any] = []
+        for unit, comparison in self.comparisons.items():
+            dis = stats.disagreements(comparison, alpha=alpha)
+            if dis.empty:
+                out.append(f"Mann-Whitney on per-{unit} AUROCs and the corrected t-test agree for every comparison "
+                           f"at alpha = {alpha}.")
+            else:
+                out += [f"Mann-Whitney on per-{unit} AUROCs and the corrected t-test disagree:", dis]
+        return tuple(out)
+
+
+def compare_model_families(fold_metrics: pd.DataFrame, models: Sequence[str]) -> FamilyComparisons:
+    """Each model family against the next lower one, per fold and per repeat (paper 2.6; chapter 05).
+
+    Parameters
+    ----------
+    fold_metrics : DataFrame
+        ``model, repeat, fold, auroc`` (:func:`prrt_utils.metrics.fold_metrics`).
+    models : sequence of str
+        The models with results.
+
+    Returns
+    -------
+    FamilyComparisons
+        ``comparisons`` is empty when fewer than two families have a model.
+    """
+    from prrt_utils import stats
+
+    fam = families(models)
+    order = tuple(f for f in family_order() if f in fam.values())
+    comparisons = ({unit: stats.compare_families(fold_metrics, fam, list(order), unit=unit) for unit in ("fold", "repeat")}
+                   if len(order) >= 2 else {})
+    return FamilyComparisons(families=dict(fam), order=order, comparisons=comparisons)
+
+
+def km_note(km: Any) -> str | None:
+    """Why a Kaplan-Meier split by prediction has nothing to compare (one group empty), else ``None``."""
+    if min(km.n_long, km.n_short) > 0:
+        return None
+    return (f"Every patient falls in one group at threshold {km.threshold}: the model's probabilities do not cross "
+            "it, so there is nothing to compare (log-rank undefined).")
+
+
+# --------------------------------------------------------------------------- chapter 06: what its cells show
+
+
+def lab_gradient_table(explainer: Any, fusion: Sequence[str]) -> pd.DataFrame | None:
+    """Mean absolute and mean signed fusion-layer gradient per laboratory value (rows) and model (columns).
+
+    Parameters
+    ----------
+    explainer : Explainer
+        Anything with :meth:`Explainer.lab_gradients`.
+    fusion : sequence of str
+        The fusion models; none gives ``None`` (nothing to show).
+
+    Returns
+    -------
+    DataFrame or None
+        :func:`lab_gradient_summary` pivoted to ``feature`` x (``mean_abs_gradient`` / ``mean_gradient``, model).
+    """
+    if not fusion:
+        return None
+    gradients = lab_gradient_summary(explainer.lab_gradients(list(fusion)))
+    return gradients.pivot(index="feature", columns="model", values=["mean_abs_gradient", "mean_gradient"]).round(3)
+
+
+@dataclasses.dataclass(frozen=True)
+class SaliencyPanel:
+    """One patient's PET and each compared model's normalised saliency, ready to draw (chapter 06).
+
+    Attributes
+    ----------
+    patient_id : str
+    pet : ndarray
+        ``(D, H, W)`` PET as the networks see it.
+    maps : dict
+        Display name -> :func:`normalised_magnitude` of that model's saliency, ``(D, H, W)``.
+    lesions : ndarray or None
+        Boolean lesion mask on the same grid (synthetic cohort), else ``None``.
+    title : str
+        Patient, true class and each model's predicted probability of short PFS.
+    vmin : float
+        Saliency below this is not drawn.
+    """
+
+    patient_id: str
+    pet: np.ndarray
+    maps: dict[str, np.ndarray]
+    lesions: np.ndarray | None
+    title: str
+    vmin: float = 0.3
+
+    def show(self) -> None:
+        """The static three-plane figure (matplotlib) and, below it, the page's slice-by-slice viewer."""
+        import matplotlib.pyplot as plt
+
+        fig = saliency_figure(self.pet, self.maps, vmin=self.vmin, lesions=self.lesions, title=self.title)
+        plt.show()
+        plt.close(fig)
+        saliency_viewer(self.pet, self.maps, vmin=self.vmin, lesions=self.lesions, title=self.title).show()
+
+    def live_viewer(self) -> Any:
+        """The ipywidgets viewer moving all three planes at once (needs a live kernel)."""
+        return slice_viewer(self.pet, self.maps, self.vmin)
+
+
+def saliency_title(patient_id: str, y: int, probs: Mapping[str, float], names: Mapping[str, str] | None = None) -> str:
+    """``"P001: short PFS; P(short) PET only 0.71, PET fusion 0.64"``: the heading of a saliency panel."""
+    names = names or {}
+    return (f"{patient_id}: {'short' if y else 'long'} PFS; P(short) "
+            + ", ".join(f"{names.get(m, m)} {p:.2f}" for m, p in probs.items()))
+
+
+def saliency_panels(explainer: Any, predictions: pd.DataFrame, compare: Sequence[str], patients: Sequence[str],
+                    repeat: int, names: Mapping[str, str] | None = None,
+                    with_lesions: bool = False) -> tuple[list[SaliencyPanel], list[str]]:
+    """The saliency panels of chapter 06 and, with lesion outlines, the label-geometry check of each patient.
+
+    Parameters
+    ----------
+    explainer : Explainer
+        Supplies ``data``, ``saliency``, ``labels_on_grid``, ``alignment_check`` and ``config.vmin``.
+    predictions : DataFrame
+        Stored out-of-fold predictions (``model, repeat, patient_id, prob``).
+    compare : sequence of str
+        PET models whose saliency is drawn; none gives no panel.
+    patients : sequence of str
+        Patients to draw.
+    repeat : int
+        The repeat whose predictions the titles quote.
+    names : mapping, optional
+        Display names.
+    with_lesions : bool
+        Outline the true lesions (synthetic cohort: ground-truth label maps exist).
+
+    Returns
+    -------
+    panels : list of SaliencyPanel
+        One per patient, in the order given.
+    checks : list of str
+        ``"<id>: PET vs resampled true SUV, Pearson r = ..."`` per patient when ``with_lesions``.
+    """
+    names = names or {}
+    patients = list(patients) if compare else []
+    lesion_maps: dict[str, np.ndarray] = {}
+    checks: list[str] = []
+    if with_lesions and patients:
+        lab = explainer.labels_on_grid(patients)
+        lesion_code = {v: k for k, v in lab["names"].items()}["lesion"]
+        lesion_maps = {p: lab["labels"][i] == lesion_code for i, p in enumerate(patients)}
+        checks = [f"{p}: PET vs resampled true SUV, Pearson r = {explainer.alignment_check(p):.3f} "
+                  "(label geometry check)" for p in patients]
+    volumes = explainer.data
+    panels = []
+    for pid in patients:
+        row = volumes.rows([pid])[0]
+        prob = predictions[(predictions["repeat"] == repeat) & (predictions["patient_id"] == pid)].set_index("model")["prob"]
+        panels.append(SaliencyPanel(
+            patient_id=pid, pet=volumes.volumes["pet"][row, 0],
+            maps={names.get(m, m): normalised_magnitude(explainer.saliency(m, [pid]))[0] for m in compare},
+            lesions=lesion_maps.get(pid), vmin=explainer.config.vmin,
+            title=saliency_title(pid, int(volumes.y[row]), {m: float(prob[m]) for m in compare}, names)))
+    return panels, checks
+
+
+def gradient_comparison(explainer: Any, compare: Sequence[str], names: Mapping[str, str] | None = None) -> tuple[Any, ...]:
+    """Chapter 06's gradient-magnitude section: histogram, sizes and the six distances of two PET models.
+
+    Returns
+    -------
+    tuple
+        ``(figure, sentence, distance table)`` for exactly two models in ``compare``; otherwise one
+        sentence saying two are needed.
+    """
+    from prrt_utils import stats
+
+    if len(compare) != 2:
+        return ("Two PET models are needed for this comparison (parameter `compare`).",)
+    names = names or {}
+    cfg = explainer.config
+    gd = explainer.gradient_distributions(list(compare))
+    a, b = compare
+    comparison = stats.distribution_distances(gd["samples"][a], gd["samples"][b], bins=cfg.bins, range=(0.0, 1.0))
+    return (gradient_histogram_figure(gd["hist"], names),
+            f"{names.get(a, a)} vs {names.get(b, b)}, {gd['n_patients']} test patients of repeat {cfg.repeat}; "
+            f"{comparison.n_a:,} and {comparison.n_b:,} voxels in the distances",
+            distance_table(comparison))
+
+
+@dataclasses.dataclass(frozen=True)
+class SaliencyMass:
+    """Where the PET saliency falls, per region and model (chapter 06; synthetic cohort only).
+
+    Attributes
+    ----------
+    mass : DataFrame or None
+        :meth:`Explainer.saliency_mass`; ``None`` without ground-truth label maps or PET models.
+    volumes : DataFrame or None
+        Per region: total volume from the occupancy fractions and from the majority labels, and their ratio.
+    reason : str
+        Why there is nothing to show (empty when there is).
+    """
+
+    mass: pd.DataFrame | None
+    volumes: pd.DataFrame | None
+    reason: str = ""
+
+    def tables(self, names: Mapping[str, str] | None = None) -> tuple[Any, ...]:
+        """Patients without saliency (if any), mass fraction and enrichment per region x model, and a bar figure."""
+        if self.mass is None:
+            return (self.reason,)
+        import plotly.express as px
+
+        names = names or {}
+        mass = self.mass
+        flat = mass.groupby("model")[["n_patients", "n_without_saliency"]].first()
+        without = (("Patients whose prediction does not depend on the PET at all (zero gradient everywhere; "
+                    "left out):", flat) if flat["n_without_saliency"].any() else ())
+        bar = px.bar(mass.assign(model=mass["model"].map(lambda m: names.get(m, m))), x="model", y="mass_fraction",
+                     color="region", title="Share of PET saliency per region (test patients of one repeat)",
+                     labels={"mass_fraction": "share of saliency"})
+        return (*without,
+                mass.pivot(index="region", columns="model", values="mass_fraction").round(3),
+                mass.pivot(index="region", columns="model", values="enrichment").round(2), bar)
+
+    def findings(self, names: Mapping[str, str] | None = None) -> Any:
+        """:func:`prrt_utils.findings.saliency_findings`, or the sentence that a real cohort has no outlines."""
+        from prrt_utils import findings
+
+        if self.mass is None:
+            return findings.KeyFindings(("No ground-truth label maps: a real cohort has none, so where the saliency "
+                                         "falls is shown, not scored.",))
+        return findings.saliency_findings(self.mass, names)
+
+
+def saliency_mass_section(explainer: Any, pet_models: Sequence[str], has_truth: bool, data_dir: str | Path = "") -> SaliencyMass:
+    """:class:`SaliencyMass` of ``pet_models`` over the test patients of the explainer's repeat, with region volumes.
+
+    Without ground truth (``has_truth`` false: an own cohort) or without PET models, nothing is computed.
+    """
+    if not (has_truth and pet_models):
+        return SaliencyMass(None, None, f"No ground-truth label maps in {data_dir}: a real cohort has none, so this "
+                                        "section is skipped.")
+    mass = explainer.saliency_mass(list(pet_models))
+    repeat = explainer.config.repeat
+    ids = sorted(explainer.folds.loc[explainer.folds["repeat"] == repeat, "patient_id"].unique())
+    vol = (explainer.labels_on_grid(ids)["volumes"].groupby("region", sort=False)
+           [["volume_ml_fractional", "volume_ml_majority"]].sum())
+    return SaliencyMass(mass, vol.assign(ratio=vol["volume_ml_majority"] / vol["volume_ml_fractional"]).round(2))

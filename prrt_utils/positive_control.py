@@ -51,11 +51,15 @@ from prrt_utils import store
 from prrt_utils.config import SEED, Config
 
 __all__ = [
+    "CEILING_NAMES",
     "DATA_DIR",
     "MODELS",
     "SHUFFLED_MODEL",
     "THRESHOLDS",
     "PositiveControlConfig",
+    "PositiveControlPage",
+    "display_names",
+    "positive_control_page",
     "PositiveControlResult",
     "read_positive_control",
     "run_positive_control",
@@ -413,3 +417,113 @@ def _checks(results: Any, train_loss: pd.DataFrame) -> pd.DataFrame:
     ]
     return pd.DataFrame([{"check": c, "threshold": th, "value": round(float(v), 3), "passed": bool(ok)}
                          for c, th, v, ok in rows])
+
+
+# --------------------------------------------------------------------------- the positive-control page
+
+CEILING_NAMES = {"ceiling_labs": "ceiling: labs (true values)", "ceiling_image": "ceiling: image (true values)",
+                 "ceiling_labs_image": "ceiling: labs + image (true values)", "bayes_ceiling": "Bayes ceiling"}
+"""Display names of the truth-based ceilings on the positive-control page."""
+
+
+def display_names(names: dict[str, str]) -> dict[str, str]:
+    """``names`` with the shuffled run named in words."""
+    return {**names, SHUFFLED_NAME: "PET only, shuffled labels"}
+
+
+@dataclasses.dataclass(frozen=True)
+class PositiveControlPage:
+    """What the positive-control page shows, or why it has nothing (the book ran on an own cohort).
+
+    Attributes
+    ----------
+    result : PositiveControlResult or None
+        ``None`` when the control was not run in this book.
+    data_dir : str
+        The control cohort's folder ("" when not run).
+    profile : str
+        The training profile of the stored folds.
+    names : dict
+        Display names (:func:`display_names`).
+    """
+
+    result: PositiveControlResult | None
+    data_dir: str
+    profile: str
+    names: dict[str, str]
+
+    def _name(self, model: str) -> str:
+        return self.names.get(model, model)
+
+    def intro(self) -> Any:
+        """Which cohort and cross-validation the control ran on, or why it did not run (Markdown)."""
+        from IPython.display import Markdown
+
+        if self.result is None:
+            return Markdown(
+                "**The positive control was not run in this book.** It is run only when the book is made on the "
+                "synthetic cohort: the control tests the pipeline, not a centre's data, so it does not depend on "
+                "which patients a book shows. Run `make book` once on the synthetic cohort (or `prrt book` without "
+                "`--cohort`) to see it.")
+        c = self.result.config
+        return (f"Training profile: {self.profile!r}. Cohort: {self.data_dir} ({c['n_patients']} patients, seed "
+                f"{c['seed']}); cross-validation {c['n_repeats']} x {c['n_splits']}.")
+
+    def verdict(self) -> tuple[Any, ...]:
+        """The verdict in words and the measured checks."""
+        from IPython.display import Markdown
+
+        return () if self.result is None else (Markdown(f"**{self.result.verdict()}**"), self.result.checks)
+
+    def per_repeat(self) -> tuple[Any, ...]:
+        """AUROC per repeat of every run, models named in words."""
+        if self.result is None:
+            return ()
+        return (self.result.per_repeat().assign(model=lambda t: t["model"].map(self._name)),)
+
+    def ceilings(self) -> tuple[Any, ...]:
+        """Each true-label model against the ceiling of what it sees, and the ceilings; or why there are none."""
+        from prrt_utils import metrics
+
+        r = self.result
+        if r is None:
+            return ()
+        if r.ceilings is None:
+            return (f"No ground truth in {self.data_dir}: no ceiling to show.",)
+        models = [m for m in r.results.models if m != SHUFFLED_NAME]
+        table = metrics.versus_ceiling(metrics.evaluate(r.predictions[r.predictions["model"].isin(models)],
+                                                        order=models), r.ceilings)
+        return table.assign(model=table["model"].map(self._name)), r.ceilings.table(names=CEILING_NAMES)
+
+    def metrics_figure(self) -> Any:
+        """Every run's metrics beside the ceilings (plotly), or ``None``."""
+        from prrt_utils import metrics
+
+        return None if self.result is None else metrics.metrics_figure(self.result.results, self.result.ceilings,
+                                                                       names=self.names)
+
+    def losses(self) -> tuple[Any, ...]:
+        """The loss curves and, per model, the mean kept epoch and training losses."""
+        from prrt_utils import metrics
+
+        r = self.result
+        if r is None:
+            return ()
+        kept = (r.train_loss.groupby("model", sort=False)[["best_epoch", "train_loss_kept", "train_loss_last"]]
+                .mean().round(3).rename(index=self._name))
+        return metrics.loss_figure(r.histories, names=self.names), kept
+
+    def shuffled(self) -> tuple[Any, ...]:
+        """AUROC per fold of the shuffled-label run."""
+        if self.result is None:
+            return ()
+        fm = self.result.results.fold_metrics
+        return (fm[fm["model"] == SHUFFLED_NAME][["repeat", "fold", "auroc", "prob_sd"]].reset_index(drop=True),)
+
+
+def positive_control_page(data_dir: str | Path, work_dir: str | Path, profile: str = "default",
+                          names: dict[str, str] | None = None) -> PositiveControlPage:
+    """:func:`read_positive_control` for the page; an empty page when ``data_dir`` is empty (not run in this book)."""
+    names = display_names(names or {})
+    result = read_positive_control(data_dir, work_dir, profile) if str(data_dir) else None
+    return PositiveControlPage(result=result, data_dir=str(data_dir), profile=profile, names=names)

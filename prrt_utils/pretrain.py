@@ -89,7 +89,12 @@ __all__ = [
     "find_labels",
     "PretrainConfig",
     "PretrainError",
+    "PretrainPage",
     "PretrainResult",
+    "card_markdown",
+    "dice_verdict",
+    "loss_figure",
+    "pretrain_page",
     "checkpoint_path",
     "labels_on_grid",
     "POPULATION_SEED_OFFSET",
@@ -620,3 +625,136 @@ def pretrain_on(work_dir: str | Path, population_work: str | Path, labels_dir: s
     card["checkpoint_sha256"] = store.sha256_file(checkpoint_path(work_dir))
     store.write_json(out / "card.json", card)  # last: marks the run finished
     return PretrainResult(checkpoint_path(work_dir), card, pd.DataFrame(history), dice, skipped, reused=False)
+
+
+# --------------------------------------------------------------------------- the CT pretraining page
+
+
+def card_markdown(card: dict[str, Any], cfg: PretrainConfig, reused: bool = False) -> str:
+    """The model card of a pretrained CT encoder as Markdown bullets (the CT pretraining page)."""
+    pop = card["population"]
+    return (
+        f"- **Task**: {card['task']}; {len(card['classes']) - 1} classes plus background.\n"
+        f"- **Population**: {pop['kind']} (`{pop['folder']}`"
+        + (f", generator seed {pop['synthetic_seed']} against the cohort's {pop['study_seed']}"
+           if "synthetic_seed" in pop else "")
+        + f"), {pop['n_patients']} patients, **{pop['study_patients']} study "
+        f"patients**; lesion class {pop['lesion_class']}. Generating and preprocessing it took "
+        f"{pop['seconds_generate_and_preprocess']:.0f} s in the run that trained this checkpoint.\n"
+        f"- **Labels**: {card['labels_source']}.\n"
+        f"- **Data**: {card['n_train']} patients trained, {card['n_held_out']} held out (by patient, seed {cfg.seed}); "
+        f"{card['n_skipped']} without a label map or preprocessed CT skipped.\n"
+        f"- **Encoder**: the CT branch of `{card['created_for_model']}` "
+        f"(channels {card['encoder']['channels']}, strides {card['encoder']['strides']}); decoder: one 1x1x1 "
+        "convolution per stage, discarded after pretraining.\n"
+        f"- **Training**: {cfg.epochs} epochs, AdamW, learning rate {cfg.lr}, Dice + cross-entropy "
+        f"(MONAI `DiceCELoss`) at the resolution of the encoder's first stage, "
+        f"{card['seconds']:.0f} s on {card['device']} with {card['threads']} thread(s)"
+        f"{' (this run reused the cached checkpoint)' if reused else ''}.\n"
+        f"- **Held-out Dice** (mean over foreground classes): {card['held_out_dice_mean_foreground']:.2f}.\n"
+        f"- **Checkpoint**: `pretrained/ct_encoder.pt` in the work folder, SHA-256 "
+        f"`{card['checkpoint_sha256'][:16]}…`.")
+
+
+def dice_verdict(dice: pd.DataFrame, learned_at: float = 0.5, not_learned_below: float = 0.1) -> str:
+    """Which classes were segmented well (mean held-out Dice ≥ ``learned_at``) and which not (< ``not_learned_below``)."""
+    learned = dice.loc[dice["dice_mean"] >= learned_at, "class"].tolist()
+    not_learned = dice.loc[dice["dice_mean"] < not_learned_below, "class"].tolist()
+    return (f"Classes segmented with Dice ≥ {learned_at:g} on held-out patients: **{', '.join(learned) or 'none'}**. "
+            f"Not learned (Dice < {not_learned_below:g}): **{', '.join(not_learned) or 'none'}**.")
+
+
+def loss_figure(history: pd.DataFrame) -> Any:
+    """Dice + cross-entropy per epoch on the training and the held-out patients (plotly)."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure([go.Scatter(x=history["epoch"], y=history[col], mode="lines+markers", name=name)
+                     for col, name in (("train_loss", "training patients"), ("held_out_loss", "held-out patients"))])
+    fig.update_layout(xaxis_title="epoch", yaxis_title="Dice + cross-entropy loss", height=360,
+                      title="CT pretraining on anatomy")
+    return fig
+
+
+@dataclasses.dataclass(frozen=True)
+class PretrainPage:
+    """What the CT pretraining page shows: where the seventh model's CT branch starts and, when pretrained here,
+    the model card, the losses, the held-out Dice and what the model loads.
+
+    Attributes
+    ----------
+    cfg : PretrainConfig
+    start : str
+        ``"pretrain-ct"`` (pretrained in this run), ``"none"`` (from scratch) or a checkpoint path.
+    result : PretrainResult or None
+        :func:`pretrain_ct`'s result when this run pretrained.
+    population_found : bool
+        Whether a pretraining population outside the study was available.
+    """
+
+    cfg: PretrainConfig
+    start: str
+    result: Any = None
+    population_found: bool = False
+
+    def statement(self) -> Any:
+        """The pretraining settings (text) when this run pretrained; else where the CT branch starts (Markdown)."""
+        from IPython.display import Markdown
+
+        if self.result is not None:
+            return self.cfg.to_yaml()
+        if self.start == "none":
+            return Markdown(
+                "**CT pretraining did not run, and the seventh model's CT branch is trained FROM SCRATCH in this run** "
+                + ("(no pretraining population outside the study was given, and the study's own patients are never "
+                   "used: give a separate set with `--pretrain-data DIR`, or a checkpoint with `--ct-init PATH`). "
+                   if not self.population_found else "(`ct_init: none` was asked for). ")
+                + "It then differs from PET CT fusion only by its random initialisation.")
+        return Markdown(f"**CT pretraining did not run: the CT branch starts from the checkpoint "
+                        f"`{Path(self.start).name}` given by path (route 2).** What it holds for the CT encoder is "
+                        "reported on the model's page.")
+
+    def card(self) -> Any:
+        """:func:`card_markdown` (as Markdown) of the checkpoint made or reused here, else ``None``."""
+        from IPython.display import Markdown
+
+        return None if self.result is None else Markdown(card_markdown(self.result.card, self.cfg, self.result.reused))
+
+    def losses(self) -> Any:
+        """:func:`loss_figure` of this run's pretraining, else ``None``."""
+        return None if self.result is None else loss_figure(self.result.history)
+
+    def dice(self) -> tuple[Any, ...]:
+        """Held-out Dice per class (rounded) and :func:`dice_verdict`; empty when nothing was pretrained."""
+        if self.result is None:
+            return ()
+        dice = self.result.dice.round({"dice_mean": 3, "dice_sd": 3, "dice_ceiling": 3, "voxels_per_patient": 0})
+        from IPython.display import Markdown
+
+        return dice, Markdown(dice_verdict(dice))
+
+    def load_check(self) -> tuple[Any, ...]:
+        """Load the checkpoint into a fresh CT branch of the model: the summary line and the tensors loaded."""
+        from prrt_utils.models import load_encoder_checkpoint
+
+        if self.result is None:
+            return ()
+        spec = get_spec(self.cfg.model)
+        fresh = ConvEncoder(3, 1, spec.channels, spec.strides, spec.kernel_size, spec.norm, 0.1, spec.pooling)
+        loaded = load_encoder_checkpoint(fresh, self.result.checkpoint, model=spec.name)
+        return loaded.summary(), pd.Series(loaded.loaded, name="loaded tensors").to_frame()
+
+
+def pretrain_page(work_dir: str | Path, data_dir: str | Path, cfg: PretrainConfig, ct_init: str = "",
+                  population_dir: str | Path = "", n_jobs: int = 1) -> PretrainPage:
+    """Pretrain the CT encoder when the model starts from :data:`prrt_utils.models.PRETRAIN_CT`; else say where
+    it starts.
+
+    ``ct_init`` overrides the model's declaration (``"none"`` or a checkpoint path); empty keeps it.
+    """
+    from prrt_utils.models import PRETRAIN_CT
+
+    spec = get_spec(cfg.model)
+    start = ct_init or ("none" if spec.ct_init is None else str(spec.ct_init))
+    result = pretrain_ct(work_dir, data_dir, cfg, progress=False, n_jobs=n_jobs) if start == PRETRAIN_CT else None
+    found = population_available(data_dir, population_dir) if start == "none" else False
+    return PretrainPage(cfg=cfg, start=start, result=result, population_found=found)

@@ -16,18 +16,22 @@ and input hash that the reproducibility page prints.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import platform
 import sys
+from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
 from prrt_utils import store
 from prrt_utils.tables import use_reader_tables
 
-__all__ = ["PACKAGES", "data_fingerprint", "data_source", "environment_report", "setup_notebook", "stage_configs"]
+__all__ = ["PACKAGES", "ChapterResults", "data_fingerprint", "data_source", "environment_report", "load_results",
+           "setup_notebook", "show", "stage_configs"]
 
 #: Distributions whose versions the reproducibility page lists.
 PACKAGES = (
@@ -86,6 +90,116 @@ def setup_notebook(data_dir: str | Path | None = None) -> None:
         from IPython.display import Markdown, display
 
         display(Markdown(f"**Data:** {data_source(data_dir)}"))
+
+
+def show(*items: Any) -> None:
+    """Display each item in order: a figure with its ``show()``, a string printed, ``None`` not at all, anything
+    else with ``display``.
+
+    A chapter's result object returns what a section shows as a tuple; a notebook
+    cell is then ``show(*result.section())``.
+    """
+    from IPython.display import display
+
+    for item in items:
+        if item is None:
+            continue
+        if isinstance(item, str):
+            print(item)
+        elif hasattr(item, "show") and not isinstance(item, (pd.DataFrame, pd.Series)):
+            item.show()
+        else:
+            display(item)
+
+
+@dataclasses.dataclass(frozen=True)
+class ChapterResults:
+    """What a results chapter reads first: the stored predictions, their metrics, the truth and ceilings.
+
+    Attributes
+    ----------
+    models : list of str
+        The models asked for, in display order.
+    predictions : DataFrame
+        :func:`prrt_utils.grid.read_results` of ``models`` (every fold finished).
+    results : ModelResults
+        :func:`prrt_utils.metrics.evaluate` of ``predictions`` in the order of ``models``.
+    truth : DataFrame or None
+        :func:`prrt_utils.metrics.read_truth`: the synthetic cohort's ground truth; ``None`` for an own cohort.
+    ceiling : ModelResults or None
+        :func:`prrt_utils.metrics.truth_ceilings` on the same folds; ``None`` without truth.
+    names : dict
+        Display names of the models (:func:`prrt_utils.metrics.paper_reference`).
+    paper : DataFrame
+        The paper's Table 2 (real cohort).
+    """
+
+    models: list[str]
+    predictions: pd.DataFrame
+    results: Any
+    truth: pd.DataFrame | None
+    ceiling: Any
+    names: dict[str, str]
+    paper: pd.DataFrame
+
+    @property
+    def fold_metrics(self) -> pd.DataFrame:
+        """Per-fold metrics of every model (``results.fold_metrics``)."""
+        return self.results.fold_metrics
+
+    def name(self, model: str) -> str:
+        """The display name of ``model`` (its id when it has none)."""
+        return self.names.get(model, model)
+
+    def versus_ceiling(self, results: Any = None, missing: str | None = None) -> pd.DataFrame | str | None:
+        """Each model's AUROC against the ceiling of what it sees (:func:`prrt_utils.metrics.versus_ceiling`).
+
+        ``results`` defaults to :attr:`results`. Without truth (an own cohort) there is no ceiling:
+        returns ``missing`` (a sentence to show, or ``None`` to show nothing).
+        """
+        from prrt_utils import metrics
+
+        if self.ceiling is None:
+            return missing
+        return metrics.versus_ceiling(self.results if results is None else results, self.ceiling)
+
+    def subset(self, models: Sequence[str]) -> Any:
+        """:func:`prrt_utils.metrics.evaluate` of only ``models`` (in that order), from the same predictions."""
+        from prrt_utils import metrics
+
+        return metrics.evaluate(self.predictions[self.predictions["model"].isin(list(models))], order=list(models))
+
+
+def load_results(work_dir: str | Path, data_dir: str | Path, models: Sequence[str],
+                 ceilings: bool = True) -> ChapterResults:
+    """The prelude every results chapter shares: stored predictions, metrics, truth and ceilings of ``models``.
+
+    Parameters
+    ----------
+    work_dir : path
+        ``WORK`` with ``folds.csv`` and ``results/``; nothing is trained.
+    data_dir : path
+        ``DATA``: its ``ground_truth/truth.csv`` when the cohort is synthetic.
+    models : sequence of str
+        Models to read; every one must have all its folds (else :class:`prrt_utils.grid.GridError`).
+    ceilings : bool
+        Compute :func:`prrt_utils.metrics.truth_ceilings` when the truth exists (a few seconds of fitting).
+
+    Returns
+    -------
+    ChapterResults
+    """
+    from prrt_utils import grid, metrics
+    from prrt_utils.cohort import read_cohort
+
+    models = list(models)
+    names, paper = metrics.paper_reference()
+    predictions = grid.read_results(work_dir, models)
+    truth = metrics.read_truth(data_dir)
+    ceiling = (metrics.truth_ceilings(predictions, truth, read_cohort(work_dir))
+               if ceilings and truth is not None else None)
+    return ChapterResults(models=models, predictions=predictions, results=metrics.evaluate(predictions, order=models),
+                          truth=truth, ceiling=ceiling, names=names, paper=paper)
 
 
 def environment_report() -> pd.DataFrame:

@@ -74,6 +74,18 @@ __all__ = [
     "summarise_survival",
     "survival_metrics",
     "time_grid",
+    "ClassificationValue",
+    "assess_classification",
+    "censor",
+    "chapter_config",
+    "classification_value",
+    "concordance_against_truth",
+    "fit_survival_models",
+    "study_cohort",
+    "survival_cached",
+    "survival_models",
+    "train_survival_stage",
+    "useful_thresholds",
 ]
 
 
@@ -437,6 +449,60 @@ def _fold_file(root: Path, model: str, repeat: int, fold: int) -> Path:
     return root / model / f"r{repeat}_f{fold}.parquet"
 
 
+def _cache_root(cfg: SurvivalConfig, work_dir: Path, censored: pd.DataFrame) -> tuple[Path, dict[str, Any]]:
+    """``WORK/survival/<key>/`` of these settings, folds, inputs and censored outcome, and the key's parts."""
+    out_key = {"config": cfg.to_dict(),
+               "folds": store.sha256_file(work_dir / "folds.csv") if (work_dir / "folds.csv").exists() else "",
+               "inputs": store.sha256_file(work_dir / "preprocessed" / "index.csv")
+               if (work_dir / "preprocessed" / "index.csv").exists() else "",
+               "outcome": pd.util.hash_pandas_object(censored[["patient_id", "pfs_months", "event"]], index=False).sum().item()}
+    key = cfg.hash() + "_" + hashlib.sha256(json.dumps(out_key, sort_keys=True).encode()).hexdigest()[:8]
+    return work_dir / "survival" / key, out_key
+
+
+def survival_models(cfg: SurvivalConfig) -> list[str]:
+    """The survival models fitted on every fold: ``cox_labs`` and, when ``cfg.cnn_model`` is set, its Cox CNN."""
+    return ["cox_labs"] + ([f"cox_{cfg.cnn_model}"] if cfg.cnn_model else [])
+
+
+def survival_cached(cfg: SurvivalConfig, work_dir: str | Path, censored: pd.DataFrame,
+                    folds: pd.DataFrame | None = None) -> bool:
+    """Whether every fold of every survival model is already in the cache of :func:`run_survival`.
+
+    Then :func:`run_survival` needs no model inputs (it only reads); otherwise the
+    caller loads them first (:func:`fit_survival_models` does).
+    """
+    work_dir = Path(work_dir)
+    if folds is None:
+        folds = pd.read_csv(work_dir / "folds.csv", dtype={"patient_id": str})
+    root, _ = _cache_root(cfg, work_dir, censored)
+    pairs = folds[["repeat", "fold"]].drop_duplicates().itertuples(index=False)
+    return all(_fold_file(root, m, int(r), int(f)).exists() for r, f in pairs for m in survival_models(cfg))
+
+
+def fit_survival_models(cfg: SurvivalConfig, work_dir: str | Path, censored: pd.DataFrame, folds: pd.DataFrame,
+                        n_jobs: int = 2) -> pd.DataFrame:
+    """Chapter 07's survival models: read from the cache when complete, else fitted with the PET volumes loaded.
+
+    Parameters
+    ----------
+    cfg, work_dir, censored, folds
+        As :func:`run_survival`.
+    n_jobs : int
+        CPU cores the chapter may use; torch gets one thread per two (on a shared
+        two-core machine two threads made each fold three times slower).
+
+    Returns
+    -------
+    DataFrame
+        :func:`run_survival`'s table (``attrs["cache"]``: the cache folder).
+    """
+    from prrt_utils.explain import cohort_data
+
+    data = None if survival_cached(cfg, work_dir, censored, folds) else cohort_data(work_dir, modalities=("pet",))
+    return run_survival(cfg, work_dir, censored, data, folds, threads=max(1, int(n_jobs) // 2))
+
+
 def run_survival(cfg: SurvivalConfig, work_dir: str | Path, censored: pd.DataFrame, data: CohortData | None = None,
                  folds: pd.DataFrame | None = None, threads: int | None = None) -> pd.DataFrame:
     """Fit the survival models on every fold of ``WORK/folds.csv``; cached per fold under ``WORK/survival/``.
@@ -471,13 +537,7 @@ def run_survival(cfg: SurvivalConfig, work_dir: str | Path, censored: pd.DataFra
     work_dir = Path(work_dir)
     if folds is None:
         folds = pd.read_csv(work_dir / "folds.csv", dtype={"patient_id": str})
-    out_key = {"config": cfg.to_dict(),
-               "folds": store.sha256_file(work_dir / "folds.csv") if (work_dir / "folds.csv").exists() else "",
-               "inputs": store.sha256_file(work_dir / "preprocessed" / "index.csv")
-               if (work_dir / "preprocessed" / "index.csv").exists() else "",
-               "outcome": pd.util.hash_pandas_object(censored[["patient_id", "pfs_months", "event"]], index=False).sum().item()}
-    key = cfg.hash() + "_" + hashlib.sha256(json.dumps(out_key, sort_keys=True).encode()).hexdigest()[:8]
-    root = work_dir / "survival" / key
+    root, out_key = _cache_root(cfg, work_dir, censored)
     if not (root / "config.yaml").exists():
         store.write_text(root / "config.yaml", cfg.to_yaml())
         store.write_json(root / "key.json", out_key)
@@ -487,7 +547,7 @@ def run_survival(cfg: SurvivalConfig, work_dir: str | Path, censored: pd.DataFra
     if missing:
         raise SurvivalError(f"patient {missing[0]} is in the folds but not in the censored outcome table")
     times = time_grid(outcome.loc[ids, "pfs_months"].to_numpy())
-    models = ["cox_labs"] + ([f"cox_{cfg.cnn_model}"] if cfg.cnn_model else [])
+    models = survival_models(cfg)
     small: CohortData | None = None  # the CNN's downsampled inputs, made once when first needed
     rows, preds = [], []
     old_threads = torch.get_num_threads()
@@ -774,3 +834,301 @@ def km_truth_figure(censored: pd.DataFrame, horizon_months: float = PFS_THRESHOL
     fig.update_layout(xaxis_title="months since start of PRRT", yaxis_title="progression-free survival",
                       yaxis_range=[0, 1.02], width=750, height=450, legend={"x": 0.35, "y": 0.95})
     return fig
+
+
+# --------------------------------------------------------------------------- chapter 07: what its cells show
+
+
+def chapter_config(censor_fraction: float = 0.3, seed: int = SEED, horizon_months: float = PFS_THRESHOLD_MONTHS,
+                   epochs: int = 0) -> SurvivalConfig:
+    """Chapter 07's :class:`SurvivalConfig` from its page parameters; ``epochs`` 0 keeps the default."""
+    return SurvivalConfig(censor_fraction=censor_fraction, seed=seed, horizon_months=horizon_months,
+                          **({"epochs": int(epochs)} if epochs else {}))
+
+
+def censor(cohort: pd.DataFrame, cfg: SurvivalConfig) -> pd.DataFrame:
+    """:func:`administrative_censoring` of ``cohort`` with the settings of ``cfg``."""
+    return administrative_censoring(cohort, cfg.censor_fraction, cfg.seed, cfg.accrual_months, cfg.horizon_months)
+
+
+def train_survival_stage(work_dir: str | Path, censor_fraction: float = 0.3, seed: int = SEED,
+                         horizon_months: float = PFS_THRESHOLD_MONTHS, survival_epochs: int = 0,
+                         n_jobs: int = 2) -> pd.DataFrame:
+    """Chapter 07's training as a stage of the book, run before the read-only pages.
+
+    The same settings (the page's parameters) give the same cache key, so the
+    page then only reads the folds this stage fitted (:func:`survival_cached`).
+
+    Returns
+    -------
+    DataFrame
+        :func:`fit_survival_models`'s table.
+    """
+    cfg = chapter_config(censor_fraction, seed, horizon_months, epochs=survival_epochs)
+    folds, cohort = study_cohort(work_dir)
+    return fit_survival_models(cfg, work_dir, censor(cohort, cfg), folds, n_jobs=n_jobs)
+
+
+def study_cohort(work_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``WORK/folds.csv`` and the cohort rows of the patients in it, sorted by id: ``(folds, cohort)``."""
+    work_dir = Path(work_dir)
+    folds = pd.read_csv(work_dir / "folds.csv", dtype={"patient_id": str})
+    cohort = pd.read_csv(work_dir / "cohort" / "cohort.csv", dtype={"patient_id": str})
+    cohort = cohort[cohort["patient_id"].isin(folds["patient_id"])].sort_values("patient_id").reset_index(drop=True)
+    return folds, cohort
+
+
+def concordance_against_truth(table: pd.DataFrame) -> pd.DataFrame:
+    """Per survival model, mean over folds of Harrell's and Uno's C and the C against the true PFS, and their gaps.
+
+    Returns
+    -------
+    DataFrame
+        Indexed by model: ``harrell, uno, c_true, harrell - c_true, uno - c_true``.
+    """
+    per = table.groupby("model")[["harrell", "uno", "c_true"]].mean()
+    return per.assign(**{"harrell - c_true": per["harrell"] - per["c_true"], "uno - c_true": per["uno"] - per["c_true"]})
+
+
+def useful_thresholds(curves: pd.DataFrame, models: Sequence[str], names: dict[str, str] | None = None,
+                      tolerance: float = 1e-9) -> pd.DataFrame:
+    """Where each model's decision curve lies above both "follow up everyone" and "follow up no one".
+
+    Parameters
+    ----------
+    curves : DataFrame
+        ``threshold, model, net_benefit`` with the rows ``all`` and ``none``
+        (:func:`prrt_utils.calibration.decision_curve_over_repeats`).
+
+    Returns
+    -------
+    DataFrame
+        ``model`` (display name) and ``thresholds where it beats both defaults``:
+        ``"lo–hi (k of n)"`` or ``"none"``.
+    """
+    names = names or {}
+    wide = curves.pivot(index="threshold", columns="model", values="net_benefit")
+    best_default = wide[["all", "none"]].max(axis=1)
+    useful = {m: wide.index[wide[m] > best_default + tolerance] for m in models}
+    return pd.DataFrame({
+        "model": [names.get(m, m) for m in models],
+        "thresholds where it beats both defaults": [
+            f"{u.min():.2f}–{u.max():.2f} ({len(u)} of {len(wide)})" if len(u) else "none" for u in useful.values()],
+    })
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassificationValue:
+    """Chapter 07's questions to the stored classification models: evaluation bias, calibration, value, uncertainty.
+
+    Every part is computed from the stored out-of-fold predictions (nothing is
+    retrained). Without any finished model every part is ``None`` and each
+    section shows nothing but the first, which says why.
+
+    Attributes
+    ----------
+    models : list of str
+    evaluation : DataFrame or None
+        :func:`evaluation_bias`: ``model, repeat, design, n, prevalence, auroc``.
+    evaluation_wide : DataFrame or None
+        Mean AUROC per model (rows) and design, with ``complete cases - truth``.
+    calibration : DataFrame or None
+        Per model, mean over repeats of ``prevalence, mean_prob, brier, intercept, slope``.
+    reliability : DataFrame or None
+        :func:`prrt_utils.calibration.reliability_table`.
+    recalibration_basis : DataFrame or None
+        :func:`prrt_utils.calibration.recalibration_basis` of the inner predictions.
+    recalibrated : DataFrame or None
+        ``brier, intercept, slope`` before and after recalibration within folds (``... recalibrated``).
+    decision : DataFrame or None
+        :func:`prrt_utils.calibration.decision_curve_over_repeats`.
+    bootstrap : DataFrame or None
+        Estimate and 95 % interval of AUROC and AUPRC per model, one column each.
+    reference : str
+        The pre-specified model the DeLong tests compare against (:func:`prrt_utils.explain.primary_model`).
+    delong : DataFrame or None
+        :func:`prrt_utils.calibration.delong_summary`; ``None`` also with a single model.
+    hazard_ratios : DataFrame or None
+        :func:`cox_hr_by_group` of ``reference``'s predicted groups, one row per repeat.
+    alpha : float
+    """
+
+    models: list[str]
+    evaluation: pd.DataFrame | None = None
+    evaluation_wide: pd.DataFrame | None = None
+    calibration: pd.DataFrame | None = None
+    reliability: pd.DataFrame | None = None
+    recalibration_basis: pd.DataFrame | None = None
+    recalibrated: pd.DataFrame | None = None
+    decision: pd.DataFrame | None = None
+    bootstrap: pd.DataFrame | None = None
+    reference: str = ""
+    delong: pd.DataFrame | None = None
+    hazard_ratios: pd.DataFrame | None = None
+    alpha: float = 0.05
+
+    @property
+    def available(self) -> bool:
+        """Whether any classification model had results."""
+        return self.evaluation is not None
+
+    @property
+    def lower(self) -> int:
+        """Models whose complete-case AUROC is below their AUROC against the truth."""
+        return int((self.evaluation_wide["complete cases - truth"] < 0).sum()) if self.available else 0
+
+    @property
+    def survivors(self) -> list[str]:
+        """Models whose difference from :attr:`reference` survives Holm's adjustment in every repeat."""
+        if self.delong is None:
+            return []
+        return self.delong.loc[self.delong["significant_holm"] == self.delong["repeats"], "model"].tolist()
+
+    def evaluation_section(self, names: dict[str, str] | None = None) -> tuple[Any, ...]:
+        """The complete-case evaluation table and its sentence, or why there is nothing to show."""
+        from IPython.display import Markdown
+
+        if not self.available:
+            return ("No classification model has finished results in this work folder: the sections below need them.",)
+        ev, wide = self.evaluation, self.evaluation_wide
+        return (wide.rename(index=names or {}).round(3), Markdown(
+            f"Came out: the complete-case AUROC is lower than the AUROC against the truth for **{self.lower} of "
+            f"{len(wide)}** models (mean difference {wide['complete cases - truth'].mean():+.3f}); "
+            f"prevalence {ev.loc[ev['design'] == 'complete cases', 'prevalence'].mean():.2f} among complete cases vs "
+            f"{ev.loc[ev['design'] == 'truth', 'prevalence'].mean():.2f} in truth."))
+
+    def calibration_section(self, names: dict[str, str] | None = None) -> tuple[Any, ...]:
+        """Mean calibration per model and the pooled reliability diagram."""
+        from prrt_utils import calibration as cal
+
+        if not self.available:
+            return ()
+        return (self.calibration.rename(index=names or {}).round(3), cal.reliability_figure(self.reliability, names))
+
+    def recalibration_section(self, names: dict[str, str] | None = None) -> tuple[Any, ...]:
+        """What the inner predictions hold per model, and calibration before and after recalibration."""
+        if not self.available:
+            return ()
+        names = names or {}
+        basis = self.recalibration_basis.assign(model=lambda f: f["model"].map(lambda m: names.get(m, m)))
+        return (basis, self.recalibrated.rename(index=names).round(3))
+
+    def decision_section(self, names: dict[str, str] | None = None) -> tuple[Any, ...]:
+        """The decision curves and, per model, the thresholds where it beats both defaults."""
+        from prrt_utils import calibration as cal
+
+        if not self.available:
+            return ()
+        return (cal.decision_figure(self.decision, names), useful_thresholds(self.decision, self.models, names))
+
+    def bootstrap_section(self, names: dict[str, str] | None = None) -> tuple[Any, ...]:
+        """Bootstrap estimates and intervals, one row per model."""
+        return (self.bootstrap.rename(index=names or {}).round(3),) if self.available else ()
+
+    def delong_section(self, names: dict[str, str] | None = None, n_patients: int = 0) -> tuple[Any, ...]:
+        """DeLong's comparisons with the reference and which differences survive, in words."""
+        from IPython.display import Markdown
+
+        if self.delong is None:
+            return ()
+        names = names or {}
+        survive = [names.get(m, m) for m in self.survivors]
+        ref = names.get(self.reference, self.reference)
+        return (self.delong.assign(model=self.delong["model"].map(lambda m: names.get(m, m))).round(3), Markdown(
+            f"**Which differences survive.** Against {ref}, the AUROC difference is significant "
+            f"after Holm's adjustment in every repeat for: {', '.join(survive) if survive else 'no model'}. "
+            f"For the others the data do not show a difference at the {self.alpha:.0%} level in every repeat; "
+            f"with about {n_patients} patients, small AUROC differences cannot be told apart from chance."))
+
+    def summary_lines(self, names: dict[str, str] | None = None) -> list[str]:
+        """The chapter summary's bullets about the classification models (none without results)."""
+        if not self.available:
+            return []
+        names = names or {}
+        wide, calib = self.evaluation_wide, self.calibration
+        lines = [
+            f"* **Complete-case evaluation** lowers the AUROC of {self.lower} of {len(wide)} stored models "
+            f"(mean {wide['complete cases - truth'].mean():+.3f}).",
+            f"* **Calibration**: slopes from {calib['slope'].min():.2f} to {calib['slope'].max():.2f} "
+            f"(1 is ideal), Brier scores from {calib['brier'].min():.3f} to {calib['brier'].max():.3f}.",
+        ]
+        if self.delong is not None:
+            survive = [names.get(m, m) for m in self.survivors]
+            lines.append(f"* **DeLong**: against {names.get(self.reference, self.reference)}, differences surviving "
+                         f"Holm's adjustment in every repeat: {', '.join(survive) if survive else 'none'}.")
+        return lines
+
+
+def assess_classification(predictions: pd.DataFrame | None, inner: pd.DataFrame | None, censored: pd.DataFrame,
+                          survival: pd.DataFrame | None, models: Sequence[str], n_boot: int = 1000, seed: int = SEED,
+                          alpha: float = 0.05, threshold: float = 0.5) -> ClassificationValue:
+    """Compute every part of :class:`ClassificationValue` from stored predictions (chapter 07).
+
+    Parameters
+    ----------
+    predictions : DataFrame or None
+        Out-of-fold predictions of ``models``; ``None`` (or no model) gives an empty result.
+    inner : DataFrame or None
+        Inner predictions of the same folds (:func:`prrt_utils.grid.read_inner_results`).
+    censored : DataFrame
+        :func:`administrative_censoring` of the cohort.
+    survival : DataFrame or None
+        ``patient_id, pfs_months, event`` (uncensored PFS) for the hazard ratios.
+    models : sequence of str
+    n_boot, seed : int
+        Bootstrap resamples and their seed.
+    alpha : float
+        Level of DeLong's tests (Holm-adjusted within a repeat).
+    threshold : float
+        P(long PFS) cut-off of the predicted groups of the hazard ratios.
+
+    Returns
+    -------
+    ClassificationValue
+    """
+    from prrt_utils import calibration as cal
+    from prrt_utils import explain
+
+    models = list(models)
+    if predictions is None or not models:
+        return ClassificationValue(models=models, alpha=alpha)
+    ev = evaluation_bias(predictions, censored)
+    wide = ev.pivot_table(index="model", columns="design", values="auroc").reindex(models)
+    wide["complete cases - truth"] = wide["complete cases"] - wide["truth"]
+    calib = (cal.calibration_table(predictions, models)
+             .groupby("model", sort=False)[["prevalence", "mean_prob", "brier", "intercept", "slope"]].mean())
+    recal = cal.recalibrate_within_folds(predictions, inner)
+    after = cal.calibration_table(recal, models).groupby("model", sort=False)[["brier", "intercept", "slope"]].mean()
+    boot = cal.bootstrap_table(predictions, models, n_boot=n_boot, seed=seed)
+    boot_wide = boot.set_index(["model", "metric"])[["estimate", "lower", "upper"]].unstack("metric")
+    boot_wide.columns = [f"{m} {s}" for s, m in boot_wide.columns]
+    best = explain.primary_model(models)
+    others = [m for m in models if m != best]
+    delong = cal.delong_summary(cal.delong_table(predictions, best, others), alpha) if others else None
+    hr = None
+    if survival is not None:
+        hr = pd.concat([
+            cox_hr_by_group(explain.survival_frame(predictions, survival, best, r), threshold, prob_is="short")
+            .to_frame().assign(repeat=r)
+            for r in sorted(predictions["repeat"].unique())
+        ], ignore_index=True)
+    return ClassificationValue(
+        models=models, evaluation=ev, evaluation_wide=wide, calibration=calib,
+        reliability=cal.reliability_table(predictions, models), recalibration_basis=cal.recalibration_basis(inner),
+        recalibrated=calib[["brier", "intercept", "slope"]].join(after, rsuffix=" recalibrated"),
+        decision=cal.decision_curve_over_repeats(predictions, models), bootstrap=boot_wide, reference=best,
+        delong=delong, hazard_ratios=hr, alpha=alpha)
+
+
+def classification_value(work_dir: str | Path, censored: pd.DataFrame, n_boot: int = 1000, seed: int = SEED,
+                         alpha: float = 0.05) -> ClassificationValue:
+    """:func:`assess_classification` of every model with finished results in ``WORK/results`` (none: empty)."""
+    from prrt_utils import explain, grid
+
+    work_dir = Path(work_dir)
+    models = explain.available_models(work_dir) if (work_dir / "results").is_dir() else []
+    if not models:
+        return ClassificationValue(models=[], alpha=alpha)
+    return assess_classification(grid.read_results(work_dir, models), grid.read_inner_results(work_dir, models),
+                                 censored, explain.read_survival(work_dir), models, n_boot=n_boot, seed=seed,
+                                 alpha=alpha)

@@ -20,7 +20,9 @@ decision curve, the Kaplan-Meier by prediction and the shift table.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -29,7 +31,8 @@ from prrt_utils import store
 from prrt_utils.cohort import PFS_THRESHOLD_MONTHS
 from prrt_utils.package import ModelPackage, cohort_summary, load_package
 
-__all__ = ["RATIO_FLAG", "recalibrate_in_the_large", "run_validation", "shift_table"]
+__all__ = ["EXPECTED_SHIFT", "RATIO_FLAG", "ValidationChapter", "final_package", "hazard_ratio_sentence", "recalibrate_in_the_large",
+           "run_validation", "shift_sentence", "shift_table", "validation_chapter", "validation_cohort"]
 
 RATIO_FLAG = 1.5
 """A laboratory value whose validation median is more than 1.5 times (or less than 1/1.5 of) the
@@ -232,3 +235,238 @@ more than 1.5 times higher or lower):
 </body></html>"""
     store.write_text(path, page)
     return Path(path)
+
+
+# --------------------------------------------------------------------------- chapter 08: what its cells show
+
+EXPECTED_SHIFT = frozenset({"cga_ug_l", "ggt_u_l"})
+"""Laboratory assays that differ at the synthetic second centre (``prrt_utils.synth``): what chapter 08 expects
+the shift screening to flag there."""
+
+
+def validation_cohort(data_dir: str | Path, validation_data: str | Path = "") -> Path:
+    """The other cohort of chapter 08: ``validation_data`` when given, else the synthetic second centre beside
+    ``data_dir`` (``<data_dir>/../synthetic-b``)."""
+    return Path(validation_data) if str(validation_data) else Path(data_dir).parent / "synthetic-b"
+
+
+def shift_sentence(shift: pd.DataFrame, expected: frozenset[str] | set[str] | None = None) -> str:
+    """The flagged features in words and, for the synthetic second centre (``expected`` given), whether the
+    assays known to differ were flagged."""
+    flagged = shift.loc[shift["shifted"], "feature"].tolist()
+    note = ""
+    if expected is not None:
+        missing = sorted(set(expected) - set(flagged))
+        note = (f" Expected on the synthetic second centre: {', '.join(sorted(expected))}; "
+                + ("all of them flagged." if not missing else
+                   f"not flagged: {', '.join(missing)} (its shift stays under the screening rule's thresholds)."))
+    return f"Flagged: **{', '.join(flagged) or 'none'}**.{note}"
+
+
+def hazard_ratio_sentence(hr: Any) -> str:
+    """A :class:`prrt_utils.survival.CoxHRResult` of predicted short vs long PFS in words (or why there is none)."""
+    if min(hr.n_short, hr.n_long) == 0:
+        return (f"At the threshold 0.5 every patient falls into one group ({hr.n_short} predicted short, "
+                f"{hr.n_long} predicted long): no hazard ratio can be estimated. With predictions this far "
+                "from the observed share (see calibration), the paper's fixed threshold does not transport.")
+    return (f"Hazard ratio, predicted short vs predicted long: **{hr.hazard_ratio:.2f}** (95 % CI "
+            f"{hr.ci[0]:.2f} to {hr.ci[1]:.2f}, p = {hr.p_value:.3g}; {hr.n_short} vs {hr.n_long} patients).")
+
+
+@dataclasses.dataclass(frozen=True)
+class ValidationChapter:
+    """Everything chapter 08 shows, computed once; each section returns what its cell displays.
+
+    Attributes
+    ----------
+    other : Path
+        The other cohort's raw export.
+    model : str
+        The packaged model; ``name`` its display name.
+    package : ModelPackage or None
+        ``None`` when there is no other cohort (``ready`` false): then every section is empty.
+    predictions, shift : DataFrame or None
+        :func:`load_results` of the validation.
+    discrimination, calibration : DataFrame or None
+        :func:`discrimination`, :func:`calibration_summary` (its table).
+    development : MetricSummary or None
+        The same model's AUROC in cross-validation on the development cohort.
+    figures : dict or None
+        :func:`figures`.
+    patient : PatientPrediction or None
+        The example report's prediction; ``report_href`` links to the report from the page.
+    expected_shift : frozenset or None
+        Assays expected to be flagged (synthetic second centre only).
+    """
+
+    other: Path
+    model: str
+    name: str
+    package: Any = None
+    predictions: pd.DataFrame | None = None
+    shift: pd.DataFrame | None = None
+    discrimination: pd.DataFrame | None = None
+    calibration: pd.DataFrame | None = None
+    development: Any = None
+    figures: dict | None = None
+    patient: Any = None
+    report_href: str = ""
+    expected_shift: frozenset[str] | None = None
+
+    @property
+    def ready(self) -> bool:
+        """Whether there was another cohort to validate on."""
+        return self.package is not None
+
+    def intro(self) -> tuple[Any, ...]:
+        """Nothing when ready; else the sentence saying how to get a validation cohort."""
+        from IPython.display import Markdown
+
+        if self.ready:
+            return ()
+        return (Markdown(f"**No validation cohort** (`{self.other}` holds none): this chapter has nothing to show. Run "
+                         "`prrt validate --model PACKAGE --cohort OTHER.yaml` with a package made by "
+                         "`prrt train-final`, or give this page `validation_data`."),)
+
+    def manifest_section(self) -> tuple[Any, ...]:
+        """The package's manifest without the per-file checksums."""
+        if not self.ready:
+            return ()
+        manifest = {k: v for k, v in self.package.manifest.items() if k not in ("sha256", "source_key")}
+        return (pd.Series(manifest, name="manifest").to_frame(),)
+
+    def predictions_section(self) -> tuple[Any, ...]:
+        """How many patients were predicted and how many have a known 12-month outcome."""
+        from IPython.display import Markdown
+
+        if not self.ready:
+            return ()
+        lab = labelled(self.predictions)
+        return (Markdown(f"**{len(self.predictions)}** patients predicted, **{len(lab)}** with a known 12-month "
+                         f"outcome ({int(lab['y_true'].sum())} with PFS ≤ 12 months)."),)
+
+    def shift_section(self) -> tuple[Any, ...]:
+        """The flagged features in words and the shift table."""
+        from IPython.display import Markdown
+
+        if not self.ready:
+            return ()
+        return (Markdown(shift_sentence(self.shift, self.expected_shift)), self.shift.round(3))
+
+    def discrimination_section(self) -> tuple[Any, ...]:
+        """AUROC and AUPRC with intervals, and the AUROC beside the development cross-validation."""
+        from IPython.display import Markdown
+
+        if not self.ready:
+            return ()
+        auc = self.discrimination.loc[self.discrimination["metric"] == "AUROC"].iloc[0]
+        return (self.discrimination.round(3), Markdown(
+            f"{self.name}: AUROC **{auc['estimate']:.2f}** ({auc['ci_lower']:.2f} to {auc['ci_upper']:.2f}) "
+            f"on the other cohort; {self.development.format()} in cross-validation on the "
+            "development cohort (mean ± standard error over repeats)."))
+
+    def calibration_section(self) -> tuple[Any, ...]:
+        """Calibration as shipped and recalibrated, and the reliability diagram."""
+        return (self.calibration.round(3), self.figures["reliability"]) if self.ready else ()
+
+    def decision_section(self) -> tuple[Any, ...]:
+        """The decision curve."""
+        return (self.figures["decision"],) if self.ready else ()
+
+    def survival_section(self) -> tuple[Any, ...]:
+        """The hazard ratio in words and the Kaplan-Meier curves by prediction."""
+        from IPython.display import Markdown
+
+        if not self.ready:
+            return ()
+        return (Markdown(hazard_ratio_sentence(self.figures["hazard_ratio"])), self.figures["km"])
+
+    def report_section(self) -> tuple[Any, ...]:
+        """The link to the example patient report."""
+        from IPython.display import HTML
+
+        if self.patient is None:
+            return ()
+        pred = self.patient.prediction
+        return (HTML(f'<p><a href="{self.report_href}">Open the example report</a> (report '
+                     f"{self.patient.report_id}: probability {pred['prob']:.2f}, fold models "
+                     f"{pred['prob_folds_q05']:.2f} to {pred['prob_folds_q95']:.2f}).</p>"),)
+
+    def findings(self, names: dict[str, str] | None = None) -> Any:
+        """The chapter's key findings (:func:`prrt_utils.findings.validation_findings`)."""
+        from prrt_utils import findings
+
+        if not self.ready:
+            return findings.KeyFindings(("No validation cohort: nothing to report.",))
+        return findings.validation_findings(self.discrimination, self.development, self.calibration, self.model, names)
+
+
+def final_package(work_dir: str | Path, model: str, profile: str = "default", seed: int = 0,
+                  epochs: int = 0) -> Path:
+    """``WORK/packages/<model>/``: the final model of chapter 08, trained, or reused when made from the same
+    results and settings (:func:`prrt_utils.package.train_final`). The book trains it as a stage before
+    the read-only pages; the page then reuses it."""
+    from prrt_utils import package
+    from prrt_utils.training import TrainConfig
+
+    cfg = TrainConfig.profile(profile, seed=seed, **({"epochs": int(epochs)} if epochs else {}))
+    return package.train_final(work_dir, Path(work_dir) / "packages" / model, model, cfg)
+
+
+def validation_chapter(work_dir: str | Path, data_dir: str | Path, model: str, validation_data: str | Path = "", *,
+                       profile: str = "default", seed: int = 0, epochs: int = 0, n_jobs: int = 2, n_boot: int = 1000,
+                       names: dict[str, str] | None = None, static_dir: str | Path | None = None) -> ValidationChapter:
+    """Chapter 08 end to end: package ``model``, validate it on the other cohort, and report one patient.
+
+    Parameters
+    ----------
+    work_dir : path
+        The development ``WORK``: its results, ``packages/<model>/`` and ``validation-centre/``.
+    data_dir : path
+        The development cohort (the synthetic second centre lies beside it).
+    model : str
+        The model to package.
+    validation_data : path, optional
+        The other cohort's raw export; empty: :func:`validation_cohort`.
+    profile, seed, epochs : str, int, int
+        Training recipe of the final model (``epochs`` 0: the profile's).
+    n_jobs, n_boot : int
+        Preprocessing workers; bootstrap resamples.
+    names : dict, optional
+        Display names.
+    static_dir : path, optional
+        Where the example patient report is written (default :func:`prrt_utils.book.static_dir`); the page
+        links to it through :func:`prrt_utils.book.static_href`.
+
+    Returns
+    -------
+    ValidationChapter
+        Empty (``ready`` false) when the other cohort has no ``clinical.csv``.
+    """
+    from prrt_utils import book, metrics, package
+    from prrt_utils.patient_report import predict_patient, write_report
+
+    names = names or {}
+    other = validation_cohort(data_dir, validation_data)
+    name = names.get(model, model)
+    if not (other / "clinical.csv").is_file():
+        return ValidationChapter(other=other, model=model, name=name)
+    work_dir = Path(work_dir)
+    pkg = package.load_package(final_package(work_dir, model, profile=profile, seed=seed, epochs=epochs))
+    out = run_validation(pkg, other, work_dir / "validation-centre", n_jobs=n_jobs)
+    pred, shift, _ = load_results(out)
+    development = metrics.evaluate(pd.read_parquet(work_dir / "results" / "predictions.parquet")
+                                   .query("model == @model")).get(model)
+    clinical = pd.read_csv(other / "clinical.csv", dtype={"patient_id": str}).set_index("patient_id")
+    first = pred["patient_id"].iloc[0]  # the first patient whose images were usable
+    one = predict_patient(pkg, other / "imaging" / first,
+                          {c: float(clinical.loc[first, c]) for c in pkg.manifest["lab_columns"]})
+    # plotly.js from the book's own copy beside it in _static (prrt predict embeds it instead)
+    static = Path(static_dir) if static_dir is not None else book.static_dir()
+    write_report(pkg, one, static / "patient_report.html", plotlyjs="plotly.min.js")
+    return ValidationChapter(
+        other=other, model=model, name=name, package=pkg, predictions=pred, shift=shift,
+        discrimination=discrimination(pred, n_boot=n_boot, seed=seed), calibration=calibration_summary(pred)[0],
+        development=development, figures=figures(pred, name), patient=one,
+        report_href=book.static_href("patient_report.html"),
+        expected_shift=None if str(validation_data) else EXPECTED_SHIFT)

@@ -518,3 +518,32 @@ def test_the_glossary_is_a_page_of_the_book_and_every_term_link_names_one_of_its
     assert {name for name, _ in links} >= {"intro.md"}, "the introduction links its first terms"
     unknown = [(page, t) for page, t in links if t not in terms]
     assert not unknown, f"{{term}} links to terms the glossary does not define: {unknown}"
+
+
+def test_page_parameters_are_the_cells_values_overridden_by_the_books_for_the_names_it_declares():
+    from prrt_utils.book import page_parameters, repo_root
+
+    cfg = BookConfig(seed=5, n_jobs=3, epochs=7)
+    p = page_parameters(repo_root(), "07_survival", cfg)
+    assert (p["seed"], p["n_jobs"], p["censor_fraction"], p["survival_epochs"]) == (5, 3, 0.3, 0)
+    assert "epochs" not in p  # chapter 07 does not declare the book's epochs
+    assert page_parameters(repo_root(), "08_validation", cfg)["epochs"] == 7
+
+
+def test_the_chapters_training_runs_as_stages_with_the_pages_own_parameters(tmp_path, monkeypatch):
+    from prrt_utils import book, survival, validation
+
+    root = book.repo_root()
+    calls = {}
+    monkeypatch.setattr(survival, "train_survival_stage", lambda *a: calls.setdefault("survival", a))
+    monkeypatch.setattr(validation, "final_package", lambda *a, **k: calls.setdefault("package", (a, k)))
+    monkeypatch.setattr(book, "ensure_second_centre", lambda cfg, root, progress: None)
+    monkeypatch.setattr(validation, "validation_cohort", lambda data_dir, other: tmp_path)
+    cfg = BookConfig(seed=3, n_jobs=2, epochs=4, work_dir="w")
+    seconds = book.train_chapter_models(cfg, root)
+    assert calls["survival"] == (root / "w", 0.3, 3, 12.0, 0, 2)
+    assert "package" not in calls and list(seconds) == ["survival models of chapter 07 (trained or reused)"]
+    (tmp_path / "clinical.csv").write_text("patient_id\n")
+    seconds = book.train_chapter_models(cfg, root)
+    assert calls["package"] == ((root / "w", "pet_fusion"), {"profile": "default", "seed": 3, "epochs": 4})
+    assert "final model package of chapter 08 (trained or reused)" in seconds

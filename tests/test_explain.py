@@ -340,3 +340,101 @@ def test_the_single_model_analyses_use_the_pre_specified_model_not_the_best_scor
     # Without it: the fusion model with the most inputs by registry order, whatever the scores.
     assert primary_model(["rf_labs", "pet_fusion", "petct_fusion", "pet_only"]) == "petct_fusion"
     assert primary_model(["rf_labs", "pet_only"]) == "pet_only"
+
+
+def test_compare_model_families_orders_the_families_and_lists_their_members():
+    from types import SimpleNamespace
+
+    rng = np.random.default_rng(0)
+    models = ["rf_labs", "pet_only", "pet_fusion", "petct_fusion"]
+    rows = [{"model": m, "repeat": r, "fold": f, "auroc": 0.5 + 0.1 * k + rng.normal(0, 0.02)}
+            for k, m in enumerate(models) for r in range(3) for f in range(3)]
+    fm = pd.DataFrame(rows)
+    fc = explain.compare_model_families(fm, models)
+    assert fc.order == ("unimodal", "one_image_fusion", "dual_fusion")
+    assert fc.members() == {"unimodal": ["rf_labs", "pet_only"], "one_image_fusion": ["pet_fusion"],
+                            "dual_fusion": ["petct_fusion"]}
+    assert set(fc.comparisons) == {"fold", "repeat"}
+    assert len(fc.table()) == 4  # two comparisons x two sample units
+    texts = [x for x in fc.disagreements(0.05) if isinstance(x, str)]
+    assert len(texts) == 2 and "per-fold" in texts[0] and "per-repeat" in texts[1]
+    one = explain.compare_model_families(fm[fm["model"].isin(["rf_labs", "pet_only"])], ["rf_labs", "pet_only"])
+    assert one.comparisons == {} and one.table().startswith("Fewer than two") and one.disagreements() == ()
+    assert explain.km_note(SimpleNamespace(n_long=3, n_short=4, threshold=0.5)) is None
+    assert "one group at threshold 0.5" in explain.km_note(SimpleNamespace(n_long=0, n_short=7, threshold=0.5))
+
+
+class _StubExplainer:
+    """What chapter 06's functions ask of an Explainer, with known answers."""
+
+    def __init__(self):
+        from types import SimpleNamespace
+
+        self.config = SimpleNamespace(vmin=0.3, repeat=0, bins=10)
+        self.folds = pd.DataFrame({"repeat": [0, 0, 1], "patient_id": ["B", "A", "C"]})
+        pet = np.arange(2 * 1 * 2 * 2 * 2, dtype=np.float32).reshape(2, 1, 2, 2, 2)
+        self.data = SimpleNamespace(volumes={"pet": pet}, y=np.array([1, 0]), rows=lambda ids: [["A", "B"].index(i) for i in ids])
+        self.asked = []
+
+    def lab_gradients(self, models):
+        self.asked.append(list(models))
+        return pd.DataFrame({"model": ["pet_fusion"] * 4, "feature": ["ast_u_l", "ast_u_l", "cga_ug_l", "cga_ug_l"],
+                             "gradient": [-1.0, 3.0, 0.5, 0.5]})
+
+    def saliency(self, model, ids):
+        return np.full((1, 2, 2, 2), 2.0 if model == "pet_only" else -4.0, dtype=np.float32)
+
+    def labels_on_grid(self, ids):
+        labels = np.zeros((len(ids), 2, 2, 2), np.uint8)
+        labels[:, 0, 0, 0] = 7
+        vols = pd.DataFrame({"region": ["lesion", "liver", "lesion"], "volume_ml_fractional": [1.0, 4.0, 1.0],
+                             "volume_ml_majority": [1.0, 4.0, 0.0]})
+        return {"labels": labels, "names": {7: "lesion", 1: "liver"}, "volumes": vols}
+
+    def alignment_check(self, pid):
+        return 0.9876
+
+    def saliency_mass(self, models):
+        return pd.DataFrame({"model": ["pet_only"] * 2, "region": ["lesion", "liver"], "mass_fraction": [0.6, 0.4],
+                             "enrichment": [50.0, 1.0], "n_patients": [2, 2], "n_without_saliency": [0, 0]})
+
+
+def test_lab_gradient_table_is_the_mean_absolute_and_signed_gradient_per_lab_and_none_without_fusion():
+    ex = _StubExplainer()
+    assert explain.lab_gradient_table(ex, []) is None and ex.asked == []
+    table = explain.lab_gradient_table(ex, ["pet_fusion"])
+    assert table.loc["ast_u_l", ("mean_abs_gradient", "pet_fusion")] == 2.0
+    assert table.loc["ast_u_l", ("mean_gradient", "pet_fusion")] == 1.0
+    assert table.loc["cga_ug_l", ("mean_gradient", "pet_fusion")] == 0.5
+
+
+def test_saliency_panels_normalise_each_map_outline_the_lesions_and_quote_the_repeats_predictions():
+    ex = _StubExplainer()
+    pred = pd.DataFrame({"model": ["pet_only", "pet_fusion", "pet_only", "pet_fusion", "pet_only"],
+                         "repeat": [0, 0, 1, 1, 0], "patient_id": ["B"] * 4 + ["A"], "prob": [0.25, 0.75, 0.9, 0.9, 0.5]})
+    panels, checks = explain.saliency_panels(ex, pred, ["pet_only", "pet_fusion"], ["B"], 0,
+                                             {"pet_only": "PET only"}, with_lesions=True)
+    (panel,) = panels
+    assert panel.title == "B: long PFS; P(short) PET only 0.25, pet_fusion 0.75"
+    assert set(panel.maps) == {"PET only", "pet_fusion"} and all((m == 1.0).all() for m in panel.maps.values())
+    np.testing.assert_array_equal(panel.pet, ex.data.volumes["pet"][1, 0])
+    assert panel.lesions.sum() == 1 and panel.lesions[0, 0, 0]
+    assert checks == ["B: PET vs resampled true SUV, Pearson r = 0.988 (label geometry check)"]
+    assert explain.saliency_panels(ex, pred, [], ["B"], 0) == ([], [])
+    panels, checks = explain.saliency_panels(ex, pred, ["pet_only"], ["A"], 0, with_lesions=False)
+    assert panels[0].lesions is None and checks == [] and panels[0].title.startswith("A: short PFS")
+
+
+def test_saliency_mass_section_needs_truth_and_sums_the_region_volumes_of_the_repeat():
+    ex = _StubExplainer()
+    none = explain.saliency_mass_section(ex, ["pet_only"], False, "data/own")
+    assert none.mass is None and none.tables() == (none.reason,) and "data/own" in none.reason
+    assert "real cohort has none" in none.findings().sentences[0]
+    sec = explain.saliency_mass_section(ex, ["pet_only"], True)
+    assert sec.volumes.loc["lesion", "volume_ml_fractional"] == 2.0
+    assert sec.volumes.loc["lesion", "ratio"] == 0.5 and sec.volumes.loc["liver", "ratio"] == 1.0
+    fraction, enrichment, _ = sec.tables()
+    assert fraction.loc["lesion", "pet_only"] == 0.6 and enrichment.loc["lesion", "pet_only"] == 50.0
+    assert "60 %" in sec.findings().sentences[0]
+    assert explain.gradient_comparison(ex, ["pet_only"]) == (
+        "Two PET models are needed for this comparison (parameter `compare`).",)

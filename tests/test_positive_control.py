@@ -209,3 +209,28 @@ def test_the_books_positive_control_ran_on_the_same_folds_and_is_reused(built_bo
     assert [p.stat().st_mtime_ns for p in done] == stamps
     page = (built_book / "_build" / "html" / "book" / "executed" / "positive_control.html").read_text()
     assert "NOT JUDGED" in page and "21 patients" in page and "Traceback" not in page
+
+
+def test_the_page_shows_the_stored_control_or_only_why_it_did_not_run():
+    from prrt_utils.positive_control import SHUFFLED_NAME, PositiveControlPage, positive_control_page
+
+    empty = positive_control_page("", "work")
+    assert empty.result is None and "was not run in this book" in empty.intro().data
+    assert empty.verdict() == empty.per_repeat() == empty.ceilings() == empty.losses() == empty.shuffled() == ()
+    assert empty.metrics_figure() is None
+    assert empty.names[SHUFFLED_NAME] == "PET only, shuffled labels"
+
+    pred = _fake_predictions()
+    page = PositiveControlPage(_result(pred, 0.2, full_size=False), "data/pc", "default",
+                               {"pet_only": "PET only", SHUFFLED_NAME: "PET only, shuffled labels"})
+    assert page.intro() == ("Training profile: 'default'. Cohort: data/pc (21 patients, seed 0); "
+                            "cross-validation 5 x 3.")
+    (shuffled,) = page.shuffled()
+    assert len(shuffled) == 15 and list(shuffled.columns) == ["repeat", "fold", "auroc", "prob_sd"]
+    fm = page.result.results.fold_metrics
+    assert shuffled["auroc"].tolist() == fm.loc[fm["model"] == SHUFFLED_NAME, "auroc"].tolist()
+    assert page.ceilings() == ("No ground truth in data/pc: no ceiling to show.",)
+    (per_repeat,) = page.per_repeat()
+    assert set(per_repeat["model"]) == {"PET only", "PET only, shuffled labels"}
+    _, kept = page.losses()
+    assert kept.loc["PET only", "train_loss_kept"] == 0.2 and kept.loc["PET only", "best_epoch"] == 5

@@ -259,3 +259,47 @@ def test_a_synthetic_study_is_pretrained_on_an_independent_population_with_no_st
     assert pop["folder"] == "synthetic-pretrain" and pop["study_patients"] == 0
     assert (tmp_path / "data" / "synthetic-pretrain" / "complete.json").is_file()
     assert "lesion" in result.dice["class"].tolist() and pop["lesion_class"].startswith("taught")
+
+
+def test_dice_verdict_sorts_classes_by_the_two_thresholds():
+    dice = pd.DataFrame({"class": ["liver", "kidney", "lesion", "spleen"], "dice_mean": [0.9, 0.5, 0.05, 0.3]})
+    assert pretrain.dice_verdict(dice) == ("Classes segmented with Dice ≥ 0.5 on held-out patients: **liver, kidney**. "
+                                           "Not learned (Dice < 0.1): **lesion**.")
+    assert "**none**. Not learned" in pretrain.dice_verdict(dice.assign(dice_mean=0.2))
+
+
+def test_card_markdown_states_population_study_patients_and_checkpoint():
+    card = {"task": "anatomy segmentation", "classes": ["background", "liver", "spleen"],
+            "population": {"kind": "synthetic", "folder": "data/synthetic-pretrain", "synthetic_seed": 1000,
+                           "study_seed": 0, "n_patients": 60, "study_patients": 0, "lesion_class": "kept",
+                           "seconds_generate_and_preprocess": 12.4},
+            "labels_source": "generator", "n_train": 48, "n_held_out": 12, "n_skipped": 0,
+            "created_for_model": "petct_fusion_pretrained", "encoder": {"channels": [8, 16], "strides": [2, 2]},
+            "seconds": 30.2, "device": "cpu", "threads": 1, "held_out_dice_mean_foreground": 0.734,
+            "checkpoint_sha256": "abcdef0123456789ffff"}
+    cfg = pretrain.PretrainConfig(epochs=3, seed=7)
+    md = pretrain.card_markdown(card, cfg, reused=True)
+    assert "2 classes plus background" in md and "generator seed 1000 against the cohort's 0" in md
+    assert "**0 study patients**" in md and "held out (by patient, seed 7)" in md and "3 epochs" in md
+    assert "(this run reused the cached checkpoint)" in md and "0.73" in md and "`abcdef0123456789…`" in md
+    del card["population"]["synthetic_seed"]
+    assert "generator seed" not in pretrain.card_markdown(card, cfg)
+
+
+def test_the_page_without_pretraining_says_where_the_ct_branch_starts(tmp_path):
+    cfg = pretrain.PretrainConfig()
+    page = pretrain.pretrain_page(tmp_path / "work", tmp_path / "data", cfg, ct_init="none")
+    assert page.start == "none" and page.result is None and not page.population_found
+    assert "FROM SCRATCH" in page.statement().data and "--pretrain-data DIR" in page.statement().data
+    assert page.card() is None and page.losses() is None and page.dice() == () and page.load_check() == ()
+    given = pretrain.PretrainPage(cfg, "/somewhere/encoder.pt")
+    assert "checkpoint `encoder.pt` given by path" in given.statement().data
+    asked = pretrain.PretrainPage(cfg, "none", population_found=True)
+    assert "(`ct_init: none` was asked for)" in asked.statement().data
+
+
+def test_loss_figure_draws_the_training_and_held_out_losses():
+    history = pd.DataFrame({"epoch": [1, 2], "train_loss": [1.0, 0.5], "held_out_loss": [1.1, 0.7]})
+    fig = pretrain.loss_figure(history)
+    assert [t.name for t in fig.data] == ["training patients", "held-out patients"]
+    assert list(fig.data[1].y) == [1.1, 0.7]

@@ -141,3 +141,107 @@ def test_survival_cnn_trains_identically_twice(tmp_path):
     b = sv.run_survival(cfg, tmp_path / "b", cens, data, one, threads=1).attrs["predictions"]
     pd.testing.assert_frame_equal(a, b)
     assert a.loc[a["model"] == "cox_pet_fusion", "log_risk"].std() > 0  # not a constant network
+
+
+def test_chapter_config_keeps_the_default_epochs_unless_asked():
+    assert sv.chapter_config(0.2, 3, 12.0).epochs == sv.SurvivalConfig().epochs
+    cfg = sv.chapter_config(0.2, 3, 12.0, epochs=5)
+    assert (cfg.epochs, cfg.censor_fraction, cfg.seed) == (5, 0.2, 3)
+
+
+def test_survival_cached_says_whether_every_fold_is_stored_and_fitting_then_loads_no_inputs(tmp_path, monkeypatch):
+    from prrt_utils import explain
+
+    data, cohort, folds = _toy()
+    folds.to_csv(tmp_path / "folds.csv", index=False)
+    cens = sv.administrative_censoring(cohort, 0.2)
+    cfg = sv.SurvivalConfig(cnn_model="", device="cpu")
+    assert sv.survival_models(cfg) == ["cox_labs"]
+    assert sv.survival_models(sv.SurvivalConfig()) == ["cox_labs", "cox_pet_fusion"]
+    assert not sv.survival_cached(cfg, tmp_path, cens, folds)
+    loads = []
+    monkeypatch.setattr(explain, "cohort_data", lambda work_dir, modalities: loads.append(modalities) or data)
+    first = sv.fit_survival_models(cfg, tmp_path, cens, folds, n_jobs=2)
+    assert loads == [("pet",)] and len(first) == 3
+    assert sv.survival_cached(cfg, tmp_path, cens, folds)
+    assert not sv.survival_cached(cfg, tmp_path, sv.administrative_censoring(cohort, 0.4), folds)  # other outcome
+    assert not sv.survival_cached(cfg.replace(cnn_model="pet_fusion"), tmp_path, cens, folds)  # a CNN not fitted
+    again = sv.fit_survival_models(cfg, tmp_path, cens, folds)
+    assert loads == [("pet",)]  # read from the cache: no inputs loaded
+    pd.testing.assert_frame_equal(first, again)
+
+
+def test_concordance_against_truth_is_the_mean_over_folds_and_its_gaps():
+    table = pd.DataFrame({"model": ["a", "a", "b"], "harrell": [0.6, 0.8, 0.5], "uno": [0.5, 0.7, 0.4],
+                          "c_true": [0.7, 0.7, 0.6]})
+    per = sv.concordance_against_truth(table)
+    assert per.loc["a"].round(6).to_dict() == {"harrell": 0.7, "uno": 0.6, "c_true": 0.7, "harrell - c_true": 0.0,
+                                               "uno - c_true": -0.1}
+    assert per.loc["b", "uno - c_true"] == pytest.approx(-0.2)
+
+
+def test_useful_thresholds_are_where_a_curve_beats_both_defaults():
+    t = [0.1, 0.2, 0.3, 0.4]
+    curves = pd.concat([
+        pd.DataFrame({"threshold": t, "model": "all", "net_benefit": [0.3, 0.2, 0.1, 0.0]}),
+        pd.DataFrame({"threshold": t, "model": "none", "net_benefit": 0.0}),
+        pd.DataFrame({"threshold": t, "model": "m1", "net_benefit": [0.25, 0.22, 0.15, 0.05]}),
+        pd.DataFrame({"threshold": t, "model": "m2", "net_benefit": [0.3, 0.2, 0.1, 0.0]}),
+    ])
+    out = sv.useful_thresholds(curves, ["m1", "m2"], {"m1": "Model one"})
+    assert out["model"].tolist() == ["Model one", "m2"]
+    assert out["thresholds where it beats both defaults"].tolist() == ["0.20–0.40 (3 of 4)", "none"]
+
+
+def _stored(n=90, seed=0):
+    """Out-of-fold predictions of two models (one informative), their inner predictions and the censored cohort."""
+    rng = np.random.default_rng(seed)
+    ids = [f"P{i:03d}" for i in range(n)]
+    pfs = rng.exponential(18.0, n) + 0.5
+    y = (pfs <= 12).astype(int)
+    cohort = pd.DataFrame({"patient_id": ids, "pfs_months": pfs, "event": 1})
+    rows, inner = [], []
+    for r in range(2):
+        fold = rng.permutation(np.arange(n) % 3)
+        for m, noise in (("pet_fusion", 0.5), ("rf_labs", 3.0)):
+            p = 1 / (1 + np.exp(-(2 * (y - 0.5) + noise * rng.normal(size=n))))
+            frame = pd.DataFrame({"model": m, "repeat": r, "fold": fold, "patient_id": ids, "y_true": y, "prob": p})
+            rows.append(frame)
+            for f in range(3):
+                tr = frame[frame["fold"] != f].sample(frac=0.5, random_state=f)
+                inner.append(tr.assign(fold=f, source="validation"))
+    return pd.concat(rows, ignore_index=True), pd.concat(inner, ignore_index=True), cohort
+
+
+def test_assess_classification_summarises_evaluation_bias_delong_and_hazard_ratios_consistently():
+    pred, inner, cohort = _stored()
+    cens = sv.administrative_censoring(cohort, 0.3, seed=1)
+    value = sv.assess_classification(pred, inner, cens, cohort, ["pet_fusion", "rf_labs"], n_boot=20, seed=0)
+    ev = sv.evaluation_bias(pred, cens)
+    mean = ev.groupby(["model", "design"])["auroc"].mean()
+    gap = value.evaluation_wide["complete cases - truth"]
+    assert gap["rf_labs"] == pytest.approx(mean["rf_labs", "complete cases"] - mean["rf_labs", "truth"])
+    assert value.lower == int((gap < 0).sum())
+    # the pre-specified reference (the fusion model), not the best scorer; noise 0.5 against 3.0 on 90 patients
+    assert value.reference == "pet_fusion" and value.delong["model"].tolist() == ["rf_labs"]
+    assert value.survivors == ["rf_labs"]
+    assert value.hazard_ratios["repeat"].tolist() == [0, 1]
+    assert sorted(value.bootstrap.index) == ["pet_fusion", "rf_labs"]
+    assert value.bootstrap.loc["pet_fusion", "auroc estimate"] > value.bootstrap.loc["rf_labs", "auroc estimate"]
+    lines = value.summary_lines({"rf_labs": "Forest"})
+    assert any(line.startswith("* **DeLong**") and "Forest" in line for line in lines) and len(lines) == 3
+    table, sentence = value.evaluation_section()
+    assert f"**{value.lower} of 2**" in sentence.data
+
+
+def test_without_stored_models_every_section_is_empty_but_the_first_says_why():
+    value = sv.assess_classification(None, None, pd.DataFrame(), None, [])
+    assert not value.available and value.survivors == [] and value.summary_lines() == []
+    assert value.evaluation_section()[0].startswith("No classification model has finished results")
+    assert value.calibration_section() == value.decision_section() == value.delong_section() == ()
+
+
+def test_censor_uses_every_setting_of_the_config():
+    cohort = _cohort(100)
+    cfg = sv.SurvivalConfig(censor_fraction=0.25, seed=4, accrual_months=30.0, horizon_months=9.0)
+    pd.testing.assert_frame_equal(sv.censor(cohort, cfg), sv.administrative_censoring(cohort, 0.25, 4, 30.0, 9.0))

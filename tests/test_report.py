@@ -1,0 +1,81 @@
+"""The chapters' shared prelude and display helper (prrt_utils.report)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from prrt_utils import grid, metrics, report
+
+
+def _predictions(models=("rf_labs", "pet_fusion"), n=30, repeats=2, folds=3):
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, n)
+    rows = []
+    for r in range(repeats):
+        fold_of = rng.permutation(np.arange(n) % folds)
+        for k, model in enumerate(models):
+            prob = 1 / (1 + np.exp(-((k + 0.5) * (2 * y - 1) + rng.normal(0, 1, n))))
+            rows += [{"model": model, "repeat": r, "fold": int(fold_of[i]), "patient_id": f"P{i:03d}",
+                      "y_true": int(y[i]), "prob": float(prob[i])} for i in range(n)]
+    return pd.DataFrame(rows)
+
+
+def test_load_results_reads_the_stored_predictions_in_the_given_order_and_no_truth_on_an_own_cohort(tmp_path,
+                                                                                                  monkeypatch):
+    pred = _predictions()
+    asked = []
+    monkeypatch.setattr(grid, "read_results", lambda work_dir, models: asked.append(list(models)) or pred)
+    out = report.load_results(tmp_path, tmp_path / "data", ["pet_fusion", "rf_labs"])
+    assert asked == [["pet_fusion", "rf_labs"]]
+    assert out.models == ["pet_fusion", "rf_labs"]
+    assert out.results.models == ["pet_fusion", "rf_labs"]
+    expected = metrics.evaluate(pred, order=["pet_fusion", "rf_labs"])
+    assert out.results.get("pet_fusion").mean == expected.get("pet_fusion").mean
+    pd.testing.assert_frame_equal(out.fold_metrics, expected.fold_metrics)
+    assert out.truth is None and out.ceiling is None
+    assert out.name("pet_fusion") == "PET fusion" and out.name("unknown") == "unknown"
+    assert set(out.paper["model"]) >= {"pet_fusion"}
+
+
+def test_load_results_reads_the_truth_of_a_synthetic_cohort(tmp_path, monkeypatch):
+    monkeypatch.setattr(grid, "read_results", lambda work_dir, models: _predictions())
+    (tmp_path / "ground_truth").mkdir()
+    pd.DataFrame({"patient_id": ["P000"], "p_short_bayes": [0.3]}).to_csv(tmp_path / "ground_truth" / "truth.csv",
+                                                                         index=False)
+    out = report.load_results(tmp_path, tmp_path, ["rf_labs"], ceilings=False)
+    assert out.truth["patient_id"].tolist() == ["P000"] and out.ceiling is None
+
+
+def test_show_displays_tables_calls_show_on_figures_prints_text_and_skips_none(monkeypatch, capsys):
+    shown, displayed = [], []
+
+    class Figure:
+        def show(self):
+            shown.append(self)
+
+    import IPython.display
+
+    monkeypatch.setattr(IPython.display, "display", lambda item: displayed.append(item))
+    fig, table = Figure(), pd.DataFrame({"a": [1]})
+    report.show(table, None, fig, "text")
+    assert shown == [fig] and displayed == [table]
+    assert capsys.readouterr().out == "text\n"
+
+
+def test_versus_ceiling_needs_the_truth_and_defaults_to_the_chapters_results(monkeypatch):
+    pred = _predictions()
+    results = metrics.evaluate(pred, order=["rf_labs", "pet_fusion"])
+    own = report.ChapterResults(["rf_labs", "pet_fusion"], pred, results, None, None, {}, pd.DataFrame())
+    assert own.versus_ceiling() is None
+    assert own.versus_ceiling(missing="no truth") == "no truth"
+    seen = []
+    monkeypatch.setattr(metrics, "versus_ceiling", lambda r, c: seen.append((r, c)) or "table")
+    synthetic = report.ChapterResults(["rf_labs", "pet_fusion"], pred, results, pd.DataFrame(), "ceiling", {},
+                                      pd.DataFrame())
+    assert synthetic.versus_ceiling(missing="no truth") == "table" and seen == [(results, "ceiling")]
+    other = synthetic.subset(["pet_fusion"])
+    assert other.models == ["pet_fusion"]
+    assert other.get("pet_fusion").mean == results.get("pet_fusion").mean
+    synthetic.versus_ceiling(other)
+    assert seen[-1] == (other, "ceiling")
