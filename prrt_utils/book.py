@@ -51,6 +51,7 @@ from typing import Any
 from prrt_utils import log, store
 from prrt_utils.cohort import PFS_THRESHOLD_MONTHS
 from prrt_utils.config import SEED, Config
+from prrt_utils.synth import SynthConfig
 
 __all__ = [
     "ANALYSIS_CHAPTERS",
@@ -164,7 +165,7 @@ class BookConfig(Config):
     epochs: int = 0
     device: str = "auto"
     scheduler: str = ""
-    synth_patients: int = 116
+    synth_patients: int = SynthConfig.n_patients
     on_error: str = "skip"
     kernel: str = "python3"
     cohort_yaml: str = ""
@@ -464,7 +465,7 @@ def ensure_second_centre(cfg: BookConfig, root: Path, progress: bool = True) -> 
     from prrt_utils.synth import SynthConfig, generate_cohort
 
     data = (root / SECOND_CENTRE).resolve()
-    n = max(16, round(cfg.synth_patients * 32 / 116))
+    n = max(16, round(cfg.synth_patients * SynthConfig.second_centre().n_patients / SynthConfig.n_patients))
     synth_cfg = SynthConfig.second_centre(n_patients=n, seed=cfg.seed + 1)
     if not (data / "complete.json").exists():
         log.say("book", f"generating the synthetic second centre ({n} patients) in {data}")

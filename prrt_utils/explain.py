@@ -62,6 +62,7 @@ import pandas as pd
 import torch
 
 from prrt_utils import paper, store
+from prrt_utils.cohort import PFS_THRESHOLD_MONTHS
 from prrt_utils.config import SEED, Config
 from prrt_utils.models import IMG_SIZE, ModelSpec, get_spec, load_registry
 
@@ -378,7 +379,7 @@ def km_over_repeats(predictions: pd.DataFrame, survival: pd.DataFrame, model: st
     return out[["model", "repeat", *[c for c in out.columns if c not in ("model", "repeat")]]]
 
 
-def km_figure(km: Any, title: str = "") -> Any:
+def km_figure(km: Any, title: str = "", threshold_months: float = PFS_THRESHOLD_MONTHS) -> Any:
     """Kaplan-Meier curves of a :class:`prrt_utils.stats.KMByPrediction` with 95 % bands (plotly)."""
     import plotly.graph_objects as go
 
@@ -397,7 +398,7 @@ def km_figure(km: Any, title: str = "") -> Any:
         med = km.median_long if group == "predicted long PFS" else km.median_short
         fig.add_trace(go.Scatter(x=t, y=g["survival"], mode="lines", line={"color": c, "width": 2, "shape": "hv"},
                                  name=f"{group} (n={n}, median {med:.1f} months)"))
-    fig.add_vline(x=12, line_dash="dash", line_color="grey", annotation_text="12 months")
+    fig.add_vline(x=threshold_months, line_dash="dash", line_color="grey", annotation_text=f"{threshold_months:g} months")
     fig.update_layout(
         title={"text": f"{title} log-rank chi2 = {km.logrank_statistic:.2f}, p = {km.p_value:.3g}", "font": {"size": 13}},
         xaxis_title="Months since start of PRRT", yaxis_title="Progression-free (Kaplan-Meier)",
