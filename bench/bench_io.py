@@ -5,16 +5,16 @@ Usage (from the repository root)::
     .venv/bin/python bench/bench_io.py            # 4 synthetic patients at the default matrix sizes
     .venv/bin/python bench/bench_io.py --n 8
 
-1. Writing a patient's DICOM series: :class:`prrt_utils.synth._SeriesWriter`
+1. Writing a patient's DICOM series: :class:`prrt_utils.synthetic._SeriesWriter`
    (the shared header encoded once per series) against ``Dataset.save_as`` per
    slice (what the generator did before). Both write the same bytes; the
    benchmark checks it.
-2. Loading a patient (:func:`prrt_utils.loading.load_patient`): every file read
+2. Loading a patient (:func:`prrt_utils.io.loading.load_patient`): every file read
    once (discovery keeps the datasets) against discovery with
    ``stop_before_pixels`` then a second read of every file.
 3. A fold's image normalisation for a PET + CT model (116 patients, 75 x 50 x 50):
    the clipped volumes shared by the folds of a worker
-   (:meth:`prrt_utils.training.CohortData.clipped`) against clipping the
+   (:meth:`prrt_utils.models.inputs.CohortData.clipped`) against clipping the
    training and the prediction volumes again in every fold.
 
 Each step is timed ``--repeats`` times in this process, one core; the best time
@@ -34,8 +34,9 @@ from pathlib import Path
 
 import numpy as np
 
-from prrt_utils import store, synth
-from prrt_utils.loading import discover_series, load_patient, load_series
+from prrt_utils import synthetic as synth
+from prrt_utils.io import store
+from prrt_utils.io.loading import discover_series, load_patient, load_series
 
 
 def best(fn: Callable[[], object], repeats: int) -> float:
@@ -96,7 +97,7 @@ def bench_loading(imaging: Path, repeats: int) -> dict[str, float]:
 
 
 def bench_normalisation(repeats: int) -> dict[str, float]:
-    from prrt_utils.training import CohortData, FoldNormaliser
+    from prrt_utils.models.inputs import CohortData, FoldNormaliser
 
     rng = np.random.default_rng(0)
     n, shape = 116, (75, 50, 50)

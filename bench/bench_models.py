@@ -7,14 +7,14 @@ Usage (from the repository root)::
     .venv/bin/python bench/bench_models.py --ref-epochs 1  # epochs of the MONAI resnet10 reference
 
 Inputs are toy volumes of the paper's size (116 patients, 75 x 50 x 50 voxels,
-``prrt_utils.training.toy_cohort_data``): timing depends on shapes, not on
+``prrt_utils.models.toy.toy_cohort_data``): timing depends on shapes, not on
 content. One fold is timed in this process with the thread count a worker of
 ``run_grid(n_jobs=...)`` gets (cores // n_jobs); the protocol estimate is
 ``sum over models of 15 x fold time / n_jobs``. The reference encoder,
 MONAI's ``resnet10`` (``monai.networks.nets.resnet10(spatial_dims=3,
 n_input_channels=1, num_classes=1)``, the MedicalNet family), is timed per
 epoch on the same fold, and the ratio of epoch times is printed. CT pretraining
-(:func:`prrt_utils.pretrain.pretrain_ct`, default settings) runs first on the same
+(:func:`prrt_utils.models.pretrain.pretrain_ct`, default settings) runs first on the same
 volumes with label maps made from the toy CT (body, and the sphere as lesion),
 because the seventh model starts from its checkpoint.
 
@@ -38,11 +38,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from prrt_utils import store
-from prrt_utils.folds import CVConfig, fold_ids, make_folds
-from prrt_utils.models import load_registry, resolve_ct_init
-from prrt_utils.pretrain import PretrainConfig, pretrain_on
-from prrt_utils.training import TrainConfig, toy_cohort_data, train_fold
+from prrt_utils.data.folds import CVConfig, fold_ids, make_folds
+from prrt_utils.io import store
+from prrt_utils.models.networks import load_registry, resolve_ct_init
+from prrt_utils.models.pretrain import PretrainConfig, pretrain_on
+from prrt_utils.models.toy import toy_cohort_data
+from prrt_utils.models.training import TrainConfig, train_fold
 
 
 def profile(threads: int, n_jobs: int) -> dict:
@@ -63,7 +64,7 @@ GRID = np.array([[0.0, 0.0, 10.0, -250.0], [0.0, 10.0, 0.0, -250.0], [-10.0, 0.0
 
 def write_work(work: Path, data) -> None:
     """Cohort, preprocessed volumes (DESIGN.md layout) and label maps for CT pretraining."""
-    from prrt_utils.pretrain import save_label_map
+    from prrt_utils.models.pretrain import save_label_map
 
     cohort = pd.DataFrame({"patient_id": data.patient_ids, "pfs_short": data.y, "has_imaging": True})
     for j, c in enumerate(data.lab_columns):
@@ -141,11 +142,11 @@ def main(argv: list[str] | None = None) -> int:
         result.update({"resnet10_per_epoch_s": ref_epoch, "ours_per_epoch_s": ours, "ratio": ref_epoch / ours})
 
     if args.protocol:
-        from prrt_utils import grid
+        from prrt_utils.models import crossval
 
-        grid._load_volumes = grid._volumes_from_index  # DESIGN.md layout, no preprocessing module needed
+        crossval._load_volumes = crossval._volumes_from_index  # DESIGN.md layout, no preprocessing module needed
         t0 = time.perf_counter()
-        grid.run_grid(list(registry), work, CVConfig(), cfg, n_jobs=args.n_jobs, progress=True)
+        crossval.run_grid(list(registry), work, CVConfig(), cfg, n_jobs=args.n_jobs, progress=True)
         wall = time.perf_counter() - t0
         print(f"protocol measured: {wall:.0f} s = {wall / 60:.1f} min for 7 models x 15 folds "
               f"({args.n_jobs} processes x {threads} thread(s))")

@@ -35,12 +35,12 @@ data_dir = "data/synthetic"
 seed = 0
 
 # %%
-from prrt_utils.report import setup_notebook
+from prrt_utils.report.notebook import setup_notebook
 
 setup_notebook(data_dir)
 
 # %%
-from prrt_utils import findings
+from prrt_utils.report import findings
 
 result = findings.answer(work_dir, data_dir, seed=seed)
 result.findings.glue("answer")

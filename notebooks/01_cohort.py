@@ -50,15 +50,16 @@ pfs_threshold_months = 12.0
 on_error = "skip"
 
 # %%
-from prrt_utils.report import setup_notebook
+from prrt_utils.report.notebook import setup_notebook
 
 setup_notebook(data_dir)
 
 # %%
 from IPython.display import Markdown, display
 
-from prrt_utils import cohort, findings, paper
-from prrt_utils.cohort import CohortConfig, build_cohort
+from prrt_utils.data import cohort, paper
+from prrt_utils.data.cohort import CohortConfig, build_cohort
+from prrt_utils.report import findings
 
 cfg = CohortConfig(pfs_threshold_months=float(pfs_threshold_months), on_error=on_error)
 thr = cfg.pfs_threshold_months

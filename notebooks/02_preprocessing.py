@@ -54,7 +54,7 @@ on_error = "skip"
 n_jobs = 2  # patients preprocessed at a time (the book passes its --jobs)
 
 # %%
-from prrt_utils.report import setup_notebook
+from prrt_utils.report.notebook import setup_notebook
 
 setup_notebook(data_dir)
 
@@ -63,8 +63,9 @@ from pathlib import Path
 
 from IPython.display import Markdown, display
 
-from prrt_utils import findings, preprocess
-from prrt_utils.preprocess import PreprocessConfig, run_preprocessing
+from prrt_utils.data import preprocess
+from prrt_utils.data.preprocess import PreprocessConfig, run_preprocessing
+from prrt_utils.report import findings
 
 cfg = PreprocessConfig(on_error=on_error)
 imaging_dir = Path(data_dir) / "imaging"

@@ -42,14 +42,16 @@ data_dir = "data/synthetic"
 models = ["rf_labs", "pet_only", "ct_only", "lr_labs", "radiomics_lr"]
 
 # %%
-from prrt_utils.report import setup_notebook
+from prrt_utils.report.notebook import setup_notebook
 
 setup_notebook(data_dir)
 
 # %%
-from prrt_utils import findings, grid, metrics, report
+from prrt_utils.analysis import metrics
+from prrt_utils.models import stored
+from prrt_utils.report import findings, notebook
 
-loaded = report.load_results(work_dir, data_dir, models)
+loaded = notebook.load_results(work_dir, data_dir, models)
 names, paper, predictions, results, ceiling = loaded.names, loaded.paper, loaded.predictions, loaded.results, loaded.ceiling
 
 # %% [markdown]
@@ -90,7 +92,7 @@ metrics.curves_figure(metrics.roc_curves(predictions), metrics.pr_curves(predict
 # predicts the same probability for everyone.
 
 # %%
-metrics.loss_figure(grid.load_histories(work_dir, [m for m in models if m != "rf_labs"]), names=names).show()
+metrics.loss_figure(stored.load_histories(work_dir, [m for m in models if m != "rf_labs"]), names=names).show()
 
 # %% [markdown]
 # ## Beside the paper (real cohort) and the Bayes ceiling (this cohort)
@@ -108,7 +110,7 @@ metrics.side_by_side(results, paper, names=names)
 # chance (0) towards it (1).
 
 # %%
-report.show(loaded.versus_ceiling(missing=f"No ground truth in {data_dir}: a real cohort has no Bayes ceiling."))
+notebook.show(loaded.versus_ceiling(missing=f"No ground truth in {data_dir}: a real cohort has no Bayes ceiling."))
 
 # %% [markdown]
 # ## Summary

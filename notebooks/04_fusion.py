@@ -41,7 +41,7 @@ models = ["pet_fusion", "ct_fusion", "petct_fusion", "petct_fusion_pretrained"]
 baseline = "rf_labs"
 
 # %%
-from prrt_utils.report import setup_notebook
+from prrt_utils.report.notebook import setup_notebook
 
 setup_notebook(data_dir)
 
@@ -49,10 +49,12 @@ setup_notebook(data_dir)
 import pandas as pd
 from IPython.display import Markdown, display
 
-from prrt_utils import findings, grid, metrics, report
-from prrt_utils.models import get_spec
+from prrt_utils.analysis import metrics
+from prrt_utils.models import stored
+from prrt_utils.models.networks import get_spec
+from prrt_utils.report import findings, notebook
 
-loaded = report.load_results(work_dir, data_dir, [baseline, *models])
+loaded = notebook.load_results(work_dir, data_dir, [baseline, *models])
 names, paper, with_baseline, ceiling = loaded.names, loaded.paper, loaded.results, loaded.ceiling
 results = loaded.subset(models)
 
@@ -68,7 +70,7 @@ results = loaded.subset(models)
 
 # %%
 print("Declared in models/petct_fusion_pretrained.yaml:", get_spec("petct_fusion_pretrained").ct_init_note)
-recorded = grid.fold_table(work_dir, ["petct_fusion_pretrained"])
+recorded = stored.fold_table(work_dir, ["petct_fusion_pretrained"])
 pretrained_here = not recorded["ct_init_note"].str.contains("NOT pretrained").any()
 print("What this run's folds recorded (this is what happened):", *recorded["ct_init_note"].unique())
 print("CT-encoder tensors loaded per fold:", *(recorded["ct_tensors_loaded"].unique() if pretrained_here else ["none"]))
@@ -97,7 +99,7 @@ results.table(names=names)
 # 0.59 ± 0.02.
 
 # %%
-from prrt_utils import explain, stats
+from prrt_utils.analysis import explain, stats
 
 primary = explain.primary_model(models)
 vs_baseline = stats.paired_table(with_baseline.fold_metrics, models, baseline)
@@ -181,7 +183,7 @@ metrics.curves_figure(metrics.roc_curves(both), metrics.pr_curves(both), names=n
 # predicts the same probability for everyone.
 
 # %%
-metrics.loss_figure(grid.load_histories(work_dir, models), names=names).show()
+metrics.loss_figure(stored.load_histories(work_dir, models), names=names).show()
 
 # %% [markdown]
 # ## Beside the paper (real cohort) and the Bayes ceiling (this cohort)

@@ -47,7 +47,7 @@ threshold = 0.5
 alpha = 0.05
 
 # %%
-from prrt_utils.report import setup_notebook
+from prrt_utils.report.notebook import setup_notebook
 
 setup_notebook(data_dir)
 
@@ -55,11 +55,12 @@ setup_notebook(data_dir)
 import pandas as pd
 from IPython.display import Markdown, display
 
-from prrt_utils import explain, findings, metrics, report, stats
-from prrt_utils.paper import PAPER_KM
+from prrt_utils.analysis import explain, metrics, stats
+from prrt_utils.data.paper import PAPER_KM
+from prrt_utils.report import findings, notebook
 
 models = list(models) or explain.available_models(work_dir)
-loaded = report.load_results(work_dir, data_dir, models)
+loaded = notebook.load_results(work_dir, data_dir, models)
 names, paper, predictions, results, ceiling = loaded.names, loaded.paper, loaded.predictions, loaded.results, loaded.ceiling
 fold_metrics = results.fold_metrics
 primary = explain.primary_model(models)
@@ -84,7 +85,7 @@ explain.table2(results, paper, names)
 metrics.metrics_figure(results, ceiling, names=names, metrics=("auroc", "auprc", "auprc_long", "accuracy")).show()
 
 # %%
-report.show(loaded.versus_ceiling())
+notebook.show(loaded.versus_ceiling())
 
 # %% [markdown]
 # ## ROC and precision-recall curves
@@ -138,13 +139,13 @@ metrics.curves_figure(metrics.roc_curves(predictions), metrics.pr_curves(predict
 families = explain.compare_model_families(fold_metrics, models)
 comparisons = families.comparisons
 print("Families:", families.members(names))
-report.show(families.table())
+notebook.show(families.table())
 
 # %% [markdown]
 # Where the two tests disagree at the 5 % level (Bonferroni-adjusted p-values of both):
 
 # %%
-report.show(*families.disagreements(alpha))
+notebook.show(*families.disagreements(alpha))
 
 # %% [markdown]
 # ## Kaplan-Meier by predicted probability
@@ -167,7 +168,7 @@ survival = explain.read_survival(work_dir)
 km = stats.km_by_prediction(explain.survival_frame(predictions, survival, km_name, km_rep), threshold,
                             prob_is="short")
 print(km.rule)
-report.show(explain.km_note(km))
+notebook.show(explain.km_note(km))
 explain.km_figure(km, title=f"{names.get(km_name, km_name)}, repeat {km_rep}:").show()
 km.to_frame()
 
@@ -177,7 +178,7 @@ km.to_frame()
 # with its 95 % confidence interval (lifelines; NaN when a group is empty).
 
 # %%
-from prrt_utils.survival import cox_hr_by_group
+from prrt_utils.analysis.stats import cox_hr_by_group
 
 cox_hr_by_group(explain.survival_frame(predictions, survival, km_name, km_rep), threshold, prob_is="short").to_frame()
 

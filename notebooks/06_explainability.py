@@ -53,7 +53,7 @@ saliency_patients = []
 interactive = False
 
 # %%
-from prrt_utils.report import setup_notebook
+from prrt_utils.report.notebook import setup_notebook
 
 setup_notebook(data_dir)
 
@@ -63,10 +63,11 @@ from pathlib import Path
 import pandas as pd
 from IPython.display import display
 
-from prrt_utils import explain, report
+from prrt_utils.analysis import explain
+from prrt_utils.report import chapters, notebook
 
 models = list(models) or explain.available_models(work_dir)
-loaded = report.load_results(work_dir, data_dir, models, ceilings=False)
+loaded = notebook.load_results(work_dir, data_dir, models, ceilings=False)
 names, predictions = loaded.names, loaded.predictions
 config = explain.ExplainConfig(repeat=repeat, umap_repeat=umap_repeat, umap_fold=umap_fold, seed=seed,
                                n_permutations=n_permutations)
@@ -136,7 +137,7 @@ print("Spearman correlation of AST and ALT in this cohort:",
 # reacts; mean signed value: in which direction (positive = a higher value pushes towards short PFS).
 
 # %%
-report.show(explain.lab_gradient_table(ex, fusion))
+notebook.show(explain.lab_gradient_table(ex, fusion))
 
 # %% [markdown]
 # ## PET saliency maps
@@ -159,14 +160,14 @@ report.show(explain.lab_gradient_table(ex, fusion))
 # %%
 patients = (list(saliency_patients) or ex.pick_patients(predictions, compare[-1])) if compare else []
 panels, checks = explain.saliency_panels(ex, predictions, compare, patients, repeat, names, with_lesions=has_truth)
-report.show(*checks, *panels)
+notebook.show(*checks, *panels)
 
 # %% [markdown]
 # In a live notebook (`interactive = True`) an ipywidgets viewer also moves the three planes of the
 # static figure at once; the book has the viewers above.
 
 # %%
-report.show(panels[0].live_viewer() if interactive and panels else None)
+notebook.show(panels[0].live_viewer() if interactive and panels else None)
 
 # %% [markdown]
 # ## Distribution of gradient magnitudes
@@ -184,7 +185,7 @@ report.show(panels[0].live_viewer() if interactive and panels else None)
 # beside our distance; our divergence is given too, labelled.
 
 # %%
-report.show(*explain.gradient_comparison(ex, compare, names))
+notebook.show(*explain.gradient_comparison(ex, compare, names))
 
 # %% [markdown]
 # ## Where the saliency falls (synthetic cohort)
@@ -200,8 +201,8 @@ report.show(*explain.gradient_comparison(ex, compare, names))
 # more than the region's size alone would explain).
 
 # %%
-saliency = explain.saliency_mass_section(ex, pet_models, has_truth, data_dir)
-report.show(*saliency.tables(names))
+saliency = chapters.saliency_mass_section(ex, pet_models, has_truth, data_dir)
+notebook.show(*saliency.tables(names))
 
 # %% [markdown]
 # What the majority rule costs: each region's total volume over these patients from the occupancy
@@ -210,7 +211,7 @@ report.show(*saliency.tables(names))
 # underestimate.
 
 # %%
-report.show(saliency.volumes)
+notebook.show(saliency.volumes)
 
 # %% [markdown]
 # ## Summary

@@ -57,7 +57,7 @@ n_boot = 1000
 alpha = 0.05
 
 # %%
-from prrt_utils.report import setup_notebook
+from prrt_utils.report.notebook import setup_notebook
 
 setup_notebook(data_dir)
 
@@ -66,8 +66,9 @@ import time
 
 from IPython.display import Markdown, display
 
-from prrt_utils import findings, metrics, report
-from prrt_utils import survival as sv
+from prrt_utils.analysis import metrics
+from prrt_utils.models import survival as sv
+from prrt_utils.report import chapters, findings, notebook
 
 t_start, cpu_start = time.perf_counter(), time.process_time()
 names, _ = metrics.paper_reference()
@@ -182,8 +183,8 @@ display(Markdown(
 # complete-case prevalence is higher, which raises AUPRC regardless of the model.
 
 # %%
-value = sv.classification_value(work_dir, censored, n_boot=n_boot, seed=seed, alpha=alpha)
-report.show(*value.evaluation_section(names))
+value = chapters.classification_value(work_dir, censored, n_boot=n_boot, seed=seed, alpha=alpha)
+notebook.show(*value.evaluation_section(names))
 
 # %% [markdown]
 # ## Calibration of the classification models
@@ -194,7 +195,7 @@ report.show(*value.evaluation_section(names))
 # The diagram pools all repeats into 5 bins of equal size per model.
 
 # %%
-report.show(*value.calibration_section(names))
+notebook.show(*value.calibration_section(names))
 
 # %% [markdown]
 # **Recalibration inside the training part of each fold.** For each fold, a logistic (Platt)
@@ -213,7 +214,7 @@ report.show(*value.calibration_section(names))
 # It can fix the intercept and slope; it cannot change the AUROC within a fold.
 
 # %%
-report.show(*value.recalibration_section(names))
+notebook.show(*value.recalibration_section(names))
 
 # %% [markdown]
 # ## Decision curves: closer follow-up after PRRT
@@ -227,7 +228,7 @@ report.show(*value.recalibration_section(names))
 # the pooled out-of-fold predictions.
 
 # %%
-report.show(*value.decision_section(names))
+notebook.show(*value.decision_section(names))
 
 # %% [markdown]
 # ## Uncertainty: bootstrap intervals and DeLong's test
@@ -242,12 +243,12 @@ report.show(*value.decision_section(names))
 # interval reflects the finite number of patients, not the variation between training sets.
 
 # %%
-report.show(*value.bootstrap_section(names))
+notebook.show(*value.bootstrap_section(names))
 
 # %% [markdown]
 # **DeLong's test** compares two AUROCs measured on the same patients, allowing for the correlation
 # between them (DeLong, DeLong and Clarke-Pearson 1988; the fast algorithm of Sun and Xu 2014,
-# written by hand in `prrt_utils.calibration` and tested against the definition and against a published
+# written by hand in `prrt_utils.analysis.calibration` and tested against the definition and against a published
 # worked example: Hanley and McNeil's 109 CT ratings, area 0.8932 with standard error 0.0307). The
 # reference is the model named before any result was seen, the paper's best (PET/CT fusion with a
 # pretrained CT branch; `explain.primary_model`), not the best scorer here: testing the winner of the
@@ -255,7 +256,7 @@ report.show(*value.bootstrap_section(names))
 # repeat, and the p-values are Holm-adjusted over the comparisons within a repeat.
 
 # %%
-report.show(*value.delong_section(names, n_patients=len(cohort)))
+notebook.show(*value.delong_section(names, n_patients=len(cohort)))
 
 # %% [markdown]
 # ## Hazard ratio of the predicted groups
@@ -266,7 +267,7 @@ report.show(*value.delong_section(names, n_patients=len(cohort)))
 # progress early do progress faster.
 
 # %%
-report.show(None if value.hazard_ratios is None else value.hazard_ratios.round(3))
+notebook.show(None if value.hazard_ratios is None else value.hazard_ratios.round(3))
 
 # %% [markdown]
 # ## Summary

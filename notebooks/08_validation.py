@@ -51,17 +51,18 @@ epochs = 0
 profile = "default"  # training recipe of the final model, as the book's folds
 
 # %%
-from prrt_utils.report import setup_notebook
+from prrt_utils.report.notebook import setup_notebook
 
 setup_notebook(data_dir)
 
 # %%
-from prrt_utils import metrics, report, validation
+from prrt_utils.analysis import metrics
+from prrt_utils.report import chapters, notebook
 
 names, _ = metrics.paper_reference()
-chapter = validation.validation_chapter(work_dir, data_dir, validation_model, validation_data, profile=profile, seed=seed,
+chapter = chapters.validation_chapter(work_dir, data_dir, validation_model, validation_data, profile=profile, seed=seed,
                                         epochs=epochs, n_jobs=n_jobs, n_boot=n_boot, names=names)
-report.show(*chapter.intro())
+notebook.show(*chapter.intro())
 
 # %% [markdown]
 # ## The model package
@@ -71,7 +72,7 @@ report.show(*chapter.intro())
 # receiving centre checks first.
 
 # %%
-report.show(*chapter.manifest_section())
+notebook.show(*chapter.manifest_section())
 
 # %% [markdown]
 # ## Predictions on the other cohort
@@ -82,7 +83,7 @@ report.show(*chapter.manifest_section())
 # Kaplan-Meier curves.
 
 # %%
-report.show(*chapter.predictions_section())
+notebook.show(*chapter.predictions_section())
 
 # %% [markdown]
 # ## How the cohorts differ
@@ -94,7 +95,7 @@ report.show(*chapter.predictions_section())
 # rule: the package keeps quantiles, not patients' values, so no two-sample test can be run).
 
 # %%
-report.show(*chapter.shift_section())
+notebook.show(*chapter.shift_section())
 
 # %% [markdown]
 # ## Discrimination
@@ -104,7 +105,7 @@ report.show(*chapter.shift_section())
 # development cohort is given below the table.
 
 # %%
-report.show(*chapter.discrimination_section())
+notebook.show(*chapter.discrimination_section())
 
 # %% [markdown]
 # ## Calibration, and recalibration in the large
@@ -115,7 +116,7 @@ report.show(*chapter.discrimination_section())
 # recalibrated line uses this cohort's outcomes, so its calibration here is optimistic.
 
 # %%
-report.show(*chapter.calibration_section())
+notebook.show(*chapter.calibration_section())
 
 # %% [markdown]
 # ## Decision curve
@@ -124,7 +125,7 @@ report.show(*chapter.calibration_section())
 # following up everyone or no one.
 
 # %%
-report.show(*chapter.decision_section())
+notebook.show(*chapter.decision_section())
 
 # %% [markdown]
 # ## Kaplan-Meier by prediction
@@ -133,7 +134,7 @@ report.show(*chapter.decision_section())
 # Cox hazard ratio, on every patient of the other cohort (censored ones included).
 
 # %%
-report.show(*chapter.survival_section())
+notebook.show(*chapter.survival_section())
 
 # %% [markdown]
 # ## One patient: the prediction report
@@ -142,7 +143,7 @@ report.show(*chapter.survival_section())
 # that opens offline. Here it is made for the first patient of the other cohort (link below).
 
 # %%
-report.show(*chapter.report_section())
+notebook.show(*chapter.report_section())
 
 # %% [markdown]
 # ## Summary

@@ -27,7 +27,7 @@ work_dir = "work"
 seed = 0
 
 # %%
-from prrt_utils.report import setup_notebook
+from prrt_utils.report.notebook import setup_notebook
 
 setup_notebook(data_dir)
 
@@ -38,13 +38,13 @@ from pathlib import Path
 import pandas as pd
 from IPython.display import Markdown, display
 
-from prrt_utils import report
+from prrt_utils.report import notebook
 
 # %% [markdown]
 # ## Software
 
 # %%
-report.environment_report()
+notebook.environment_report()
 
 # %% [markdown]
 # ## Seed
@@ -63,7 +63,7 @@ display(Markdown(f"Seed: **{seed}**"))
 # different hash means different inputs.
 
 # %%
-report.data_fingerprint(data_dir)
+notebook.data_fingerprint(data_dir)
 
 # %% [markdown]
 # ## Configuration of every stage
@@ -71,7 +71,7 @@ report.data_fingerprint(data_dir)
 # Each stage writes the configuration it ran with beside its outputs; these are those files.
 
 # %%
-for row in report.stage_configs(work_dir).itertuples():
+for row in notebook.stage_configs(work_dir).itertuples():
     display(Markdown(f"**{row.file}**\n\n```yaml\n{row.content}\n```"))
 
 # %% [markdown]

@@ -55,13 +55,14 @@ positive_control_data_dir = "data/synthetic-positive-control"  # empty: the cont
 profile = "default"
 
 # %%
-from prrt_utils.report import setup_notebook
+from prrt_utils.report.notebook import setup_notebook
 
 setup_notebook(data_dir)
 
 # %%
-from prrt_utils import metrics, positive_control
-from prrt_utils.report import show
+from prrt_utils.analysis import metrics
+from prrt_utils.report import positive_control
+from prrt_utils.report.notebook import show
 
 page = positive_control.positive_control_page(positive_control_data_dir, work_dir, profile, metrics.paper_reference()[0])
 show(page.intro())

@@ -52,13 +52,13 @@ seed = 0
 device = "auto"
 
 # %%
-from prrt_utils.report import setup_notebook
+from prrt_utils.report.notebook import setup_notebook
 
 setup_notebook(data_dir)
 
 # %%
-from prrt_utils import pretrain
-from prrt_utils.report import show
+from prrt_utils.models import pretrain
+from prrt_utils.report.notebook import show
 
 cfg = pretrain.PretrainConfig(labels_dir=labels_dir, population_dir=pretrain_data_dir, seed=seed, device=device,
                               **({"epochs": int(pretrain_epochs)} if pretrain_epochs else {}),

@@ -45,17 +45,18 @@ ct_init = ""  # pretrained CT branch: empty as declared, none from scratch, or a
 profile = "default"  # training recipe: default (one that learns) or paper (the paper's literal recipe)
 
 # %%
-from prrt_utils.report import setup_notebook
+from prrt_utils.report.notebook import setup_notebook
 
 setup_notebook(data_dir)
 
 # %%
 from IPython.display import display
 
-from prrt_utils import grid, metrics
-from prrt_utils.folds import CVConfig
-from prrt_utils.models import get_spec, override_ct_init
-from prrt_utils.training import TrainConfig
+from prrt_utils.analysis import metrics
+from prrt_utils.data.folds import CVConfig
+from prrt_utils.models import crossval, stored
+from prrt_utils.models.networks import get_spec, override_ct_init
+from prrt_utils.models.training import TrainConfig
 
 spec = override_ct_init(get_spec(model), ct_init)
 cv = CVConfig(n_splits=n_splits, n_repeats=n_repeats, seed=seed)
@@ -65,7 +66,7 @@ print(spec.to_yaml())
 print(spec.ct_init_note or "No CT branch.")
 if spec.pretrained:
     # what the CT branch actually took from the checkpoint (every fold loads the same file)
-    from prrt_utils.models import FusionNet, load_encoder_checkpoint, resolve_ct_init
+    from prrt_utils.models.networks import FusionNet, load_encoder_checkpoint, resolve_ct_init
 
     print(load_encoder_checkpoint(FusionNet(spec).encoders["ct"], resolve_ct_init(spec, work_dir).ct_init,
                                   prefix=spec.ct_init_prefix).summary())
@@ -87,7 +88,7 @@ if spec.pretrained:
 # %%
 from IPython.display import Markdown
 
-from prrt_utils.training import recipe_table
+from prrt_utils.models.training import recipe_table
 
 display(Markdown(
     f"**Training profile of this run: `{train_cfg.profile_name}`** "
@@ -99,10 +100,10 @@ recipe_table(train_cfg)
 # %%
 # no progress bar: in a notebook it is an ipywidget, and a page with a widget makes the book load the
 # widget manager from a CDN
-predictions = grid.run_grid([spec], work_dir, cv, train_cfg, n_jobs=n_jobs, scheduler=scheduler or None,
+predictions = crossval.run_grid([spec], work_dir, cv, train_cfg, n_jobs=n_jobs, scheduler=scheduler or None,
                             progress=False)
 results = metrics.evaluate(predictions)
-grid.fold_table(work_dir, [model])
+stored.fold_table(work_dir, [model])
 
 # %% [markdown]
 # ## Metrics per fold
@@ -144,7 +145,7 @@ metrics.curves_figure(metrics.roc_curves(predictions), metrics.pr_curves(predict
 # The grey line at ln 2 is the loss of a constant prediction of 0.5.
 
 # %%
-metrics.loss_figure(grid.load_histories(work_dir, [model]), names=names).show()
+metrics.loss_figure(stored.load_histories(work_dir, [model]), names=names).show()
 
 # %% [markdown]
 # ## The Bayes ceiling

@@ -12,10 +12,10 @@ import sys
 import traceback
 from pathlib import Path
 
-from prrt_utils.book import BookConfig
-from prrt_utils.cohort import PFS_THRESHOLD_MONTHS
-from prrt_utils.log import configure, get_logger, scrub, write_debug
-from prrt_utils.synth import SCENARIOS, SynthConfig
+from prrt_utils.data.cohort import PFS_THRESHOLD_MONTHS
+from prrt_utils.io.log import configure, get_logger, scrub, write_debug
+from prrt_utils.report.book import BookConfig
+from prrt_utils.synthetic import SCENARIOS, SynthConfig
 
 # Every default comes from the stage's own configuration, so that the CLI, the book and the API agree.
 _BOOK = BookConfig()
@@ -32,7 +32,7 @@ def _progress(args: argparse.Namespace) -> bool:
 
 
 def _synth(args: argparse.Namespace) -> int:
-    from prrt_utils.synth import SynthConfig, generate_cohort
+    from prrt_utils.synthetic import SynthConfig, generate_cohort
 
     if args.second_centre:
         base = SynthConfig.second_centre(**({"n_patients": args.n} if args.n else {}),
@@ -51,7 +51,7 @@ def _own_cohort(args: argparse.Namespace) -> tuple[Path, float | None]:
     """``--cohort COHORT.yaml``: run the intake into data/intake/<name>/ and use it as the data folder."""
     if not getattr(args, "cohort", None):
         return Path(args.data), None
-    from prrt_utils.intake import CohortSource, intake, intake_dir
+    from prrt_utils.data.intake import CohortSource, intake, intake_dir
 
     source = CohortSource.load(args.cohort)
     data = intake(source, intake_dir(Path.cwd(), source))
@@ -60,7 +60,7 @@ def _own_cohort(args: argparse.Namespace) -> tuple[Path, float | None]:
 
 
 def _cohort(args: argparse.Namespace) -> int:
-    from prrt_utils.cohort import CohortConfig, build_cohort
+    from prrt_utils.data.cohort import CohortConfig, build_cohort
 
     data, yaml_threshold = _own_cohort(args)
     threshold = args.threshold if args.threshold is not None else (yaml_threshold or PFS_THRESHOLD_MONTHS)
@@ -72,7 +72,7 @@ def _cohort(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from prrt_utils.intake import CohortSource, check, format_check
+    from prrt_utils.data.intake import CohortSource, check, format_check
 
     result = check(CohortSource.load(args.cohort_yaml), quick=args.quick, n_jobs=args.jobs, work_dir=args.work)
     print(format_check(result))
@@ -80,7 +80,7 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _preprocess(args: argparse.Namespace) -> int:
-    from prrt_utils.preprocess import PreprocessConfig, run_preprocessing
+    from prrt_utils.data.preprocess import PreprocessConfig, run_preprocessing
 
     data, work = _own_cohort(args)[0], Path(args.work)
     cohort_csv = work / "cohort" / "cohort.csv"
@@ -108,7 +108,7 @@ def _book_config(args: argparse.Namespace) -> BookConfig:
 
 
 def _pretrain_ct(args: argparse.Namespace) -> int:
-    from prrt_utils.pretrain import PretrainConfig, pretrain_ct
+    from prrt_utils.models.pretrain import PretrainConfig, pretrain_ct
 
     data = _own_cohort(args)[0]
     cfg = PretrainConfig(labels_dir=args.labels or "", population_dir=args.pretrain_data or "", seed=args.seed,
@@ -123,8 +123,8 @@ def _pretrain_ct(args: argparse.Namespace) -> int:
 
 
 def _train_final(args: argparse.Namespace) -> int:
-    from prrt_utils.package import train_final
-    from prrt_utils.training import TrainConfig
+    from prrt_utils.models.final import train_final
+    from prrt_utils.models.training import TrainConfig
 
     cfg = TrainConfig.profile(args.profile, seed=args.seed, device=args.device,
                               **({"epochs": args.epochs} if args.epochs else {}))
@@ -135,7 +135,7 @@ def _train_final(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from prrt_utils.validation import run_validation, write_report
+    from prrt_utils.analysis.validation import run_validation, write_report
 
     data, yaml_threshold = _own_cohort(args)
     out = run_validation(args.model, data, Path(args.work), pfs_threshold_months=yaml_threshold or PFS_THRESHOLD_MONTHS,
@@ -146,8 +146,8 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from prrt_utils.package import load_package
-    from prrt_utils.patient_report import parse_labs, predict_patient, write_report
+    from prrt_utils.models.package import load_package
+    from prrt_utils.report.patient_report import parse_labs, predict_patient, write_report
 
     pkg = load_package(args.model)
     labs = parse_labs(args.labs, tuple(pkg.manifest["lab_columns"]))
@@ -160,7 +160,7 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from prrt_utils.book import run_models
+    from prrt_utils.report.book import run_models
 
     cfg = _book_config(args)
     timings = run_models(cfg, progress=_progress(args))  # the pages of the models of this run only
@@ -170,7 +170,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _book(args: argparse.Namespace) -> int:
-    from prrt_utils.book import make_book
+    from prrt_utils.report.book import make_book
 
     index = make_book(_book_config(args), execute=not args.build_only, progress=_progress(args))
     print(f"book built: {index}")
@@ -232,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_preprocess)
 
     def profile(p: argparse.ArgumentParser) -> None:
-        from prrt_utils.training import PROFILES
+        from prrt_utils.models.training import PROFILES
 
         p.add_argument("--profile", choices=PROFILES, default=_BOOK.profile,
                        help="training recipe: 'default' (one that learns: AdamW, early stopping inside the training "
@@ -312,13 +312,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _explained(exc: BaseException) -> bool:
     """Errors whose message says what to change (a cohort YAML, table, model, checkpoint, patient)."""
-    from prrt_utils.cohort import CohortError
-    from prrt_utils.intake import IntakeError
-    from prrt_utils.loading import InputError
-    from prrt_utils.models import ModelError
-    from prrt_utils.package import PackageError
-    from prrt_utils.preprocess import PreprocessError
-    from prrt_utils.pretrain import PretrainError
+    from prrt_utils.data.cohort import CohortError
+    from prrt_utils.data.intake import IntakeError
+    from prrt_utils.data.preprocess import PreprocessError
+    from prrt_utils.io.loading import InputError
+    from prrt_utils.models.networks import ModelError
+    from prrt_utils.models.package import PackageError
+    from prrt_utils.models.pretrain import PretrainError
 
     return isinstance(
         exc, IntakeError | ModelError | PretrainError | PackageError | CohortError | PreprocessError | InputError
@@ -330,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
 
     An unexpected error is reported in one scrubbed line (no path, no quoted
     value) and its traceback, scrubbed the same way, is appended to
-    ``WORK/logs/debug.log`` (:func:`prrt_utils.log.write_debug`).
+    ``WORK/logs/debug.log`` (:func:`prrt_utils.io.log.write_debug`).
     """
     parser = build_parser()
     args = parser.parse_args(argv)

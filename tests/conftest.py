@@ -49,7 +49,7 @@ def built_book(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """
     import os
 
-    from prrt_utils.book import BookConfig, make_book
+    from prrt_utils.report.book import BookConfig, make_book
 
     if os.environ.get("PRRT_BUILT_BOOK"):
         return Path(os.environ["PRRT_BUILT_BOOK"])

@@ -1,4 +1,4 @@
-"""Test-only writer of small DICOM and NIfTI PET/CT series (independent of prrt_utils.synth).
+"""Test-only writer of small DICOM and NIfTI PET/CT series (independent of prrt_utils.synthetic).
 
 Everything here is written from the DICOM standard directly with pydicom, so
 the loader is checked against files its author did not generate with the

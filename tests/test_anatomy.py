@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from prrt_utils.anatomy import (
+from prrt_utils.data.anatomy import (
     ORGAN_CODES,
     SYNTHETIC_LABEL_MAP,
     AnatomyError,
@@ -15,8 +15,8 @@ from prrt_utils.anatomy import (
     organs_on_grid,
     pet_relative,
 )
-from prrt_utils.models import UptakeCountEncoder
-from prrt_utils.radiomics import FEATURES, RadiomicsError, radiomics_features, radiomics_table
+from prrt_utils.models.networks import UptakeCountEncoder
+from prrt_utils.models.radiomics import FEATURES, RadiomicsError, radiomics_features, radiomics_table
 
 LIVER, SPLEEN = ORGAN_CODES["liver"], ORGAN_CODES["spleen"]
 
@@ -99,8 +99,8 @@ def test_the_uptake_count_encoder_equals_its_dense_definition_and_passes_gradien
 
 
 def test_a_label_map_lookup_never_leaves_its_folder(tmp_path):
-    from prrt_utils.anatomy import label_map_path
-    from prrt_utils.store import UnsafePathError
+    from prrt_utils.data.anatomy import label_map_path
+    from prrt_utils.io.store import UnsafePathError
 
     outside = tmp_path / "victim.nii.gz"
     outside.write_bytes(b"not a label map")

@@ -30,13 +30,14 @@ from make_bad_inputs import (
     main,
 )
 
-from prrt_utils import cli, store
-from prrt_utils import cohort as C
-from prrt_utils import preprocess as P
-from prrt_utils.cohort import CohortConfig, build_cohort
-from prrt_utils.intake import CohortSource, check
-from prrt_utils.loading import InputError, load_patient
-from prrt_utils.preprocess import PreprocessConfig, load_volumes, prepare_patient, run_preprocessing
+from prrt_utils import cli
+from prrt_utils.data import cohort as C
+from prrt_utils.data import preprocess as P
+from prrt_utils.data.cohort import CohortConfig, build_cohort
+from prrt_utils.data.intake import CohortSource, check
+from prrt_utils.data.preprocess import PreprocessConfig, load_volumes, prepare_patient, run_preprocessing
+from prrt_utils.io import store
+from prrt_utils.io.loading import InputError, load_patient
 
 PLANTED = (*fac.FAKE_PHI.values(), OTHER_PATIENT_ID, LEADING_ZERO_UID)
 """Identifying strings of the corpus: none may reach a message, a log or an output."""
@@ -374,7 +375,8 @@ def test_prrt_check_keeps_a_scrubbed_traceback_of_an_unexpected_error_in_its_wor
 
 def test_every_path_named_after_a_patient_refuses_an_id_that_leaves_its_folder(tmp_path: Path) -> None:
     # the cohort stage refuses such ids first; each join must refuse them anyway (issue 16: never lose a file)
-    from prrt_utils import anatomy, synth
+    from prrt_utils.data import anatomy
+    from prrt_utils.synthetic import export as synth_export
 
     work = tmp_path / "work"
     out = work / "preprocessed"
@@ -386,7 +388,7 @@ def test_every_path_named_after_a_patient_refuses_an_id_that_leaves_its_folder(t
         with pytest.raises(store.UnsafePathError):
             anatomy.label_map_path(tmp_path, bad)  # ct_labels/<id>.nii.gz
         with pytest.raises(store.UnsafePathError):
-            synth._patient_done(tmp_path, bad)  # imaging/<id>, ground_truth/*/<id>.nii.gz
+            synth_export._patient_done(tmp_path, bad)  # imaging/<id>, ground_truth/*/<id>.nii.gz
         with pytest.raises(store.UnsafePathError):
             P.harmonisation_summary(tmp_path / "imaging", [bad])
     # an index.csv edited by hand cannot lead a read elsewhere either

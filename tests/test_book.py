@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from prrt_utils.book import BookConfig, BookError, execute_notebook, execute_pages
+from prrt_utils.report.book import BookConfig, BookError, execute_notebook, execute_pages
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -84,7 +84,7 @@ PAGE = textwrap.dedent(
     x = 1
 
     # %%
-    from prrt_utils.report import setup_notebook
+    from prrt_utils.report.notebook import setup_notebook
 
     setup_notebook()
 
@@ -127,7 +127,7 @@ def test_an_executed_page_shows_results_with_its_code_folded_and_no_parameters_c
         ["show-input"],                          # a cell that asks to keep its code visible keeps it
     ]
     assert "opening line 7" in _outputs(out)
-    from prrt_utils.book import fold_code
+    from prrt_utils.report.book import fold_code
 
     assert [c.metadata["tags"] for c in fold_code(nb).cells if c.cell_type == "code"] == tags  # idempotent
     # the page carries its figure, not plotly.js: the book loads the library once from _static
@@ -143,7 +143,7 @@ def test_the_plotly_library_is_recognised_exactly_as_plotlys_renderer_writes_it(
     from nbformat.v4 import new_output
     from plotly.offline import get_plotlyjs
 
-    from prrt_utils.book import _is_plotly_library
+    from prrt_utils.report.book import _is_plotly_library
 
     # what plotly's notebook renderer displays before the first figure (NotebookRenderer.activate)
     library = f"<script>window.PlotlyConfig = {{}};</script>\n<script>{get_plotlyjs()}</script>"
@@ -155,8 +155,8 @@ def test_the_plotly_library_is_recognised_exactly_as_plotlys_renderer_writes_it(
 
 
 def test_make_book_prints_one_aligned_line_per_stage_with_its_seconds(capsys):
-    from prrt_utils.book import say_done
-    from prrt_utils.log import configure
+    from prrt_utils.io.log import configure
+    from prrt_utils.report.book import say_done
 
     configure()  # as `prrt book` does: the lines are the prrt logger's, on standard output
     say_done("01_cohort", 12.34)
@@ -170,8 +170,9 @@ def test_make_book_prints_one_aligned_line_per_stage_with_its_seconds(capsys):
 def test_stage_lines_and_generator_messages_go_through_the_prrt_logger_quiet_silences_them_v_adds_detail(
     tmp_path, capsys
 ):
-    from prrt_utils import cli, log
-    from prrt_utils.book import say_done
+    from prrt_utils import cli
+    from prrt_utils.io import log
+    from prrt_utils.report.book import say_done
 
     log.configure(quiet=True)
     say_done("01_cohort", 12.34)
@@ -486,7 +487,7 @@ def test_the_tripod_page_lists_every_item_and_links_only_to_pages_that_exist():
 def test_every_parameter_a_notebook_declares_is_seen_and_comments_cannot_hide_one():
     import jupytext
 
-    from prrt_utils.book import declared_parameters
+    from prrt_utils.report.book import declared_parameters
 
     for path in sorted((ROOT / "notebooks").glob("*.py")):
         nb = jupytext.read(path)
@@ -521,7 +522,7 @@ def test_the_glossary_is_a_page_of_the_book_and_every_term_link_names_one_of_its
 
 
 def test_page_parameters_are_the_cells_values_overridden_by_the_books_for_the_names_it_declares():
-    from prrt_utils.book import page_parameters, repo_root
+    from prrt_utils.report.book import page_parameters, repo_root
 
     cfg = BookConfig(seed=5, n_jobs=3, epochs=7)
     p = page_parameters(repo_root(), "07_survival", cfg)
@@ -531,12 +532,14 @@ def test_page_parameters_are_the_cells_values_overridden_by_the_books_for_the_na
 
 
 def test_the_chapters_training_runs_as_stages_with_the_pages_own_parameters(tmp_path, monkeypatch):
-    from prrt_utils import book, survival, validation
+    from prrt_utils.analysis import validation
+    from prrt_utils.models import final, survival
+    from prrt_utils.report import book
 
     root = book.repo_root()
     calls = {}
     monkeypatch.setattr(survival, "train_survival_stage", lambda *a: calls.setdefault("survival", a))
-    monkeypatch.setattr(validation, "final_package", lambda *a, **k: calls.setdefault("package", (a, k)))
+    monkeypatch.setattr(final, "final_package", lambda *a, **k: calls.setdefault("package", (a, k)))
     monkeypatch.setattr(book, "ensure_second_centre", lambda cfg, root, progress: None)
     monkeypatch.setattr(validation, "validation_cohort", lambda data_dir, other: tmp_path)
     cfg = BookConfig(seed=3, n_jobs=2, epochs=4, work_dir="w")

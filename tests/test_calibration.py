@@ -11,7 +11,7 @@ from scipy import stats as sps
 from sklearn.calibration import calibration_curve
 from sklearn.metrics import roc_auc_score
 
-from prrt_utils import calibration as cal
+from prrt_utils.analysis import calibration as cal
 
 
 def _sigmoid(x):
@@ -50,17 +50,26 @@ def test_reliability_curve_equals_sklearn_and_counts_every_patient():
     assert pts["n"].sum() == 500
 
 
-def test_net_benefit_by_hand_and_equal_to_dcurves():
+def _net_benefit(y, p, thresholds):
+    """Vickers & Elkin (2006): act when p >= pt; TP/n - FP/n * pt / (1 - pt). The reference for dcurves."""
+    pt = np.asarray(thresholds, dtype=float)
+    act = np.asarray(p)[None, :] >= pt[:, None]
+    tp = (act & (np.asarray(y)[None, :] == 1)).sum(axis=1) / len(y)
+    fp = (act & (np.asarray(y)[None, :] == 0)).sum(axis=1) / len(y)
+    return tp - fp * pt / (1 - pt)
+
+
+def test_decision_curve_equals_the_net_benefit_formula_by_hand():
     y = np.array([1, 1, 0, 0])
     p = np.array([0.9, 0.4, 0.6, 0.1])
     # pt = 0.5: treat 0.9 (TP) and 0.6 (FP): 1/4 - 1/4 * 1 = 0; pt = 0.2: TP 2, FP 1: 2/4 - 1/4 * 0.25
-    np.testing.assert_allclose(cal.net_benefit(y, p, [0.5, 0.2]), [0.0, 0.4375])
+    np.testing.assert_allclose(_net_benefit(y, p, [0.5, 0.2]), [0.0, 0.4375])
     yy, pp = _draw(n=300, seed=1)
     th = np.round(np.arange(0.05, 0.8, 0.05), 2)
     dc = cal.decision_curve(pd.DataFrame({"y_true": yy, "m": pp}), ["m"], th)
     for name, probs in (("m", pp), ("all", np.ones_like(pp))):
         got = dc[dc["model"] == name].sort_values("threshold")["net_benefit"].to_numpy()
-        np.testing.assert_allclose(got, cal.net_benefit(yy, probs, th), atol=1e-12)
+        np.testing.assert_allclose(got, _net_benefit(yy, probs, th), atol=1e-12)
     assert (dc.loc[dc["model"] == "none", "net_benefit"] == 0).all()
 
 

@@ -1,4 +1,4 @@
-"""Cohort stage (prrt_utils.cohort): validation, outputs, Table 1 and Kaplan-Meier against references."""
+"""Cohort stage (prrt_utils.data.cohort): validation, outputs, Table 1 and Kaplan-Meier against references."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import pandas as pd
 import pytest
 from scipy.stats import fisher_exact, mannwhitneyu
 
-from prrt_utils import cohort as C
-from prrt_utils import store
-from prrt_utils.cohort import CohortConfig, CohortError, build_cohort, load_clinical
-from prrt_utils.paper import paper_table1
+from prrt_utils.data import cohort as C
+from prrt_utils.data.cohort import CohortConfig, CohortError, build_cohort, load_clinical
+from prrt_utils.data.paper import paper_table1
+from prrt_utils.io import store
 
 PFS = [6.0, 12.0, 18.0, 24.0, 9.0, 30.0]  # PRRT-002 sits exactly on the 12-month threshold
 
@@ -296,13 +296,13 @@ def test_an_interrupted_write_leaves_no_partial_file_and_is_redone(tmp_path, mon
 
 
 def test_lab_inputs_never_include_post_baseline_or_outcome_columns():
-    from prrt_utils import models
+    from prrt_utils.models import networks
 
     assert not set(C.LAB_COLUMNS) & set(C.FORBIDDEN_INPUTS)
-    assert models.LAB_COLUMNS == C.LAB_COLUMNS  # every model's "labs" input is this list
-    for key, spec in models.load_registry().items():
+    assert networks.LAB_COLUMNS == C.LAB_COLUMNS  # every model's "labs" input is this list
+    for key, spec in networks.load_registry().items():
         assert set(spec.inputs) <= {"labs", "pet", "ct"}, key
-        text = (models.models_dir() / f"{key}.yaml").read_text()
+        text = (networks.models_dir() / f"{key}.yaml").read_text()
         assert not [c for c in C.FORBIDDEN_INPUTS if c in text], key
 
 

@@ -1,4 +1,4 @@
-"""Unit tests of the named steps of prrt_utils.cohort.load_clinical (issue 18: short functions)."""
+"""Unit tests of the named steps of prrt_utils.data.cohort.load_clinical (issue 18: short functions)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from prrt_utils import cohort
+from prrt_utils.data import cohort
 
 
 def _lines(n: int) -> pd.Series:

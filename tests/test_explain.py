@@ -1,4 +1,4 @@
-"""Explainability and chapter-05 helpers (prrt_utils.explain): known answers on a tiny stored grid."""
+"""Explainability and chapter-05 helpers (prrt_utils.analysis.explain): known answers on a tiny stored grid."""
 
 from __future__ import annotations
 
@@ -12,11 +12,15 @@ import torch
 from sklearn.inspection import permutation_importance
 from sklearn.linear_model import LogisticRegression
 
-from prrt_utils import explain, store
-from prrt_utils.explain import ExplainConfig, Explainer, permutation_drops
-from prrt_utils.folds import make_folds
-from prrt_utils.models import get_spec
-from prrt_utils.training import TrainConfig, load_fold, run_fold, toy_cohort_data
+from prrt_utils.analysis import explain
+from prrt_utils.analysis.explain import ExplainConfig, Explainer, permutation_drops
+from prrt_utils.data.folds import make_folds
+from prrt_utils.io import store
+from prrt_utils.models.networks import get_spec
+from prrt_utils.models.stored import load_fold
+from prrt_utils.models.toy import toy_cohort_data
+from prrt_utils.models.training import TrainConfig, run_fold
+from prrt_utils.report import chapters
 
 torch.set_num_threads(1)
 SHAPE = (12, 10, 10)
@@ -232,7 +236,7 @@ def test_cache_is_keyed_by_the_folds_done_json(work, toy, tmp_path):
 
 def _label_case(tmp_path):
     """A 5 mm label map (synthetic-cohort NIfTI conventions) and a 10 mm target grid with aligned boundaries."""
-    from prrt_utils.synth import LABELS, Grid, to_nifti_array
+    from prrt_utils.synthetic import LABELS, Grid, to_nifti_array
 
     src = Grid(x=-97.5 + 5.0 * np.arange(40), y=-97.5 + 5.0 * np.arange(40), z=97.5 - 5.0 * np.arange(40))
     lab = np.zeros(src.shape, dtype=np.uint8)
@@ -283,7 +287,7 @@ def test_labels_on_grid_reads_the_stored_grid_of_each_patient(tmp_path, work, to
     code = {v: k for k, v in names.items()}
     got = out["labels"][0] == code["lesion"]
     assert got.sum() == 8 and got[10:12, 10:12, 10:12].all()
-    from prrt_utils.stats import saliency_mass_fraction
+    from prrt_utils.analysis.stats import saliency_mass_fraction
 
     sal = np.zeros((20, 20, 20))
     sal[10:12, 10:12, 10:12] = 1.0
@@ -314,7 +318,7 @@ def test_families_follow_the_inputs():
 
 
 def test_survival_frame_and_km_over_repeats(work):
-    from prrt_utils.grid import read_results
+    from prrt_utils.models.stored import read_results
 
     pred = read_results(work, ["pet_fusion"])
     surv = explain.read_survival(work)
@@ -322,7 +326,7 @@ def test_survival_frame_and_km_over_repeats(work):
     assert len(frame) == 30 and frame["patient_id"].is_unique
     km = explain.km_over_repeats(pred, surv, "pet_fusion")
     assert len(km) == 1 and km["n_long"].iloc[0] + km["n_short"].iloc[0] == 30
-    from prrt_utils.stats import km_by_prediction
+    from prrt_utils.analysis.stats import km_by_prediction
 
     km_fit = km_by_prediction(frame, 0.5, prob_is="short")
     fig = explain.km_figure(km_fit)
@@ -333,8 +337,8 @@ def test_survival_frame_and_km_over_repeats(work):
 
 
 def test_the_single_model_analyses_use_the_pre_specified_model_not_the_best_scorer():
-    from prrt_utils.explain import primary_model
-    from prrt_utils.paper import MODEL_KEYS, PRIMARY_MODEL
+    from prrt_utils.analysis.explain import primary_model
+    from prrt_utils.data.paper import MODEL_KEYS, PRIMARY_MODEL
 
     assert primary_model(list(MODEL_KEYS)) == PRIMARY_MODEL == "petct_fusion_pretrained"
     # Without it: the fusion model with the most inputs by registry order, whatever the scores.
@@ -427,10 +431,10 @@ def test_saliency_panels_normalise_each_map_outline_the_lesions_and_quote_the_re
 
 def test_saliency_mass_section_needs_truth_and_sums_the_region_volumes_of_the_repeat():
     ex = _StubExplainer()
-    none = explain.saliency_mass_section(ex, ["pet_only"], False, "data/own")
+    none = chapters.saliency_mass_section(ex, ["pet_only"], False, "data/own")
     assert none.mass is None and none.tables() == (none.reason,) and "data/own" in none.reason
     assert "real cohort has none" in none.findings().sentences[0]
-    sec = explain.saliency_mass_section(ex, ["pet_only"], True)
+    sec = chapters.saliency_mass_section(ex, ["pet_only"], True)
     assert sec.volumes.loc["lesion", "volume_ml_fractional"] == 2.0
     assert sec.volumes.loc["lesion", "ratio"] == 0.5 and sec.volumes.loc["liver", "ratio"] == 1.0
     fraction, enrichment, _ = sec.tables()

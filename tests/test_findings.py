@@ -1,4 +1,4 @@
-"""Key findings (prrt_utils.findings): sentences computed from results, and the summary page's answer."""
+"""Key findings (prrt_utils.report.findings): sentences computed from results, and the summary page's answer."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score
 
-from prrt_utils import findings, metrics
+from prrt_utils.analysis import metrics
+from prrt_utils.report import findings
 
 
 def _predictions(signals: dict[str, float], n: int = 60, repeats: int = 3, folds: int = 3) -> pd.DataFrame:
@@ -57,7 +58,8 @@ def test_the_answer_table_sets_each_model_beside_the_paper_and_its_ceiling():
     pred = _predictions({"rf_labs": 0.3, "pet_fusion": 1.5, "lr_labs": 0.5})
     models = ["rf_labs", "pet_fusion", "lr_labs"]
     results = metrics.evaluate(pred, order=models)
-    from prrt_utils import calibration, paper
+    from prrt_utils.analysis import calibration
+    from prrt_utils.data import paper
 
     intervals = calibration.bootstrap_table(pred, models, n_boot=50)
     ans = findings.Answer(results, None, paper.paper_table2(), intervals, "pet_fusion", findings.KeyFindings(()))
@@ -73,8 +75,9 @@ def test_the_answer_table_sets_each_model_beside_the_paper_and_its_ceiling():
 
 
 def test_power_finding_states_the_ceiling_comparison_and_the_share_of_cohorts():
-    from prrt_utils import findings, metrics, stats
-    from prrt_utils.synth import SynthConfig
+    from prrt_utils.analysis import metrics, stats
+    from prrt_utils.report import findings
+    from prrt_utils.synthetic import SynthConfig
 
     cfg = SynthConfig(n_patients=116)
     power = metrics.comparison_power(cfg, seeds=range(2))

@@ -1,4 +1,4 @@
-"""Repeated stratified cross-validation splits (prrt_utils.folds)."""
+"""Repeated stratified cross-validation splits (prrt_utils.data.folds)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from sklearn.model_selection import RepeatedStratifiedKFold
 
-from prrt_utils.folds import CVConfig, FoldsError, check_folds, ensure_folds, fold_ids, make_folds
+from prrt_utils.data.folds import CVConfig, FoldsError, check_folds, ensure_folds, fold_ids, make_folds
 
 
 def cohort(n: int = 31, n_pos: int = 11, seed: int = 0) -> pd.DataFrame:

@@ -1,4 +1,4 @@
-"""Own-cohort mode (prrt_utils.intake): a centre's export laid out unlike ours, run as book/own_cohort.md says.
+"""Own-cohort mode (prrt_utils.data.intake): a centre's export laid out unlike ours, run as book/own_cohort.md says.
 
 The export of these tests is the one the how-to describes and
 ``examples/cohort.example.yaml`` reads: a semicolon-separated cp1252 table with
@@ -20,11 +20,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from prrt_utils import cli, intake
-from prrt_utils.book import BookConfig, resolve_cohort
-from prrt_utils.cohort import CLINICAL_COLUMNS, CohortConfig, build_cohort
-from prrt_utils.intake import CohortSource, IntakeError, check, looks_like_study_id, pseudonym
-from prrt_utils.loading import load_patient
+from prrt_utils import cli
+from prrt_utils.data import intake
+from prrt_utils.data.cohort import CLINICAL_COLUMNS, CohortConfig, build_cohort
+from prrt_utils.data.intake import CohortSource, IntakeError, check, looks_like_study_id, pseudonym
+from prrt_utils.io.loading import load_patient
+from prrt_utils.report.book import BookConfig, resolve_cohort
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "cohort.example.yaml"
@@ -487,7 +488,7 @@ def test_the_how_to_shows_the_example_yaml_and_every_command_it_names() -> None:
 
 
 def test_ct_label_maps_follow_the_pseudonyms_with_their_codes(centre: Path, tmp_path: Path) -> None:
-    from prrt_utils.pretrain import ANATOMY_CLASSES, find_labels, save_label_map
+    from prrt_utils.models.pretrain import ANATOMY_CLASSES, find_labels, save_label_map
 
     seg = centre.parent / "export" / "TotalSeg"
     for raw in WITH_IMAGES[:2]:  # the third patient has images but no label map

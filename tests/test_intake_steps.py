@@ -1,4 +1,4 @@
-"""Unit tests of the named steps of prrt_utils.intake (issue 18: short functions, one error for every bad field)."""
+"""Unit tests of the named steps of prrt_utils.data.intake (issue 18: short functions, one error for every bad field)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from prrt_utils import intake
-from prrt_utils.intake import CohortSource, IntakeError
+from prrt_utils.data import intake
+from prrt_utils.data.intake import CohortSource, IntakeError
 
 
 def test_two_bad_fields_are_both_named_in_one_error() -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from prrt_utils import store
+from prrt_utils.io import store
 
 pytestmark = pytest.mark.slow
 
@@ -62,7 +62,7 @@ def _tree(root: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def small_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from prrt_utils import synth
+    from prrt_utils import synthetic as synth
 
     out = tmp_path_factory.mktemp("export") / "data"
     synth.generate_cohort(synth.SynthConfig(n_patients=8, pet_matrix=32, ct_matrix=48, slice_mm=10.0), out,
@@ -71,7 +71,7 @@ def small_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 PREPROCESS = """
-from prrt_utils.preprocess import PreprocessConfig, run_preprocessing
+from prrt_utils.data.preprocess import PreprocessConfig, run_preprocessing
 run_preprocessing(PreprocessConfig(), None, {imaging!r}, {work!r}, progress=False, n_jobs=1)
 """
 
@@ -107,9 +107,10 @@ torch.set_num_threads(1)
 import sys
 sys.path.insert(0, {tests!r})
 from test_grid import write_toy_work
-from prrt_utils import grid
-from prrt_utils.folds import CVConfig
-from prrt_utils.training import TrainConfig, toy_cohort_data
+from prrt_utils.models import crossval
+from prrt_utils.data.folds import CVConfig
+from prrt_utils.models.training import TrainConfig
+from prrt_utils.models.toy import toy_cohort_data
 from pathlib import Path
 work = Path({work!r})
 if not (work / "cohort").exists():
@@ -150,7 +151,7 @@ print("page finished")
 
 EXECUTE = """
 from pathlib import Path
-from prrt_utils.book import execute_notebook
+from prrt_utils.report.book import execute_notebook
 execute_notebook(Path("page.py"), Path("executed/page.ipynb"), {{"seconds": {seconds}}}, cwd=Path("."))
 """
 

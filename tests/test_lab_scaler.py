@@ -9,7 +9,7 @@ import pytest
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
-from prrt_utils.training import LabScaler
+from prrt_utils.models.inputs import LabScaler
 
 
 def _labs(seed: int, n: int) -> np.ndarray:

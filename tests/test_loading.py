@@ -1,4 +1,4 @@
-"""Tests of prrt_utils.loading: DICOM/NIfTI PET/CT to SUVbw and HU, and every kind of bad input."""
+"""Tests of prrt_utils.io.loading: DICOM/NIfTI PET/CT to SUVbw and HU, and every kind of bad input."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import pytest
 from pydicom.data import get_testdata_file
 from pydicom.pixels import apply_modality_lut
 
-from prrt_utils import loading
-from prrt_utils.loading import InputError, Volume, discover_series, load_patient, load_series, reorient
+from prrt_utils.io import loading
+from prrt_utils.io.loading import InputError, Volume, discover_series, load_patient, load_series, reorient
 
 
 def _names_and_uids(folder: Path) -> list[str]:
@@ -368,7 +368,7 @@ def test_no_identifying_data_reaches_volume_meta(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------
-# Integration with the synthetic cohort (prrt_utils.synth)
+# Integration with the synthetic cohort (prrt_utils.synthetic)
 # ---------------------------------------------------------------------------
 
 
@@ -376,7 +376,7 @@ def test_no_identifying_data_reaches_volume_meta(tmp_path: Path) -> None:
 def test_loaded_suv_equals_the_synthetic_ground_truth_voxel_by_voxel(
     tmp_path: Path, image_format: str
 ) -> None:
-    from prrt_utils import synth
+    from prrt_utils import synthetic as synth
     cfg = synth.SynthConfig(
         n_patients=2, pet_matrix=24, ct_matrix=32, slice_mm=25.0, image_format=image_format
     )

@@ -1,4 +1,4 @@
-"""Unit tests of the named steps of prrt_utils.loading.load_series (issue 18: short functions)."""
+"""Unit tests of the named steps of prrt_utils.io.loading.load_series (issue 18: short functions)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from pydicom.dataset import Dataset
 
-from prrt_utils import loading
-from prrt_utils.loading import InputError
+from prrt_utils.io import loading
+from prrt_utils.io.loading import InputError
 
 AXIAL = np.array([1.0, 0.0, 0.0, 0.0, 1.0, 0.0])  # rows along +x, columns along +y: normal +z
 

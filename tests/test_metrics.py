@@ -1,4 +1,4 @@
-"""Per-fold metrics, mean +- SE over repeats, curves and the Bayes ceiling (prrt_utils.metrics)."""
+"""Per-fold metrics, mean +- SE over repeats, curves and the Bayes ceiling (prrt_utils.analysis.metrics)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from prrt_utils import metrics
-from prrt_utils.metrics import (
+from prrt_utils.analysis import metrics
+from prrt_utils.analysis.metrics import (
     MetricsError,
     bayes_ceiling,
     curves_figure,
@@ -159,8 +159,8 @@ def test_truth_ceilings_fit_on_each_training_part_and_score_the_true_probability
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from prrt_utils.folds import make_folds
-    from prrt_utils.synth import CEILING_FAMILIES, SynthConfig, ceiling_features, sample_cohort
+    from prrt_utils.data.folds import make_folds
+    from prrt_utils.synthetic import CEILING_FAMILIES, SynthConfig, ceiling_features, sample_cohort
 
     c = sample_cohort(SynthConfig(n_patients=90, seed=4))
     cohort = c.clinical.assign(pfs_short=(c.clinical["pfs_months"] <= 12).astype(int))
@@ -183,8 +183,8 @@ def test_truth_ceilings_fit_on_each_training_part_and_score_the_true_probability
 
 
 def test_each_model_is_set_beside_the_ceiling_of_the_inputs_it_sees():
-    from prrt_utils.folds import make_folds
-    from prrt_utils.synth import SynthConfig, sample_cohort
+    from prrt_utils.data.folds import make_folds
+    from prrt_utils.synthetic import SynthConfig, sample_cohort
 
     c = sample_cohort(SynthConfig(n_patients=60, seed=2))
     cohort = c.clinical.assign(pfs_short=(c.clinical["pfs_months"] <= 12).astype(int))
@@ -201,7 +201,7 @@ def test_each_model_is_set_beside_the_ceiling_of_the_inputs_it_sees():
 
 
 def test_accuracy_uses_the_same_rule_as_the_kaplan_meier_split():
-    from prrt_utils.metrics import predicted_long
+    from prrt_utils.models.stored import predicted_long
 
     # P(short) = 0.5 exactly is P(long) = 0.5 >= 0.5: predicted long, in the accuracy as in km_by_prediction.
     p = pd.DataFrame({"model": "m", "repeat": 0, "fold": 0, "patient_id": ["a", "b", "c", "d"],
@@ -215,7 +215,7 @@ def test_accuracy_uses_the_same_rule_as_the_kaplan_meier_split():
 
 def test_comparison_power_detects_an_image_only_signal_and_not_a_missing_one():
     """Labs that carry nothing about the outcome: the truth beats labs nearly always and image rarely."""
-    from prrt_utils.synth import SynthConfig
+    from prrt_utils.synthetic import SynthConfig
 
     blind_labs = SynthConfig(n_patients=116, cga_per_log_burden=0.0, cga_per_biology=0.0, ggt_per_log_hepatic=0.0,
                              ast_per_log_hepatic=0.0, beta_burden=0.6, beta_sstr=0.6, beta_biology=0.0)
@@ -233,7 +233,7 @@ def test_read_synth_config_is_none_for_a_real_cohort(tmp_path):
 
 
 def test_comparison_power_leaves_out_a_draw_that_cannot_be_split():
-    from prrt_utils.synth import SynthConfig
+    from prrt_utils.synthetic import SynthConfig
 
     tiny = SynthConfig(n_patients=7)
     kept = [s for s in range(12) if metrics.generator_ceilings(tiny.replace(seed=s)) is not None]

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from prrt_utils.models import ENCODERS, KINDS, POOLINGS, ModelError, ModelSpec, load_registry, spec_problems
+from prrt_utils.models.networks import (
+    ENCODERS,
+    KINDS,
+    POOLINGS,
+    ModelError,
+    ModelSpec,
+    load_registry,
+    spec_problems,
+)
 
 
 def test_two_bad_fields_are_both_named_in_one_error() -> None:

@@ -1,4 +1,4 @@
-"""Model declarations, registry and networks (prrt_utils.models)."""
+"""Model declarations, registry and networks (prrt_utils.models.networks)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import shutil
 import pytest
 import torch
 
-from prrt_utils.models import (
+from prrt_utils.models.networks import (
     PAPER_MODEL_KEYS,
     ConvEncoder,
     FusionNet,

@@ -1,4 +1,4 @@
-"""Model packages: train on the whole development cohort, reload, refuse what does not match (prrt_utils.package)."""
+"""Model packages: train on the whole development cohort, reload, refuse what does not match (prrt_utils.models.package)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,13 @@ import pytest
 import torch
 from test_grid import write_toy_work
 
-from prrt_utils import grid, package, store
-from prrt_utils.folds import CVConfig
-from prrt_utils.preprocess import PreprocessConfig
-from prrt_utils.training import CohortData, TrainConfig, toy_cohort_data
+from prrt_utils.data.folds import CVConfig
+from prrt_utils.data.preprocess import PreprocessConfig
+from prrt_utils.io import store
+from prrt_utils.models import crossval, final, package
+from prrt_utils.models.inputs import CohortData
+from prrt_utils.models.toy import toy_cohort_data
+from prrt_utils.models.training import TrainConfig
 
 torch.set_num_threads(1)
 CFG = TrainConfig(epochs=3, device="cpu")
@@ -30,11 +33,11 @@ def packaged(tmp_path_factory, data):
     work = write_toy_work(tmp_path_factory.mktemp("pkg") / "work", data)
     store.write_text(work / "preprocessed" / "config.yaml", PRE.to_yaml())
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(grid, "_load_volumes", grid._volumes_from_index)
-        grid.run_grid(["rf_labs", "pet_fusion"], work, CVConfig(n_splits=3, n_repeats=1), CFG, n_jobs=1,
+        mp.setattr(crossval, "_load_volumes", crossval._volumes_from_index)
+        crossval.run_grid(["rf_labs", "pet_fusion"], work, CVConfig(n_splits=3, n_repeats=1), CFG, n_jobs=1,
                       progress=False, torch_threads=1)
-        mp.setattr("prrt_utils.preprocess.load_volumes", lambda w, ids: grid._volumes_from_index(w, list(ids)))
-        paths = {m: package.train_final(work, work.parent / f"{m}.pkg", m, CFG) for m in ("rf_labs", "pet_fusion")}
+        mp.setattr("prrt_utils.data.preprocess.load_volumes", lambda w, ids: crossval._volumes_from_index(w, list(ids)))
+        paths = {m: final.train_final(work, work.parent / f"{m}.pkg", m, CFG) for m in ("rf_labs", "pet_fusion")}
     return work, paths
 
 
@@ -99,12 +102,12 @@ def test_a_changed_file_other_versions_or_other_preprocessing_are_refused(packag
 def test_train_final_needs_the_cross_validation_reuses_and_never_overwrites(packaged):
     work, paths = packaged
     mtime = (paths["rf_labs"] / "manifest.json").stat().st_mtime_ns
-    assert package.train_final(work, paths["rf_labs"], "rf_labs", CFG) == paths["rf_labs"]  # same sources: reused
+    assert final.train_final(work, paths["rf_labs"], "rf_labs", CFG) == paths["rf_labs"]  # same sources: reused
     assert (paths["rf_labs"] / "manifest.json").stat().st_mtime_ns == mtime
     with pytest.raises(package.PackageError, match="other results or settings"):
-        package.train_final(work, paths["rf_labs"], "rf_labs", CFG.replace(epochs=4))
+        final.train_final(work, paths["rf_labs"], "rf_labs", CFG.replace(epochs=4))
     with pytest.raises(package.PackageError, match="no finished fold"):
-        package.train_final(work, work.parent / "x.pkg", "ct_only", CFG)
+        final.train_final(work, work.parent / "x.pkg", "ct_only", CFG)
     assert not (work.parent / "x.pkg").exists()
 
 
@@ -148,7 +151,7 @@ def test_the_report_speaks_a_clinicians_words(report):
 
 
 def test_the_development_histogram_spreads_a_narrow_band_over_its_bins():
-    from prrt_utils.patient_report import development_bins
+    from prrt_utils.report.patient_report import development_bins
 
     rng = np.random.default_rng(0)
     probs = rng.uniform(0.25, 0.45, 200)
@@ -165,7 +168,7 @@ def test_the_pet_is_shown_in_a_fixed_suv_window_with_a_mip_and_contributions_in_
 
     import pandas as pd
 
-    from prrt_utils.patient_report import PatientPrediction, _figures
+    from prrt_utils.report.patient_report import PatientPrediction, _figures
 
     rng = np.random.default_rng(1)
     pet = rng.uniform(0, 30, (12, 8, 8)).astype(np.float32)
@@ -194,12 +197,12 @@ def test_the_report_carries_no_identifying_data(report):
 
 
 def test_a_lab_at_the_development_median_contributes_nothing(packaged):
-    from prrt_utils.patient_report import parse_labs
+    from prrt_utils.report.patient_report import parse_labs
 
     _, paths = packaged
     pkg = package.load_package(paths["rf_labs"])
     medians = {c: pkg.summary["labs"][c]["q50"] for c in pkg.manifest["lab_columns"]}
-    from prrt_utils.patient_report import predict_patient
+    from prrt_utils.report.patient_report import predict_patient
 
     result = predict_patient(pkg, "unused: the forest reads no image", medians)
     assert (result.lab_effects["contribution"] == 0).all()
@@ -225,7 +228,7 @@ def test_the_report_opens_offline_and_draws_its_figures(report, offline_browser)
 def test_recalibration_in_the_large_matches_the_observed_share_and_keeps_the_ranking():
     from sklearn.metrics import roc_auc_score
 
-    from prrt_utils.validation import recalibrate_in_the_large
+    from prrt_utils.analysis.validation import recalibrate_in_the_large
 
     rng = np.random.default_rng(0)
     y = rng.integers(0, 2, 400)
@@ -237,7 +240,7 @@ def test_recalibration_in_the_large_matches_the_observed_share_and_keeps_the_ran
 
 
 def test_a_shifted_lab_is_flagged_and_an_unshifted_one_is_not():
-    from prrt_utils.validation import shift_table
+    from prrt_utils.analysis.validation import shift_table
 
     dev = {"labs": {"cga_ug_l": {"q25": 100.0, "q50": 200.0, "q75": 400.0}, "ast_u_l": {"q25": 20.0, "q50": 28.0, "q75": 36.0}}}
     val = {"labs": {"cga_ug_l": {"q25": 300.0, "q50": 500.0, "q75": 900.0}, "ast_u_l": {"q25": 21.0, "q50": 29.0, "q75": 35.0}}}

@@ -1,4 +1,4 @@
-"""The paper's published numbers as data (prrt_utils.paper): shape, consistency, transcription."""
+"""The paper's published numbers as data (prrt_utils.data.paper): shape, consistency, transcription."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import re
 import pytest
 from scipy.stats import fisher_exact
 
-from prrt_utils import paper
-from prrt_utils.metrics import paper_reference
-from prrt_utils.models import PAPER_MODEL_KEYS, load_registry
+from prrt_utils.analysis.metrics import paper_reference
+from prrt_utils.data import paper
+from prrt_utils.models.networks import PAPER_MODEL_KEYS, load_registry
 
 
 def test_model_keys_are_the_registry_keys_in_table_2_order():
@@ -55,7 +55,7 @@ def test_table2_values_as_published():
 
 def test_metrics_paper_reference_reads_this_module():
     names, table = paper_reference()
-    from prrt_utils.models import BASELINE_NAMES
+    from prrt_utils.models.networks import BASELINE_NAMES
 
     assert names == {**paper.DISPLAY_NAMES, **BASELINE_NAMES}  # the baselines by name too, not by key
     assert list(table["model"]) == list(paper.MODEL_KEYS)

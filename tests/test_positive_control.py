@@ -12,13 +12,13 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from prrt_utils import grid
-from prrt_utils.cohort import CohortConfig, build_cohort
-from prrt_utils.folds import CVConfig, ensure_folds, fold_ids
-from prrt_utils.models import get_spec
-from prrt_utils.preprocess import PreprocessConfig, run_preprocessing
-from prrt_utils.synth import SynthConfig, generate_cohort
-from prrt_utils.training import TrainConfig, train_fold
+from prrt_utils.data.cohort import CohortConfig, build_cohort
+from prrt_utils.data.folds import CVConfig, ensure_folds, fold_ids
+from prrt_utils.data.preprocess import PreprocessConfig, run_preprocessing
+from prrt_utils.models import crossval
+from prrt_utils.models.networks import get_spec
+from prrt_utils.models.training import TrainConfig, train_fold
+from prrt_utils.synthetic import SynthConfig, generate_cohort
 
 pytestmark = pytest.mark.slow
 
@@ -30,9 +30,9 @@ def positive_control(tmp_path_factory):
     generate_cohort(SynthConfig(n_patients=48, seed=3, scenario="positive-control"), data, progress=False, n_jobs=1)
     build_cohort(CohortConfig(), data, work)
     run_preprocessing(PreprocessConfig(), work / "cohort" / "cohort.csv", data / "imaging", work, progress=False)
-    cohort = grid.eligible_cohort(work, "pfs_short")
+    cohort = crossval.eligible_cohort(work, "pfs_short")
     folds = ensure_folds(cohort, work, CVConfig(n_repeats=1))
-    data_ = grid._worker_data(str(grid.prepare_inputs(work, cohort, ["pet"], "pfs_short")))
+    data_ = crossval._worker_data(str(crossval.prepare_inputs(work, cohort, ["pet"], "pfs_short")))
     return data_, folds
 
 
@@ -72,7 +72,7 @@ def _fake_predictions(n_repeats: int = 5, n_splits: int = 3, n: int = 60, seed: 
     """A model that ranks every patient right (pet_only) and one that guesses (pet_only_shuffled)."""
     import pandas as pd
 
-    from prrt_utils.positive_control import SHUFFLED_NAME
+    from prrt_utils.report.positive_control import SHUFFLED_NAME
 
     rng = np.random.default_rng(seed)
     y = np.array([0, 1] * (n // 2))
@@ -89,8 +89,8 @@ def _fake_predictions(n_repeats: int = 5, n_splits: int = 3, n: int = 60, seed: 
 def _result(pred, loss: float, full_size: bool):
     import pandas as pd
 
-    from prrt_utils import metrics
-    from prrt_utils.positive_control import SHUFFLED_NAME, PositiveControlResult, _checks
+    from prrt_utils.analysis import metrics
+    from prrt_utils.report.positive_control import SHUFFLED_NAME, PositiveControlResult, _checks
 
     results = metrics.evaluate(pred, order=["pet_only", SHUFFLED_NAME])
     train_loss = pd.DataFrame({"model": ["pet_only"] * 3, "repeat": 0, "fold": [0, 1, 2], "best_epoch": 5,
@@ -104,8 +104,8 @@ def _result(pred, loss: float, full_size: bool):
 def test_shuffled_labels_keep_every_folds_class_counts_and_differ_from_the_truth():
     import pandas as pd
 
-    from prrt_utils.folds import make_folds
-    from prrt_utils.positive_control import fold_shuffled_labels
+    from prrt_utils.data.folds import make_folds
+    from prrt_utils.report.positive_control import fold_shuffled_labels
 
     ids = [f"P{i:02d}" for i in range(21)]
     y = pd.Series([1, 1, 1] + [0] * 18, index=ids)  # as few short-PFS patients as the test book's control
@@ -144,7 +144,7 @@ def test_the_verdict_is_computed_against_the_issues_thresholds():
 
 
 def test_shuffled_labels_are_a_permutation_fixed_by_the_seed_and_the_repeat():
-    from prrt_utils.positive_control import shuffled_labels
+    from prrt_utils.report.positive_control import shuffled_labels
 
     y = np.array([0] * 70 + [1] * 46)
     a, b, c, d = shuffled_labels(y, 0), shuffled_labels(y, 0), shuffled_labels(y, 1), shuffled_labels(y, 0, 1)
@@ -153,7 +153,7 @@ def test_shuffled_labels_are_a_permutation_fixed_by_the_seed_and_the_repeat():
 
 
 def test_the_positive_control_runs_only_on_the_synthetic_cohort():
-    from prrt_utils.book import BookConfig
+    from prrt_utils.report.book import BookConfig
 
     assert BookConfig().runs_positive_control
     assert BookConfig().parameters()["positive_control_data_dir"] == "data/synthetic-positive-control"
@@ -165,7 +165,7 @@ def test_the_positive_control_runs_only_on_the_synthetic_cohort():
 def test_the_page_says_so_when_the_control_did_not_run(tmp_path):
     from pathlib import Path
 
-    from prrt_utils.book import execute_notebook
+    from prrt_utils.report.book import execute_notebook
 
     root = Path(__file__).resolve().parent.parent
     out = tmp_path / "positive_control.ipynb"
@@ -180,7 +180,7 @@ def test_the_books_positive_control_ran_on_the_same_folds_and_is_reused(built_bo
 
     import pandas as pd
 
-    from prrt_utils.book import BookConfig, ensure_positive_control
+    from prrt_utils.report.book import BookConfig, ensure_positive_control
 
     work = built_book / "work" / "positive-control"
     folds = pd.read_csv(work / "folds.csv", dtype={"patient_id": str})
@@ -212,7 +212,7 @@ def test_the_books_positive_control_ran_on_the_same_folds_and_is_reused(built_bo
 
 
 def test_the_page_shows_the_stored_control_or_only_why_it_did_not_run():
-    from prrt_utils.positive_control import SHUFFLED_NAME, PositiveControlPage, positive_control_page
+    from prrt_utils.report.positive_control import SHUFFLED_NAME, PositiveControlPage, positive_control_page
 
     empty = positive_control_page("", "work")
     assert empty.result is None and "was not run in this book" in empty.intro().data

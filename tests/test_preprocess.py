@@ -1,4 +1,4 @@
-"""Tests of prrt_utils.preprocess: physical-space resampling, artefact rules, the cached stage."""
+"""Tests of prrt_utils.data.preprocess: physical-space resampling, artefact rules, the cached stage."""
 
 from __future__ import annotations
 
@@ -11,9 +11,8 @@ import pandas as pd
 import pydicom
 import pytest
 
-from prrt_utils import preprocess, store
-from prrt_utils.loading import InputError, PatientImages, Volume
-from prrt_utils.preprocess import (
+from prrt_utils.data import preprocess
+from prrt_utils.data.preprocess import (
     PreprocessConfig,
     PreprocessError,
     TargetGrid,
@@ -24,6 +23,8 @@ from prrt_utils.preprocess import (
     resample,
     run_preprocessing,
 )
+from prrt_utils.io import store
+from prrt_utils.io.loading import InputError, PatientImages, Volume
 
 CENTRE = np.array([30.0, -20.0, -100.0])  # LPS mm
 
@@ -403,7 +404,7 @@ def test_qc_figure_shows_mip_slices_and_overlay(imaging: Path, tmp_path: Path) -
 def test_synthetic_cohort_is_preprocessed_with_the_box_anchored_at_the_phantoms_lung_apex(
     tmp_path: Path,
 ) -> None:
-    from prrt_utils import synth
+    from prrt_utils import synthetic as synth
     cfg = synth.SynthConfig(n_patients=3, pet_matrix=32, ct_matrix=48, slice_mm=10.0)
     data = synth.generate_cohort(cfg, tmp_path / "data", progress=False)
     pcfg = PreprocessConfig()
@@ -426,7 +427,7 @@ def test_the_preprocessing_chapter_executes_on_a_tiny_synthetic_cohort(tmp_path:
     import jupytext
     import papermill
 
-    from prrt_utils import synth
+    from prrt_utils import synthetic as synth
     data = synth.generate_cohort(
         synth.SynthConfig(n_patients=2, pet_matrix=24, ct_matrix=32, slice_mm=20.0),
         tmp_path / "data",

@@ -1,4 +1,4 @@
-"""Unit tests of the named steps of prrt_utils.preprocess.run_preprocessing (issue 18: short functions)."""
+"""Unit tests of the named steps of prrt_utils.data.preprocess.run_preprocessing (issue 18: short functions)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from prrt_utils import preprocess, store
-from prrt_utils.loading import InputError
-from prrt_utils.preprocess import PreprocessConfig
+from prrt_utils.data import preprocess
+from prrt_utils.data.preprocess import PreprocessConfig
+from prrt_utils.io import store
+from prrt_utils.io.loading import InputError
 
 
 def _folder(tmp_path: Path, pid: str = "P-1") -> Path:

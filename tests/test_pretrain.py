@@ -1,4 +1,4 @@
-"""CT pretraining on anatomy (prrt_utils.pretrain) and the label maps it reads (loading.load_label_map)."""
+"""CT pretraining on anatomy (prrt_utils.models.pretrain) and the label maps it reads (loading.load_label_map)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,15 @@ import pandas as pd
 import pytest
 import torch
 
-from prrt_utils import pretrain
-from prrt_utils.loading import InputError, load_label_map
-from prrt_utils.models import ConvEncoder, build_network, get_spec, load_encoder_checkpoint, resolve_ct_init
+from prrt_utils.io.loading import InputError, load_label_map
+from prrt_utils.models import pretrain
+from prrt_utils.models.networks import (
+    ConvEncoder,
+    build_network,
+    get_spec,
+    load_encoder_checkpoint,
+    resolve_ct_init,
+)
 
 SHAPE = (24, 18, 18)
 GRID = np.array([[0.0, 0.0, 10.0, -90.0], [0.0, 10.0, 0.0, -90.0], [-10.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0]])
@@ -238,8 +244,8 @@ def test_pretraining_refuses_a_population_that_holds_a_study_patient(toy, tmp_pa
 @pytest.mark.slow
 def test_a_synthetic_study_is_pretrained_on_an_independent_population_with_no_study_patient(tmp_path):
     """The default route end to end: generated population beside the cohort, preprocessed, pretrained."""
-    from prrt_utils.preprocess import PreprocessConfig
-    from prrt_utils.synth import SynthConfig, generate_cohort
+    from prrt_utils.data.preprocess import PreprocessConfig
+    from prrt_utils.synthetic import SynthConfig, generate_cohort
 
     data = tmp_path / "data" / "synthetic"
     generate_cohort(SynthConfig(n_patients=3, seed=4), data, progress=False)

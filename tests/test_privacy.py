@@ -54,7 +54,7 @@ def test_the_scanner_finds_a_planted_name_date_and_uid():
 
 
 def test_the_scanner_finds_a_planted_institution_name_of_several_words():
-    from prrt_utils.synth import _INSTITUTIONS
+    from prrt_utils.synthetic.export import _INSTITUTIONS
 
     for name, _, _ in _INSTITUTIONS.values():
         needles = {name.encode(), b"Percival"}

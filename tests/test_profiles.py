@@ -11,11 +11,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from prrt_utils import book, cli
-from prrt_utils.book import BookConfig, BookError, declared_parameters
-from prrt_utils.folds import make_folds
-from prrt_utils.models import get_spec
-from prrt_utils.training import TrainConfig, TrainingError, fold_status, run_fold, toy_cohort_data
+from prrt_utils import cli
+from prrt_utils.data.folds import make_folds
+from prrt_utils.models.inputs import TrainingError
+from prrt_utils.models.networks import get_spec
+from prrt_utils.models.toy import toy_cohort_data
+from prrt_utils.models.training import TrainConfig, fold_status, run_fold
+from prrt_utils.report import book
+from prrt_utils.report.book import BookConfig, BookError, declared_parameters
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -51,7 +54,7 @@ def test_a_fold_trained_with_the_default_profile_is_not_reused_by_the_paper_prof
 
 
 def test_the_grid_says_which_profile_the_stored_folds_have(tmp_path):
-    from prrt_utils.grid import _profile_hint
+    from prrt_utils.models.crossval import _profile_hint
 
     (tmp_path / "results" / "pet_only").mkdir(parents=True)
     (tmp_path / "results" / "pet_only" / "train.yaml").write_text(TrainConfig().to_yaml())
@@ -70,7 +73,7 @@ def test_profile_paper_on_the_command_line_reaches_the_train_config_of_every_fol
     def fake_run_grid(specs, work_dir, cv, train_cfg, **kwargs):
         seen["train_cfg"] = train_cfg
 
-    monkeypatch.setattr("prrt_utils.grid.run_grid", fake_run_grid)
+    monkeypatch.setattr("prrt_utils.models.crossval.run_grid", fake_run_grid)
     book.train_all(cfg, tmp_path, ["rf_labs"])
     assert seen["train_cfg"] == TrainConfig.profile("paper", seed=0, device="auto", epochs=3)
     assert cli._book_config(cli.build_parser().parse_args([command])).profile == "default"

@@ -1,11 +1,13 @@
-"""The chapters' shared prelude and display helper (prrt_utils.report)."""
+"""The chapters' shared prelude and display helper (prrt_utils.report.notebook)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 
-from prrt_utils import grid, metrics, report
+from prrt_utils.analysis import metrics
+from prrt_utils.models import stored
+from prrt_utils.report import notebook
 
 
 def _predictions(models=("rf_labs", "pet_fusion"), n=30, repeats=2, folds=3):
@@ -25,8 +27,8 @@ def test_load_results_reads_the_stored_predictions_in_the_given_order_and_no_tru
                                                                                                   monkeypatch):
     pred = _predictions()
     asked = []
-    monkeypatch.setattr(grid, "read_results", lambda work_dir, models: asked.append(list(models)) or pred)
-    out = report.load_results(tmp_path, tmp_path / "data", ["pet_fusion", "rf_labs"])
+    monkeypatch.setattr(stored, "read_results", lambda work_dir, models: asked.append(list(models)) or pred)
+    out = notebook.load_results(tmp_path, tmp_path / "data", ["pet_fusion", "rf_labs"])
     assert asked == [["pet_fusion", "rf_labs"]]
     assert out.models == ["pet_fusion", "rf_labs"]
     assert out.results.models == ["pet_fusion", "rf_labs"]
@@ -39,11 +41,11 @@ def test_load_results_reads_the_stored_predictions_in_the_given_order_and_no_tru
 
 
 def test_load_results_reads_the_truth_of_a_synthetic_cohort(tmp_path, monkeypatch):
-    monkeypatch.setattr(grid, "read_results", lambda work_dir, models: _predictions())
+    monkeypatch.setattr(stored, "read_results", lambda work_dir, models: _predictions())
     (tmp_path / "ground_truth").mkdir()
     pd.DataFrame({"patient_id": ["P000"], "p_short_bayes": [0.3]}).to_csv(tmp_path / "ground_truth" / "truth.csv",
                                                                          index=False)
-    out = report.load_results(tmp_path, tmp_path, ["rf_labs"], ceilings=False)
+    out = notebook.load_results(tmp_path, tmp_path, ["rf_labs"], ceilings=False)
     assert out.truth["patient_id"].tolist() == ["P000"] and out.ceiling is None
 
 
@@ -58,7 +60,7 @@ def test_show_displays_tables_calls_show_on_figures_prints_text_and_skips_none(m
 
     monkeypatch.setattr(IPython.display, "display", lambda item: displayed.append(item))
     fig, table = Figure(), pd.DataFrame({"a": [1]})
-    report.show(table, None, fig, "text")
+    notebook.show(table, None, fig, "text")
     assert shown == [fig] and displayed == [table]
     assert capsys.readouterr().out == "text\n"
 
@@ -66,12 +68,12 @@ def test_show_displays_tables_calls_show_on_figures_prints_text_and_skips_none(m
 def test_versus_ceiling_needs_the_truth_and_defaults_to_the_chapters_results(monkeypatch):
     pred = _predictions()
     results = metrics.evaluate(pred, order=["rf_labs", "pet_fusion"])
-    own = report.ChapterResults(["rf_labs", "pet_fusion"], pred, results, None, None, {}, pd.DataFrame())
+    own = notebook.ChapterResults(["rf_labs", "pet_fusion"], pred, results, None, None, {}, pd.DataFrame())
     assert own.versus_ceiling() is None
     assert own.versus_ceiling(missing="no truth") == "no truth"
     seen = []
     monkeypatch.setattr(metrics, "versus_ceiling", lambda r, c: seen.append((r, c)) or "table")
-    synthetic = report.ChapterResults(["rf_labs", "pet_fusion"], pred, results, pd.DataFrame(), "ceiling", {},
+    synthetic = notebook.ChapterResults(["rf_labs", "pet_fusion"], pred, results, pd.DataFrame(), "ceiling", {},
                                       pd.DataFrame())
     assert synthetic.versus_ceiling(missing="no truth") == "table" and seen == [(results, "ceiling")]
     other = synthetic.subset(["pet_fusion"])

@@ -1,4 +1,4 @@
-"""Tests of prrt_utils.stats: known answers, brute-force definitions and reference implementations."""
+"""Tests of prrt_utils.analysis.stats: known answers, brute-force definitions and reference implementations."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from lifelines.statistics import logrank_test
 from scipy import stats as sstats
 from scipy.spatial.distance import jensenshannon
 
-from prrt_utils.stats import (
+from prrt_utils.analysis.stats import (
     FAMILY_ORDER,
     StatsError,
     bonferroni,
@@ -486,7 +486,7 @@ def test_km_by_prediction_group_median_is_the_middle_of_the_flat_stretch_at_one_
 
 
 def test_jensen_shannon_distance_is_scipys_and_the_paper_value_sits_beside_it():
-    from prrt_utils.explain import distance_table
+    from prrt_utils.analysis.explain import distance_table
 
     rng = np.random.default_rng(4)
     a, b = rng.normal(0, 1, 3000), rng.normal(0.7, 1.2, 3000)
@@ -520,7 +520,7 @@ def _paired_folds(diff_noise: float, seed: int = 0) -> pd.DataFrame:
 
 
 def test_paired_model_test_is_the_corrected_t_test_of_the_fold_differences():
-    from prrt_utils.stats import paired_model_test, paired_table
+    from prrt_utils.analysis.stats import paired_model_test, paired_table
 
     fm = _paired_folds(0.01)
     r = paired_model_test(fm, "fusion", "forest")
@@ -536,7 +536,7 @@ def test_paired_model_test_is_the_corrected_t_test_of_the_fold_differences():
 
 
 def test_paired_model_test_refuses_models_not_scored_on_the_same_folds():
-    from prrt_utils.stats import paired_model_test
+    from prrt_utils.analysis.stats import paired_model_test
 
     fm = _paired_folds(0.01)
     fm = fm[~((fm["model"] == "forest") & (fm["repeat"] == 4) & (fm["fold"] == 2))]

@@ -10,9 +10,11 @@ from lifelines.datasets import load_rossi
 from lifelines.utils import concordance_index
 from sklearn.metrics import roc_auc_score
 
-from prrt_utils import survival as sv
-from prrt_utils.folds import make_folds
-from prrt_utils.training import toy_cohort_data
+from prrt_utils.analysis import stats
+from prrt_utils.data.folds import make_folds
+from prrt_utils.models import survival as sv
+from prrt_utils.models.toy import toy_cohort_data
+from prrt_utils.report import chapters
 
 
 def _cohort(n=200, seed=0):
@@ -99,12 +101,12 @@ def test_cox_hr_by_group_recovers_a_known_hazard_ratio():
     short = rng.binomial(1, 0.5, n)
     t = rng.exponential(1.0 / np.where(short == 1, 2.0, 1.0))  # hazard 2 vs 1
     df = pd.DataFrame({"prob": np.where(short == 1, 0.8, 0.2), "pfs_months": t, "event": 1})
-    res = sv.cox_hr_by_group(df, prob_is="short")
+    res = stats.cox_hr_by_group(df, prob_is="short")
     assert res.ci[0] < 2.0 < res.ci[1] and abs(res.hazard_ratio - 2.0) < 0.15 and res.p_value < 1e-20
     assert res.n_short == short.sum()
-    flipped = sv.cox_hr_by_group(df.assign(prob=1 - df["prob"]), prob_is="long")
+    flipped = stats.cox_hr_by_group(df.assign(prob=1 - df["prob"]), prob_is="long")
     assert flipped.hazard_ratio == pytest.approx(res.hazard_ratio)
-    empty = sv.cox_hr_by_group(df.assign(prob=0.1), prob_is="short")
+    empty = stats.cox_hr_by_group(df.assign(prob=0.1), prob_is="short")
     assert np.isnan(empty.hazard_ratio)
 
 
@@ -150,7 +152,7 @@ def test_chapter_config_keeps_the_default_epochs_unless_asked():
 
 
 def test_survival_cached_says_whether_every_fold_is_stored_and_fitting_then_loads_no_inputs(tmp_path, monkeypatch):
-    from prrt_utils import explain
+    from prrt_utils.models import inputs
 
     data, cohort, folds = _toy()
     folds.to_csv(tmp_path / "folds.csv", index=False)
@@ -160,7 +162,7 @@ def test_survival_cached_says_whether_every_fold_is_stored_and_fitting_then_load
     assert sv.survival_models(sv.SurvivalConfig()) == ["cox_labs", "cox_pet_fusion"]
     assert not sv.survival_cached(cfg, tmp_path, cens, folds)
     loads = []
-    monkeypatch.setattr(explain, "cohort_data", lambda work_dir, modalities: loads.append(modalities) or data)
+    monkeypatch.setattr(inputs, "cohort_data", lambda work_dir, modalities: loads.append(modalities) or data)
     first = sv.fit_survival_models(cfg, tmp_path, cens, folds, n_jobs=2)
     assert loads == [("pet",)] and len(first) == 3
     assert sv.survival_cached(cfg, tmp_path, cens, folds)
@@ -216,7 +218,7 @@ def _stored(n=90, seed=0):
 def test_assess_classification_summarises_evaluation_bias_delong_and_hazard_ratios_consistently():
     pred, inner, cohort = _stored()
     cens = sv.administrative_censoring(cohort, 0.3, seed=1)
-    value = sv.assess_classification(pred, inner, cens, cohort, ["pet_fusion", "rf_labs"], n_boot=20, seed=0)
+    value = chapters.assess_classification(pred, inner, cens, cohort, ["pet_fusion", "rf_labs"], n_boot=20, seed=0)
     ev = sv.evaluation_bias(pred, cens)
     mean = ev.groupby(["model", "design"])["auroc"].mean()
     gap = value.evaluation_wide["complete cases - truth"]
@@ -235,7 +237,7 @@ def test_assess_classification_summarises_evaluation_bias_delong_and_hazard_rati
 
 
 def test_without_stored_models_every_section_is_empty_but_the_first_says_why():
-    value = sv.assess_classification(None, None, pd.DataFrame(), None, [])
+    value = chapters.assess_classification(None, None, pd.DataFrame(), None, [])
     assert not value.available and value.survivors == [] and value.summary_lines() == []
     assert value.evaluation_section()[0].startswith("No classification model has finished results")
     assert value.calibration_section() == value.decision_section() == value.delong_section() == ()

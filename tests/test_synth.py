@@ -1,4 +1,4 @@
-"""Tests of the synthetic digital-twin cohort (prrt_utils.synth)."""
+"""Tests of the synthetic digital-twin cohort (prrt_utils.synthetic)."""
 
 from __future__ import annotations
 
@@ -18,9 +18,10 @@ from pydicom.pixels import apply_modality_lut
 from scipy import stats
 from sklearn.metrics import roc_auc_score
 
-from prrt_utils import store, synth
-from prrt_utils.synth import (
-    CLINICAL_COLUMNS,
+from prrt_utils import synthetic as synth
+from prrt_utils.data.cohort import CLINICAL_COLUMNS
+from prrt_utils.io import store
+from prrt_utils.synthetic import (
     GA68_HALF_LIFE_S,
     LABELS,
     SynthConfig,
@@ -34,6 +35,7 @@ from prrt_utils.synth import (
     sample_cohort,
     suv_to_bqml,
 )
+from prrt_utils.synthetic import export as synth_export
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {"pet_matrix": 24, "ct_matrix": 32, "slice_mm": 25.0}
@@ -264,20 +266,20 @@ def test_slice_files_are_byte_identical_to_pydicom_save_as(tmp_path, monkeypatch
     from pydicom.dataset import Dataset
     from pydicom.filebase import DicomBytesIO
 
-    write = synth._SeriesWriter.write
+    write = synth_export._SeriesWriter.write
     checked: dict[str, set[tuple[str, int]]] = {"PT": set(), "CT": set()}
 
     def write_and_compare(self, path, sop_uid, ds):
         write(self, path, sop_uid, ds)
         whole = Dataset({e.tag: e for e in self.base})
         whole.update(ds)
-        whole.file_meta = synth._file_meta(self.sop_class, sop_uid)
+        whole.file_meta = synth_export._file_meta(self.sop_class, sop_uid)
         reference = DicomBytesIO()
         whole.save_as(reference, enforce_file_format=True)
         assert path.read_bytes() == reference.getvalue(), path.name
         checked[whole.Modality].add((str(whole.get("RescaleIntercept")), int(whole.PixelRepresentation)))
 
-    monkeypatch.setattr(synth._SeriesWriter, "write", write_and_compare)
+    monkeypatch.setattr(synth_export._SeriesWriter, "write", write_and_compare)
     generate_cohort(SynthConfig(n_patients=10, **TINY), tmp_path / "x", progress=False)
     # every kind of file was compared: PET, and CT with several rescale/sign/padding variants
     assert checked["PT"] and len(checked["CT"]) >= 3
@@ -419,7 +421,7 @@ def test_planted_names_do_not_occur_in_the_project_sources():
     needles = {
         s
         for i in range(40)
-        for s in synth._phi_strings(synth.sample_phi(SynthConfig(n_patients=40), i, cohort), "dicom")
+        for s in synth_export._phi_strings(synth.sample_phi(SynthConfig(n_patients=40), i, cohort), "dicom")
     }
     text = "\n".join(
         p.read_text(errors="ignore").lower()
@@ -475,21 +477,21 @@ def test_label_map_holds_organs_and_lesions_on_the_pet_grid(tiny_dicom):
 def test_interrupted_generation_resumes_to_the_same_files(tmp_path, tiny_dicom, monkeypatch):
     cfg, reference = tiny_dicom
     out = tmp_path / "resume"
-    real_ct, real = synth._write_ct_dicom, synth._build_patient
+    real_ct, real = synth_export._write_ct_dicom, synth_export._build_patient
 
     def killed_while_writing_patient_3(cfg_, folder, grid, hu, phi, clin, *args):
         if clin["patient_id"] == "PRRT-003":
             raise KeyboardInterrupt  # the PET series of patient 3 is on disk, its CT is not
         real_ct(cfg_, folder, grid, hu, phi, clin, *args)
 
-    monkeypatch.setattr(synth, "_write_ct_dicom", killed_while_writing_patient_3)
+    monkeypatch.setattr(synth_export, "_write_ct_dicom", killed_while_writing_patient_3)
     with pytest.raises(KeyboardInterrupt):
         generate_cohort(cfg, out, progress=False)
     assert not (out / "complete.json").exists() and not (out / "imaging" / "PRRT-003").exists()
     assert (out / "imaging" / "PRRT-002").is_dir()
-    monkeypatch.setattr(synth, "_write_ct_dicom", real_ct)
+    monkeypatch.setattr(synth_export, "_write_ct_dicom", real_ct)
     built = []
-    monkeypatch.setattr(synth, "_build_patient", lambda c, i, co, o: (built.append(i), real(c, i, co, o)))
+    monkeypatch.setattr(synth_export, "_build_patient", lambda c, i, co, o: (built.append(i), real(c, i, co, o)))
     generate_cohort(cfg, out, progress=False)
     assert built == [2, 3]
     assert store.sha256_tree(out) == store.sha256_tree(reference)
@@ -546,7 +548,7 @@ def test_a_failing_patient_is_reported_by_its_study_id(tmp_path, monkeypatch):
     def broken(*args):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(synth, "_write_pet_dicom", broken)
+    monkeypatch.setattr(synth_export, "_write_pet_dicom", broken)
     with pytest.raises(SynthError, match=r"patient PRRT-001: RuntimeError: disk full"):
         generate_cohort(SynthConfig(n_patients=1, **TINY), tmp_path / "x", progress=False)
     assert not (tmp_path / "x" / "imaging" / "PRRT-001").exists()

@@ -1,4 +1,4 @@
-"""Tables for readers (prrt_utils.tables): rounding, words, no row-number index, the kernel's formatter."""
+"""Tables for readers (prrt_utils.report.tables): rounding, words, no row-number index, the kernel's formatter."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from prrt_utils.tables import format_number, reader_table, use_reader_tables, words
+from prrt_utils.report.tables import format_number, reader_table, use_reader_tables, words
 
 
 @pytest.mark.parametrize("value, p_value, expected", [

@@ -1,4 +1,4 @@
-"""Training one model on one fold (prrt_utils.training)."""
+"""Training one model on one fold (prrt_utils.models.training)."""
 
 from __future__ import annotations
 
@@ -10,21 +10,12 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from prrt_utils.folds import fold_ids, make_folds
-from prrt_utils.models import load_registry
-from prrt_utils.training import (
-    CohortData,
-    FoldNormaliser,
-    LabScaler,
-    TrainConfig,
-    TrainingError,
-    fold_seed,
-    load_fold,
-    resolve_device,
-    run_fold,
-    toy_cohort_data,
-    train_fold,
-)
+from prrt_utils.data.folds import fold_ids, make_folds
+from prrt_utils.models.inputs import CohortData, FoldNormaliser, LabScaler, TrainingError
+from prrt_utils.models.networks import load_registry
+from prrt_utils.models.stored import load_fold
+from prrt_utils.models.toy import toy_cohort_data
+from prrt_utils.models.training import TrainConfig, fold_seed, resolve_device, run_fold, train_fold
 
 torch.set_num_threads(1)
 REG = load_registry()
@@ -89,7 +80,7 @@ def test_fold_normaliser_statistics_are_those_of_the_training_voxels():
 
 
 def test_inputs_from_the_shared_clipped_volumes_equal_normalising_each_fold_from_raw(signal):
-    from prrt_utils.training import model_inputs
+    from prrt_utils.models.inputs import model_inputs
 
     data = CohortData(signal.patient_ids, signal.y, signal.labs, dict(signal.volumes))  # fresh cache
     rows = np.arange(5, 45)
@@ -219,7 +210,7 @@ def test_auto_device_is_cuda_exactly_when_cuda_is_available():
 
 
 def test_augmentation_moves_pet_and_ct_of_a_patient_together_and_leaves_labs_alone():
-    from prrt_utils.training import _augment
+    from prrt_utils.models.training import _augment
 
     x = torch.arange(2 * 4 * 3 * 5, dtype=torch.float32).reshape(2, 1, 4, 3, 5)
     labs = torch.randn(2, 4)
@@ -242,8 +233,8 @@ def test_two_augmented_runs_give_identical_predictions_on_cpu(signal):
 def test_a_fusion_network_starts_as_the_logistic_regression_of_its_training_labs(signal):
     from sklearn.linear_model import LogisticRegression
 
-    from prrt_utils.models import build_network
-    from prrt_utils.training import _warm_start_lab_path
+    from prrt_utils.models.networks import build_network
+    from prrt_utils.models.training import _warm_start_lab_path
 
     spec = REG["pet_fusion"]
     rows = np.arange(40)
@@ -262,7 +253,7 @@ def test_a_fusion_network_starts_as_the_logistic_regression_of_its_training_labs
 def test_every_training_setting_states_where_it_comes_from():
     import dataclasses
 
-    from prrt_utils.training import RECIPE_SOURCE_KINDS, RECIPE_SOURCES, TrainConfig, recipe_table
+    from prrt_utils.models.training import RECIPE_SOURCE_KINDS, RECIPE_SOURCES, TrainConfig, recipe_table
 
     fields = [f.name for f in dataclasses.fields(TrainConfig)]
     assert sorted(RECIPE_SOURCES) == sorted(fields)  # a new setting without a stated source fails here
@@ -278,8 +269,10 @@ def test_inner_predictions_are_of_training_patients_the_folds_own_model_was_not_
     from sklearn.base import clone
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
-    from prrt_utils.models import make_forest
-    from prrt_utils.training import INNER_FILE, LabScaler, fold_seed, fold_status
+    from prrt_utils.models.inputs import LabScaler
+    from prrt_utils.models.networks import make_forest
+    from prrt_utils.models.stored import INNER_FILE
+    from prrt_utils.models.training import fold_seed, fold_status
 
     folds = folds_of(signal)
     train, test = fold_ids(folds, 0, 1)

@@ -35,14 +35,14 @@ def test_prrt_validate_on_the_second_centre_agrees_with_the_chapter_and_opens_of
 
 
 def test_validation_cohort_defaults_to_the_second_centre_beside_the_data():
-    from prrt_utils import validation as v
+    from prrt_utils.analysis import validation as v
 
     assert v.validation_cohort("data/synthetic") == Path("data/synthetic-b")
     assert v.validation_cohort("data/synthetic", "/elsewhere/centre-b") == Path("/elsewhere/centre-b")
 
 
 def test_shift_sentence_names_the_flagged_features_and_the_expected_ones_missed():
-    from prrt_utils import validation as v
+    from prrt_utils.analysis import validation as v
 
     shift = pd.DataFrame({"feature": ["cga_ug_l", "ggt_u_l", "ast_u_l"], "shifted": [True, False, True]})
     assert v.shift_sentence(shift) == "Flagged: **cga_ug_l, ast_u_l**."
@@ -55,7 +55,7 @@ def test_shift_sentence_names_the_flagged_features_and_the_expected_ones_missed(
 def test_hazard_ratio_sentence_gives_the_ratio_or_says_one_group_is_empty():
     from types import SimpleNamespace
 
-    from prrt_utils import validation as v
+    from prrt_utils.analysis import validation as v
 
     hr = SimpleNamespace(n_short=12, n_long=30, hazard_ratio=2.345, ci=(1.1, 4.9), p_value=0.0123)
     assert v.hazard_ratio_sentence(hr) == ("Hazard ratio, predicted short vs predicted long: **2.35** (95 % CI 1.10 to "
@@ -65,9 +65,9 @@ def test_hazard_ratio_sentence_gives_the_ratio_or_says_one_group_is_empty():
 
 
 def test_the_validation_chapter_without_another_cohort_shows_only_why(tmp_path):
-    from prrt_utils import validation as v
+    from prrt_utils.report import chapters
 
-    chapter = v.validation_chapter(tmp_path / "work", tmp_path / "data", "pet_fusion", names={"pet_fusion": "PET fusion"})
+    chapter = chapters.validation_chapter(tmp_path / "work", tmp_path / "data", "pet_fusion", names={"pet_fusion": "PET fusion"})
     assert not chapter.ready and chapter.other == tmp_path / "synthetic-b" and chapter.name == "PET fusion"
     (intro,) = chapter.intro()
     assert "No validation cohort" in intro.data and str(tmp_path / "synthetic-b") in intro.data
@@ -77,7 +77,7 @@ def test_the_validation_chapter_without_another_cohort_shows_only_why(tmp_path):
 
 
 def test_the_book_static_folder_and_its_link():
-    from prrt_utils import book
+    from prrt_utils.report import book
 
     assert book.static_dir("/repo") == Path("/repo/book/executed/_static")
     assert book.static_href("patient_report.html") == "../../_static/patient_report.html"

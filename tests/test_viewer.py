@@ -1,12 +1,12 @@
-"""Kernel-free image figures (prrt_utils.viewer): every slice the slider offers is the right slice, pixel for pixel."""
+"""Kernel-free image figures (prrt_utils.io.viewer): every slice the slider offers is the right slice, pixel for pixel."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from prrt_utils import viewer
-from prrt_utils.viewer import decode_png, png_uri, window_uint8
+from prrt_utils.io import viewer
+from prrt_utils.io.viewer import decode_png, png_uri, window_uint8
 
 SHAPE = (9, 6, 5)  # (D, H, W): every plane has its own slice count and image shape
 

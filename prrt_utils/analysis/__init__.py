@@ -1,0 +1,1 @@
+"""Reading stored predictions: metrics, statistics, calibration and decision curves, explainability, external validation."""

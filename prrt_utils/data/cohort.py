@@ -1,0 +1,1271 @@
+"""Cohort stage: validate the clinical table against the imaging folders; Table 1; Kaplan-Meier (paper 2.1, 2.4, 3.1-3.2).
+
+Entry point :func:`build_cohort` reads ``DATA/clinical.csv`` and the folder
+names under ``DATA/imaging/`` and writes, atomically, to ``WORK/cohort/``:
+
+* ``cohort.csv``: the validated clinical columns (DESIGN "Raw export") plus
+  ``de_ritis`` (AST/ALT), ``pfs_short`` (1 if ``pfs_months <= threshold``, 0
+  otherwise, empty where the class is undefined), ``has_imaging`` and
+  ``note`` (why a kept patient is not modelled, or empty);
+* ``exclusions.csv`` (``patient_id, stage, reason``): every patient who will
+  not reach the models, and why;
+* ``config.yaml`` (the :class:`CohortConfig`) and ``done.json`` (config hash
+  and input hashes, written last; the stage is skipped when they match).
+
+Decisions (stated here so a clinician can check them):
+
+* A row with a problem in its outcome, its laboratory values or its
+  identifier (text in a numeric column, an implausible value, an unknown
+  category, a duplicated ``patient_id``, a missing lab value) is left out of
+  ``cohort.csv`` entirely, Table 1 included, and listed in ``exclusions.csv``
+  with a message naming the patient, the column and the value. Keeping it in
+  Table 1 but not in the models would make the table describe other patients
+  than the models see. Missing *descriptive* values (age, Ki-67, grade, ...)
+  are allowed: they are not model inputs.
+* Patients without an imaging folder stay in ``cohort.csv`` with
+  ``has_imaging = False`` (they describe the clinical cohort) and are listed in
+  ``exclusions.csv``; an imaging folder without a clinical row is listed too.
+* Censoring: the paper classifies only patients with a progression event
+  (2.4, 3.2). With ``require_event=True`` every censored patient keeps
+  ``pfs_short`` empty; with ``False`` a patient censored after the threshold is
+  known to be long-PFS (0) and only one censored before it stays undefined.
+* ``prrt_cycles`` is a consequence of progression (therapy stops at
+  progression, paper 2.3): it is described in Table 1 and never a model input
+  (:data:`FORBIDDEN_INPUTS`).
+
+Statistics come from scipy (``fisher_exact``, ``mannwhitneyu``) and lifelines
+(``KaplanMeierFitter``); nothing is hand-written except the table layout.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from prrt_utils.io import store
+from prrt_utils.io.config import Config
+from prrt_utils.data.paper import PAPER_KM, PAPER_N, TABLE1_VARIABLES, paper_table1
+
+__all__ = [
+    "CLINICAL_COLUMNS",
+    "FORBIDDEN_INPUTS",
+    "LAB_COLUMNS",
+    "PFS_THRESHOLD_MONTHS",
+    "LAB_LABELS",
+    "CohortConfig",
+    "CohortError",
+    "KMResult",
+    "build_cohort",
+    "cohort_summary",
+    "fisher_freeman_halton",
+    "format_p",
+    "kaplan_meier",
+    "km_figure",
+    "km_quantile",
+    "load_clinical",
+    "patient_id_problem",
+    "read_clinical_text",
+    "read_cohort",
+    "read_exclusions",
+    "table1",
+    "table1_side_by_side",
+]
+
+PFS_THRESHOLD_MONTHS: float = PAPER_KM["threshold_months"]
+"""The paper's split: short PFS is progression within 12 months (12.0 included); every default says it once, here."""
+
+LAB_COLUMNS: tuple[str, ...] = ("ast_u_l", "alt_u_l", "cga_ug_l", "ggt_u_l")
+"""Laboratory inputs of every model (paper 2.5: AST, ALT, CgA, GGT), units in the names."""
+
+LAB_LABELS: dict[str, str] = {"ast_u_l": "AST (U/l)", "alt_u_l": "ALT (U/l)", "cga_ug_l": "CgA (µg/l)",
+                              "ggt_u_l": "gamma-GT (U/l)"}
+"""Each laboratory column in a clinician's words, with its unit (pages and reports)."""
+
+FORBIDDEN_INPUTS: tuple[str, ...] = ("prrt_cycles", "pfs_months", "event", "pfs_short")
+"""Columns measured after baseline or derived from the outcome: never a model input."""
+
+MET_COLUMNS: tuple[str, ...] = (
+    "met_hepatic",
+    "met_lymphonodal",
+    "met_osseous",
+    "met_peritoneal",
+    "met_pulmonal",
+)
+
+CLINICAL_COLUMNS: tuple[str, ...] = (
+    "patient_id",
+    "age_years",
+    "sex",
+    "primary_site",
+    *MET_COLUMNS,
+    "functional",
+    "grade",
+    "ki67_pct",
+    "prrt_cycles",
+    "pfs_months",
+    "event",
+    *LAB_COLUMNS,
+)
+"""Required columns of ``clinical.csv`` (DESIGN "Raw export"); other columns are ignored, never copied."""
+
+DERIVED_COLUMNS: tuple[str, ...] = ("de_ritis", "pfs_short", "has_imaging", "note")
+
+CATEGORIES: dict[str, tuple[str, ...]] = {
+    "sex": ("M", "F"),
+    "primary_site": ("small_intestine", "pancreas", "colon_rectum", "stomach", "cup"),
+    "functional": ("yes", "no", "unknown"),
+    "grade": ("G1", "G2", "G3", "unknown"),
+}
+"""Allowed values of the categorical columns (matched case-insensitively, stored as here)."""
+
+# Plausible ranges: (low, high, low is exclusive). Values outside are typing or
+# unit errors (e.g. CgA in ng/ml vs ug/l is the same number, but AST of 28000
+# U/l is not a liver). The paper's ranges (Table 1) lie far inside.
+RANGES: dict[str, tuple[float, float, bool, str]] = {
+    "age_years": (0.0, 120.0, True, "years"),
+    "ki67_pct": (0.0, 100.0, False, "%"),
+    "prrt_cycles": (0.0, 20.0, False, "cycles"),
+    "pfs_months": (0.0, 600.0, False, "months"),
+    "ast_u_l": (0.0, 10_000.0, True, "U/l"),
+    "alt_u_l": (0.0, 10_000.0, True, "U/l"),
+    "cga_ug_l": (0.0, 1_000_000.0, True, "ug/l"),
+    "ggt_u_l": (0.0, 10_000.0, True, "U/l"),
+}
+BINARY_COLUMNS: tuple[str, ...] = (*MET_COLUMNS, "event")
+INTEGER_COLUMNS: tuple[str, ...] = ("prrt_cycles", *BINARY_COLUMNS)
+NUMERIC_COLUMNS: tuple[str, ...] = (*RANGES, *BINARY_COLUMNS)
+MUST_HAVE: tuple[str, ...] = ("pfs_months", "event", *LAB_COLUMNS)
+"""Columns that may not be empty: the outcome and every model input."""
+
+STAGE = "cohort"
+_STAGE_VERSION = 2  # bump when the stage's logic changes, so cached outputs are redone
+
+
+class CohortError(ValueError):
+    """A clinical table or imaging folder the cohort stage cannot accept (the message says which and why)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class CohortConfig(Config):
+    """Settings of the cohort stage.
+
+    Attributes
+    ----------
+    pfs_threshold_months : float
+        PFS split in months; ``pfs_short = 1`` if ``pfs_months <= threshold``
+        (paper 2.4: 1 year, the boundary belongs to the short group).
+    on_error : {"skip", "stop"}
+        ``"skip"``: a bad row or folder is listed in ``exclusions.csv`` and
+        the others go on; ``"stop"``: raise :class:`CohortError` at the first.
+    require_event : bool
+        ``True`` (paper 2.4, 3.2): only patients with a progression event are
+        classified; censored patients keep ``pfs_short`` empty.
+    imaging_subdir : str
+        Folder under the data folder that holds ``<patient_id>/`` image folders.
+    """
+
+    pfs_threshold_months: float = PFS_THRESHOLD_MONTHS
+    on_error: str = "skip"
+    require_event: bool = True
+    imaging_subdir: str = "imaging"
+
+    def __post_init__(self) -> None:
+        if self.on_error not in ("skip", "stop"):
+            raise CohortError(f"on_error must be 'skip' or 'stop', got {self.on_error!r}")
+        if not (isinstance(self.pfs_threshold_months, int | float) and self.pfs_threshold_months > 0):
+            raise CohortError(
+                f"pfs_threshold_months must be a positive number, got {self.pfs_threshold_months!r}"
+            )
+
+
+# --------------------------------------------------------------------------- validation
+
+
+_SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._ -]{0,63}")
+
+
+def patient_id_problem(pid: str) -> str:
+    """``""`` if ``pid`` can name the patient's folder and files on any disk, else why not.
+
+    A study id is letters, digits, ``-``, ``_``, ``.`` and inner spaces, at
+    most 64 characters, starting with a letter or digit (no leading dot: a
+    hidden file; no path separator: ``../victim`` would leave the folder) and
+    not ending in a space or dot (Windows drops those).
+    """
+    if not _SAFE_ID.fullmatch(pid) or pid.endswith((" ", ".")):
+        return (
+            "the patient id cannot name a folder safely (allowed: letters, digits, - _ . and inner spaces, "
+            "at most 64, starting with a letter or digit; no path separator)"
+        )
+    return ""
+
+
+def _who(pid: str, line: int) -> str:
+    return f"patient {pid}" if pid else f"row at line {line} (no patient_id)"
+
+
+def _format_value(value: float) -> str:
+    return f"{value:g}"
+
+
+def read_clinical_text(path: str | Path) -> pd.DataFrame:
+    """Every cell of a clinical CSV as text, whatever its encoding; ``attrs["encoding"]`` says which was used.
+
+    UTF-8 (with or without byte-order mark) first; a table that is not UTF-8
+    (spreadsheets on Windows save Windows-1252 or Latin-1) is read as
+    Windows-1252, or Latin-1 where Windows-1252 leaves a byte undefined, and a
+    warning on the ``prrt`` logger says so (a byte-exact guess is impossible;
+    only our columns are kept, and they are numbers, codes and study ids).
+    """
+    import io
+
+    from prrt_utils.io.log import get_logger
+
+    path = Path(path)
+    data = path.read_bytes()
+    try:
+        text, encoding = data.decode("utf-8-sig"), "utf-8"
+    except UnicodeDecodeError:
+        try:
+            text, encoding = data.decode("cp1252"), "cp1252"
+        except UnicodeDecodeError:
+            text, encoding = data.decode("latin-1"), "latin-1"
+        get_logger("cohort").warning(
+            "%s is not UTF-8: read as %s; save it as UTF-8 (CSV UTF-8) to be sure", path.name, encoding
+        )
+    frame = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, skipinitialspace=True)
+    frame.attrs["encoding"] = encoding
+    return frame
+
+
+def _read_clinical_columns(path: Path) -> pd.DataFrame:
+    """Our columns of the clinical table, every cell as stripped text (parsing is ours and strict).
+
+    Raises
+    ------
+    CohortError
+        The file is missing or lacks one of :data:`CLINICAL_COLUMNS` (with a hint when it looks
+        semicolon-separated).
+    """
+    if not path.is_file():
+        raise CohortError(f"clinical table {path} not found")
+    # Every cell as text so that parsing is ours and strict ("12,5" must not become 125 or NaN silently).
+    raw = read_clinical_text(path)
+    raw.columns = [str(c).strip() for c in raw.columns]
+    missing = [c for c in CLINICAL_COLUMNS if c not in raw.columns]
+    if missing:
+        hint = ""
+        if len(raw.columns) == 1 and ";" in raw.columns[0]:
+            hint = " (the file looks semicolon-separated; save it with commas)"
+        raise CohortError(f"{path.name} lacks required column(s) {missing}{hint}; it has {list(raw.columns)}")
+    return raw[list(CLINICAL_COLUMNS)].apply(lambda s: s.str.strip())
+
+
+RowProblems = list[tuple[Any, str]]
+"""``(row index, message)`` per problem of a row; a row with any problem is excluded."""
+
+
+def _id_problems(ids: pd.Series, lines: pd.Series, table_name: str) -> RowProblems:
+    """Rows whose id is missing, cannot name a folder, differs from another only in case, or repeats.
+
+    Parameters
+    ----------
+    ids : pandas.Series
+        ``patient_id`` as stripped text ("" where missing).
+    lines : pandas.Series
+        Line number in the file of each row (same index).
+    table_name : str
+        File name shown in the message about repeated ids.
+
+    Returns
+    -------
+    list of (index, message)
+        Grouped by kind (missing, unsafe, case clash, repeated), each kind in row order.
+    """
+    out: RowProblems = [(i, f"row at line {lines[i]} has no patient_id") for i in ids.index if not ids[i]]
+    for i in ids.index:
+        why = patient_id_problem(ids[i]) if ids[i] else ""
+        if why:
+            out.append((i, f"patient {ids[i]}: {why}"))
+    folded = ids.str.casefold()
+    for key in folded[(ids != "") & folded.duplicated(keep=False)].unique():
+        same = folded == key
+        if ids[same].nunique() < 2:
+            continue  # the same spelling twice: the duplicate check below
+        where = lines[same].tolist()
+        out += [
+            (
+                i,
+                f"patient {ids[i]}: ids {' and '.join(sorted(set(ids[same])))} differ only in case "
+                f"(lines {', '.join(map(str, where))}) and are one folder on a case-insensitive disk; "
+                "keep one row per patient",
+            )
+            for i in ids.index[same]
+        ]
+    counts = ids[ids != ""].value_counts()
+    for pid in counts[counts > 1].index:
+        where = lines[ids == pid].tolist()
+        out += [
+            (
+                i,
+                f"patient {pid} appears {len(where)} times in {table_name} (lines {', '.join(map(str, where))}); "
+                "keep one row per patient",
+            )
+            for i in ids.index[ids == pid]
+        ]
+    return out
+
+
+def _number_problem(col: str, text: str, value: float) -> str:
+    """Why one non-empty cell of a numeric column is refused ("" when it is fine).
+
+    Checked in order: a number at all, 0/1 for :data:`BINARY_COLUMNS`, whole for
+    :data:`INTEGER_COLUMNS`, not negative and within :data:`RANGES`. The message starts with
+    ``"column <col>"``.
+    """
+    if not math.isfinite(value):
+        return f"column {col} has {text!r} where a number is expected"
+    if col in BINARY_COLUMNS and value not in (0.0, 1.0):
+        return f"column {col} is {text!r}; expected 0 or 1"
+    if col in INTEGER_COLUMNS and value != round(value):
+        return f"column {col} is {text!r}; expected a whole number"
+    if col not in RANGES:
+        return ""
+    lo, hi, lo_open, unit = RANGES[col]
+    if value < 0:
+        return f"column {col} is negative ({text})"
+    if (value <= lo if lo_open else value < lo) or value > hi:
+        rng = f"{'>' if lo_open else '>='} {_format_value(lo)} and <= {_format_value(hi)} {unit}"
+        return f"column {col} = {text} is implausible (expected {rng})"
+    return ""
+
+
+def _parse_numbers(raw: pd.DataFrame, lines: pd.Series) -> tuple[dict[str, pd.Series], RowProblems]:
+    """Every column of :data:`NUMERIC_COLUMNS` as float, and the problems of its cells.
+
+    An empty cell is a problem only in :data:`MUST_HAVE` columns (``missing lab value`` for the labs);
+    elsewhere it stays NaN.
+
+    Returns
+    -------
+    parsed : dict of pandas.Series
+        Float values per column (NaN where empty or not a number).
+    problems : list of (index, message)
+        By column, then row.
+    """
+    ids = raw["patient_id"]
+    parsed: dict[str, pd.Series] = {}
+    out: RowProblems = []
+    for col in NUMERIC_COLUMNS:
+        text = raw[col]
+        values = pd.to_numeric(text.where(text != ""), errors="coerce").astype(float)
+        parsed[col] = values
+        for i in raw.index:
+            who = _who(ids[i], lines[i])
+            if text[i] == "":
+                if col in MUST_HAVE:
+                    what = "missing lab value" if col in LAB_COLUMNS else "missing value in"
+                    out.append((i, f"{who}: {what} {col}"))
+                continue
+            why = _number_problem(col, text[i], values[i])
+            if why:
+                out.append((i, f"{who}: {why}"))
+    return parsed, out
+
+
+def _parse_categories(raw: pd.DataFrame, lines: pd.Series) -> tuple[dict[str, pd.Series], RowProblems]:
+    """Every column of :data:`CATEGORIES` in its canonical spelling (matched case-insensitively).
+
+    Returns
+    -------
+    cats : dict of pandas.Series
+        Canonical values (NaN where empty or unknown).
+    problems : list of (index, message)
+        Non-empty values that are none of the allowed ones.
+    """
+    ids = raw["patient_id"]
+    cats: dict[str, pd.Series] = {}
+    out: RowProblems = []
+    for col, allowed in CATEGORIES.items():
+        lookup = {a.lower(): a for a in allowed}
+        text = raw[col]
+        cats[col] = text.str.lower().map(lookup)
+        out += [
+            (i, f"{_who(ids[i], lines[i])}: column {col} is {text[i]!r}; expected one of {list(allowed)}")
+            for i in raw.index
+            if text[i] and text[i].lower() not in lookup
+        ]
+    return cats, out
+
+
+def _clinical_frame(ids: pd.Series, parsed: dict[str, pd.Series], cats: dict[str, pd.Series]) -> pd.DataFrame:
+    """The parsed table in :data:`CLINICAL_COLUMNS` order: categories, Int64 for integer columns, floats."""
+    df = pd.DataFrame({"patient_id": ids})
+    for col in CLINICAL_COLUMNS[1:]:
+        if col in cats:
+            df[col] = cats[col]
+        elif col in INTEGER_COLUMNS:
+            df[col] = parsed[col].round().astype("Int64")
+        else:
+            df[col] = parsed[col]
+    return df
+
+
+def load_clinical(path: str | Path, cfg: CohortConfig | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Read and validate ``clinical.csv``.
+
+    The steps: :func:`_read_clinical_columns`, then the problems of ids (:func:`_id_problems`),
+    numbers (:func:`_parse_numbers`, :func:`_number_problem`) and categories
+    (:func:`_parse_categories`), then the table of the rows without any (:func:`_clinical_frame`).
+
+    Parameters
+    ----------
+    path : path
+        The clinical table (DESIGN "Raw export"), one row per patient.
+    cfg : CohortConfig, optional
+        Only ``on_error`` is used here.
+
+    Returns
+    -------
+    df : DataFrame
+        The rows without any problem, columns :data:`CLINICAL_COLUMNS` only,
+        parsed (numbers as float, 0/1 flags and cycles as nullable Int64,
+        categories normalised to :data:`CATEGORIES`). Extra columns of the
+        file are dropped.
+    problems : DataFrame
+        ``patient_id, stage, reason``, one row per problem, in file order;
+        ``reason`` names the patient (or the line), the column and the value.
+
+    Raises
+    ------
+    CohortError
+        If the file is missing or lacks required columns (always), or with
+        ``on_error="stop"`` at the first problem of a row.
+    """
+    cfg = cfg or CohortConfig()
+    path = Path(path)
+    raw = _read_clinical_columns(path)
+    lines = pd.Series(np.arange(len(raw)) + 2, index=raw.index)  # line 1 is the header
+    ids = raw["patient_id"]
+    parsed, number_problems = _parse_numbers(raw, lines)
+    cats, category_problems = _parse_categories(raw, lines)
+    found = [*_id_problems(ids, lines, path.name), *number_problems, *category_problems]
+    problems = [(lines[i], ids[i], message) for i, message in found]
+    problems.sort(key=lambda p: p[0])  # file order: with on_error="stop" the first line's problem is raised
+    if problems and cfg.on_error == "stop":
+        raise CohortError(problems[0][2])
+    bad = pd.Series(False, index=raw.index)
+    bad[[i for i, _ in found]] = True
+    df = _clinical_frame(ids, parsed, cats)[~bad].reset_index(drop=True)
+    table = pd.DataFrame(
+        [(pid if pid else f"(line {line})", STAGE, msg) for line, pid, msg in problems],
+        columns=["patient_id", "stage", "reason"],
+    ).drop_duplicates(ignore_index=True)
+    return df, table
+
+
+# --------------------------------------------------------------------------- stage entry point
+
+
+def _imaging_listing(imaging: Path) -> dict[str, bool]:
+    """``folder name -> contains at least one file`` for every visible sub-folder of ``imaging``."""
+    if not imaging.is_dir():
+        return {}
+    out = {}
+    for p in sorted(imaging.iterdir()):
+        if p.is_dir() and not p.name.startswith("."):
+            out[p.name] = any(q.is_file() for q in p.rglob("*"))
+    return out
+
+
+def _input_key(cfg: CohortConfig, clinical: Path, listing: dict[str, bool]) -> dict[str, Any]:
+    blob = b"\n".join(os.fsencode(f"{k}\t{int(v)}") for k, v in listing.items())
+    return {
+        "stage_version": _STAGE_VERSION,
+        "config_hash": cfg.hash(),
+        "clinical_sha256": store.sha256_file(clinical) if clinical.is_file() else None,
+        "imaging_listing_sha256": hashlib.sha256(blob).hexdigest(),
+    }
+
+
+def _pfs_class(df: pd.DataFrame, cfg: CohortConfig) -> tuple[pd.Series, pd.Series]:
+    thr = float(cfg.pfs_threshold_months)
+    short = (df["pfs_months"] <= thr).astype("Int64")
+    censored = df["event"].astype(int) == 0
+    undefined = censored if cfg.require_event else censored & (df["pfs_months"] <= thr)
+    short = short.mask(undefined, pd.NA)
+    note = pd.Series("", index=df.index, dtype=object)
+    for i in df.index[undefined]:
+        pfs = df.at[i, "pfs_months"]
+        if cfg.require_event:
+            note[i] = (
+                f"censored at {pfs:g} months (no progression event): not classified, "
+                "as in the paper (only patients with progression, 2.4)"
+            )
+        else:
+            note[i] = f"censored at {pfs:g} months, before the {thr:g}-month threshold: PFS class unknown"
+    return short, note
+
+
+def build_cohort(cfg: CohortConfig, data_dir: str | Path, work_dir: str | Path) -> pd.DataFrame:
+    """Validate the clinical table against the imaging folders and write ``WORK/cohort/`` (stage entry point).
+
+    Parameters
+    ----------
+    cfg : CohortConfig
+        Threshold, error policy, censoring rule, imaging sub-folder.
+    data_dir : path
+        ``DATA``: ``clinical.csv`` and ``<imaging_subdir>/<patient_id>/``.
+    work_dir : path
+        ``WORK``; outputs go to ``WORK/cohort/``.
+
+    Returns
+    -------
+    DataFrame
+        ``cohort.csv`` as :func:`read_cohort` reads it: :data:`CLINICAL_COLUMNS`
+        plus ``de_ritis`` (AST/ALT, dimensionless), ``pfs_short`` (Int64: 1
+        short, 0 long, <NA> undefined), ``has_imaging`` (bool), ``note`` (str).
+
+    Raises
+    ------
+    CohortError
+        Unreadable table or missing columns; with ``on_error="stop"`` also the
+        first bad row, patient without images or image folder without a row.
+
+    Notes
+    -----
+    Idempotent: when ``done.json`` records the same configuration hash,
+    ``clinical.csv`` content hash and imaging folder listing, nothing is
+    recomputed and the stored table is returned.
+    """
+    data_dir, work_dir = Path(data_dir), Path(work_dir)
+    out = work_dir / "cohort"
+    clinical = data_dir / "clinical.csv"
+    imaging = data_dir / cfg.imaging_subdir
+    listing = _imaging_listing(imaging)
+    key = _input_key(cfg, clinical, listing)
+    done = out / "done.json"
+    if done.is_file() and (out / "cohort.csv").is_file() and (out / "exclusions.csv").is_file():
+        try:
+            if json.loads(done.read_text()) == key:
+                return read_cohort(work_dir)
+        except ValueError:
+            pass
+
+    df, problems = load_clinical(clinical, cfg)
+    stop = cfg.on_error == "stop"
+    exclusions = [problems]
+
+    # Imaging: a patient needs a folder with files; a folder needs a clinical row.
+    has_imaging = df["patient_id"].map(lambda p: bool(listing.get(p, False))).astype(bool)
+    img_rows = []
+    for pid, ok in zip(df["patient_id"], has_imaging, strict=True):
+        if not ok:
+            why = "imaging folder is empty" if pid in listing else "no imaging folder"
+            msg = f"patient {pid}: {why} ({cfg.imaging_subdir}/{pid}); kept in Table 1, not in the models"
+            if stop:
+                raise CohortError(msg)
+            img_rows.append((pid, STAGE, msg))
+    all_ids = set(read_clinical_text(clinical)["patient_id"].str.strip())
+    for name in listing:
+        if not store.is_utf8_name(name):
+            shown = os.fsencode(name).decode("utf-8", "backslashreplace")
+            msg = f"patient {shown}: imaging folder whose name is not UTF-8 text; rename it to the study id"
+            if stop:
+                raise CohortError(msg)
+            img_rows.append((shown, STAGE, msg))
+        elif name not in all_ids:
+            msg = f"patient {name}: imaging folder without clinical row ({cfg.imaging_subdir}/{name})"
+            if stop:
+                raise CohortError(msg)
+            img_rows.append((name, STAGE, msg))
+    exclusions.append(pd.DataFrame(img_rows, columns=["patient_id", "stage", "reason"]))
+
+    df = df.assign(de_ritis=df["ast_u_l"] / df["alt_u_l"])
+    short, note = _pfs_class(df, cfg)
+    df["pfs_short"] = short
+    df["has_imaging"] = has_imaging.to_numpy()
+    undefined = df["pfs_short"].isna()
+    exclusions.append(
+        pd.DataFrame(
+            {
+                "patient_id": df.loc[undefined, "patient_id"],
+                "stage": STAGE,
+                "reason": "patient " + df.loc[undefined, "patient_id"] + ": " + note[undefined],
+            }
+        )
+    )
+    for i in df.index[~df["has_imaging"]]:
+        note[i] = f"{note[i]}; no imaging" if note[i] else "no imaging"
+    df["note"] = note.to_numpy()
+    excl = pd.concat(exclusions, ignore_index=True).drop_duplicates(ignore_index=True)
+
+    if done.exists():
+        done.unlink()  # outputs are about to change: never leave a stale done.json beside new files
+    store.write_csv(out / "cohort.csv", df[list(CLINICAL_COLUMNS) + list(DERIVED_COLUMNS)])
+    store.write_csv(out / "exclusions.csv", excl[["patient_id", "stage", "reason"]])
+    store.write_text(out / "config.yaml", cfg.to_yaml())
+    store.write_json(done, key)
+    return read_cohort(work_dir)
+
+
+def read_cohort(work_dir: str | Path) -> pd.DataFrame:
+    """``WORK/cohort/cohort.csv`` with its dtypes (see :func:`build_cohort`)."""
+    path = Path(work_dir) / "cohort" / "cohort.csv"
+    if not path.is_file():
+        raise CohortError(f"{path} not found: build the cohort first (prrt cohort)")
+    df = pd.read_csv(
+        path,
+        dtype={"patient_id": str, "note": str, **{c: str for c in CATEGORIES}},
+        keep_default_na=False,
+        na_values={c: [""] for c in CLINICAL_COLUMNS[1:] + DERIVED_COLUMNS[:2]},
+    )
+    for col in (*INTEGER_COLUMNS, "pfs_short"):
+        df[col] = pd.to_numeric(df[col]).astype("Int64")
+    for col in CATEGORIES:
+        df[col] = df[col].replace("", np.nan)
+    df["has_imaging"] = df["has_imaging"].astype(str).str.lower().isin(["true", "1"])
+    df["note"] = df["note"].fillna("")
+    return df
+
+
+def read_exclusions(work_dir: str | Path) -> pd.DataFrame:
+    """``WORK/cohort/exclusions.csv`` (``patient_id, stage, reason``); empty if the file is absent."""
+    path = Path(work_dir) / "cohort" / "exclusions.csv"
+    if not path.is_file():
+        return pd.DataFrame(columns=["patient_id", "stage", "reason"])
+    return pd.read_csv(path, dtype=str, keep_default_na=False)
+
+
+# --------------------------------------------------------------------------- Table 1
+
+_SEX = {"M": "male", "F": "female"}
+_SITES = {
+    "small_intestine": "small intestine",
+    "pancreas": "pancreas",
+    "colon_rectum": "colon/rectum",
+    "stomach": "stomach",
+    "cup": "CUP",
+}
+_METS = {c: c.removeprefix("met_") for c in MET_COLUMNS}
+_CATEGORICAL_ROWS: tuple[tuple[str, str, dict[str, str]], ...] = (
+    ("Sex", "sex", _SEX),
+    ("Primary site", "primary_site", _SITES),
+    ("Functional", "functional", {"yes": "yes", "no": "no", "unknown": "unknown"}),
+    ("Grade", "grade", {"G1": "G1", "G2": "G2", "G3": "G3", "unknown": "unknown"}),
+)
+# variable -> (column, digits of the printed median/min/max; None: up to one decimal)
+_CONTINUOUS_ROWS: dict[str, tuple[str, int | None]] = {
+    "Age (years)": ("age_years", 0),
+    "Ki-67 (%)": ("ki67_pct", None),
+    "CgA (µg/l)": ("cga_ug_l", 0),
+    "AST (U/l)": ("ast_u_l", 0),
+    "ALT (U/l)": ("alt_u_l", 0),
+    "γ-GT (U/l)": ("ggt_u_l", 0),
+    "De Ritis ratio (AST/ALT)": ("de_ritis", 2),
+    "PRRT cycles": ("prrt_cycles", 0),
+}
+CAT_LEVEL = "n (%)"
+CONT_LEVEL = "median (min–max)"
+
+
+def _pct(n: int, of: int) -> str:
+    # half-up, as printed in clinical tables (Python's round() rounds half to even)
+    return f"{n} ({math.floor(100 * n / of + 0.5)}%)" if of else f"{n} (–)"
+
+
+def _num(x: float, digits: int | None) -> str:
+    if not math.isfinite(x):
+        return "–"
+    if digits is None or (digits == 0 and x != round(x)):
+        return f"{round(x, 1):g}"
+    return f"{x:.{digits}f}"
+
+
+def _median_range(values: pd.Series, digits: int | None) -> str:
+    v = values.dropna().astype(float)
+    if v.empty:
+        return "–"
+    return (
+        f"{_num(float(v.median()), digits)} ({_num(float(v.min()), digits)}–{_num(float(v.max()), digits)})"
+    )
+
+
+def format_p(p: float) -> str:
+    """A p-value as a clinical table prints it: ``"0.045"``, ``"< 0.001"``, empty if undefined."""
+    if p is None or not math.isfinite(p):
+        return ""
+    return "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
+FFH_MAX_TABLES = 20_000_000
+"""Above this many tables with the observed margins, :func:`fisher_freeman_halton` refuses to enumerate."""
+
+
+def fisher_freeman_halton(table: Any) -> float:
+    """Exact Fisher-Freeman-Halton test of a k x 2 table (levels x short / long PFS): the p-value.
+
+    Under independence with both margins fixed, the first column is
+    multivariate hypergeometric: ``P(a) = prod_i C(r_i, a_i) / C(N, n_1)``.
+    The p-value is the total probability of every table no more probable
+    than the observed one (relative tolerance 1e-7, as R's ``fisher.test``).
+    Every table is enumerated (row by row, vectorised); for k = 2 it equals
+    scipy's two-sided Fisher exact test. Written by hand: scipy's
+    ``fisher_exact`` gives r x c tables only by Monte Carlo or by permuting
+    all N patients, and no maintained Python library gives the exact test.
+
+    Parameters
+    ----------
+    table : array-like of int, shape (k, 2)
+        Counts; rows with no patient are dropped.
+
+    Returns
+    -------
+    float
+        p in [0, 1]; 1.0 when fewer than two rows or one column total is 0.
+    """
+    from scipy.special import gammaln
+
+    t = np.asarray(table, dtype=np.int64)
+    if t.ndim != 2 or t.shape[1] != 2 or (t < 0).any():
+        raise CohortError(f"fisher_freeman_halton: needs a k x 2 table of non-negative counts, got {t.tolist()}")
+    t = t[t.sum(axis=1) > 0]
+    rows, n1 = t.sum(axis=1), int(t[:, 0].sum())
+    if len(t) < 2 or n1 == 0 or n1 == int(rows.sum()):
+        return 1.0
+    if float(np.prod(np.minimum(rows, n1) + 1.0)) > FFH_MAX_TABLES:
+        raise CohortError(f"fisher_freeman_halton: too many tables to enumerate for margins {rows.tolist()}")
+
+    def log_choose(n: Any, k: Any) -> Any:
+        return gammaln(n + 1) - gammaln(k + 1) - gammaln(n - k + 1)
+
+    total, logp = np.zeros(1, np.int64), np.zeros(1)
+    remaining = int(rows.sum())
+    for r in rows:
+        remaining -= int(r)
+        a = np.arange(int(r) + 1)
+        total = (total[:, None] + a[None, :]).ravel()
+        logp = (logp[:, None] + log_choose(int(r), a)[None, :]).ravel()
+        ok = (total <= n1) & (total + remaining >= n1)  # the first column's total must stay reachable
+        total, logp = total[ok], logp[ok]
+    logp = logp - log_choose(int(rows.sum()), n1)
+    observed = float(np.sum(log_choose(rows, t[:, 0])) - log_choose(int(rows.sum()), n1))
+    p = float(np.exp(logp[logp <= observed + np.log1p(1e-7)]).sum())
+    return min(p, 1.0)
+
+
+def table1(cohort: pd.DataFrame, threshold: float = PFS_THRESHOLD_MONTHS, p_as_text: bool = False) -> pd.DataFrame:
+    """Patient characteristics stratified by PFS <= / > ``threshold`` months (paper Table 1).
+
+    Categorical rows: ``n (%)`` of the column's patients, and the two-sided
+    Fisher exact test of the 2 x 2 table "this level vs every other patient"
+    x "short vs long PFS" (``scipy.stats.fisher_exact``), one test per row as
+    the paper does (its printed p-values are reproduced exactly by this rule
+    from its counts). Binary metastasis flags count the patients with the flag.
+    Continuous rows: median (min–max) and the two-sided Mann-Whitney U
+    (Wilcoxon rank-sum) test (``scipy.stats.mannwhitneyu``, default method).
+    Beside the paper's per-level tests, ``p (variable)`` holds the one test
+    per variable a reviewer expects, on the variable's first row: for a
+    categorical variable the exact Fisher-Freeman-Halton test of all its
+    levels x short / long (:func:`fisher_freeman_halton`; the ``missing``
+    level is left out), for a metastatic site its Fisher test, for a
+    continuous variable its Mann-Whitney U.
+    Missing values are left out of medians; a categorical variable with
+    missing values gets a ``missing`` row.
+
+    Parameters
+    ----------
+    cohort : DataFrame
+        Cohort table (:func:`read_cohort`); rows whose ``pfs_short`` is empty
+        (PFS class undefined, e.g. censored) are left out.
+    threshold : float
+        PFS split in months; ``pfs_months <= threshold`` is short.
+    p_as_text : bool
+        Print ``p`` as the paper does (``"0.045"``, ``"< 0.001"``) instead of a float.
+
+    Returns
+    -------
+    DataFrame
+        ``variable, level, Total (n=N), PFS <= 12 mo (n=a), PFS > 12 mo (n=b),
+        p, test, p (variable), test (variable)`` in the paper's row order; ``p``
+        is a float (NaN where no test applies); print it with :func:`format_p`.
+        ``attrs["n_left_out"]`` counts patients left out for an undefined class.
+    """
+    from scipy.stats import fisher_exact, mannwhitneyu
+
+    frame = cohort
+    n_left_out = 0
+    if "pfs_short" in frame.columns:
+        keep = frame["pfs_short"].notna()
+        n_left_out = int((~keep).sum())
+        frame = frame[keep]
+    frame = frame.assign(
+        de_ritis=frame["de_ritis"] if "de_ritis" in frame.columns else frame["ast_u_l"] / frame["alt_u_l"]
+    )
+    is_short = (frame["pfs_months"].astype(float) <= threshold).to_numpy()
+    n_all, n_s = len(frame), int(is_short.sum())
+    n_l = n_all - n_s
+    c_all, c_s, c_l = (
+        f"Total (n={n_all})",
+        f"PFS <= {threshold:g} mo (n={n_s})",
+        f"PFS > {threshold:g} mo (n={n_l})",
+    )
+    rows: list[dict[str, Any]] = [
+        {
+            "variable": "Patients",
+            "level": CAT_LEVEL,
+            c_all: _pct(n_all, n_all),
+            c_s: _pct(n_s, n_all),
+            c_l: _pct(n_l, n_all),
+            "p": math.nan,
+            "test": "",
+        }
+    ]
+
+    def categorical(variable: str, level: str, has: np.ndarray) -> None:
+        a, b = int(has[is_short].sum()), int(has[~is_short].sum())
+        p = math.nan
+        if n_s and n_l:
+            p = float(fisher_exact([[a, n_s - a], [b, n_l - b]], alternative="two-sided").pvalue)
+        rows.append(
+            {
+                "variable": variable,
+                "level": level,
+                c_all: _pct(a + b, n_all),
+                c_s: _pct(a, n_s),
+                c_l: _pct(b, n_l),
+                "p": p,
+                "test": "Fisher exact (level vs rest)",
+            }
+        )
+
+    def continuous(variable: str, column: str, digits: int | None) -> None:
+        values = pd.to_numeric(frame[column], errors="coerce").astype(float)
+        x, y = values[is_short].dropna(), values[~is_short].dropna()
+        p = float(mannwhitneyu(x, y, alternative="two-sided").pvalue) if len(x) and len(y) else math.nan
+        rows.append(
+            {
+                "variable": variable,
+                "level": CONT_LEVEL,
+                c_all: _median_range(values, digits),
+                c_s: _median_range(x, digits),
+                c_l: _median_range(y, digits),
+                "p": p,
+                "test": "Mann-Whitney U",
+            }
+        )
+
+    cat_rows = {v: (col, levels) for v, col, levels in _CATEGORICAL_ROWS}
+    for variable in TABLE1_VARIABLES[1:]:
+        if variable in _CONTINUOUS_ROWS:
+            continuous(variable, *_CONTINUOUS_ROWS[variable])
+        elif variable == "Metastatic sites":
+            for col, level in _METS.items():
+                categorical(variable, level, (pd.to_numeric(frame[col]) == 1).fillna(False).to_numpy(bool))
+        else:
+            col, levels = cat_rows[variable]
+            values = frame[col].astype(object)
+            first = len(rows)
+            codes = [*levels, *sorted(set(values.dropna()) - set(levels))]
+            for code in codes:
+                categorical(variable, levels.get(code, str(code)), (values == code).to_numpy(bool))
+            if values.isna().any():
+                categorical(variable, "missing", values.isna().to_numpy(bool))
+            counts = [[int((values[is_short] == c).sum()), int((values[~is_short] == c).sum())] for c in codes]
+            if n_s and n_l:
+                rows[first]["p (variable)"] = fisher_freeman_halton(counts)
+                rows[first]["test (variable)"] = f"Fisher-Freeman-Halton exact ({len(codes)} levels x PFS)"
+    table = _table1_frame(rows, p_as_text)
+    table.attrs["n_left_out"] = n_left_out
+    return table
+
+
+def _table1_frame(rows: list[dict[str, Any]], p_as_text: bool) -> pd.DataFrame:
+    """Table 1's rows as a frame, with the one test per variable filled in.
+
+    A continuous variable and a metastatic site (present or not) have one test already: their row's
+    ``p`` and ``test`` are also the variable's. Missing ``p (variable)`` is NaN, missing ``test
+    (variable)`` empty; with ``p_as_text`` both p columns are printed by :func:`format_p`.
+    """
+    for row in rows:
+        if row["test"] == "Mann-Whitney U":
+            row["p (variable)"], row["test (variable)"] = row["p"], row["test"]
+        elif row["variable"] == "Metastatic sites":
+            row["p (variable)"], row["test (variable)"] = row["p"], "Fisher exact (site present vs absent)"
+    table = pd.DataFrame(rows)
+    for col, empty in (("p (variable)", math.nan), ("test (variable)", "")):
+        table[col] = table[col].fillna(empty) if col in table.columns else empty
+    if p_as_text:
+        table["p"] = table["p"].map(format_p)
+        table["p (variable)"] = table["p (variable)"].map(format_p)
+    return table
+
+
+def table1_side_by_side(ours: pd.DataFrame, paper: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Our Table 1 beside the paper's (real cohort), aligned on ``variable, level``.
+
+    Parameters
+    ----------
+    ours : DataFrame
+        :func:`table1` output.
+    paper : DataFrame, optional
+        :func:`prrt_utils.data.paper.paper_table1` (the default).
+
+    Returns
+    -------
+    DataFrame
+        ``variable, level``, our two group columns and p (prefixed ``ours:``,
+        p printed with :func:`format_p`), then the paper's (prefixed ``paper:``).
+        Rows in our order, then any row only the paper has.
+    """
+    paper = paper_table1() if paper is None else paper
+    groups = [c for c in ours.columns if c.startswith("PFS ")]
+    left = ours[["variable", "level", *groups]].rename(columns={c: f"ours: {c}" for c in groups})
+    left["ours: p"] = ours["p"].map(lambda p: p if isinstance(p, str) else format_p(p))
+    if "p (variable)" in ours.columns:
+        left["ours: p, one test per variable"] = ours["p (variable)"].map(
+            lambda p: p if isinstance(p, str) else format_p(p))
+        left["ours: that test"] = ours["test (variable)"]
+    n = PAPER_N
+    right = paper[["variable", "level", "pfs_short", "pfs_long", "p"]].rename(
+        columns={
+            "pfs_short": f"paper: PFS <= 1 year (n={n['pfs_short']})",
+            "pfs_long": f"paper: PFS > 1 year (n={n['pfs_long']})",
+            "p": "paper: p",
+        }
+    )
+    merged = left.merge(right, on=["variable", "level"], how="outer", sort=False, indicator=True)
+    order = {(v, lv): i for i, (v, lv) in enumerate(zip(ours["variable"], ours["level"], strict=True))}
+    merged["_o"] = [
+        order.get((v, lv), len(order) + i)
+        for i, (v, lv) in enumerate(zip(merged["variable"], merged["level"], strict=True))
+    ]
+    merged = merged.sort_values("_o", kind="stable").drop(columns=["_o", "_merge"]).reset_index(drop=True)
+    return merged.fillna("")
+
+
+def cohort_summary(cohort: pd.DataFrame, threshold: float = PFS_THRESHOLD_MONTHS) -> pd.DataFrame:
+    """Counts of the cohort beside the paper's (116 patients, 42 short = 36 %).
+
+    Returns
+    -------
+    DataFrame
+        ``quantity, ours (synthetic cohort), paper (real cohort)``.
+    """
+    classified = cohort[cohort["pfs_short"].notna()] if "pfs_short" in cohort.columns else cohort
+    short = int((classified["pfs_months"] <= threshold).sum())
+    n_cls = len(classified)
+    n = PAPER_N
+    rows = [
+        ("patients in the cohort table", len(cohort), n["total"]),
+        (
+            "with imaging",
+            int(cohort["has_imaging"].sum()) if "has_imaging" in cohort.columns else len(cohort),
+            n["total"],
+        ),
+        ("progression events", int(cohort["event"].sum()), PAPER_KM["events"]),
+        ("with a PFS class (short/long)", n_cls, n["total"]),
+        (f"PFS <= {threshold:g} months (short)", short, n["pfs_short"]),
+        (f"PFS > {threshold:g} months (long)", n_cls - short, n["pfs_long"]),
+        (
+            "share short",
+            f"{100 * short / n_cls:.1f}%" if n_cls else "–",
+            f"{100 * n['pfs_short'] / n['total']:.1f}%",
+        ),
+    ]
+    return pd.DataFrame(
+        rows, columns=["quantity", "ours (synthetic cohort)", "paper (real cohort)"], dtype=object
+    )
+
+
+# --------------------------------------------------------------------------- Kaplan-Meier
+
+
+@dataclasses.dataclass(frozen=True)
+class KMResult:
+    """Kaplan-Meier estimate of PFS of the whole cohort (paper 3.2, Figure 2).
+
+    Attributes
+    ----------
+    n, events, censored : int
+        Patients, progression events, censored patients.
+    median : float
+        Median PFS in months by :func:`km_quantile` (R survival's rule: the
+        first time the curve is at or below 0.5, or the middle of the flat
+        stretch where it equals 0.5 exactly); ``inf`` if it never reaches 0.5.
+    median_ci : tuple of float
+        95 % confidence interval of the median (lifelines, exponential Greenwood).
+    q1, q3 : float
+        Months at which the curve reaches 0.75 (a quarter have progressed)
+        and 0.25 (three quarters have), by the same rule: the interquartile
+        range of PFS. Without censoring they are the sample quartiles of R's
+        survival package (at n = 116: the means of the 29th and 30th, and of
+        the 87th and 88th, shortest PFS).
+    method : str
+        How the numbers were computed.
+    fitter : lifelines.KaplanMeierFitter
+        The fitted estimator (for curves; not compared).
+    """
+
+    n: int
+    events: int
+    censored: int
+    median: float
+    median_ci: tuple[float, float]
+    q1: float
+    q3: float
+    method: str = (
+        "Kaplan-Meier (lifelines.KaplanMeierFitter); median and quartiles by km_quantile "
+        "(R survival's quantile.survfit rule, tolerance 1.5e-8)"
+    )
+    fitter: Any = dataclasses.field(default=None, compare=False, repr=False)
+
+    @property
+    def iqr(self) -> tuple[float, float]:
+        return (self.q1, self.q3)
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row: n, events, censored, median PFS with its 95 % CI and the IQR, in months."""
+        return pd.DataFrame(
+            [
+                {
+                    "n": self.n,
+                    "events": self.events,
+                    "censored": self.censored,
+                    "median_pfs_months": self.median,
+                    "median_ci_lower": self.median_ci[0],
+                    "median_ci_upper": self.median_ci[1],
+                    "q1_months": self.q1,
+                    "q3_months": self.q3,
+                }
+            ]
+        )
+
+    def curve(self) -> pd.DataFrame:
+        """``time_months, survival, ci_lower, ci_upper`` of the step curve (starts at time 0, survival 1)."""
+        sf = self.fitter.survival_function_.iloc[:, 0]
+        ci = self.fitter.confidence_interval_survival_function_
+        return pd.DataFrame(
+            {
+                "time_months": sf.index.to_numpy(float),
+                "survival": sf.to_numpy(),
+                "ci_lower": ci.iloc[:, 0].to_numpy(),
+                "ci_upper": ci.iloc[:, 1].to_numpy(),
+            }
+        )
+
+    def at_risk(self, times: Sequence[float]) -> pd.DataFrame:
+        """Patients still at risk (no progression, not censored before) at each time: ``time_months, at_risk``."""
+        durations = np.asarray(self.fitter.durations, dtype=float)
+        return pd.DataFrame(
+            {"time_months": list(times), "at_risk": [int((durations >= t).sum()) for t in times]}
+        )
+
+
+KM_TOLERANCE = math.sqrt(np.finfo(float).eps)
+"""Survival values within this of a quantile count as equal to it (R survival's ``tolerance``)."""
+
+
+def km_quantile(fitter: Any, p: float, tol: float = KM_TOLERANCE) -> float:
+    """Time at which a Kaplan-Meier curve reaches survival ``p``, by R survival's rule.
+
+    The first time the curve is at or below ``p``; where the curve is flat at
+    exactly ``p`` (within ``tol``), the middle of that flat stretch, which ends
+    at the next drop or, if there is none, at the last observed time
+    (``quantile.survfit`` in R's survival package). Without the tolerance the
+    rounding error of a product of fractions moves a quantile one event late:
+    lifelines gives S = 0.7500000000000001 after 29 of 116 events, so its
+    ``qth_survival_time(0.75)`` is the 30th time, where R reports the mean of
+    the 29th and 30th. Without censoring this rule gives the usual sample
+    median (the mean of the two middle values for an even n). Written by hand:
+    lifelines has no tolerance and no flat-stretch rule.
+
+    Parameters
+    ----------
+    fitter : lifelines.KaplanMeierFitter
+        A fitted estimator.
+    p : float
+        Survival level in (0, 1): 0.5 for the median, 0.75 for the first quartile.
+
+    Returns
+    -------
+    float
+        Months (the fitter's time unit); ``inf`` if the curve never reaches ``p``.
+    """
+    sf = fitter.survival_function_
+    times = sf.index.to_numpy(dtype=float)
+    surv = sf.iloc[:, 0].to_numpy(dtype=float)
+    reached = np.flatnonzero(surv <= p + tol)
+    if reached.size == 0:
+        return math.inf
+    first = reached[0]
+    if abs(surv[first] - p) > tol:
+        return float(times[first])
+    below = np.flatnonzero(surv < p - tol)
+    end = times[below[0]] if below.size else float(np.max(fitter.durations))
+    return float((times[first] + end) / 2.0)
+
+
+def kaplan_meier(cohort: pd.DataFrame, duration: str = "pfs_months", event: str = "event") -> KMResult:
+    """Kaplan-Meier estimate of PFS: median, its CI and the IQR (paper 3.2).
+
+    Parameters
+    ----------
+    cohort : DataFrame
+        One row per patient with ``duration`` (months) and ``event`` (1
+        progression, 0 censored). Every row is used (the whole cohort, as in
+        Figure 2), whatever its PFS class.
+
+    Returns
+    -------
+    KMResult
+        Median and quartiles by :func:`km_quantile`.
+    """
+    from lifelines import KaplanMeierFitter
+    from lifelines.utils import median_survival_times
+
+    frame = cohort[[duration, event]].apply(pd.to_numeric, errors="coerce").dropna()
+    if frame.empty:
+        raise CohortError("kaplan_meier: no patient with a PFS and an event flag")
+    kmf = KaplanMeierFitter(label="PFS").fit(frame[duration].astype(float), frame[event].astype(int))
+    ci = median_survival_times(kmf.confidence_interval_).iloc[0]
+    events = int(frame[event].sum())
+    return KMResult(
+        n=len(frame),
+        events=events,
+        censored=len(frame) - events,
+        median=km_quantile(kmf, 0.5),
+        median_ci=(float(ci.iloc[0]), float(ci.iloc[1])),
+        q1=km_quantile(kmf, 0.75),
+        q3=km_quantile(kmf, 0.25),
+        fitter=kmf,
+    )
+
+
+def km_figure(
+    result: KMResult, threshold: float = PFS_THRESHOLD_MONTHS, reference: dict[str, Any] | None = None, step: float = 6.0
+) -> Any:
+    """Plotly Kaplan-Meier curve with its 95 % band, the threshold and an at-risk table (paper Figure 2).
+
+    Parameters
+    ----------
+    result : KMResult
+    threshold : float
+        Months; drawn as a dashed red vertical line (the short/long split).
+    reference : dict, optional
+        ``{"median_pfs_months": m, "iqr_months": (q1, q3)}`` (e.g.
+        :data:`prrt_utils.data.paper.PAPER_KM`): drawn as grey crosses at survival
+        0.75, 0.5 and 0.25, labelled "paper (real cohort)".
+    step : float
+        Months between the at-risk counts.
+
+    Returns
+    -------
+    plotly.graph_objects.Figure
+    """
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    cur = result.curve()
+    t_max = float(cur["time_months"].max())
+    ticks = np.arange(0.0, t_max + 1e-9, step)
+    risk = result.at_risk(ticks)
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.84, 0.16], vertical_spacing=0.04)
+    fig.add_trace(
+        go.Scatter(
+            x=cur["time_months"],
+            y=cur["ci_upper"],
+            line={"width": 0, "shape": "hv"},
+            hoverinfo="skip",
+            showlegend=False,
+        ),
+        row=1,
+        col=1,
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=cur["time_months"],
+            y=cur["ci_lower"],
+            line={"width": 0, "shape": "hv"},
+            fill="tonexty",
+            fillcolor="rgba(31,119,180,0.2)",
+            name="95% CI",
+            hoverinfo="skip",
+        ),
+        row=1,
+        col=1,
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=cur["time_months"],
+            y=cur["survival"],
+            line={"color": "#1f77b4", "shape": "hv"},
+            name=f"ours (n={result.n})",
+            hovertemplate="%{x:.1f} months: %{y:.2f} progression-free<extra></extra>",
+        ),
+        row=1,
+        col=1,
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=[result.q1, result.median, result.q3],
+            y=[0.75, 0.5, 0.25],
+            mode="markers",
+            marker={"color": "#1f77b4", "symbol": "circle-open", "size": 9},
+            name=f"ours: median {result.median:.1f} (IQR {result.q1:.1f}–{result.q3:.1f})",
+        ),
+        row=1,
+        col=1,
+    )
+    if reference is not None:
+        m, (a, b) = reference["median_pfs_months"], reference["iqr_months"]
+        fig.add_trace(
+            go.Scatter(
+                x=[a, m, b],
+                y=[0.75, 0.5, 0.25],
+                mode="markers",
+                marker={"color": "grey", "symbol": "x", "size": 9},
+                name=f"paper (real cohort): median {m:g} (IQR {a:g}–{b:g})",
+            ),
+            row=1,
+            col=1,
+        )
+    fig.add_vline(
+        x=threshold,
+        line={"color": "red", "dash": "dash"},
+        row=1,
+        col=1,
+        annotation_text=f"{threshold:g} months",
+        annotation_position="top right",
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=risk["time_months"],
+            y=[0] * len(risk),
+            mode="text",
+            text=risk["at_risk"].astype(str),
+            showlegend=False,
+            hoverinfo="skip",
+        ),
+        row=2,
+        col=1,
+    )
+    fig.update_yaxes(title_text="Progression-free (proportion)", range=[0, 1.02], row=1, col=1)
+    fig.update_yaxes(title_text="at risk", showticklabels=False, showgrid=False, zeroline=False, row=2, col=1)
+    fig.update_xaxes(title_text="Months since the first PRRT cycle", tickvals=ticks, row=2, col=1)
+    fig.update_layout(
+        title="Progression-free survival (Kaplan-Meier)",
+        height=520,
+        legend={"x": 0.99, "xanchor": "right", "y": 0.99},
+    )
+    return fig

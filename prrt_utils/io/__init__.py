@@ -1,0 +1,1 @@
+"""Files in and out: configuration, atomic writes, logging, DICOM/NIfTI loading, image views."""
