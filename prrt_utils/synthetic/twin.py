@@ -1,7 +1,6 @@
 """The synthetic twin at table level: its configuration, the generative model (risk, PFS, labs,
 lesions) and the truth-based ceilings; no image is drawn here (:mod:`.phantom` renders, :mod:`.export` writes).
 
-
 The real PRRT cohort is private, so the project ships a generator that writes a
 cohort in exactly the form a hospital export has (SPEC "The embedded default";
 DESIGN "Raw export"): ``clinical.csv``, one PET and one CT DICOM series per
@@ -56,7 +55,34 @@ import pandas as pd
 from prrt_utils.data.cohort import CLINICAL_COLUMNS, PFS_THRESHOLD_MONTHS  # the cohort stage owns the schema
 from prrt_utils.io.config import SEED, Config
 
-__all__ = ['CEILING_FAMILIES', 'CT_RESCALE_VARIANTS', 'GA68_HALF_LIFE_S', 'LABELS', 'LESION_LABELS', 'METASTATIC_SITES', 'PRIMARY_SITES', 'RADIOPHARMACEUTICAL', 'SCANNERS', 'SCENARIOS', 'SynthConfig', 'SynthError', 'SyntheticCohort', 'bayes_probability', 'bqml_to_suv', 'ceiling_features', 'cycles_from_pfs', 'decay_factor', 'modality_ceilings', 'patient_ids', 'pfs_shape', 'risk_linear_predictor', 'sample_clinical', 'sample_cohort', 'stream_rng', 'suv_to_bqml']
+__all__ = [
+    "CEILING_FAMILIES",
+    "CT_RESCALE_VARIANTS",
+    "GA68_HALF_LIFE_S",
+    "LABELS",
+    "LESION_LABELS",
+    "METASTATIC_SITES",
+    "PRIMARY_SITES",
+    "RADIOPHARMACEUTICAL",
+    "SCANNERS",
+    "SCENARIOS",
+    "SynthConfig",
+    "SynthError",
+    "SyntheticCohort",
+    "bayes_probability",
+    "bqml_to_suv",
+    "ceiling_features",
+    "cycles_from_pfs",
+    "decay_factor",
+    "modality_ceilings",
+    "patient_ids",
+    "pfs_shape",
+    "risk_linear_predictor",
+    "sample_clinical",
+    "sample_cohort",
+    "stream_rng",
+    "suv_to_bqml",
+]
 
 GA68_HALF_LIFE_S = 4062.6
 """Half-life of gallium-68 in seconds (DICOM RadionuclideHalfLife of Ga-68 DOTATOC)."""
