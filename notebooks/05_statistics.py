@@ -155,7 +155,7 @@ notebook.show(*families.disagreements(alpha))
 # compares the two groups' PFS with the log-rank test. Our models store the probability of short
 # PFS, so "predicted long" means P(short) ≤ 1 − threshold; a patient exactly at the threshold is
 # predicted long, here, in the accuracy of Table 2 and in the hazard ratio alike (one rule,
-# `metrics.predicted_long`). Within one repeat every patient is in
+# `prrt_utils.models.stored.predicted_long`). Within one repeat every patient is in
 # exactly one test fold, so each appears once, scored by a model that never saw them. The model is
 # a parameter (`km_model`); by default the pre-specified model named above. The repeat shown is the one whose mean
 # AUROC is the median of the 5 (`km_repeat = -1`); the table below it gives every repeat, so that a

@@ -115,8 +115,8 @@ from pathlib import Path
 work = Path({work!r})
 if not (work / "cohort").exists():
     write_toy_work(work, toy_cohort_data(36, (12, 8, 8), seed=2))
-grid._load_volumes = grid._volumes_from_index
-grid.run_grid(["pet_fusion"], work, CVConfig(n_splits=3, n_repeats=2, seed=0), TrainConfig(epochs=20, device="cpu"),
+crossval._load_volumes = crossval._volumes_from_index
+crossval.run_grid(["pet_fusion"], work, CVConfig(n_splits=3, n_repeats=2, seed=0), TrainConfig(epochs=20, device="cpu"),
               n_jobs=1, progress=False, torch_threads=1)
 """
 
