@@ -220,9 +220,10 @@ def test_comparison_power_detects_an_image_only_signal_and_not_a_missing_one():
     blind_labs = SynthConfig(n_patients=116, cga_per_log_burden=0.0, cga_per_biology=0.0, ggt_per_log_hepatic=0.0,
                              ast_per_log_hepatic=0.0, beta_burden=0.6, beta_sstr=0.6, beta_biology=0.0)
     power = metrics.comparison_power(blind_labs, seeds=range(4))
-    table = power.table().set_index("comparison").iloc[:, 1]
-    assert table["labs + image against labs"] == 1.0
-    assert table["labs + image against image"] <= 0.25
+    table = power.table().set_index("comparison")[power.share_column]
+    assert "p" not in power.share_column.split()  # a percentage, not formatted as a p-value
+    assert table["labs + image against labs"] == 100.0
+    assert table["labs + image against image"] <= 25.0
     assert table["labs + image against labs and against image"] <= min(table.iloc[0], table.iloc[1])
     d = power.per_seed
     assert list(d["seed"]) == [0, 1, 2, 3] and (d["labs"] < 0.62).all() and (d["image"] > 0.7).all()

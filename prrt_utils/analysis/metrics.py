@@ -455,17 +455,22 @@ class ComparisonPower:
     n_patients: int
     alpha: float
 
+    @property
+    def share_column(self) -> str:
+        """Name of :meth:`table`'s column of percentages (no "p" in it: the reader tables format p-values)."""
+        return f"cohorts where the truth is significantly better, {100 * self.alpha:g} % level (%)"
+
     def table(self) -> pd.DataFrame:
-        """One row per comparison: mean ceiling difference and the share of seeds with p < alpha."""
+        """One row per comparison: mean ceiling difference and the percentage of seeds with p < alpha."""
         d = self.per_seed
         rows = [{"comparison": f"labs + image against {other}",
                  "mean AUROC difference of the ceilings": float((d["labs+image"] - d[other]).mean()),
-                 f"share of cohorts with p < {self.alpha:g}": float((d[f"p vs {other}"] < self.alpha).mean())}
+                 self.share_column: 100.0 * float((d[f"p vs {other}"] < self.alpha).mean())}
                 for other in ("labs", "image")]
         both = (d["p vs labs"] < self.alpha) & (d["p vs image"] < self.alpha)
         rows.append({"comparison": "labs + image against labs and against image",
                      "mean AUROC difference of the ceilings": math.nan,
-                     f"share of cohorts with p < {self.alpha:g}": float(both.mean())})
+                     self.share_column: 100.0 * float(both.mean())})
         return pd.DataFrame(rows).assign(cohorts=len(d), patients=self.n_patients)
 
 

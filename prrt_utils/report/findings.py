@@ -163,10 +163,10 @@ def power_finding(ceiling: metrics.ModelResults, power: metrics.ComparisonPower 
             "beat " + " and ".join(parts) + " on these folds (corrected resampled t-test)")
     if power is None or power.per_seed.empty:
         return text + "."
-    t = power.table().set_index("comparison").iloc[:, 1]
+    t = power.table().set_index("comparison")[power.share_column]
     return (text + f"; over {len(power.per_seed)} cohorts of {power.n_patients} patients from the same generator "
-            f"the truth itself reaches p < {power.alpha:g} against the labs in {100 * t.iloc[0]:.0f} %, against the "
-            f"image in {100 * t.iloc[1]:.0f} % and against both in {100 * t.iloc[2]:.0f} %. A non-significant "
+            f"the truth itself reaches p < {power.alpha:g} against the labs in {t.iloc[0]:.0f} %, against the "
+            f"image in {t.iloc[1]:.0f} % and against both in {t.iloc[2]:.0f} %. A non-significant "
             "comparison above is therefore what this cohort size gives, not evidence of no difference.")
 
 
