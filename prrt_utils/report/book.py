@@ -426,7 +426,7 @@ def ensure_data(cfg: BookConfig, root: Path, progress: bool = True) -> Path:
         return data
     if Path(cfg.data_dir) != DEFAULT_SYNTHETIC:
         raise BookError(f"{data} has no clinical.csv: point --data at a cohort export (see DESIGN.md)")
-    from prrt_utils.synthetic import SynthConfig, generate_cohort
+    from prrt_utils.synthetic import generate_cohort
 
     log.say("book", f"generating the synthetic cohort ({cfg.synth_patients} patients, seed {cfg.seed}) in {data}")
     generate_cohort(SynthConfig(n_patients=cfg.synth_patients, seed=cfg.seed), data, progress=progress,
@@ -462,7 +462,7 @@ def ensure_second_centre(cfg: BookConfig, root: Path, progress: bool = True) -> 
     """
     if Path(cfg.data_dir) != DEFAULT_SYNTHETIC or not cfg.validation_model:
         return None
-    from prrt_utils.synthetic import SynthConfig, generate_cohort
+    from prrt_utils.synthetic import generate_cohort
 
     data = (root / SECOND_CENTRE).resolve()
     n = max(16, round(cfg.synth_patients * SynthConfig.second_centre().n_patients / SynthConfig.n_patients))

@@ -25,8 +25,7 @@ import pandas as pd
 
 from prrt_utils.analysis import calibration, metrics, stats
 from prrt_utils.data import paper
-from prrt_utils.data.cohort import read_cohort
-from prrt_utils.models import stored
+from prrt_utils.report import notebook
 from prrt_utils.report.tables import WORDS
 
 __all__ = ["Answer", "KeyFindings", "answer", "cohort_findings", "family_findings", "km_finding", "model_findings",
@@ -350,10 +349,8 @@ def answer(work_dir: str | Path, data_dir: str | Path, models: Sequence[str] | N
     from prrt_utils.analysis import explain  # the primary-model rule lives with the single-model analyses
 
     models = list(models) if models else explain.available_models(work_dir)
-    predictions = stored.read_results(work_dir, models)
-    results = metrics.evaluate(predictions, order=models)
-    truth = metrics.read_truth(data_dir)
-    ceiling = metrics.truth_ceilings(predictions, truth, read_cohort(work_dir)) if truth is not None else None
+    loaded = notebook.load_results(work_dir, data_dir, models)
+    predictions, results, ceiling = loaded.predictions, loaded.results, loaded.ceiling
     intervals = calibration.bootstrap_table(predictions, models, n_boot=n_boot, seed=seed)
     primary = explain.primary_model(models)
     fm = results.fold_metrics
