@@ -155,12 +155,7 @@ CASES: tuple[Case, ...] = (
         "pet.json injection_to_scan_s = -600 s (-10.0 min; rule: 0 to 12 h)",
     ),
     _img("PRRT-046", "NIfTI PET with NaN voxels", "pet.nii.gz: 5 voxels are not finite (NaN or infinite)"),
-    _img(
-        "PRRT-047",
-        "CT compressed as JPEG-LS, whose decoder is not installed",
-        "compressed as JPEG-LS Lossless Image Compression (1.2.840.10008.1.2.4.80) and no decoder for it is "
-        "installed (install one of: gdcm",
-    ),
+    _ok("PRRT-047", "CT compressed as JPEG 2000 lossless and PET as RLE (real encodings; the shipped decoders read them)"),
     _ok("PRRT-048", "DICOM files without preamble: PET with its meta group, CT a bare implicit-VR data set"),
     _img(
         "PRRT-049",
@@ -176,8 +171,20 @@ CASES: tuple[Case, ...] = (
     _row("PRRT-056-\\xe9", "imaging folder whose name is not UTF-8", "imaging folder whose name is not UTF-8"),
     _img(
         "PRRT-057",
-        "PatientWeight 20 kg for a 70 kg patient (each tag plausible, SUV x0.29): SUVmax passes, the liver does not",
-        "median liver SUV 0.2857 is implausible (rule: 0.3 to 40)",
+        "PatientWeight 20 kg for a 70 kg patient (each tag plausible, SUV x0.29): SUVmax passes, the body mass does not",
+        "the body in the CT weighs about 29.1 kg, 1.46 times the patient weight the SUV was computed with "
+        "(rule: at most 1.3)",
+    ),
+    _img(
+        "PRRT-058",
+        "CT declared in a transfer syntax no decoder exists for (MPEG2 video)",
+        "pixel data are compressed as MPEG2 Main Profile / Main Level (1.2.840.10008.1.2.4.100), which pydicom "
+        "cannot decode: export uncompressed",
+    ),
+    _img(
+        "PRRT-059",
+        "NIfTI declared SUVbw holding a quarter of the SUV, no weight: only the liver (label map) catches it",
+        "median liver SUV 0.25 is implausible (rule: 0.3 to 40)",
     ),
 )
 """Every case of the corpus, in the order of the clinical table."""
@@ -189,7 +196,7 @@ LEADING_ZERO_UID = "1.2.826.0.1.3680043.8.498.0123.77"
 """A StudyInstanceUID with a leading-zero component (PRRT-051); pydicom's warning would print it."""
 
 REGISTERED = ("PRRT-036",)
-WITH_LABEL_MAP = ("PRRT-001", "PRRT-057")
+WITH_LABEL_MAP = ("PRRT-001", "PRRT-057", "PRRT-059")
 """Patients with a CT label map in ``ct_labels/`` (body and a liver block): the liver SUV rule runs for them only."""
 LABEL_CODES = ("0:background", "1:body", "3:liver")
 LIVER_BOX_MM = ((-100.0, -20.0), (-60.0, 40.0), (-400.0, -280.0))
@@ -378,10 +385,10 @@ def _label_maps(root: Path) -> None:
 
 
 def _issue16_cases(img: Path, good: Path, copy: Callable[[str], Path]) -> None:
-    """PRRT-033 to PRRT-057 (issue 16)."""
+    """PRRT-033 to PRRT-059 (issue 16)."""
     import pydicom
     from pydicom.encaps import encapsulate
-    from pydicom.uid import JPEGLSLossless
+    from pydicom.uid import MPEG2MPML, JPEG2000Lossless, RLELossless
 
     pet, ct = "pet", "ct"
 
@@ -425,13 +432,8 @@ def _issue16_cases(img: Path, good: Path, copy: Callable[[str], Path]) -> None:
     values.reshape(-1)[:5] = np.nan
     fac.write_nifti(img / "PRRT-046" / "pet.nii.gz", values, fac.PET_GEOM.affine())
 
-    def jpeg_ls(ds: Any, d: int) -> None:
-        ds.file_meta.TransferSyntaxUID = JPEGLSLossless
-        ds.PixelData = encapsulate([b"\xff\xd8\xff\xf7" + bytes(64) + b"\xff\xd9"])
-        ds["PixelData"].VR = "OB"
-        ds["PixelData"].is_undefined_length = True
-
-    _edit(copy("PRRT-047") / ct, jpeg_ls)
+    _edit(copy("PRRT-047") / ct, lambda ds, d: ds.compress(JPEG2000Lossless))
+    _edit(img / "PRRT-047" / pet, lambda ds, d: ds.compress(RLELossless))
     f = copy("PRRT-048")
     for path in sorted((f / pet).iterdir()):  # the meta group stays, preamble and DICM go
         data = path.read_bytes()
@@ -463,6 +465,17 @@ def _issue16_cases(img: Path, good: Path, copy: Callable[[str], Path]) -> None:
     odd = Path(os.fsdecode(os.fsencode(img) + b"/" + NON_UTF8_FOLDER))
     _copy(good, odd)
     _edit(copy("PRRT-057") / pet, setter(PatientWeight="20"))
+
+    def mpeg2(ds: Any, d: int) -> None:
+        ds.file_meta.TransferSyntaxUID = MPEG2MPML
+        ds.PixelData = encapsulate([bytes(64)])
+        ds["PixelData"].VR = "OB"
+        ds["PixelData"].is_undefined_length = True
+
+    _edit(copy("PRRT-058") / ct, mpeg2)
+    _nifti(img / "PRRT-059")
+    quarter = (fac.patient_values(fac.PET_GEOM, "PT") / 4.0).astype(np.float32)
+    fac.write_nifti(img / "PRRT-059" / "pet.nii.gz", quarter, fac.PET_GEOM.affine())
     _label_maps(img.parent)
 
 

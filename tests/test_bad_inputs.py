@@ -121,13 +121,14 @@ def test_each_broken_image_is_excluded_by_preprocessing_with_its_reason(
 def test_good_patients_and_documented_handling_complete_beside_the_broken_ones(stages: dict) -> None:
     index = stages["index"].set_index("patient_id")
     done = [c.patient_id for c in CASES if c.preprocessed]
-    assert done[:5] == ["PRRT-001", "PRRT-002", "PRRT-003", "PRRT-004", "PRRT-005"] and len(done) == 12
+    assert done[:5] == ["PRRT-001", "PRRT-002", "PRRT-003", "PRRT-004", "PRRT-005"] and len(done) == 13
     assert (index.loc[done, "status"] == "ok").all()
     vols = load_volumes(stages["work"], done)
-    assert vols["pet"].shape == (12, 1, 75, 50, 50)
+    assert vols["pet"].shape == (13, 1, 75, 50, 50)
     # the same body and lesion however it was stored: plain DICOM, NIfTI, with junk files, in one flat folder,
     # a registered CT, a date-only StartDateTime, a SeriesTime after the acquisition (taken as the scan start,
-    # SUV x2.1 / x0.5), files without preamble, weights written differently, odd UIDs and folder names
+    # SUV x2.1 / x0.5), compressed (JPEG 2000, RLE), files without preamble, weights written differently,
+    # odd UIDs and folder names
     for k in range(1, len(done)):
         np.testing.assert_allclose(vols["ct"][k], vols["ct"][0], atol=1.0)
         np.testing.assert_allclose(vols["pet"][k], vols["pet"][0], atol=0.05)
@@ -219,6 +220,9 @@ def test_the_qc_table_says_which_tags_gave_the_scan_start_and_the_injection(stag
     # the liver rule ran where a label map exists (the body's SUV 1 in the liver block), and only there
     assert float(qc.at["PRRT-001", "liver_suv_median"]) == pytest.approx(1.0, abs=0.02)
     assert qc.at["PRRT-002", "liver_suv_median"] == ""
+    # the body-mass rule ran wherever a weight is known: 29 kg of body in the CT for 70 kg
+    assert float(qc.at["PRRT-001", "ct_body_mass_to_weight"]) == pytest.approx(0.416, abs=0.01)
+    assert qc.at["PRRT-002", "ct_body_mass_to_weight"] == ""  # NIfTI in SUV without a weight
 
 
 def test_a_registered_pair_is_refused_unless_the_cohort_allows_it(corpus: Path) -> None:

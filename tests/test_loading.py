@@ -401,3 +401,34 @@ def test_volume_spacing_is_the_length_of_the_affine_columns() -> None:
     aff = np.diag([-5.0, 2.0, 3.0, 1.0])
     vol = Volume(np.zeros((2, 2, 2), np.float32), aff, "CT", "HU", {})
     assert vol.spacing == (5.0, 2.0, 3.0)
+
+
+def test_compressed_pixel_data_are_decoded_by_the_shipped_plugins_and_a_missing_one_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pydicom.pixels import get_decoder
+    from pydicom.uid import JPEG2000Lossless, JPEGLSLossless
+
+    # pydicom's own JPEG-LS file (Pillow cannot decode it; pylibjpeg-libjpeg, a dependency, can)
+    jls = pydicom.dcmread(get_testdata_file("MR_small_jpeg_ls_lossless.dcm"))
+    ref = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
+    assert jls.file_meta.TransferSyntaxUID == JPEGLSLossless
+    np.testing.assert_array_equal(jls.pixel_array, ref.pixel_array)
+
+    folder = tmp_path / "p"
+    fac.write_patient(folder)
+    plain = load_patient(folder, "PRRT-013").ct.array
+    for path in sorted((folder / "ct").iterdir()):
+        ds = pydicom.dcmread(path)
+        ds.compress(JPEG2000Lossless)
+        ds.save_as(path, enforce_file_format=True)
+    np.testing.assert_array_equal(load_patient(folder, "PRRT-013").ct.array, plain)  # lossless, HU for HU
+
+    # as on a machine without the plugins: the syntax and the packages to install are named
+    decoder = get_decoder(JPEG2000Lossless)
+    monkeypatch.setattr(decoder, "_available", {})
+    monkeypatch.setattr(decoder, "_unavailable", {"pylibjpeg": ("pylibjpeg>=2.0", "pylibjpeg-openjpeg>=2.0")})
+    with pytest.raises(InputError) as err:
+        load_patient(folder, "PRRT-013")
+    assert "compressed as JPEG 2000 Image Compression (Lossless Only) (1.2.840.10008.1.2.4.90)" in str(err.value)
+    assert "no decoder for it is installed (install one of: pylibjpeg" in str(err.value)

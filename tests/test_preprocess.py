@@ -446,3 +446,22 @@ def test_the_preprocessing_chapter_executes_on_a_tiny_synthetic_cohort(tmp_path:
     )
     index = pd.read_csv(tmp_path / "work" / "preprocessed" / "index.csv")
     assert list(index["status"]) == ["ok", "ok"]
+
+
+def test_body_mass_is_water_for_water_nothing_for_air_and_bone_on_its_own_line() -> None:
+    hu = np.zeros((10, 10, 10), np.float32)  # 1 litre of water at 1 ml a voxel
+    mask = np.ones(hu.shape, bool)
+    assert preprocess.body_mass_kg(hu, mask, 1.0) == pytest.approx(1.0)
+    assert preprocess.body_mass_kg(hu - 1000.0, mask, 1.0) == 0.0  # air
+    assert preprocess.body_mass_kg(hu - 500.0, mask, 2.0) == pytest.approx(1.0)  # half air, 2 ml voxels
+    assert preprocess.body_mass_kg(hu + 1500.0, mask, 1.0) == pytest.approx(1.9)  # cortical bone, not 2.5
+    mask[5:] = False
+    assert preprocess.body_mass_kg(hu, mask, 1.0) == pytest.approx(0.5)  # only inside the mask
+
+
+def test_a_ct_body_heavier_than_the_weight_allows_is_refused_with_the_number_and_the_rule() -> None:
+    assert preprocess.check_body_mass(45.0, 70.0, "PRRT-001") == pytest.approx(45 / 70)
+    assert preprocess.check_body_mass(45.0, None, "PRRT-001") is None  # no weight (NIfTI in SUV): nothing to check
+    assert preprocess.check_body_mass(1.29 * 50, 50.0, "PRRT-001") == pytest.approx(1.29)
+    with pytest.raises(InputError, match=r"weighs about 65.5 kg, 1.31 times .*\(rule: at most 1.3\)"):
+        preprocess.check_body_mass(65.5, 50.0, "PRRT-001")

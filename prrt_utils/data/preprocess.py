@@ -39,6 +39,14 @@ Artefact rules
   becomes 0 outside the mask grown by ``pet_mask_margin_mm`` (10 mm, keeps
   the PET's own blur at the skin).
 
+Result checks
+-------------
+What the headers cannot show, checked on the images (each refuses the patient
+with the number and the rule): the body in the CT may weigh at most
+:data:`BODY_MASS_TO_WEIGHT_MAX` times the patient weight (a wrong weight), the
+whole-body SUVmax must lie in :data:`SUV_MAX_RANGE` (wrong units) and, where a
+CT label map gives the liver, its median SUV in :data:`LIVER_SUV_RANGE`.
+
 Resampling
 ----------
 In physical space, never by resizing arrays: the target voxels are placed in
@@ -105,6 +113,7 @@ from prrt_utils.io.loading import InputError, PatientImages, Volume, load_patien
 from prrt_utils.io.log import get_logger, scrub, write_debug
 
 __all__ = [
+    "BODY_MASS_TO_WEIGHT_MAX",
     "LIVER_SUV_RANGE",
     "SUV_MAX_RANGE",
     "HarmonisationSummary",
@@ -114,6 +123,8 @@ __all__ = [
     "Preprocessed",
     "TargetGrid",
     "body_mask",
+    "body_mass_kg",
+    "check_body_mass",
     "describe_grid_mm",
     "grid_table",
     "harmonisation_summary",
@@ -134,7 +145,7 @@ __all__ = [
 ]
 
 STAGE = "preprocess"
-_CACHE_VERSION = 3  # bump when the stored result of the same inputs and config changes
+_CACHE_VERSION = 4  # 4: the body-mass rule; bump when the stored result of the same inputs and config changes
 
 
 class PreprocessError(ValueError):
@@ -529,6 +540,18 @@ Bq/ml declared as SUV (``GML``, a NIfTI ``"SUVbw"``) gives thousands, SUV
 declared as Bq/ml gives a thousandth.
 """
 
+BODY_MASS_TO_WEIGHT_MAX = 1.3
+"""Most the body in the CT may weigh, as a multiple of the patient weight the PET was converted with.
+
+The CT sees part of the body (whole-body PET/CT: about 75-90 % of its mass),
+never more than all of it; the density from HU (:func:`body_mass_kg`) is good
+to a few per cent. Above 1.3 the weight is wrong (a weight of 20 kg typed for
+a 70 kg patient passes the 20-300 kg rule and, at SUV x0.29, the SUVmax rule),
+and so is every SUV computed with it. The rule needs no organ labels. A
+weight too high (pounds typed as kilograms) gives a ratio that a small field
+of view gives too, so there is no lower limit.
+"""
+
 LIVER_SUV_RANGE = (0.3, 40.0)
 """Plausible median SUV of the liver (SR-PET about 5-10, FDG about 2-3), checked where organ masks exist."""
 
@@ -548,6 +571,33 @@ def check_suv_max(suv_max: float, pet_meta: dict[str, Any], patient_id: str) -> 
         patient_id,
         f"whole-body SUVmax {suv_max:.4g} is implausible (rule: {lo:g} to {hi:g}){hint}; check units, weight and dose",
     )
+
+
+def body_mass_kg(ct_hu: np.ndarray, mask: np.ndarray, voxel_ml: float) -> float:
+    """Mass (kg) of the CT inside ``mask``, with density from HU on the usual two lines.
+
+    At or below 0 HU a voxel is a mixture of air and water: ``1 + HU/1000``
+    g/ml (0 for air). Above 0 HU the water-to-cortical-bone line ``1 +
+    0.0006 HU`` (cortical bone about 1.9 g/ml at 1500 HU), so contrast and
+    bone are not counted as if HU measured density one to one.
+    """
+    hu = np.clip(ct_hu[mask].astype(np.float64), -1000.0, 3071.0)
+    rho = np.where(hu <= 0.0, 1.0 + hu / 1000.0, 1.0 + 0.0006 * hu)
+    return float(rho.sum() * voxel_ml / 1000.0)
+
+
+def check_body_mass(mass_kg: float, weight_kg: float | None, patient_id: str) -> float | None:
+    """Refuse a CT body heavier than :data:`BODY_MASS_TO_WEIGHT_MAX` x the weight; return the ratio (None without a weight)."""
+    if weight_kg is None:
+        return None
+    ratio = mass_kg / weight_kg
+    if ratio > BODY_MASS_TO_WEIGHT_MAX:
+        raise InputError(
+            patient_id,
+            f"the body in the CT weighs about {mass_kg:.1f} kg, {ratio:.2f} times the patient weight the SUV "
+            f"was computed with (rule: at most {BODY_MASS_TO_WEIGHT_MAX:g}); check the weight",
+        )
+    return ratio
 
 
 def check_liver_suv(liver_suv: float | None, patient_id: str) -> None:
@@ -577,7 +627,8 @@ def preprocess_patient(images: PatientImages, cfg: PreprocessConfig) -> Preproce
     Raises
     ------
     InputError
-        Too little coverage, no body on the CT, or a whole-body SUVmax outside
+        A CT body heavier than the weight allows (:data:`BODY_MASS_TO_WEIGHT_MAX`),
+        too little coverage, no body on the CT, or a whole-body SUVmax outside
         :data:`SUV_MAX_RANGE`.
     """
     from scipy.ndimage import distance_transform_edt
@@ -587,6 +638,8 @@ def preprocess_patient(images: PatientImages, cfg: PreprocessConfig) -> Preproce
     lo, hi = (float(v) for v in cfg.ct_range_hu)
     coarse, step = _coarse_ct(ct)
     cmask = body_mask(coarse.array, cfg.body_threshold_hu)
+    mass = body_mass_kg(coarse.array, cmask, abs(float(np.linalg.det(coarse.affine[:3, :3]))) / 1000.0)
+    mass_ratio = check_body_mass(mass, pet.meta.get("patient_weight_kg"), pid)
     grid = target_grid(coarse, cfg, cmask, patient_id=pid)
     cover = {"pet": _coverage(pet, grid), "ct": _coverage(ct, grid)}
     for name, frac in cover.items():
@@ -619,6 +672,7 @@ def preprocess_patient(images: PatientImages, cfg: PreprocessConfig) -> Preproce
         "body_fraction": round(float((ct_out > cfg.body_threshold_hu).mean()), 4),
         "pet_suv_max": round(float(pet_out.max()), 3),
         "pet_suv_max_native": round(suv_max_native, 3),
+        "ct_body_mass_to_weight": round(mass_ratio, 3) if mass_ratio is not None else None,
     }
     return Preprocessed(pid, pet_out.astype(np.float32), ct_out.astype(np.float32), grid, facts)
 
@@ -699,7 +753,8 @@ def prepare_patient(
     """Load, check and preprocess one patient, in memory: the one verdict of the stage and of ``prrt check``.
 
     Every check that can refuse a patient runs here (the loader's header,
-    pairing and geometry checks, coverage, the SUVmax and liver SUV ranges,
+    pairing and geometry checks, the body mass against the weight, coverage,
+    the SUVmax and liver SUV ranges,
     the label map), so that :func:`prrt_utils.data.intake.check` and
     :func:`run_preprocessing` cannot disagree.
 

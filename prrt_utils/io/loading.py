@@ -82,7 +82,8 @@ without preamble are read (``force=True``).
 
 NIfTI
 -----
-``pet.nii.gz`` with a ``pet.json`` sidecar: ``{"units": "SUVbw"}`` or
+``pet.nii.gz`` with a ``pet.json`` sidecar: ``{"units": "SUVbw"}`` (optionally
+with ``"patient_weight_kg"``, for the body-mass rule of preprocessing) or
 ``{"units": "Bq/ml", "patient_weight_kg", "injected_dose_bq",
 "injection_to_scan_s", "decay_corrected_to" ("scan_start" | "injection",
 default "scan_start"), "half_life_s" and/or "nuclide" (no default)}``, checked
@@ -809,6 +810,11 @@ def identify_nuclide(
     )
 
 
+def _plausible_weight(weight_kg: float) -> bool:
+    lo, hi = WEIGHT_RANGE_KG
+    return math.isfinite(weight_kg) and lo <= weight_kg <= hi
+
+
 def check_weight(weight_kg: float, patient_id: str, tag: str = "PatientWeight") -> float:
     """``weight_kg`` if it lies in :data:`WEIGHT_RANGE_KG`, else :class:`InputError` with the number and the rule."""
     lo, hi = WEIGHT_RANGE_KG
@@ -925,7 +931,9 @@ def suv_factor(
     """
     units = str(ds.get("Units", "") or "").strip().upper()
     if units == "GML":
-        return 1.0, {"pet_units_stored": "GML", "suv_factor": 1.0}
+        weight = _num(ds.get("PatientWeight"))  # not needed for SUV; kept for the body-mass rule if plausible
+        known = {"patient_weight_kg": weight} if weight is not None and _plausible_weight(weight) else {}
+        return 1.0, {"pet_units_stored": "GML", "suv_factor": 1.0, **known}
     if units != "BQML":
         what = "counts (Units CNTS)" if units == "CNTS" else f"units {units or 'missing'}"
         raise InputError(
@@ -968,6 +976,7 @@ def suv_factor(
         "nuclide_from": nuclide_from,
         "half_life_s": half_life,
         "injected_dose_mbq": round(dose_bq / 1e6, 3),
+        "patient_weight_kg": weight_kg,
     }
     if decay == "ADMIN":
         facts["injection_to_reference_s"] = 0.0
@@ -1618,6 +1627,7 @@ def _sidecar_suv_factor(side: dict[str, Any], patient_id: str) -> tuple[float, d
         "scan_start_from": "pet.json injection_to_scan_s" if ref == "scan_start" else "",
         "decay_correction": "START" if ref == "scan_start" else "ADMIN",
         "injected_dose_mbq": round(dose / 1e6, 3),
+        "patient_weight_kg": weight,
     }
 
 
@@ -1646,6 +1656,9 @@ def load_nifti(folder: str | Path, patient_id: str, *, keep_raw: bool = False) -
     facts: dict[str, Any] = {"pet_units_stored": units}
     if units.lower() == "suvbw":
         factor = 1.0
+        weight = _sidecar_number(side, "patient_weight_kg")  # optional here: the body-mass rule uses it
+        if weight is not None and _plausible_weight(weight):
+            facts["patient_weight_kg"] = weight
     elif units.lower() in ("bq/ml", "bqml"):
         factor, more = _sidecar_suv_factor(side, patient_id)
         facts.update(more)
