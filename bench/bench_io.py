@@ -36,7 +36,9 @@ import numpy as np
 
 from prrt_utils import synthetic as synth
 from prrt_utils.io import store
-from prrt_utils.io.loading import discover_series, load_patient, load_series
+from prrt_utils.io.dicom import load_series
+from prrt_utils.io.discovery import discover_series
+from prrt_utils.io.loading import load_patient
 
 
 def best(fn: Callable[[], object], repeats: int) -> float:

@@ -315,7 +315,7 @@ def _explained(exc: BaseException) -> bool:
     from prrt_utils.data.cohort import CohortError
     from prrt_utils.data.intake import IntakeError
     from prrt_utils.data.preprocess import PreprocessError
-    from prrt_utils.io.loading import InputError
+    from prrt_utils.io.images import InputError
     from prrt_utils.models.networks import ModelError
     from prrt_utils.models.package import PackageError
     from prrt_utils.models.pretrain import PretrainError

@@ -37,7 +37,8 @@ from prrt_utils.data.cohort import CohortConfig, build_cohort
 from prrt_utils.data.intake import CohortSource, check
 from prrt_utils.data.preprocess import PreprocessConfig, load_volumes, prepare_patient, run_preprocessing
 from prrt_utils.io import store
-from prrt_utils.io.loading import InputError, load_patient
+from prrt_utils.io.images import InputError
+from prrt_utils.io.loading import load_patient
 
 PLANTED = (*fac.FAKE_PHI.values(), OTHER_PATIENT_ID, LEADING_ZERO_UID)
 """Identifying strings of the corpus: none may reach a message, a log or an output."""

@@ -14,8 +14,11 @@ import pytest
 from pydicom.data import get_testdata_file
 from pydicom.pixels import apply_modality_lut
 
-from prrt_utils.io import loading
-from prrt_utils.io.loading import InputError, Volume, discover_series, load_patient, load_series, reorient
+from prrt_utils.io import nifti
+from prrt_utils.io.dicom import load_series
+from prrt_utils.io.discovery import discover_series
+from prrt_utils.io.images import InputError, Volume, reorient
+from prrt_utils.io.loading import load_patient
 
 
 def _names_and_uids(folder: Path) -> list[str]:
@@ -384,7 +387,7 @@ def test_loaded_suv_equals_the_synthetic_ground_truth_voxel_by_voxel(
     phi = json.loads((out / "ground_truth" / "phi.json").read_text())
     for pid in ("PRRT-001", "PRRT-002"):
         im = load_patient(out / "imaging" / pid, pid)
-        gt_img, gt_lps = loading._nifti(out / "ground_truth" / "suv" / f"{pid}.nii.gz", pid)
+        gt_img, gt_lps = nifti._nifti(out / "ground_truth" / "suv" / f"{pid}.nii.gz", pid)
         perm = np.zeros((4, 4))
         perm[0, 2] = perm[1, 1] = perm[2, 0] = perm[3, 3] = 1.0
         gt, gt_aff = reorient(

@@ -1,4 +1,4 @@
-"""Unit tests of the named steps of prrt_utils.io.loading.load_series (issue 18: short functions)."""
+"""Unit tests of the named steps of prrt_utils.io.dicom.load_series (issue 18: short functions)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from pydicom.dataset import Dataset
 
-from prrt_utils.io import loading
-from prrt_utils.io.loading import InputError
+from prrt_utils.io import dicom, discovery
+from prrt_utils.io.images import InputError
 
 AXIAL = np.array([1.0, 0.0, 0.0, 0.0, 1.0, 0.0])  # rows along +x, columns along +y: normal +z
 
@@ -25,12 +25,12 @@ def _slice(z: float, x: float = 0.0, **tags: object) -> tuple[int, Dataset, np.n
 
 
 def _geo(slices):
-    return loading._slice_geometry(slices, "CT", "P1", len(slices))
+    return dicom._slice_geometry(slices, "CT", "P1", len(slices))
 
 
 def test_slices_are_ordered_head_first_whatever_the_file_order() -> None:
     slices = [_slice(z) for z in (-10.0, 0.0, -5.0)]
-    ordered, ipps, step = loading._order_slices(slices, _geo(slices), np.array([0.0, 0.0, 1.0]), "CT", "P1")
+    ordered, ipps, step = dicom._order_slices(slices, _geo(slices), np.array([0.0, 0.0, 1.0]), "CT", "P1")
     assert [ds.ImagePositionPatient[2] for _, ds, _ in ordered] == [0.0, -5.0, -10.0]
     assert ipps[:, 2].tolist() == [0.0, -5.0, -10.0]
     np.testing.assert_allclose(step, [0.0, 0.0, -5.0])
@@ -38,7 +38,7 @@ def test_slices_are_ordered_head_first_whatever_the_file_order() -> None:
 
 def test_one_slice_steps_by_its_spacing_against_the_normal() -> None:
     slices = [_slice(3.0, SliceThickness=4.0, SpacingBetweenSlices=2.5)]
-    _, _, step = loading._order_slices(slices, _geo(slices), np.array([0.0, 0.0, 1.0]), "CT", "P1")
+    _, _, step = dicom._order_slices(slices, _geo(slices), np.array([0.0, 0.0, 1.0]), "CT", "P1")
     np.testing.assert_allclose(step, [0.0, 0.0, -2.5])  # SpacingBetweenSlices before SliceThickness
 
 
@@ -52,68 +52,68 @@ def test_one_slice_steps_by_its_spacing_against_the_normal() -> None:
 )
 def test_uneven_steps_are_named(steps: list[float], problem: str) -> None:
     with pytest.raises(InputError, match=problem.replace("(", r"\(").replace(")", r"\)")):
-        loading._require_even_steps(np.array(steps), "PET", "P1")
+        dicom._require_even_steps(np.array(steps), "PET", "P1")
 
 
 def test_even_steps_and_small_jitter_pass() -> None:
-    loading._require_even_steps(np.array([5.0, 5.2, 4.8, 5.0]), "PET", "P1")
+    dicom._require_even_steps(np.array([5.0, 5.2, 4.8, 5.0]), "PET", "P1")
 
 
 def test_a_sheared_stack_is_refused_and_a_straight_one_passes() -> None:
     normal = np.array([0.0, 0.0, 1.0])
     z = -5.0 * np.arange(20)
     straight = np.stack([np.full(20, 0.2), np.zeros(20), z], axis=1)
-    loading._require_straight_stack(straight, normal, "CT", "P1")
+    dicom._require_straight_stack(straight, normal, "CT", "P1")
     sheared = np.stack([0.1 * np.arange(20), np.zeros(20), z], axis=1)  # about 1.1 degrees
     with pytest.raises(InputError, match="drift sideways"):
-        loading._require_straight_stack(sheared, normal, "CT", "P1")
+        dicom._require_straight_stack(sheared, normal, "CT", "P1")
 
 
 def test_slice_normal_is_row_cross_column_and_refuses_non_orthogonal_or_sagittal() -> None:
-    np.testing.assert_allclose(loading._slice_normal(AXIAL, "CT", "P1"), [0.0, 0.0, 1.0])
+    np.testing.assert_allclose(dicom._slice_normal(AXIAL, "CT", "P1"), [0.0, 0.0, 1.0])
     with pytest.raises(InputError, match="not two orthogonal unit vectors"):
-        loading._slice_normal(np.array([1.0, 0.0, 0.0, 0.5, 0.5, 0.0]), "CT", "P1")
+        dicom._slice_normal(np.array([1.0, 0.0, 0.0, 0.5, 0.5, 0.0]), "CT", "P1")
     with pytest.raises(InputError, match="describes sagittal slices"):
-        loading._slice_normal(np.array([0.0, 1.0, 0.0, 0.0, 0.0, -1.0]), "CT", "P1")
+        dicom._slice_normal(np.array([0.0, 1.0, 0.0, 0.0, 0.0, -1.0]), "CT", "P1")
 
 
 def test_geometry_mismatches_are_named_in_order() -> None:
     a, b = _slice(0.0), _slice(-5.0)
     b[1].PixelSpacing = [2.5, 2.5]
     with pytest.raises(InputError, match="inconsistent pixel spacing"):
-        loading._require_same_geometry(_geo([a, b]), "CT", "P1")
+        dicom._require_same_geometry(_geo([a, b]), "CT", "P1")
     c = _slice(-5.0)
     c[1].ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 0.99, 0.14]
     with pytest.raises(InputError, match="inconsistent orientation"):
-        loading._require_same_geometry(_geo([a, c]), "CT", "P1")
+        dicom._require_same_geometry(_geo([a, c]), "CT", "P1")
     del c[1].ImagePositionPatient
     with pytest.raises(InputError, match="lacks ImagePositionPatient"):
         _geo([a, c])
 
 
 def test_gantry_tilt_on_any_slice_is_refused() -> None:
-    loading._require_no_gantry_tilt([_slice(0.0, GantryDetectorTilt=0.0)], "CT", "P1")
+    dicom._require_no_gantry_tilt([_slice(0.0, GantryDetectorTilt=0.0)], "CT", "P1")
     with pytest.raises(InputError, match="gantry tilt of 15 degrees"):
-        loading._require_no_gantry_tilt([_slice(0.0), _slice(-5.0, GantryDetectorTilt=-15.0)], "CT", "P1")
+        dicom._require_no_gantry_tilt([_slice(0.0), _slice(-5.0, GantryDetectorTilt=-15.0)], "CT", "P1")
 
 
 def test_slice_values_rescale_and_pad_ct_and_keep_raw() -> None:
     _, ds, _ = _slice(0.0, RescaleSlope=2.0, RescaleIntercept=-1000.0, PixelPaddingValue=-2000)
     stored = np.array([[0, 10], [-2000, 500]], dtype=np.int16)
-    values, raw = loading._slice_values([(0, ds, stored)], "CT", "P1", 1, keep_raw=True)
+    values, raw = dicom._slice_values([(0, ds, stored)], "CT", "P1", 1, keep_raw=True)
     np.testing.assert_array_equal(values[0], [[-1000.0, -980.0], [-1024.0, 0.0]])
     np.testing.assert_array_equal(raw[0], stored)
-    values, raw = loading._slice_values([(0, ds, stored)], "CT", "P1", 1, keep_raw=False)
+    values, raw = dicom._slice_values([(0, ds, stored)], "CT", "P1", 1, keep_raw=False)
     assert raw is None
 
 
 def test_slice_values_need_rescale_tags() -> None:
     _, ct, _ = _slice(0.0, RescaleSlope=1.0)
     with pytest.raises(InputError, match="CT file 1 of 1 in the patient folder .* has no RescaleSlope/RescaleIntercept"):
-        loading._slice_values([(1, ct, np.zeros((2, 2), np.int16))], "CT", "P1", 1, keep_raw=False)
+        dicom._slice_values([(1, ct, np.zeros((2, 2), np.int16))], "CT", "P1", 1, keep_raw=False)
     _, pet, _ = _slice(0.0)
     with pytest.raises(InputError, match="PET file 1 of 1 in the patient folder .* has no RescaleSlope"):
-        loading._slice_values([(1, pet, np.zeros((2, 2), np.int16))], "PT", "P1", 1, keep_raw=False)
+        dicom._slice_values([(1, pet, np.zeros((2, 2), np.int16))], "PT", "P1", 1, keep_raw=False)
 
 
 def test_examine_file_tells_empty_foreign_truncated_and_usable_files_apart(tmp_path: Path) -> None:
@@ -122,13 +122,13 @@ def test_examine_file_tells_empty_foreign_truncated_and_usable_files_apart(tmp_p
     empty, text = tmp_path / "empty", tmp_path / "notes.txt"
     empty.write_bytes(b"")
     text.write_text("not DICOM")
-    assert loading._examine_file(empty, False) == ("unreadable", "is empty (0 bytes)", False)
-    assert loading._examine_file(text, False) == ("non_dicom", None, False)
+    assert discovery._examine_file(empty, False) == ("unreadable", "is empty (0 bytes)", False)
+    assert discovery._examine_file(text, False) == ("non_dicom", None, False)
     whole = get_testdata_file("CT_small.dcm")
-    kind, ds, bare = loading._examine_file(Path(whole), False)
+    kind, ds, bare = discovery._examine_file(Path(whole), False)
     assert kind == "series" and ds.Modality == "CT" and not bare
     cut = tmp_path / "cut.dcm"
     data = Path(whole).read_bytes()
     cut.write_bytes(data[: len(data) // 2])
-    kind, why, _ = loading._examine_file(cut, False)
+    kind, why, _ = discovery._examine_file(cut, False)
     assert kind == "unreadable" and why.startswith("is truncated (pixel data needs")

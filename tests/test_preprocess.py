@@ -24,7 +24,7 @@ from prrt_utils.data.preprocess import (
     run_preprocessing,
 )
 from prrt_utils.io import store
-from prrt_utils.io.loading import InputError, PatientImages, Volume
+from prrt_utils.io.images import InputError, PatientImages, Volume
 
 CENTRE = np.array([30.0, -20.0, -100.0])  # LPS mm
 

@@ -9,7 +9,7 @@ import pytest
 from prrt_utils.data import preprocess
 from prrt_utils.data.preprocess import PreprocessConfig
 from prrt_utils.io import store
-from prrt_utils.io.loading import InputError
+from prrt_utils.io.images import InputError
 
 
 def _folder(tmp_path: Path, pid: str = "P-1") -> Path:

@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 import torch
 
-from prrt_utils.io.loading import InputError, load_label_map
+from prrt_utils.io.images import InputError
+from prrt_utils.io.nifti import load_label_map
 from prrt_utils.models import pretrain
 from prrt_utils.models.networks import (
     ConvEncoder,

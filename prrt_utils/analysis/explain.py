@@ -748,12 +748,12 @@ def load_label_map(data_dir: str | Path, patient_id: str) -> tuple[np.ndarray, n
 
     Returns
     -------
-    labels : ndarray of int, canonical ``(D, H, W)`` (:func:`prrt_utils.io.loading.load_label_map`)
+    labels : ndarray of int, canonical ``(D, H, W)`` (:func:`prrt_utils.io.nifti.load_label_map`)
     affine : ndarray (4, 4)
         Voxel index -> LPS mm.
     names : dict code -> name (``labels.json``)
     """
-    from prrt_utils.io.loading import load_label_map as read_label_map
+    from prrt_utils.io.nifti import load_label_map as read_label_map
 
     gt = Path(data_dir) / "ground_truth"
     path = store.child(gt / "labels", f"{patient_id}.nii.gz")

@@ -263,7 +263,7 @@ class CohortSource(Config):
         registered to the PET, or ``["all"]``: for them StudyInstanceUID and
         FrameOfReferenceUID of PET and CT may differ (PatientID must still
         agree). Every other PET/CT must be one acquisition
-        (:func:`prrt_utils.io.loading.check_pairing`). Written to
+        (:func:`prrt_utils.io.discovery.check_pairing`). Written to
         ``registered_pet_ct.csv`` under the intake's pseudonyms.
     base_dir : str
         Folder relative paths are resolved against (set by :meth:`load` to the
@@ -781,7 +781,7 @@ def _normalise(
 
 
 def _files(folder: Path) -> list[Path]:
-    """Every file under ``folder`` in the loader's order (:func:`prrt_utils.io.loading.discover_series`)."""
+    """Every file under ``folder`` in the loader's order (:func:`prrt_utils.io.discovery.discover_series`)."""
     return sorted(p for p in folder.rglob("*") if p.is_file())
 
 
@@ -1185,7 +1185,9 @@ def _check_quick(folder: Path, pid: str, registered: bool) -> tuple[str, str, st
     """Headers only: series found and chosen, PET and CT one acquisition, SUV computable, CT rescale tags."""
     import pydicom
 
-    from prrt_utils.io.loading import InputError, check_pairing, choose_series, discover_series, suv_factor
+    from prrt_utils.io.images import InputError
+    from prrt_utils.io.discovery import check_pairing, choose_series, discover_series
+    from prrt_utils.io.suv import suv_factor
 
     series = discover_series(folder, pid)
     if not series:
@@ -1211,7 +1213,7 @@ def _check_images(job: tuple[str, str, bool, str, bool, Any, str]) -> tuple[str,
     ``<work>/logs/debug.log`` when the job names a work folder (as the
     preprocessing stage does), and logged at debug level (``-v``) either way.
     """
-    from prrt_utils.io.loading import InputError
+    from prrt_utils.io.images import InputError
     from prrt_utils.io.log import DEBUG_LOG, get_logger, pydicom_messages, scrub, write_debug
     from prrt_utils.data.preprocess import PreprocessConfig, prepare_patient
 

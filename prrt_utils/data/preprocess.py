@@ -109,7 +109,8 @@ from prrt_utils.data.anatomy import (
 )
 from prrt_utils.data.cohort import patient_id_problem
 from prrt_utils.io.config import Config
-from prrt_utils.io.loading import InputError, PatientImages, Volume, load_patient
+from prrt_utils.io.loading import load_patient
+from prrt_utils.io.images import InputError, PatientImages, Volume
 from prrt_utils.io.log import get_logger, scrub, write_debug
 
 __all__ = [
@@ -506,7 +507,7 @@ def resample(
     """
     from scipy.ndimage import gaussian_filter
 
-    from prrt_utils.io.loading import reorient
+    from prrt_utils.io.images import reorient
 
     src, src_affine = reorient(np.asarray(array, dtype=np.float32), np.asarray(affine, dtype=float))
     if _axis_aligned(src_affine) and _axis_aligned(grid.affine):
@@ -779,7 +780,7 @@ def registered_pairs(data_dir: str | Path) -> frozenset[str]:
 
     The intake writes the file from the cohort YAML's ``registered_pet_ct``;
     without it every PET/CT must be one acquisition
-    (:func:`prrt_utils.io.loading.check_pairing`).
+    (:func:`prrt_utils.io.discovery.check_pairing`).
     """
     path = Path(data_dir) / "registered_pet_ct.csv"
     if not path.is_file():

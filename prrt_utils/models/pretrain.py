@@ -208,7 +208,7 @@ def read_card(work_dir: str | Path) -> dict[str, Any] | None:
 def save_label_map(path: str | Path, labels: np.ndarray, affine: np.ndarray) -> None:
     """Write a canonical ``(D, H, W)`` label array with its voxel -> LPS ``affine`` as NIfTI (atomically).
 
-    The inverse of :func:`prrt_utils.io.loading.load_label_map`: NIfTI axis ``i``
+    The inverse of :func:`prrt_utils.io.nifti.load_label_map`: NIfTI axis ``i``
     is ``W``, ``j`` is ``H``, ``k`` is ``D``, and the affine is RAS. For tests,
     benchmarks and centres converting their own label maps.
     """
@@ -398,7 +398,7 @@ def _cache_key(cfg: PretrainConfig, spec: ModelSpec, ids: list[str], volumes: li
 
 
 def _load_pairs(ids: list[str], volumes: list[Path], maps: list[Path], lookup: dict[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    from prrt_utils.io.loading import load_label_map
+    from prrt_utils.io.nifti import load_label_map
 
     cts, segs = [], []
     table = np.full(max(max(lookup), 0) + 1, -1, dtype=np.int64)
