@@ -64,6 +64,7 @@ from pathlib import Path
 from IPython.display import Markdown, display
 
 from prrt_utils.data import preprocess
+from prrt_utils.data import qc
 from prrt_utils.data.preprocess import PreprocessConfig, run_preprocessing
 from prrt_utils.report import findings
 
@@ -78,8 +79,8 @@ cohort_csv = Path(work_dir) / "cohort" / "cohort.csv"
 # the patient's lungs and body). Array axes are listed in storage order.
 
 # %%
-display(Markdown(preprocess.describe_grid_mm(cfg) + "."))
-preprocess.grid_table(cfg)
+display(Markdown(qc.describe_grid_mm(cfg) + "."))
+qc.grid_table(cfg)
 
 # %% [markdown]
 # ## Running the stage
@@ -97,17 +98,19 @@ index["status"].value_counts().rename_axis("status").to_frame("patients")
 # ## Acquisition facts and the placement of the box
 #
 # One row per preprocessed patient: scanner, voxel sizes of the original series, CT kernel and
-# contrast, the rescale tags that were undone, and how the box was anchored. `pet_coverage` and
-# `ct_coverage` give the share of the box the original series covers (the rest is filled with
-# air, or no activity, and shows as black).
+# contrast, the rescale tags that were undone, the body in the CT as a share of the patient weight
+# (above 1.3 the weight is wrong and the patient is refused), and how the box was anchored.
+# `pet_coverage` and `ct_coverage` give the share of the box the original series covers (the rest
+# is filled with air, or no activity, and shows as black).
 
 # %%
-qc = preprocess.read_table(work_dir, "qc")
+qc_table = preprocess.read_table(work_dir, "qc")
 columns = [
     "patient_id", "pet_scanner_model", "pet_spacing_mm", "ct_spacing_mm", "ct_kernel", "ct_contrast",
-    "ct_rescale_slope", "ct_rescale_intercept", "pet_suv_factor", "anchor", "pet_coverage", "ct_coverage",
+    "ct_rescale_slope", "ct_rescale_intercept", "pet_suv_factor", "ct_body_mass_to_weight", "anchor",
+    "pet_coverage", "ct_coverage",
 ]
-qc[[c for c in columns if c in qc.columns]]
+qc_table[[c for c in columns if c in qc_table.columns]]
 
 # %% [markdown]
 # ## Quality control of a few patients
@@ -122,7 +125,7 @@ qc[[c for c in columns if c in qc.columns]]
 ok = index.loc[index["status"] == "ok", "patient_id"].tolist()
 qc_patients = ok[: int(n_qc_patients)]
 for pid in qc_patients:
-    preprocess.qc_figure(work_dir, pid).show()
+    qc.qc_figure(work_dir, pid).show()
 
 # %% [markdown]
 # Every preprocessed patient can be checked the same way: choose the patient from the menu (top
@@ -130,7 +133,7 @@ for pid in qc_patients:
 # soft-tissue window (-160 to 240 HU), and the fused view lays the PET of the CT's coronal slice over it.
 
 # %%
-preprocess.qc_browser(work_dir, ok).show()
+qc.qc_browser(work_dir, ok).show()
 
 # %% [markdown]
 # ## Before and after harmonisation
@@ -142,8 +145,8 @@ preprocess.qc_browser(work_dir, ok).show()
 # the patients become comparable. PET histograms count voxels with activity only.
 
 # %%
-summary = preprocess.harmonisation_summary(imaging_dir, qc_patients)
-preprocess.histogram_figure(summary).show()
+summary = qc.harmonisation_summary(imaging_dir, qc_patients)
+qc.histogram_figure(summary).show()
 
 # %%
 summary.to_frame().round(2)

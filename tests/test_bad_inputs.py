@@ -33,6 +33,7 @@ from make_bad_inputs import (
 from prrt_utils import cli
 from prrt_utils.data import cohort as C
 from prrt_utils.data import preprocess as P
+from prrt_utils.data import qc
 from prrt_utils.data.cohort import CohortConfig, build_cohort
 from prrt_utils.data.intake import CohortSource, check
 from prrt_utils.data.preprocess import PreprocessConfig, load_volumes, prepare_patient, run_preprocessing
@@ -395,7 +396,7 @@ def test_every_path_named_after_a_patient_refuses_an_id_that_leaves_its_folder(t
         with pytest.raises(store.UnsafePathError):
             synth_export._patient_done(tmp_path, bad)  # imaging/<id>, ground_truth/*/<id>.nii.gz
         with pytest.raises(store.UnsafePathError):
-            P.harmonisation_summary(tmp_path / "imaging", [bad])
+            qc.harmonisation_summary(tmp_path / "imaging", [bad])
     # an index.csv edited by hand cannot lead a read elsewhere either
     pd.DataFrame({"patient_id": ["PRRT-001"], "status": ["ok"], "reason": [""], "file": ["../victim.json"],
                   "sha256": [""]}).to_csv(out / "index.csv", index=False)

@@ -11,18 +11,16 @@ import pandas as pd
 import pydicom
 import pytest
 
-from prrt_utils.data import preprocess
+from prrt_utils.data import preprocess, qc
+from prrt_utils.data.grid import TargetGrid, body_mask, resample
 from prrt_utils.data.preprocess import (
     PreprocessConfig,
     PreprocessError,
-    TargetGrid,
-    body_mask,
-    harmonisation_summary,
     load_volumes,
     preprocess_patient,
-    resample,
     run_preprocessing,
 )
+from prrt_utils.data.qc import harmonisation_summary
 from prrt_utils.io import store
 from prrt_utils.io.images import InputError, PatientImages, Volume
 
@@ -279,7 +277,7 @@ def test_harmonised_intensities_agree_across_patients_stored_with_other_rescale_
     assert s.loc[("PRRT-001", "SUVbw"), "p99"] == pytest.approx(
         s.loc[("PRRT-002", "SUVbw"), "p99"], rel=1e-3
     )  # ... SUV does not
-    assert len(preprocess.histogram_figure(summary).data) == 8
+    assert len(qc.histogram_figure(summary).data) == 8
 
 
 def test_stop_mode_stops_at_the_first_bad_patient_with_its_message(imaging: Path, tmp_path: Path) -> None:
@@ -389,11 +387,11 @@ def test_two_runs_and_two_worker_processes_write_identical_files(imaging: Path, 
 
 def test_qc_figure_shows_mip_slices_and_overlay(imaging: Path, tmp_path: Path) -> None:
     run_preprocessing(PreprocessConfig(), ["PRRT-001"], imaging, tmp_path / "w", progress=False)
-    fig = preprocess.qc_figure(tmp_path / "w", "PRRT-001")
+    fig = qc.qc_figure(tmp_path / "w", "PRRT-001")
     assert len(fig.data) == 5
     mip = np.asarray(fig.data[0].z)
     assert mip.shape == (75, 50) and mip.max() > 5.0  # the hot lesion shows in the MIP
-    assert list(preprocess.grid_table(PreprocessConfig())["spacing_mm"]) == [10.0, 10.0, 10.0]
+    assert list(qc.grid_table(PreprocessConfig())["spacing_mm"]) == [10.0, 10.0, 10.0]
 
 
 # ---------------------------------------------------------------------------

@@ -30,7 +30,7 @@ Libraries: captum (``Saliency``: gradients of the output with respect to the
 inputs), umap-learn (``UMAP``), scikit-learn (``roc_auc_score``,
 ``silhouette_score``), scipy and lifelines through :mod:`prrt_utils.analysis.stats`,
 nibabel for the ground-truth label maps and
-:func:`prrt_utils.data.preprocess.resample` to put them on the model's grid with the
+:func:`prrt_utils.data.grid.resample` to put them on the model's grid with the
 geometry the preprocessing used. Written by hand (reasons at each place): the
 batched permutation loop (it replays scikit-learn's permutations exactly and a
 test proves equality), the region grouping of the label maps and the cache.
@@ -768,7 +768,7 @@ def region_fractions(labels: np.ndarray, affine: np.ndarray, grid_affine: np.nda
                      regions: Mapping[str, Sequence[int]]) -> dict[str, np.ndarray]:
     """Fraction of every target voxel occupied by each region (fractional-occupancy resampling).
 
-    Each region's indicator is resampled with :func:`prrt_utils.data.preprocess.resample`
+    Each region's indicator is resampled with :func:`prrt_utils.data.grid.resample`
     (exact box average over each target voxel for axis-aligned grids), the
     function and geometry the preprocessing used for the PET; so a region's
     volume is preserved: ``sum(fraction) * target voxel volume`` equals its
@@ -792,7 +792,7 @@ def region_fractions(labels: np.ndarray, affine: np.ndarray, grid_affine: np.nda
     dict name -> ndarray (D, H, W) float32 in [0, 1]
         One map per region plus ``"outside body"`` = 1 - the sum of the others.
     """
-    from prrt_utils.data.preprocess import TargetGrid, resample
+    from prrt_utils.data.grid import TargetGrid, resample
 
     grid = TargetGrid(affine=np.asarray(grid_affine, dtype=float), shape=tuple(int(s) for s in shape), anchor="stored")
     out: dict[str, np.ndarray] = {}
@@ -1473,7 +1473,7 @@ class Explainer:
         """
         import nibabel as nib
 
-        from prrt_utils.data.preprocess import TargetGrid, resample
+        from prrt_utils.data.grid import TargetGrid, resample
 
         if self.data_dir is None:
             raise ExplainError("no data_dir: no ground truth to check against")

@@ -6,25 +6,10 @@ cropping to 75 x 50 x 50 voxels. Intensity normalisation is NOT done here: it
 is fitted on the training part of each cross-validation fold
 (:mod:`prrt_utils.models.training`), so no test patient leaks into it.
 
-Target grid
------------
-A box of ``box_mm = (750, 500, 500)`` mm (cranio-caudal, antero-posterior,
-right-left) sampled by ``shape = (75, 50, 50)`` voxels: 10 mm voxels. Its axes
-are those of LPS: array index ``(d, h, w)`` has its voxel centre at
-``x = x0 + w * 10``, ``y = y0 + h * 10``, ``z = z0 - d * 10`` (mm), i.e. ``d``
-runs head to feet, ``h`` anterior to posterior, ``w`` from the patient's right
-to left (:attr:`TargetGrid.affine`).
-
-Anchoring (one box per patient, placed on the CT):
-
-* cranio-caudal: the top of the box lies ``top_margin_mm`` (50 mm) above the
-  lung apex, the highest CT slice on which the largest connected region of air
-  inside the body (HU < ``lung_threshold_hu``) covers at least
-  ``lung_min_area_mm2`` (10 cm^2; the trachea alone stays below that). If no
-  lung is found (``anchor="body_top"`` or a CT without thorax) the box starts
-  at the top of the body mask.
-* transaxial: the box is centred on the centroid of the body mask within the
-  box's slab.
+Where the code is: the box, the body mask and resampling are
+:mod:`prrt_utils.data.grid`; chapter 02's QC summaries and figures are
+:mod:`prrt_utils.data.qc`; this module holds the configuration, the artefact
+rules and result checks of one patient, and the stage (cache, run, read back).
 
 Artefact rules
 --------------
@@ -47,26 +32,6 @@ with the number and the rule): the body in the CT may weigh at most
 whole-body SUVmax must lie in :data:`SUV_MAX_RANGE` (wrong units) and, where a
 CT label map gives the liver, its median SUV in :data:`LIVER_SUV_RANGE`.
 
-Resampling
-----------
-In physical space, never by resizing arrays: the target voxels are placed in
-LPS millimetres and located in each series' own voxel space through its
-affine (spacing, orientation and origin of that series). For the usual
-axis-aligned series (axial DICOM, NIfTI without rotation; flips and axis
-orders are undone first) every target voxel is the exact average of the source
-over its 10 mm box (overlap-weighted, one axis at a time with sparse
-weights), so the SUV x volume of a small lesion is kept wherever the grid cuts
-it; axes where the target is finer than the source are interpolated linearly.
-Voxels partly outside a series' field of view are completed with air (CT,
--1024 HU) or zero activity (PET). Oblique series fall back to a Gaussian
-pre-filter (``sigma^2 = (r^2 - 1) / 12`` source voxels, the variance of the
-missing box) and linear interpolation (:func:`scipy.ndimage.map_coordinates`).
-MONAI's ``SpatialResample``/``ResampleToMatch`` would interpolate but not
-box-average, and its MetaTensor affines default to RAS and torch's
-``align_corners`` conventions, where a half-voxel or flipped axis is easy to
-introduce and hard to see; the tests place balls at known LPS positions to
-catch exactly that.
-
 Outputs (DESIGN "Preprocessed volumes")
 ---------------------------------------
 ``WORK/preprocessed/<patient_id>.npz`` (``pet`` SUVbw, ``ct`` HU, float32
@@ -77,9 +42,7 @@ from). The cache key is the SHA-256 of every byte of the patient's input files
 and the config hash: a rerun skips finished patients, an interrupted run
 resumes, and each ``.npz`` is written atomically.
 
-Hand-written parts (no maintained library does them on LPS affines): the
-anchoring rule, the box-overlap weights and the cache; scipy does the
-labelling, filtering, sparse products and interpolation.
+Hand-written parts: the cache; everything on the grid is :mod:`prrt_utils.data.grid`'s.
 """
 
 from __future__ import annotations
@@ -98,7 +61,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from prrt_utils.io import store
 from prrt_utils.data.anatomy import (
     SYNTHETIC_LABEL_MAP,
     AnatomyError,
@@ -108,42 +70,41 @@ from prrt_utils.data.anatomy import (
     load_organs,
 )
 from prrt_utils.data.cohort import patient_id_problem
+from prrt_utils.data.grid import (
+    TargetGrid,
+    body_mask,
+    coarse_ct,
+    coverage,
+    resample,
+    sample_volume,
+    target_grid,
+)
+from prrt_utils.io import store
 from prrt_utils.io.config import Config
+from prrt_utils.io.images import InputError, PatientImages
 from prrt_utils.io.loading import load_patient
-from prrt_utils.io.images import InputError, PatientImages, Volume
 from prrt_utils.io.log import get_logger, scrub, write_debug
 
 __all__ = [
     "BODY_MASS_TO_WEIGHT_MAX",
     "LIVER_SUV_RANGE",
     "SUV_MAX_RANGE",
-    "HarmonisationSummary",
     "PreparedPatient",
     "PreprocessConfig",
     "PreprocessError",
     "Preprocessed",
-    "TargetGrid",
-    "body_mask",
     "body_mass_kg",
     "check_body_mass",
-    "describe_grid_mm",
-    "grid_table",
-    "harmonisation_summary",
-    "histogram_figure",
     "load_volumes",
     "check_liver_suv",
     "check_suv_max",
     "prepare_patient",
     "preprocess_patient",
-    "qc_browser",
-    "qc_figure",
-    "qc_images",
     "registered_pairs",
     "read_table",
-    "resample",
     "run_preprocessing",
-    "target_grid",
 ]
+
 
 STAGE = "preprocess"
 _CACHE_VERSION = 4  # 4: the body-mass rule; bump when the stored result of the same inputs and config changes
@@ -217,24 +178,6 @@ class PreprocessConfig(Config):
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class TargetGrid:
-    """The common grid of one patient: ``shape`` ``(D, H, W)`` and ``affine`` voxel centre -> LPS mm."""
-
-    affine: np.ndarray
-    shape: tuple[int, int, int]
-    anchor: str
-
-    @property
-    def spacing(self) -> tuple[float, float, float]:
-        return tuple(float(v) for v in np.linalg.norm(self.affine[:3, :3], axis=0))  # type: ignore[return-value]
-
-    def centres(self) -> np.ndarray:
-        """LPS coordinates of every voxel centre, ``(D, H, W, 3)`` mm."""
-        idx = np.stack(np.meshgrid(*[np.arange(n) for n in self.shape], indexing="ij"), axis=-1).astype(float)
-        return idx @ self.affine[:3, :3].T + self.affine[:3, 3]
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
 class Preprocessed:
     """One patient on the common grid: ``pet`` (SUVbw) and ``ct`` (HU), float32 ``(D, H, W)``."""
 
@@ -243,293 +186,6 @@ class Preprocessed:
     ct: np.ndarray
     grid: TargetGrid
     facts: dict[str, Any]
-
-
-# ---------------------------------------------------------------------------
-# Masks, anchoring, resampling
-# ---------------------------------------------------------------------------
-
-
-def body_mask(ct_hu: np.ndarray, threshold_hu: float = -500.0) -> np.ndarray:
-    """Body mask of a CT in HU: largest 3-D component of ``CT > threshold_hu``, convex per slice.
-
-    The largest connected component of the thresholded CT is the body (the
-    scanner bed and cushions are separate components and drop out); each
-    slice of it is replaced by its convex hull, so the lungs, bowel gas and
-    the air of a body wall too thin or noisy to be closed count as inside.
-
-    Parameters
-    ----------
-    ct_hu : np.ndarray
-        ``(D, H, W)`` HU.
-    threshold_hu : float
-
-    Returns
-    -------
-    np.ndarray
-        bool ``(D, H, W)``; all False if nothing exceeds the threshold.
-    """
-    from matplotlib.path import Path as PolyPath
-    from scipy import ndimage
-    from scipy.spatial import ConvexHull, QhullError
-
-    m = ct_hu > threshold_hu
-    lab, n = ndimage.label(m)
-    if n == 0:
-        return m
-    sizes = np.bincount(lab.ravel())
-    sizes[0] = 0
-    m = lab == int(np.argmax(sizes))
-    del lab
-    for k in np.nonzero(m.any(axis=(1, 2)))[0]:
-        edge = m[k] & ~ndimage.binary_erosion(m[k])
-        pts = np.argwhere(edge).astype(float)
-        try:
-            hull = ConvexHull(pts)
-        except (QhullError, ValueError):  # fewer than 3 points or all on a line
-            continue
-        (r0, c0), (r1, c1) = pts.min(axis=0).astype(int), pts.max(axis=0).astype(int)
-        rr, cc = np.mgrid[r0 : r1 + 1, c0 : c1 + 1]
-        grid = np.column_stack([rr.ravel(), cc.ravel()]).astype(float)
-        inside = PolyPath(pts[hull.vertices]).contains_points(grid, radius=1e-6)
-        m[k, r0 : r1 + 1, c0 : c1 + 1] |= inside.reshape(rr.shape)
-    return m
-
-
-MASK_SPACING_MM = 4.0
-"""The body mask and the anchoring work on the CT subsampled in-plane to at most this spacing (speed)."""
-
-
-def _coarse_ct(ct: Volume) -> tuple[Volume, int]:
-    """The CT taken every ``s``-th row and column (``s`` from :data:`MASK_SPACING_MM`), with its affine."""
-    s = max(1, int(MASK_SPACING_MM // min(ct.spacing[1], ct.spacing[2])))
-    if s == 1:
-        return ct, 1
-    aff = ct.affine.copy()
-    aff[:3, 1:3] *= s
-    return Volume(np.ascontiguousarray(ct.array[:, ::s, ::s]), aff, "CT", "HU", {}), s
-
-
-def _slice_z(vol: Volume) -> np.ndarray:
-    """LPS z (mm) of the centre of every slice of ``vol``."""
-    h, w = (vol.shape[1] - 1) / 2.0, (vol.shape[2] - 1) / 2.0
-    d = np.arange(vol.shape[0], dtype=float)
-    return vol.affine[2, 0] * d + vol.affine[2, 1] * h + vol.affine[2, 2] * w + vol.affine[2, 3]
-
-
-def _lung_apex_z(ct: Volume, mask: np.ndarray, cfg: PreprocessConfig) -> float | None:
-    from scipy import ndimage
-
-    air = mask & (ct.array < cfg.lung_threshold_hu)
-    lab, n = ndimage.label(air)
-    if n == 0:
-        return None
-    sizes = np.bincount(lab.ravel())
-    sizes[0] = 0
-    lung = lab == int(np.argmax(sizes))
-    voxel_area = ct.spacing[1] * ct.spacing[2]
-    area = lung.sum(axis=(1, 2)) * voxel_area
-    rows = np.nonzero(area >= cfg.lung_min_area_mm2)[0]
-    if len(rows) == 0:
-        return None
-    return float(_slice_z(ct)[rows].max())
-
-
-def target_grid(
-    ct: Volume, cfg: PreprocessConfig, mask: np.ndarray | None = None, patient_id: str = "?"
-) -> TargetGrid:
-    """Place the patient's target box on the CT (module docstring, "Anchoring").
-
-    Parameters
-    ----------
-    ct : Volume
-        CT in HU, ``(D, H, W)``.
-    cfg : PreprocessConfig
-    mask : np.ndarray, optional
-        Body mask of ``ct`` (computed if not given).
-    patient_id : str
-        For messages.
-
-    Returns
-    -------
-    TargetGrid
-        ``affine`` maps target index ``(d, h, w)`` to LPS with columns
-        ``(0, 0, -dz)``, ``(0, dy, 0)``, ``(dx, 0, 0)``.
-    """
-    mask = body_mask(ct.array, cfg.body_threshold_hu) if mask is None else mask
-    if not mask.any():
-        raise InputError(patient_id, "CT shows no body (nothing above the body threshold)")
-    dz, dy, dx = cfg.spacing_mm
-    box_d, box_h, box_w = (float(b) for b in cfg.box_mm)
-    zs = _slice_z(ct)
-    half = ct.spacing[0] / 2.0
-    anchor = "body_top"
-    z_top = float(zs[mask.any(axis=(1, 2))].max()) + half
-    if cfg.anchor == "lung_apex":
-        apex = _lung_apex_z(ct, mask, cfg)
-        if apex is not None:
-            z_top, anchor = apex + cfg.top_margin_mm, "lung_apex"
-    slab = (zs <= z_top) & (zs >= z_top - box_d)
-    sel = mask & slab[:, None, None] if (mask & slab[:, None, None]).any() else mask
-    idx = np.argwhere(sel).mean(axis=0)
-    cx, cy, _ = ct.affine[:3, :3] @ idx + ct.affine[:3, 3]
-    aff = np.zeros((4, 4))
-    aff[0, 2], aff[1, 1], aff[2, 0], aff[3, 3] = dx, dy, -dz, 1.0
-    aff[:3, 3] = (cx - box_w / 2.0 + dx / 2.0, cy - box_h / 2.0 + dy / 2.0, z_top - dz / 2.0)
-    return TargetGrid(affine=aff, shape=tuple(int(n) for n in cfg.shape), anchor=anchor)  # type: ignore[arg-type]
-
-
-def _sample(
-    array: np.ndarray, index_map: np.ndarray, shape: Sequence[int], order: int, cval: float, slab: int = 8
-) -> np.ndarray:
-    """Sample ``array`` at ``index_map @ (d, h, w, 1)`` for every target index, slab by slab (bounded memory)."""
-    from scipy.ndimage import map_coordinates
-
-    D, H, W = (int(n) for n in shape)
-    out = np.empty((D, H, W), dtype=np.float32)
-    hh, ww = np.meshgrid(np.arange(H, dtype=float), np.arange(W, dtype=float), indexing="ij")
-    for d0 in range(0, D, slab):
-        d1 = min(D, d0 + slab)
-        dd = np.arange(d0, d1, dtype=float)[:, None, None]
-        pts = np.stack(np.broadcast_arrays(dd, hh[None], ww[None]), axis=0).reshape(3, -1)
-        src = index_map[:3, :3] @ pts + index_map[:3, 3:4]
-        out[d0:d1] = map_coordinates(array, src, order=order, mode="constant", cval=cval).reshape(
-            d1 - d0, H, W
-        )
-    return out
-
-
-def _axis_aligned(affine: np.ndarray, tol: float = 1e-4) -> bool:
-    """True if array axes (d, h, w) run exactly along LPS (z, y, x), whatever their signs."""
-    a = affine[:3, :3]
-    off = a.copy()
-    off[2, 0] = off[1, 1] = off[0, 2] = 0.0
-    return bool(np.abs(off).max() <= tol * np.abs(a).max())
-
-
-def _axis_weights(
-    n_src: int,
-    src_origin: float,
-    src_step: float,
-    n_tgt: int,
-    tgt_origin: float,
-    tgt_step: float,
-    average: bool,
-) -> Any:
-    """Sparse ``(n_tgt, n_src)`` weights of one axis: box overlap (downsampling) or linear interpolation.
-
-    Row ``j`` sums to the fraction of target voxel ``j`` that the source covers.
-    """
-    from scipy.sparse import csr_matrix
-
-    u = (
-        tgt_origin + tgt_step * np.arange(n_tgt) - src_origin
-    ) / src_step  # target centres, source index units
-    width = abs(tgt_step / src_step)  # a target voxel's length in source voxels
-    rows, cols, vals = [], [], []
-    for j, c in enumerate(u):
-        if average and width > 1.0:
-            lo, hi = c - width / 2.0, c + width / 2.0
-            idx = np.arange(max(0, int(np.floor(lo + 0.5))), min(n_src - 1, int(np.ceil(hi - 0.5))) + 1)
-            ov = np.minimum(hi, idx + 0.5) - np.maximum(lo, idx - 0.5)
-            keep = ov > 0
-            idx, w = idx[keep], ov[keep] / width
-        elif -0.5 <= c <= n_src - 0.5:
-            cc = min(max(c, 0.0), n_src - 1.0)  # the outer half voxel takes the edge value
-            i0 = min(int(np.floor(cc)), n_src - 2) if n_src > 1 else 0
-            f = cc - i0
-            idx, w = (
-                (np.array([i0, i0 + 1]), np.array([1.0 - f, f]))
-                if n_src > 1
-                else (np.array([0]), np.array([1.0]))
-            )
-        else:
-            continue
-        rows += [j] * len(idx)
-        cols += idx.tolist()
-        vals += w.tolist()
-    return csr_matrix((vals, (rows, cols)), shape=(n_tgt, n_src))
-
-
-def _resample_separable(
-    array: np.ndarray, affine: np.ndarray, grid: TargetGrid, fill: float, average: bool
-) -> np.ndarray:
-    """Axis-aligned source and target: per-axis sparse weights, applied one axis at a time."""
-    out = np.asarray(array, dtype=np.float64)
-    coverage = []
-    for axis, world in ((0, 2), (1, 1), (2, 0)):
-        wmat = _axis_weights(
-            array.shape[axis],
-            affine[world, 3],
-            affine[world, axis],
-            grid.shape[axis],
-            grid.affine[world, 3],
-            grid.affine[world, axis],
-            average,
-        )
-        moved = np.moveaxis(out, axis, 0)
-        res = wmat @ moved.reshape(moved.shape[0], -1)
-        out = np.moveaxis(np.asarray(res).reshape(wmat.shape[0], *moved.shape[1:]), 0, axis)
-        coverage.append(np.asarray(wmat.sum(axis=1)).ravel())
-    covered = coverage[0][:, None, None] * coverage[1][None, :, None] * coverage[2][None, None, :]
-    return (out + fill * (1.0 - covered)).astype(np.float32)
-
-
-def resample(
-    array: np.ndarray,
-    affine: np.ndarray,
-    grid: TargetGrid,
-    *,
-    fill: float = 0.0,
-    antialias: bool = True,
-) -> np.ndarray:
-    """Resample a volume onto ``grid`` in physical space (module docstring, "Resampling").
-
-    Parameters
-    ----------
-    array : np.ndarray
-        Source ``(D, H, W)`` in any units.
-    affine : np.ndarray
-        Source voxel index -> LPS mm, ``(4, 4)``.
-    grid : TargetGrid
-    fill : float
-        Value outside the source's field of view (PET 0, CT -1024 HU).
-    antialias : bool
-        Average over each target voxel where the target is coarser (exact
-        box overlap for axis-aligned series, a variance-matched Gaussian
-        pre-filter for oblique ones); ``False``: point-sample by linear
-        interpolation (for comparison only).
-
-    Returns
-    -------
-    np.ndarray
-        float32 ``grid.shape``.
-    """
-    from scipy.ndimage import gaussian_filter
-
-    from prrt_utils.io.images import reorient
-
-    src, src_affine = reorient(np.asarray(array, dtype=np.float32), np.asarray(affine, dtype=float))
-    if _axis_aligned(src_affine) and _axis_aligned(grid.affine):
-        return _resample_separable(src, src_affine, grid, fill, antialias)
-    index_map = np.linalg.inv(src_affine) @ grid.affine
-    if antialias:
-        footprint = np.abs(index_map[:3, :3]).sum(axis=1)
-        sigma = np.sqrt(np.clip(footprint**2 - 1.0, 0.0, None) / 12.0)
-        if np.any(sigma > 0):
-            src = gaussian_filter(src, sigma, mode="nearest", truncate=3.0)
-    return _sample(src, index_map, grid.shape, 1, fill)
-
-
-def _coverage(vol: Volume, grid: TargetGrid) -> float:
-    """Fraction of target voxel centres that fall inside the series' field of view."""
-    index_map = np.linalg.inv(vol.affine) @ grid.affine
-    idx = np.stack(np.meshgrid(*[np.arange(n, dtype=float) for n in grid.shape], indexing="ij"), 0).reshape(
-        3, -1
-    )
-    src = index_map[:3, :3] @ idx + index_map[:3, 3:4]
-    upper = np.asarray(vol.shape, dtype=float)[:, None] - 0.5
-    return float(np.all((src >= -0.5) & (src <= upper), axis=0).mean())
 
 
 SUV_MAX_RANGE = (1.0, 500.0)
@@ -637,12 +293,12 @@ def preprocess_patient(images: PatientImages, cfg: PreprocessConfig) -> Preproce
     pid = images.patient_id
     pet, ct = images.pet, images.ct
     lo, hi = (float(v) for v in cfg.ct_range_hu)
-    coarse, step = _coarse_ct(ct)
+    coarse, step = coarse_ct(ct)
     cmask = body_mask(coarse.array, cfg.body_threshold_hu)
     mass = body_mass_kg(coarse.array, cmask, abs(float(np.linalg.det(coarse.affine[:3, :3]))) / 1000.0)
     mass_ratio = check_body_mass(mass, pet.meta.get("patient_weight_kg"), pid)
     grid = target_grid(coarse, cfg, cmask, patient_id=pid)
-    cover = {"pet": _coverage(pet, grid), "ct": _coverage(ct, grid)}
+    cover = {"pet": coverage(pet, grid), "ct": coverage(ct, grid)}
     for name, frac in cover.items():
         if frac < cfg.min_coverage:
             raise InputError(
@@ -656,7 +312,7 @@ def preprocess_patient(images: PatientImages, cfg: PreprocessConfig) -> Preproce
         cols = np.clip(np.rint(np.arange(ct.shape[2]) / step).astype(int), 0, cmask.shape[2] - 1)
         ct_arr = np.where(cmask[:, rows][:, :, cols], ct_arr, np.float32(lo))
         pet_from_ct = np.linalg.inv(coarse.affine) @ pet.affine
-        pm = _sample(cmask.astype(np.float32), pet_from_ct, pet.shape, 1, 0.0) > 0.5
+        pm = sample_volume(cmask.astype(np.float32), pet_from_ct, pet.shape, 1, 0.0) > 0.5
         if cfg.pet_mask_margin_mm > 0 and pm.any():
             pm = distance_transform_edt(~pm, sampling=pet.spacing) <= cfg.pet_mask_margin_mm
         pet_arr = np.where(pm, pet_arr, np.float32(0.0))
@@ -1136,282 +792,6 @@ def load_volumes(work_dir: str | Path, patient_ids: Sequence[str]) -> dict[str, 
     return result
 
 
-# ---------------------------------------------------------------------------
-# For the book: harmonisation summaries, grid table and QC figures
-# ---------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class HarmonisationSummary:
-    """Intensities before and after harmonisation, per patient and modality.
-
-    Attributes
-    ----------
-    histograms : pd.DataFrame
-        ``patient_id, modality, stage (before|after), quantity, bin_left, bin_right, fraction``;
-        bins are shared by all patients of one quantity.
-    stats : pd.DataFrame
-        ``patient_id, modality, stage, quantity, p01, median, p99`` (PET over voxels > 0).
-    """
-
-    histograms: pd.DataFrame
-    stats: pd.DataFrame
-
-    def to_frame(self) -> pd.DataFrame:
-        return self.stats
-
-
-_QUANTITIES = {
-    ("CT", "before"): "CT stored value",
-    ("CT", "after"): "HU",
-    ("PT", "before"): "PET Bq/ml",
-    ("PT", "after"): "SUVbw",
-}
-
-
-def harmonisation_summary(
-    imaging_dir: str | Path, patient_ids: Sequence[str], *, bins: int = 60
-) -> HarmonisationSummary:
-    """Histograms of CT stored values vs HU and PET Bq/ml vs SUVbw for a few patients.
-
-    Before harmonisation the CT histograms of different series are shifted and
-    stretched by their RescaleIntercept/Slope and the PET histograms scaled by
-    dose and weight; after it they should line up. PET histograms use voxels
-    > 0 only. Patients whose images cannot be read are left out.
-    """
-    samples: list[tuple[str, str, str, np.ndarray]] = []
-    for pid in patient_ids:
-        try:
-            im = load_patient(store.child(imaging_dir, pid), pid, keep_raw=True)
-        except InputError:
-            continue
-        for vol in (im.ct, im.pet):
-            raw = vol.raw if vol.raw is not None else vol.array
-            for stage, values in (("before", raw), ("after", vol.array)):
-                v = values.ravel()
-                if vol.modality == "PT":
-                    v = v[v > 0]
-                samples.append((pid, vol.modality, stage, v))
-    hist_rows, stat_rows = [], []
-    for (modality, stage), quantity in _QUANTITIES.items():
-        group = [s for s in samples if s[1] == modality and s[2] == stage]
-        if not group:
-            continue
-        pooled = np.concatenate([g[3] for g in group])
-        lo, hi = np.percentile(pooled, [0.5, 99.5]) if pooled.size else (0.0, 1.0)
-        edges = np.linspace(float(lo), float(hi) if hi > lo else float(lo) + 1.0, bins + 1)
-        for pid, _, _, v in group:
-            counts, _ = np.histogram(np.clip(v, edges[0], edges[-1]), edges)
-            frac = counts / max(int(counts.sum()), 1)
-            hist_rows += [
-                {
-                    "patient_id": pid,
-                    "modality": modality,
-                    "stage": stage,
-                    "quantity": quantity,
-                    "bin_left": edges[i],
-                    "bin_right": edges[i + 1],
-                    "fraction": frac[i],
-                }
-                for i in range(bins)
-            ]
-            p01, med, p99 = np.percentile(v, [1, 50, 99]) if v.size else (np.nan,) * 3
-            stat_rows.append(
-                {
-                    "patient_id": pid,
-                    "modality": modality,
-                    "stage": stage,
-                    "quantity": quantity,
-                    "p01": float(p01),
-                    "median": float(med),
-                    "p99": float(p99),
-                }
-            )
-    return HarmonisationSummary(pd.DataFrame(hist_rows), pd.DataFrame(stat_rows))
-
-
-def histogram_figure(summary: HarmonisationSummary) -> Any:
-    """Plotly figure: 2 x 2 histograms (CT stored / HU, PET Bq/ml / SUVbw), one line per patient."""
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
-
-    order = list(_QUANTITIES.items())
-    fig = make_subplots(rows=2, cols=2, subplot_titles=[f"{q} ({s} harmonisation)" for (_, s), q in order])
-    colours = {}
-    palette = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf"]
-    h = summary.histograms
-    for n, ((modality, stage), quantity) in enumerate(order):
-        part = h[(h["modality"] == modality) & (h["stage"] == stage)]
-        for pid, g in part.groupby("patient_id", sort=True):
-            colour = colours.setdefault(pid, palette[len(colours) % len(palette)])
-            fig.add_trace(
-                go.Scatter(
-                    x=(g["bin_left"] + g["bin_right"]) / 2,
-                    y=g["fraction"],
-                    mode="lines",
-                    name=pid,
-                    line={"color": colour},
-                    legendgroup=pid,
-                    showlegend=n == 0,
-                ),
-                row=n // 2 + 1,
-                col=n % 2 + 1,
-            )
-        fig.update_xaxes(title_text=quantity, row=n // 2 + 1, col=n % 2 + 1)
-    fig.update_yaxes(title_text="fraction of voxels")
-    fig.update_layout(height=650, title="Intensities before and after harmonisation")
-    return fig
-
-
-def grid_table(cfg: PreprocessConfig) -> pd.DataFrame:
-    """The target grid in words: one row per array axis (voxels, spacing, extent, direction)."""
-    directions = ("head -> feet (LPS -z)", "anterior -> posterior (LPS +y)", "patient right -> left (LPS +x)")
-    return pd.DataFrame(
-        {
-            "axis": ["D (cranio-caudal)", "H (antero-posterior)", "W (right-left)"],
-            "voxels": list(cfg.shape),
-            "spacing_mm": list(cfg.spacing_mm),
-            "extent_mm": [float(b) for b in cfg.box_mm],
-            "direction": list(directions),
-        }
-    )
-
-
-def qc_figure(work_dir: str | Path, patient_id: str) -> Any:
-    """Plotly QC figure of one preprocessed patient: PET coronal MIP, CT axial and coronal, fused coronal.
-
-    Images are shown in radiological convention (patient right on the image
-    left, head at the top); the axial slice is the one through the PET maximum
-    outside the bottom fifth of the box (bladder), the coronal slices run through the body centre.
-    """
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
-
-    vols = load_volumes(work_dir, [patient_id])
-    pet, ct = vols["pet"][0, 0], vols["ct"][0, 0]
-    D, H, _ = pet.shape
-    upper = pet[: max(1, int(0.8 * D))]
-    k_ax = int(np.unravel_index(int(np.argmax(upper)), upper.shape)[0])
-    j_cor = _coronal_row(ct)
-    vmax = float(np.percentile(pet[pet > 0], 99.5)) if (pet > 0).any() else 1.0
-    fig = make_subplots(
-        rows=1,
-        cols=4,
-        subplot_titles=(
-            "PET MIP (coronal)",
-            f"CT axial (slice {k_ax})",
-            f"CT coronal (row {j_cor})",
-            "PET/CT fused (coronal)",
-        ),
-        horizontal_spacing=0.03,
-    )
-    grey = dict(colorscale="Gray", zmin=-200, zmax=300, showscale=False)
-    fig.add_trace(
-        go.Heatmap(
-            z=pet.max(axis=1),
-            colorscale="Gray_r",
-            zmin=0,
-            zmax=vmax,
-            showscale=False,
-            hovertemplate="SUV %{z:.1f}<extra></extra>",
-        ),
-        row=1,
-        col=1,
-    )
-    fig.add_trace(go.Heatmap(z=ct[k_ax], hovertemplate="%{z:.0f} HU<extra></extra>", **grey), row=1, col=2)
-    fig.add_trace(
-        go.Heatmap(z=ct[:, j_cor], hovertemplate="%{z:.0f} HU<extra></extra>", **grey), row=1, col=3
-    )
-    fig.add_trace(go.Heatmap(z=ct[:, j_cor], hoverinfo="skip", **grey), row=1, col=4)
-    hot = [
-        [0.0, "rgba(0,0,0,0)"],
-        [0.15, "rgba(128,0,0,0.5)"],
-        [0.5, "rgba(255,64,0,0.8)"],
-        [1.0, "rgba(255,255,0,0.95)"],
-    ]
-    fig.add_trace(
-        go.Heatmap(
-            z=pet[:, j_cor],
-            colorscale=hot,
-            zmin=0,
-            zmax=vmax,
-            colorbar={"title": "SUV"},
-            hovertemplate="SUV %{z:.1f}<extra></extra>",
-        ),
-        row=1,
-        col=4,
-    )
-    for c in range(1, 5):
-        fig.update_yaxes(
-            autorange="reversed", scaleanchor=f"x{'' if c == 1 else c}", showticklabels=False, row=1, col=c
-        )
-        fig.update_xaxes(showticklabels=False, row=1, col=c)
-    fig.update_layout(height=420, title=f"{patient_id}: preprocessed PET/CT (10 mm voxels)", margin={"t": 70})
-    return fig
-
-
-def _coronal_row(ct: np.ndarray) -> int:
-    """The coronal row (H index) through the body's antero-posterior centre (CT above -500 HU)."""
-    rows = np.nonzero((ct > -500).any(axis=(0, 2)))[0]
-    return int(rows.mean()) if len(rows) else ct.shape[1] // 2
-
-
-#: Windows of the kernel-free QC views: PET SUVbw 0-10 (dark uptake on white, as nuclear medicine
-#: reads a MIP) and CT in a soft-tissue window (level 40 HU, width 400 HU).
-QC_PET_WINDOW = (0.0, 10.0)
-QC_CT_WINDOW = (-160.0, 240.0)
-
-
-def qc_images(pet: np.ndarray, ct: np.ndarray, pet_window: tuple[float, float] = QC_PET_WINDOW,
-              ct_window: tuple[float, float] = QC_CT_WINDOW) -> dict[str, np.ndarray]:
-    """The QC views of one preprocessed patient as uint8 images (radiological view, head at the top).
-
-    Parameters
-    ----------
-    pet, ct : ndarray (D, H, W)
-        SUVbw and HU on the model grid (:func:`load_volumes`).
-
-    Returns
-    -------
-    dict
-        ``"PET MIP (coronal)"``: maximum over H, inverted grey in ``pet_window``, ``(D, W)``;
-        ``"CT coronal"``: the row through the body's centre in ``ct_window``, ``(D, W)``;
-        ``"PET on CT (coronal)"``: that CT row with the PET of the same row in hot colours,
-        opaque in proportion to SUV, ``(D, W, 3)``.
-    """
-    import matplotlib
-
-    from prrt_utils.io.viewer import window_uint8
-
-    j = _coronal_row(ct)
-    ct_row = window_uint8(ct[:, j], *ct_window)
-    heat = np.clip((pet[:, j] - pet_window[0]) / (pet_window[1] - pet_window[0]), 0.0, 1.0)
-    hot = matplotlib.colormaps["hot"](heat)[..., :3] * 255
-    weight = (0.9 * heat)[..., None]
-    fused = np.rint(ct_row[..., None] * (1 - weight) + hot * weight).astype(np.uint8)
-    return {
-        "PET MIP (coronal)": window_uint8(pet.max(axis=1), *pet_window, invert=True),
-        "CT coronal": ct_row,
-        "PET on CT (coronal)": fused,
-    }
-
-
-def qc_browser(work_dir: str | Path, patient_ids: Sequence[str]) -> Any:
-    """Every listed patient's PET MIP, CT and fused view, the patient chosen from a drop-down (plotly).
-
-    Works in the static book without a kernel (:func:`prrt_utils.io.viewer.image_browser`); the
-    images are 8-bit PNGs of the 75 x 50 x 50 grid, a few kB per patient.
-    """
-    from prrt_utils.io.viewer import image_browser
-
-    items = {}
-    for pid in patient_ids:
-        vols = load_volumes(work_dir, [pid])
-        items[pid] = qc_images(vols["pet"][0, 0], vols["ct"][0, 0])
-    lo, hi = QC_PET_WINDOW
-    return image_browser(items, title=f"Preprocessed PET/CT (PET SUVbw {lo:g}-{hi:g}, dark = high uptake)")
-
-
 def read_table(work_dir: str | Path, name: str) -> pd.DataFrame:
     """One of the stage's tables (``index``, ``exclusions``, ``qc``) as a DataFrame (empty if absent)."""
     path = Path(work_dir) / "preprocessed" / f"{name}.csv"
@@ -1421,16 +801,3 @@ def read_table(work_dir: str | Path, name: str) -> pd.DataFrame:
         return pd.read_csv(path, dtype={"patient_id": str}, keep_default_na=False)
     except pd.errors.EmptyDataError:
         return pd.DataFrame()
-
-
-def describe_grid_mm(cfg: PreprocessConfig) -> str:
-    """One sentence describing the target box, for the book."""
-    d, h, w = cfg.shape
-    bd, bh, bw = cfg.box_mm
-    sd, sh, sw = cfg.spacing_mm
-    return (
-        f"{d} x {h} x {w} voxels of {sd:g} x {sh:g} x {sw:g} mm covering {bd:g} x {bh:g} x {bw:g} mm "
-        f"(cranio-caudal x antero-posterior x right-left), anchored {cfg.top_margin_mm:g} mm above the lung apex"
-        if cfg.anchor == "lung_apex"
-        else f"{d} x {h} x {w} voxels of {sd:g} mm covering {bd:g} x {bh:g} x {bw:g} mm from the top of the body"
-    )

@@ -13,7 +13,7 @@ plotly.js runs in the browser from the book's ``_static`` folder.
   used by chapter 06 (:func:`prrt_utils.analysis.explain.saliency_viewer`).
 * :func:`image_browser`: a few panels per item (e.g. PET MIP and CT of each
   patient), the item chosen from a drop-down; used by chapter 02
-  (:func:`prrt_utils.data.preprocess.qc_browser`).
+  (:func:`prrt_utils.data.qc.qc_browser`).
 
 Orientation follows :func:`prrt_utils.analysis.explain.saliency_figure`: arrays are
 ``(D, H, W)`` = (head -> feet, anterior -> posterior, patient right -> left);
