@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from prrt_utils.io import store
+from prrt_utils.io.nifti import load_label_map
 
 __all__ = [
     "ANATOMY_CLASSES",
@@ -123,7 +124,6 @@ def label_map_path(labels_dir: str | Path, patient_id: str) -> Path | None:
 def load_organs(path: str | Path, label_map: Sequence[str], grid_affine: np.ndarray, shape: Sequence[int],
                 patient_id: str) -> np.ndarray:
     """The ``organs`` array of the label map at ``path`` on a preprocessed grid (:func:`organs_on_grid`)."""
-    from prrt_utils.io.nifti import load_label_map
 
     labels, affine = load_label_map(path, patient_id)
     return organs_on_grid(labels, affine, grid_affine, shape, label_lookup(label_map), patient_id)

@@ -39,6 +39,7 @@ import numpy as np
 import pandas as pd
 
 from prrt_utils.data.folds import CVConfig, ensure_folds
+from prrt_utils.data.preprocess import load_volumes
 from prrt_utils.io import store
 from prrt_utils.models.inputs import CohortData
 from prrt_utils.models.networks import LAB_COLUMNS, ModelSpec, get_spec, resolve_ct_init
@@ -118,11 +119,7 @@ def _volumes_from_index(work_dir: Path, ids: list[str]) -> dict[str, np.ndarray]
 
 
 def _load_volumes(work_dir: Path, ids: list[str]) -> dict[str, np.ndarray]:
-    """``preprocess.load_volumes`` (the preprocessing stage's reader), or the DESIGN.md contract without it."""
-    try:
-        from prrt_utils.data.preprocess import load_volumes
-    except ImportError:  # pragma: no cover - only while preprocess.py is being written
-        return _volumes_from_index(work_dir, ids)
+    """The preprocessing stage's reader (tests swap in :func:`_volumes_from_index` for toy folders)."""
     return load_volumes(work_dir, ids)
 
 

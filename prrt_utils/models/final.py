@@ -13,7 +13,9 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from prrt_utils.data.preprocess import load_volumes
 from prrt_utils.io import store
+from prrt_utils.models import crossval, final
 from prrt_utils.models.inputs import CohortData, model_volumes
 from prrt_utils.models.networks import ModelSpec, get_spec, resolve_ct_init
 from prrt_utils.models.package import (
@@ -54,8 +56,6 @@ def train_final(work_dir: str | Path, out_dir: str | Path, model: str, train_cfg
     development distribution). The folder is written under a temporary name
     and renamed into place: a package is whole or absent.
     """
-    from prrt_utils.data.preprocess import load_volumes
-    from prrt_utils.models import crossval
 
     work_dir, out_dir = Path(work_dir), Path(out_dir)
     cfg = train_cfg or TrainConfig()
@@ -134,8 +134,6 @@ def final_package(work_dir: str | Path, model: str, profile: str = "default", se
     """``WORK/packages/<model>/``: the final model of chapter 08, trained, or reused when made from the same
     results and settings (:func:`prrt_utils.models.final.train_final`). The book trains it as a stage before
     the read-only pages; the page then reuses it."""
-    from prrt_utils.models import final
-    from prrt_utils.models.training import TrainConfig
 
     cfg = TrainConfig.profile(profile, seed=seed, **({"epochs": int(epochs)} if epochs else {}))
     return final.train_final(work_dir, Path(work_dir) / "packages" / model, model, cfg)

@@ -14,10 +14,13 @@ import numpy as np
 import pandas as pd
 from sklearn.preprocessing import StandardScaler
 
+from prrt_utils.data.anatomy import AnatomyError, pet_relative
+from prrt_utils.data.preprocess import load_volumes
 from prrt_utils.models.networks import (
     LAB_COLUMNS,
     ModelSpec,
 )
+from prrt_utils.models.radiomics import RadiomicsError, radiomics_table
 
 
 class TrainingError(ValueError):
@@ -96,7 +99,6 @@ class CohortData:
 
         Nothing in them is fitted, so computing them over the whole cohort leaks nothing across folds.
         """
-        from prrt_utils.models.radiomics import RadiomicsError, radiomics_table
 
         key = ("radiomics",)
         if key not in self._cache:
@@ -247,7 +249,6 @@ class FoldNormaliser:
                 if organs is None:
                     raise TrainingError("this model's PET is referenced to the liver, which needs organ masks "
                                         "(CT label maps of the cohort, see prrt_utils.data.anatomy); none were loaded")
-                from prrt_utils.data.anatomy import AnatomyError, pet_relative
 
                 try:
                     x = pet_relative(x, np.asarray(organs))
@@ -337,8 +338,6 @@ def cohort_data(work_dir: str | Path, patient_ids: Sequence[str] | None = None, 
     -------
     prrt_utils.models.inputs.CohortData
     """
-    from prrt_utils.data.preprocess import load_volumes
-    from prrt_utils.models.inputs import CohortData
 
     work_dir = Path(work_dir)
     if patient_ids is None:

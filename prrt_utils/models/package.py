@@ -40,6 +40,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from prrt_utils import __version__
 from prrt_utils.io import store
 from prrt_utils.io.config import Config
 from prrt_utils.models.inputs import CohortData, FoldNormaliser, LabScaler, model_inputs
@@ -70,7 +71,6 @@ def installed_versions() -> dict[str, str]:
     import monai
     import sklearn
 
-    from prrt_utils import __version__
 
     return {"prrt_pfs": __version__, "torch": str(torch.__version__).split("+")[0], "monai": monai.__version__,
             "scikit-learn": sklearn.__version__, "python": platform.python_version()}

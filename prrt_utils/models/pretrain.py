@@ -67,6 +67,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from prrt_utils import __version__
 from prrt_utils.data.anatomy import (
     ANATOMY_CLASSES,
     SYNTHETIC_LABEL_MAP,
@@ -76,9 +77,14 @@ from prrt_utils.data.anatomy import (
     label_map_path,
     labels_on_grid,
 )
+from prrt_utils.data.preprocess import PreprocessConfig, run_preprocessing
 from prrt_utils.io import store
 from prrt_utils.io.config import SEED, Config
-from prrt_utils.models.networks import ConvEncoder, ModelSpec, get_spec
+from prrt_utils.io.nifti import load_label_map
+from prrt_utils.models.inputs import FoldNormaliser
+from prrt_utils.models.networks import PRETRAIN_CT, ConvEncoder, ModelSpec, get_spec, load_encoder_checkpoint
+from prrt_utils.models.training import deterministic, resolve_device, seed_everything
+from prrt_utils.synthetic import SynthConfig, generate_cohort
 
 __all__ = [
     "ANATOMY_CLASSES",
@@ -336,7 +342,6 @@ def pretraining_population(data_dir: str | Path, cfg: PretrainConfig, n_jobs: in
             "the test folds). Give a separate set of patients outside the study (population_dir / "
             "--pretrain-data: imaging/<id>/ and ct_labels/<id>.nii.gz with codes.json), start the CT branch "
             "from a checkpoint (--ct-init PATH) or from scratch (--ct-init none)")
-    from prrt_utils.synthetic import SynthConfig, generate_cohort
 
     study = SynthConfig.from_yaml(data_dir / "config.yaml")
     synth_cfg = SynthConfig(n_patients=cfg.population_size, seed=study.seed + POPULATION_SEED_OFFSET,
@@ -358,7 +363,6 @@ def _study_ids(work_dir: Path) -> set[str]:
 
 def _preprocess_population(work_dir: Path, population: Path, n_jobs: int) -> Path:
     """Preprocess the population with the study's settings into ``WORK/pretrained/population/``; return that."""
-    from prrt_utils.data.preprocess import PreprocessConfig, run_preprocessing
 
     settings = work_dir / "preprocessed" / "config.yaml"
     if not settings.is_file():
@@ -398,7 +402,6 @@ def _cache_key(cfg: PretrainConfig, spec: ModelSpec, ids: list[str], volumes: li
 
 
 def _load_pairs(ids: list[str], volumes: list[Path], maps: list[Path], lookup: dict[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    from prrt_utils.io.nifti import load_label_map
 
     cts, segs = [], []
     table = np.full(max(max(lookup), 0) + 1, -1, dtype=np.int64)
@@ -486,8 +489,6 @@ def pretrain_on(work_dir: str | Path, population_work: str | Path, labels_dir: s
     from monai.losses import DiceCELoss
     from monai.metrics import compute_dice
 
-    from prrt_utils.models.inputs import FoldNormaliser
-    from prrt_utils.models.training import deterministic, resolve_device, seed_everything
 
     work_dir, labels_dir = Path(work_dir), Path(labels_dir)
     out = work_dir / "pretrained"
@@ -583,7 +584,6 @@ def pretrain_on(work_dir: str | Path, population_work: str | Path, labels_dir: s
 
     import monai
 
-    from prrt_utils import __version__
 
     card = {
         "format": CHECKPOINT_FORMAT,
@@ -735,7 +735,6 @@ class PretrainPage:
 
     def load_check(self) -> tuple[Any, ...]:
         """Load the checkpoint into a fresh CT branch of the model: the summary line and the tensors loaded."""
-        from prrt_utils.models.networks import load_encoder_checkpoint
 
         if self.result is None:
             return ()
@@ -752,7 +751,6 @@ def pretrain_page(work_dir: str | Path, data_dir: str | Path, cfg: PretrainConfi
 
     ``ct_init`` overrides the model's declaration (``"none"`` or a checkpoint path); empty keeps it.
     """
-    from prrt_utils.models.networks import PRETRAIN_CT
 
     spec = get_spec(cfg.model)
     start = ct_init or ("none" if spec.ct_init is None else str(spec.ct_init))

@@ -19,6 +19,8 @@ import torch
 from prrt_utils.io import store
 from prrt_utils.models.inputs import CohortData, FoldNormaliser, LabScaler, TrainingError, model_inputs
 from prrt_utils.models.networks import (
+    IMG_SIZE,
+    FusionNet,
     ModelSpec,
 )
 
@@ -96,7 +98,6 @@ def load_fold(work_dir: str | Path, spec: ModelSpec, repeat: int, fold: int, img
 
         model = joblib.load(out / done["weights"])
     else:
-        from prrt_utils.models.networks import IMG_SIZE, FusionNet
 
         net = FusionNet(spec, n_labs=len(lab_scaler.columns), img_size=img_size or IMG_SIZE, dropout_prob=dropout)
         net.load_state_dict(torch.load(out / done["weights"], map_location="cpu", weights_only=True))

@@ -45,7 +45,7 @@ import torch
 from prrt_utils.data.cohort import PFS_THRESHOLD_MONTHS
 from prrt_utils.io import store
 from prrt_utils.io.config import SEED, Config
-from prrt_utils.models.inputs import CohortData, FoldNormaliser, LabScaler, model_inputs
+from prrt_utils.models.inputs import CohortData, FoldNormaliser, LabScaler, cohort_data, model_inputs
 from prrt_utils.models.networks import LAB_COLUMNS, build_network, get_spec, make_forest
 from prrt_utils.models.training import fold_seed, resolve_device, seed_everything
 
@@ -484,7 +484,6 @@ def fit_survival_models(cfg: SurvivalConfig, work_dir: str | Path, censored: pd.
     DataFrame
         :func:`run_survival`'s table (``attrs["cache"]``: the cache folder).
     """
-    from prrt_utils.models.inputs import cohort_data
 
     data = None if survival_cached(cfg, work_dir, censored, folds) else cohort_data(work_dir, modalities=("pet",))
     return run_survival(cfg, work_dir, censored, data, folds, threads=max(1, int(n_jobs) // 2))

@@ -56,6 +56,7 @@ import pandas as pd
 import torch
 from sklearn.model_selection import StratifiedShuffleSplit
 
+from prrt_utils.data.folds import fold_ids
 from prrt_utils.io import store
 from prrt_utils.io.config import SEED, Config
 from prrt_utils.models.inputs import CohortData, FoldNormaliser, LabScaler, TrainingError, model_inputs
@@ -709,7 +710,6 @@ def run_fold(spec: ModelSpec, cfg: TrainConfig, data: CohortData, folds: pd.Data
         The fold is done but for another model/training configuration, folds or
         CT checkpoint, and ``force`` is false (results are never mixed silently).
     """
-    from prrt_utils.data.folds import fold_ids
 
     out = fold_dir(work_dir, spec.name, repeat, fold)
     status, differs = fold_status(spec, cfg, work_dir, repeat, fold, folds_sha256)
