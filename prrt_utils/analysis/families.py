@@ -63,7 +63,7 @@ _RULE_FAMILIES = ("unimodal", "one_image_fusion", "dual_fusion")
 
 
 class ResultsError(ValueError):
-    """Missing results: no fold metrics for a model, no predictions of a repeat, no cohort table or no PFS."""
+    """No model given, no fold metrics for a model, no predictions of a repeat, no cohort table or no PFS."""
 
 
 # --------------------------------------------------------------------------- names and families
@@ -254,6 +254,7 @@ def family_table(*comparisons: Any, digits: int = 3) -> pd.DataFrame:
 
 
 # --------------------------------------------------------------------------- PFS of one model's predicted groups (Figure 5)
+
 
 def read_survival(work_dir: str | Path) -> pd.DataFrame:
     """``patient_id, pfs_months, event`` (and ``pfs_short``) from ``WORK/cohort/cohort.csv``."""
