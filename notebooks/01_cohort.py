@@ -59,6 +59,7 @@ from IPython.display import Markdown, display
 
 from prrt_utils.data import cohort, paper
 from prrt_utils.data.cohort import CohortConfig, build_cohort
+from prrt_utils.io import figures
 from prrt_utils.report import findings
 
 cfg = CohortConfig(pfs_threshold_months=float(pfs_threshold_months), on_error=on_error)
@@ -128,7 +129,7 @@ display(Markdown("\n".join(f"* {d}" for d in paper.PAPER_DISCREPANCIES)))
 # ## Progression-free survival of the whole cohort
 #
 # The Kaplan-Meier curve gives, at each month, the share of patients still free of progression,
-# with its 95 % confidence band. The dashed red line marks the 12-month split; the numbers under
+# with its 95 % confidence band. The dashed grey line marks the 12-month split; the numbers under
 # the plot are the patients still at risk. The median and quartiles follow R's survival package:
 # the first time the curve is at or below 0.5 (0.75, 0.25), or the middle of the stretch where it
 # is flat at exactly that level, so that without censoring they are the usual sample median and
@@ -137,7 +138,13 @@ display(Markdown("\n".join(f"* {d}" for d in paper.PAPER_DISCREPANCIES)))
 
 # %%
 km = cohort.kaplan_meier(table)
-cohort.km_figure(km, threshold=thr, reference=paper.PAPER_KM).show()
+ref_median, (ref_q1, ref_q3) = paper.PAPER_KM["median_pfs_months"], paper.PAPER_KM["iqr_months"]
+figures.km_figure(
+    km.curve().assign(group=f"ours (n={km.n})"), threshold=thr, title="Progression-free survival (Kaplan-Meier)",
+    quartiles={f"ours: median {km.median:.1f} (IQR {km.q1:.1f}–{km.q3:.1f})": (km.q1, km.median, km.q3),
+               f"paper (real cohort): median {ref_median:g} (IQR {ref_q1:g}–{ref_q3:g})": (ref_q1, ref_median, ref_q3)},
+    at_risk=km.at_risk(range(0, int(km.curve()["time_months"].max()) + 1, 6)),
+).show()
 
 # %%
 ref = paper.PAPER_KM

@@ -99,9 +99,9 @@ results.table(names=names)
 # 0.59 ± 0.02.
 
 # %%
-from prrt_utils.analysis import explain, stats
+from prrt_utils.analysis import families, stats
 
-primary = explain.primary_model(models)
+primary = families.primary_model(models)
 vs_baseline = stats.paired_table(with_baseline.fold_metrics, models, baseline)
 row = vs_baseline.set_index("model").loc[primary]
 display(Markdown(

@@ -55,15 +55,17 @@ setup_notebook(data_dir)
 import pandas as pd
 from IPython.display import Markdown, display
 
-from prrt_utils.analysis import explain, metrics, stats
+from prrt_utils.analysis import families, kaplan_meier, metrics
+from prrt_utils.data.cohort import PFS_THRESHOLD_MONTHS
 from prrt_utils.data.paper import PAPER_KM
+from prrt_utils.io import figures
 from prrt_utils.report import findings, notebook
 
-models = list(models) or explain.available_models(work_dir)
+models = list(models) or families.available_models(work_dir)
 loaded = notebook.load_results(work_dir, data_dir, models)
 names, paper, predictions, results, ceiling = loaded.names, loaded.paper, loaded.predictions, loaded.results, loaded.ceiling
 fold_metrics = results.fold_metrics
-primary = explain.primary_model(models)
+primary = families.primary_model(models)
 display(Markdown(f"Models: {', '.join(names.get(m, m) for m in models)}. The single-model analyses below use "
                  f"**{names.get(primary, primary)}**, named before any result was seen (the paper's best model), "
                  "not the best scorer of these folds, whose numbers would be optimistic (winner's curse)."))
@@ -79,7 +81,7 @@ display(Markdown(f"Models: {', '.join(names.get(m, m) for m in models)}. The sin
 # accuracy for two models only.
 
 # %%
-explain.table2(results, paper, names)
+families.table2(results, paper, names)
 
 # %%
 metrics.metrics_figure(results, ceiling, names=names, metrics=("auroc", "auprc", "auprc_long", "accuracy")).show()
@@ -97,7 +99,7 @@ notebook.show(loaded.versus_ceiling())
 # for precision-recall.
 
 # %%
-rep_repeat, rep_fold = explain.representative_fold(fold_metrics, primary)
+rep_repeat, rep_fold = families.representative_fold(fold_metrics, primary)
 one = predictions[(predictions["repeat"] == rep_repeat) & (predictions["fold"] == rep_fold)]
 fig = metrics.curves_figure(metrics.roc_curves(one), metrics.pr_curves(one), names=names, models=models)
 fig.update_layout(title={"text": f"Repeat {rep_repeat}, fold {rep_fold} ({len(one) // len(models)} test patients)",
@@ -136,16 +138,16 @@ metrics.curves_figure(metrics.roc_curves(predictions), metrics.pr_curves(predict
 # accounts for that overlap; it is shown beside the paper's test for the same pairs.
 
 # %%
-families = explain.compare_model_families(fold_metrics, models)
-comparisons = families.comparisons
-print("Families:", families.members(names))
-notebook.show(families.table())
+family_comparison = families.compare_model_families(fold_metrics, models)
+comparisons = family_comparison.comparisons
+print("Families:", family_comparison.members(names))
+notebook.show(family_comparison.table())
 
 # %% [markdown]
 # Where the two tests disagree at the 5 % level (Bonferroni-adjusted p-values of both):
 
 # %%
-notebook.show(*families.disagreements(alpha))
+notebook.show(*family_comparison.disagreements(alpha))
 
 # %% [markdown]
 # ## Kaplan-Meier by predicted probability
@@ -163,13 +165,14 @@ notebook.show(*families.disagreements(alpha))
 
 # %%
 km_name = km_model or primary
-km_rep = km_repeat if km_repeat >= 0 else explain.representative_repeat(fold_metrics, km_name)
-survival = explain.read_survival(work_dir)
-km = stats.km_by_prediction(explain.survival_frame(predictions, survival, km_name, km_rep), threshold,
-                            prob_is="short")
+km_rep = km_repeat if km_repeat >= 0 else families.representative_repeat(fold_metrics, km_name)
+survival = families.read_survival(work_dir)
+km = kaplan_meier.km_by_prediction(families.survival_frame(predictions, survival, km_name, km_rep), threshold,
+                                   prob_is="short")
 print(km.rule)
-notebook.show(explain.km_note(km))
-explain.km_figure(km, title=f"{names.get(km_name, km_name)}, repeat {km_rep}:").show()
+notebook.show(families.km_note(km))
+figures.km_figure(km.labelled_curves(), threshold=PFS_THRESHOLD_MONTHS,
+                  title=f"{names.get(km_name, km_name)}, repeat {km_rep}: {km.logrank_text()}").show()
 km.to_frame()
 
 # %% [markdown]
@@ -178,12 +181,11 @@ km.to_frame()
 # with its 95 % confidence interval (lifelines; NaN when a group is empty).
 
 # %%
-from prrt_utils.analysis.stats import cox_hr_by_group
-
-cox_hr_by_group(explain.survival_frame(predictions, survival, km_name, km_rep), threshold, prob_is="short").to_frame()
+kaplan_meier.cox_hr_by_group(families.survival_frame(predictions, survival, km_name, km_rep), threshold,
+                             prob_is="short").to_frame()
 
 # %%
-explain.km_over_repeats(predictions, survival, km_name, threshold)
+families.km_over_repeats(predictions, survival, km_name, threshold)
 
 # %% [markdown]
 # The paper's values for its real cohort (PET fusion, one cross-validation):

@@ -63,17 +63,17 @@ from pathlib import Path
 import pandas as pd
 from IPython.display import display
 
-from prrt_utils.analysis import explain
+from prrt_utils.analysis import explain, explain_figures, families
 from prrt_utils.report import chapters, notebook
 
-models = list(models) or explain.available_models(work_dir)
+models = list(models) or families.available_models(work_dir)
 loaded = notebook.load_results(work_dir, data_dir, models, ceilings=False)
 names, predictions = loaded.names, loaded.predictions
 config = explain.ExplainConfig(repeat=repeat, umap_repeat=umap_repeat, umap_fold=umap_fold, seed=seed,
                                n_permutations=n_permutations)
 ex = explain.Explainer(work_dir, data_dir, config, cache_dir=cache_dir or None)
-fusion = explain.fusion_models(models)
-pet_models = explain.image_models(models, "pet")
+fusion = families.fusion_models(models)
+pet_models = families.image_models(models, "pet")
 compare = [m for m in compare if m in pet_models]
 has_truth = (Path(data_dir) / "ground_truth" / "labels").is_dir()
 print("Models:", ", ".join(names.get(m, m) for m in models), "| PET models compared:",
@@ -95,8 +95,8 @@ print("Models:", ", ".join(names.get(m, m) for m in models), "| PET models compa
 # anatomy-pretrained encoder (see the CT pretraining page), beside the same network from scratch.
 
 # %%
-umap_frame = ex.umap(explain.image_models(models))
-explain.umap_figure(umap_frame, names).show()
+umap_frame = ex.umap(families.image_models(models))
+explain_figures.umap_figure(umap_frame, names).show()
 
 # %% [markdown]
 # ## Laboratory values: permutation importance
@@ -114,7 +114,7 @@ explain.umap_figure(umap_frame, names).show()
 # %%
 importance = ex.permutation_importance([m for m in models if m == "rf_labs" or m in fusion])
 summary = explain.importance_summary(importance)
-explain.importance_figure(summary, names).show()
+explain_figures.importance_figure(summary, names).show()
 summary
 
 # %% [markdown]
@@ -137,7 +137,7 @@ print("Spearman correlation of AST and ALT in this cohort:",
 # reacts; mean signed value: in which direction (positive = a higher value pushes towards short PFS).
 
 # %%
-notebook.show(explain.lab_gradient_table(ex, fusion))
+notebook.show(explain_figures.lab_gradient_table(ex, fusion))
 
 # %% [markdown]
 # ## PET saliency maps
@@ -159,7 +159,7 @@ notebook.show(explain.lab_gradient_table(ex, fusion))
 
 # %%
 patients = (list(saliency_patients) or ex.pick_patients(predictions, compare[-1])) if compare else []
-panels, checks = explain.saliency_panels(ex, predictions, compare, patients, repeat, names, with_lesions=has_truth)
+panels, checks = explain_figures.saliency_panels(ex, predictions, compare, patients, repeat, names, with_lesions=has_truth)
 notebook.show(*checks, *panels)
 
 # %% [markdown]
@@ -185,7 +185,7 @@ notebook.show(panels[0].live_viewer() if interactive and panels else None)
 # beside our distance; our divergence is given too, labelled.
 
 # %%
-notebook.show(*explain.gradient_comparison(ex, compare, names))
+notebook.show(*explain_figures.gradient_comparison(ex, compare, names))
 
 # %% [markdown]
 # ## Where the saliency falls (synthetic cohort)

@@ -67,6 +67,7 @@ import time
 from IPython.display import Markdown, display
 
 from prrt_utils.analysis import metrics
+from prrt_utils.io import figures
 from prrt_utils.models import survival as sv
 from prrt_utils.report import chapters, findings, notebook
 
@@ -104,7 +105,7 @@ display(Markdown(
 summary_cc
 
 # %%
-sv.km_truth_figure(censored, cfg.horizon_months).show()
+figures.km_figure(sv.km_truth_curves(censored), threshold=cfg.horizon_months).show()
 
 # %% [markdown]
 # ## Survival models on the shared folds
@@ -251,7 +252,7 @@ notebook.show(*value.bootstrap_section(names))
 # written by hand in `prrt_utils.analysis.calibration` and tested against the definition and against a published
 # worked example: Hanley and McNeil's 109 CT ratings, area 0.8932 with standard error 0.0307). The
 # reference is the model named before any result was seen, the paper's best (PET/CT fusion with a
-# pretrained CT branch; `explain.primary_model`), not the best scorer here: testing the winner of the
+# pretrained CT branch; `families.primary_model`), not the best scorer here: testing the winner of the
 # same predictions would be optimistic (winner's curse). It is compared with each other model in each
 # repeat, and the p-values are Holm-adjusted over the comparisons within a repeat.
 

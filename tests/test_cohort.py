@@ -9,12 +9,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from scipy.stats import fisher_exact, mannwhitneyu
+from lifelines import KaplanMeierFitter
+from lifelines.datasets import load_waltons
+from lifelines.utils import qth_survival_time
+from scipy.stats import PermutationMethod, fisher_exact, mannwhitneyu
 
 from prrt_utils.data import cohort as C
 from prrt_utils.data.cohort import CohortConfig, CohortError, build_cohort, load_clinical
 from prrt_utils.data.paper import paper_table1
 from prrt_utils.io import store
+from prrt_utils.models import networks
 
 PFS = [6.0, 12.0, 18.0, 24.0, 9.0, 30.0]  # PRRT-002 sits exactly on the 12-month threshold
 
@@ -296,8 +300,6 @@ def test_an_interrupted_write_leaves_no_partial_file_and_is_redone(tmp_path, mon
 
 
 def test_lab_inputs_never_include_post_baseline_or_outcome_columns():
-    from prrt_utils.models import networks
-
     assert not set(C.LAB_COLUMNS) & set(C.FORBIDDEN_INPUTS)
     assert networks.LAB_COLUMNS == C.LAB_COLUMNS  # every model's "labs" input is this list
     for key, spec in networks.load_registry().items():
@@ -382,8 +384,6 @@ def test_table1_p_values_equal_scipy_on_hand_made_groups():
 
 
 def test_fisher_freeman_halton_equals_exact_references():
-    from scipy.stats import PermutationMethod
-
     # k = 2: scipy's two-sided Fisher exact test.
     assert C.fisher_freeman_halton([[3, 7], [9, 4]]) == pytest.approx(fisher_exact([[3, 7], [9, 4]]).pvalue, rel=1e-12)
     # Small k x 2 tables: scipy's exact permutation over every pairing of the patients.
@@ -452,7 +452,6 @@ def test_km_quartiles_at_n116_without_censoring_are_the_hand_counted_order_stati
 def test_km_quantile_matches_r_survival_quantile_reference_values():
     # R survival tests/quantile.R: time (9,1,1,6,6,8,10), status (1,1,0,1,1,0,0); at survival levels
     # 13/14, 6/7, 2/3, 1/2, 9/35, 1/10 quantile.survfit gives 1, 3.5, 6, 9, 9.5, NA.
-    from lifelines import KaplanMeierFitter
 
     kmf = KaplanMeierFitter().fit([9.0, 1, 1, 6, 6, 8, 10], [1, 1, 0, 1, 1, 0, 0])
     got = [C.km_quantile(kmf, q) for q in (13 / 14, 6 / 7, 2 / 3, 0.5, 9 / 35, 0.1)]
@@ -467,10 +466,6 @@ def test_km_median_by_hand_with_censoring():
 
 
 def test_km_equals_lifelines_on_the_waltons_data():
-    from lifelines import KaplanMeierFitter
-    from lifelines.datasets import load_waltons
-    from lifelines.utils import qth_survival_time
-
     w = load_waltons()
     km = C.kaplan_meier(w, duration="T", event="E")
     ref = KaplanMeierFitter().fit(w["T"], w["E"])
@@ -480,14 +475,10 @@ def test_km_equals_lifelines_on_the_waltons_data():
     assert km.n == len(w) and km.events == int(w["E"].sum())
 
 
-def test_km_figure_marks_the_threshold_and_counts_patients_at_risk():
+def test_at_risk_counts_the_patients_not_yet_progressed_or_censored():
     km = C.kaplan_meier(pd.DataFrame({"pfs_months": [3.0, 8, 13, 20, 25, 31], "event": 1}))
     assert km.at_risk([0, 12, 24])["at_risk"].tolist() == [6, 4, 2]
-    fig = C.km_figure(km, threshold=12.0, reference={"median_pfs_months": 15.7, "iqr_months": (9.1, 26.7)})
-    assert any(s.get("x0") == 12.0 for s in fig.to_dict()["layout"]["shapes"])
-    text = [t for t in fig.data if t.mode == "text"][0].text
-    assert list(text[:5]) == ["6", "5", "4", "3", "2"]  # at 0, 6, 12, 18, 24 months
-    assert any("paper" in (t.name or "") for t in fig.data)
+    assert km.at_risk(range(0, 31, 6))["at_risk"].tolist() == [6, 5, 4, 3, 2, 1]  # at 0, 6, ..., 30 months
 
 
 def test_cohort_summary_counts_short_and_long():

@@ -1,4 +1,4 @@
-"""Explainability and chapter-05 helpers (prrt_utils.analysis.explain): known answers on a tiny stored grid."""
+"""Chapter 06's computations (prrt_utils.analysis.explain): known answers on a tiny stored grid."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch
 from sklearn.inspection import permutation_importance
 from sklearn.linear_model import LogisticRegression
 
-from prrt_utils.analysis import explain
+from prrt_utils.analysis import explain, saliency_stats
 from prrt_utils.analysis.explain import ExplainConfig, Explainer, permutation_drops
 from prrt_utils.data.folds import make_folds
 from prrt_utils.io import store
@@ -20,7 +20,7 @@ from prrt_utils.models.networks import get_spec
 from prrt_utils.models.stored import load_fold
 from prrt_utils.models.toy import toy_cohort_data
 from prrt_utils.models.training import TrainConfig, run_fold
-from prrt_utils.report import chapters
+from prrt_utils.synthetic import LABELS, Grid, to_nifti_array
 
 torch.set_num_threads(1)
 SHAPE = (12, 10, 10)
@@ -178,9 +178,6 @@ def test_permutation_importance_on_stored_folds(explainer):
     summary = explain.importance_summary(tidy)
     assert set(summary.columns) >= {"mean_drop", "sd_permutations", "se_folds", "n_folds"}
     assert (summary["n_folds"] == 3).all()
-    fig = explain.importance_figure(summary)
-    assert [t.type for t in fig.data] == ["bar", "bar"]  # one bar series per model with labs
-    assert {tuple(t.x) for t in fig.data} == {tuple(s["feature"]) for _, s in summary.groupby("model")}
 
 
 def test_lab_gradients_match_finite_differences_of_the_head(explainer, work, toy):
@@ -209,10 +206,6 @@ def test_umap_is_deterministic_with_a_seed(work, toy, tmp_path):
     pd.testing.assert_frame_equal(a, b)
     assert len(a) == 2 * 30 and set(a["split"]) == {"train", "val", "test"}  # val: early stopping's split
     assert a["silhouette"].between(-1, 1).all()
-    fig = explain.umap_figure(a)
-    points = sum(len(t.x) for t in fig.data)
-    assert points == len(a)  # every patient of every model is drawn once
-    assert all(t.mode == "markers" for t in fig.data)
 
 
 def test_cache_is_keyed_by_the_folds_done_json(work, toy, tmp_path):
@@ -231,13 +224,11 @@ def test_cache_is_keyed_by_the_folds_done_json(work, toy, tmp_path):
         done.write_text(original)
 
 
-# --------------------------------------------------------------------------- ground-truth labels on the model grid
+# --------------------------------------------------------------------------- ground-truth labels on the model grid (regions: saliency_stats)
 
 
 def _label_case(tmp_path):
     """A 5 mm label map (synthetic-cohort NIfTI conventions) and a 10 mm target grid with aligned boundaries."""
-    from prrt_utils.synthetic import LABELS, Grid, to_nifti_array
-
     src = Grid(x=-97.5 + 5.0 * np.arange(40), y=-97.5 + 5.0 * np.arange(40), z=97.5 - 5.0 * np.arange(40))
     lab = np.zeros(src.shape, dtype=np.uint8)
     lab[4:36, 4:36, 4:36] = 1  # body
@@ -258,9 +249,9 @@ def _label_case(tmp_path):
 def test_label_resampling_preserves_volume_and_lands_where_the_geometry_says(tmp_path):
     lab, target = _label_case(tmp_path)
     labels, affine, names = explain.load_label_map(tmp_path / "data", "P-1")
-    regions = explain.region_codes(names)
+    regions = saliency_stats.region_codes(names)
     assert regions["lesion"] == (10, 11, 12, 13, 14, 15) and regions["kidney"] == (5,)
-    fr = explain.region_fractions(labels, affine, target, (20, 20, 20), regions)
+    fr = saliency_stats.region_fractions(labels, affine, target, (20, 20, 20), regions)
     # volume (in target voxels of 1000 mm^3) = source voxels x 125 mm^3
     for name, code in (("lesion", [11]), ("kidney", [5])):
         assert fr[name].sum() * 1000 == pytest.approx(np.isin(lab, code).sum() * 125, rel=1e-5)
@@ -287,158 +278,7 @@ def test_labels_on_grid_reads_the_stored_grid_of_each_patient(tmp_path, work, to
     code = {v: k for k, v in names.items()}
     got = out["labels"][0] == code["lesion"]
     assert got.sum() == 8 and got[10:12, 10:12, 10:12].all()
-    from prrt_utils.analysis.stats import saliency_mass_fraction
-
     sal = np.zeros((20, 20, 20))
     sal[10:12, 10:12, 10:12] = 1.0
-    table = saliency_mass_fraction(sal, out["labels"][0], names).set_index("region")
+    table = saliency_stats.saliency_mass_fraction(sal, out["labels"][0], names).set_index("region")
     assert table.loc["lesion", "mass_fraction"] == pytest.approx(1.0)
-
-
-# --------------------------------------------------------------------------- chapter 05 helpers
-
-
-def test_representative_fold_and_repeat_are_the_median_ones():
-    fm = pd.DataFrame({"model": "m", "repeat": [0, 0, 0, 1, 1, 1, 2, 2, 2], "fold": [0, 1, 2] * 3,
-                       "auroc": [0.9, 0.5, 0.6, 0.7, 0.4, 0.65, 0.55, 0.8, 0.3]})
-    assert explain.representative_fold(fm, "m") == (0, 2)  # median 0.6
-    assert explain.representative_repeat(fm, "m") == 1  # repeat means 0.667, 0.583, 0.55 -> median 0.583
-    fm2 = pd.concat([fm, fm.assign(model="n", auroc=fm["auroc"] + 0.01)])
-    assert explain.best_model(fm2, ["m", "n"]) == "n"
-
-
-def test_families_follow_the_inputs():
-    fam = explain.families(["rf_labs", "pet_only", "ct_only", "pet_fusion", "ct_fusion", "petct_fusion",
-                            "petct_fusion_pretrained"])
-    order = explain.family_order()
-    assert {fam[m] for m in ("rf_labs", "pet_only", "ct_only")} == {order[0]}
-    assert {fam[m] for m in ("pet_fusion", "ct_fusion")} == {order[1]}
-    assert {fam[m] for m in ("petct_fusion", "petct_fusion_pretrained")} == {order[2]}
-    assert explain.fusion_models(list(fam)) == ["pet_fusion", "ct_fusion", "petct_fusion", "petct_fusion_pretrained"]
-
-
-def test_survival_frame_and_km_over_repeats(work):
-    from prrt_utils.models.stored import read_results
-
-    pred = read_results(work, ["pet_fusion"])
-    surv = explain.read_survival(work)
-    frame = explain.survival_frame(pred, surv, "pet_fusion", 0)
-    assert len(frame) == 30 and frame["patient_id"].is_unique
-    km = explain.km_over_repeats(pred, surv, "pet_fusion")
-    assert len(km) == 1 and km["n_long"].iloc[0] + km["n_short"].iloc[0] == 30
-    from prrt_utils.analysis.stats import km_by_prediction
-
-    km_fit = km_by_prediction(frame, 0.5, prob_is="short")
-    fig = explain.km_figure(km_fit)
-    groups = km_fit.curves()["group"].nunique()
-    assert len(fig.data) == 2 * groups  # a confidence band and a step curve per predicted group
-    curves = [t for t in fig.data if t.fill != "toself"]
-    assert len(curves) == groups and all(f"n={n}" in " ".join(t.name for t in curves) for n in (km_fit.n_long, km_fit.n_short) if n)
-
-
-def test_the_single_model_analyses_use_the_pre_specified_model_not_the_best_scorer():
-    from prrt_utils.analysis.explain import primary_model
-    from prrt_utils.data.paper import MODEL_KEYS, PRIMARY_MODEL
-
-    assert primary_model(list(MODEL_KEYS)) == PRIMARY_MODEL == "petct_fusion_pretrained"
-    # Without it: the fusion model with the most inputs by registry order, whatever the scores.
-    assert primary_model(["rf_labs", "pet_fusion", "petct_fusion", "pet_only"]) == "petct_fusion"
-    assert primary_model(["rf_labs", "pet_only"]) == "pet_only"
-
-
-def test_compare_model_families_orders_the_families_and_lists_their_members():
-    from types import SimpleNamespace
-
-    rng = np.random.default_rng(0)
-    models = ["rf_labs", "pet_only", "pet_fusion", "petct_fusion"]
-    rows = [{"model": m, "repeat": r, "fold": f, "auroc": 0.5 + 0.1 * k + rng.normal(0, 0.02)}
-            for k, m in enumerate(models) for r in range(3) for f in range(3)]
-    fm = pd.DataFrame(rows)
-    fc = explain.compare_model_families(fm, models)
-    assert fc.order == ("unimodal", "one_image_fusion", "dual_fusion")
-    assert fc.members() == {"unimodal": ["rf_labs", "pet_only"], "one_image_fusion": ["pet_fusion"],
-                            "dual_fusion": ["petct_fusion"]}
-    assert set(fc.comparisons) == {"fold", "repeat"}
-    assert len(fc.table()) == 4  # two comparisons x two sample units
-    texts = [x for x in fc.disagreements(0.05) if isinstance(x, str)]
-    assert len(texts) == 2 and "per-fold" in texts[0] and "per-repeat" in texts[1]
-    one = explain.compare_model_families(fm[fm["model"].isin(["rf_labs", "pet_only"])], ["rf_labs", "pet_only"])
-    assert one.comparisons == {} and one.table().startswith("Fewer than two") and one.disagreements() == ()
-    assert explain.km_note(SimpleNamespace(n_long=3, n_short=4, threshold=0.5)) is None
-    assert "one group at threshold 0.5" in explain.km_note(SimpleNamespace(n_long=0, n_short=7, threshold=0.5))
-
-
-class _StubExplainer:
-    """What chapter 06's functions ask of an Explainer, with known answers."""
-
-    def __init__(self):
-        from types import SimpleNamespace
-
-        self.config = SimpleNamespace(vmin=0.3, repeat=0, bins=10)
-        self.folds = pd.DataFrame({"repeat": [0, 0, 1], "patient_id": ["B", "A", "C"]})
-        pet = np.arange(2 * 1 * 2 * 2 * 2, dtype=np.float32).reshape(2, 1, 2, 2, 2)
-        self.data = SimpleNamespace(volumes={"pet": pet}, y=np.array([1, 0]), rows=lambda ids: [["A", "B"].index(i) for i in ids])
-        self.asked = []
-
-    def lab_gradients(self, models):
-        self.asked.append(list(models))
-        return pd.DataFrame({"model": ["pet_fusion"] * 4, "feature": ["ast_u_l", "ast_u_l", "cga_ug_l", "cga_ug_l"],
-                             "gradient": [-1.0, 3.0, 0.5, 0.5]})
-
-    def saliency(self, model, ids):
-        return np.full((1, 2, 2, 2), 2.0 if model == "pet_only" else -4.0, dtype=np.float32)
-
-    def labels_on_grid(self, ids):
-        labels = np.zeros((len(ids), 2, 2, 2), np.uint8)
-        labels[:, 0, 0, 0] = 7
-        vols = pd.DataFrame({"region": ["lesion", "liver", "lesion"], "volume_ml_fractional": [1.0, 4.0, 1.0],
-                             "volume_ml_majority": [1.0, 4.0, 0.0]})
-        return {"labels": labels, "names": {7: "lesion", 1: "liver"}, "volumes": vols}
-
-    def alignment_check(self, pid):
-        return 0.9876
-
-    def saliency_mass(self, models):
-        return pd.DataFrame({"model": ["pet_only"] * 2, "region": ["lesion", "liver"], "mass_fraction": [0.6, 0.4],
-                             "enrichment": [50.0, 1.0], "n_patients": [2, 2], "n_without_saliency": [0, 0]})
-
-
-def test_lab_gradient_table_is_the_mean_absolute_and_signed_gradient_per_lab_and_none_without_fusion():
-    ex = _StubExplainer()
-    assert explain.lab_gradient_table(ex, []) is None and ex.asked == []
-    table = explain.lab_gradient_table(ex, ["pet_fusion"])
-    assert table.loc["ast_u_l", ("mean_abs_gradient", "pet_fusion")] == 2.0
-    assert table.loc["ast_u_l", ("mean_gradient", "pet_fusion")] == 1.0
-    assert table.loc["cga_ug_l", ("mean_gradient", "pet_fusion")] == 0.5
-
-
-def test_saliency_panels_normalise_each_map_outline_the_lesions_and_quote_the_repeats_predictions():
-    ex = _StubExplainer()
-    pred = pd.DataFrame({"model": ["pet_only", "pet_fusion", "pet_only", "pet_fusion", "pet_only"],
-                         "repeat": [0, 0, 1, 1, 0], "patient_id": ["B"] * 4 + ["A"], "prob": [0.25, 0.75, 0.9, 0.9, 0.5]})
-    panels, checks = explain.saliency_panels(ex, pred, ["pet_only", "pet_fusion"], ["B"], 0,
-                                             {"pet_only": "PET only"}, with_lesions=True)
-    (panel,) = panels
-    assert panel.title == "B: long PFS; P(short) PET only 0.25, pet_fusion 0.75"
-    assert set(panel.maps) == {"PET only", "pet_fusion"} and all((m == 1.0).all() for m in panel.maps.values())
-    np.testing.assert_array_equal(panel.pet, ex.data.volumes["pet"][1, 0])
-    assert panel.lesions.sum() == 1 and panel.lesions[0, 0, 0]
-    assert checks == ["B: PET vs resampled true SUV, Pearson r = 0.988 (label geometry check)"]
-    assert explain.saliency_panels(ex, pred, [], ["B"], 0) == ([], [])
-    panels, checks = explain.saliency_panels(ex, pred, ["pet_only"], ["A"], 0, with_lesions=False)
-    assert panels[0].lesions is None and checks == [] and panels[0].title.startswith("A: short PFS")
-
-
-def test_saliency_mass_section_needs_truth_and_sums_the_region_volumes_of_the_repeat():
-    ex = _StubExplainer()
-    none = chapters.saliency_mass_section(ex, ["pet_only"], False, "data/own")
-    assert none.mass is None and none.tables() == (none.reason,) and "data/own" in none.reason
-    assert "real cohort has none" in none.findings().sentences[0]
-    sec = chapters.saliency_mass_section(ex, ["pet_only"], True)
-    assert sec.volumes.loc["lesion", "volume_ml_fractional"] == 2.0
-    assert sec.volumes.loc["lesion", "ratio"] == 0.5 and sec.volumes.loc["liver", "ratio"] == 1.0
-    fraction, enrichment, _ = sec.tables()
-    assert fraction.loc["lesion", "pet_only"] == 0.6 and enrichment.loc["lesion", "pet_only"] == 50.0
-    assert "60 %" in sec.findings().sentences[0]
-    assert explain.gradient_comparison(ex, ["pet_only"]) == (
-        "Two PET models are needed for this comparison (parameter `compare`).",)

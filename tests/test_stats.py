@@ -9,9 +9,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-from lifelines.statistics import logrank_test
 from scipy import stats as sstats
-from scipy.spatial.distance import jensenshannon
 
 from prrt_utils.analysis.stats import (
     FAMILY_ORDER,
@@ -22,10 +20,9 @@ from prrt_utils.analysis.stats import (
     compare_families,
     corrected_resampled_ttest,
     disagreements,
-    distribution_distances,
-    km_by_prediction,
     mean_se,
-    saliency_mass_fraction,
+    paired_model_test,
+    paired_table,
 )
 
 # --------------------------------------------------------------------------- mean +- SE
@@ -266,250 +263,6 @@ def test_family_order_goes_from_fewest_to_most_modalities():
     assert FAMILY_ORDER == ("unimodal", "one_image_fusion", "dual_fusion")
 
 
-# --------------------------------------------------------------------------- Kaplan-Meier by prediction
-
-# Freireich et al. (1963) remission times in weeks, 6-MP vs placebo (Kleinbaum & Klein, ch. 2):
-# log-rank chi2 = 16.79, p = 4.2e-05; KM medians 23 (6-MP) and 8 (placebo).
-MP_TIME = [6, 6, 6, 6, 7, 9, 10, 10, 11, 13, 16, 17, 19, 20, 22, 23, 25, 32, 32, 34, 35]
-MP_EVENT = [1, 1, 1, 0, 1, 0, 1, 0, 0, 1, 1, 0, 0, 0, 1, 1, 0, 0, 0, 0, 0]
-PLACEBO_TIME = [1, 1, 2, 2, 3, 4, 4, 5, 5, 8, 8, 8, 8, 11, 11, 12, 12, 15, 17, 22, 23]
-
-
-def _freireich(prob_long_6mp=0.9, prob_long_placebo=0.1):
-    return pd.DataFrame(
-        {
-            "patient_id": [f"S{i:02d}" for i in range(42)],
-            "prob": [prob_long_6mp] * 21 + [prob_long_placebo] * 21,
-            "pfs_months": MP_TIME + PLACEBO_TIME,
-            "event": MP_EVENT + [1] * 21,
-        }
-    )
-
-
-def test_km_by_prediction_reproduces_the_published_freireich_log_rank_test():
-    r = km_by_prediction(_freireich(), prob_is="long")
-    assert r.logrank_statistic == pytest.approx(16.79, abs=0.005)
-    assert r.p_value == pytest.approx(4.2e-5, rel=0.02)
-    assert (r.n_long, r.n_short, r.events_long, r.events_short) == (21, 21, 9, 21)
-    assert (r.median_long, r.median_short) == (23.0, 8.0)
-    assert len(r.to_frame()) == 1
-    assert set(r.curves()["group"]) == {"predicted long PFS", "predicted short PFS"}
-
-
-def test_km_by_prediction_with_probability_of_short_pfs_flips_the_sides():
-    r_long = km_by_prediction(_freireich(), prob_is="long")
-    r_short = km_by_prediction(_freireich(0.1, 0.9), prob_is="short")
-    frames = [r.to_frame().drop(columns="rule") for r in (r_long, r_short)]
-    pd.testing.assert_frame_equal(frames[0], frames[1])
-    assert "P(short) <= 0.5" in r_short.rule
-    # A probability of short PFS of exactly 0.5 is P(long) = 0.5 >= 0.5: the long group.
-    tie = km_by_prediction(_freireich(0.5, 0.9), prob_is="short")
-    assert tie.n_long == 21 and tie.median_long == 23.0
-
-
-def _logrank_by_hand(t1, e1, t2, e2):
-    """Log-rank chi-square from its definition: sum over event times of O - E and hypergeometric variance."""
-    t = np.r_[t1, t2]
-    e = np.r_[e1, e2]
-    g = np.r_[np.zeros(len(t1)), np.ones(len(t2))]
-    o_minus_e, var = 0.0, 0.0
-    for time in np.unique(t[e == 1]):
-        at_risk = t >= time
-        n, n1 = at_risk.sum(), (at_risk & (g == 0)).sum()
-        d = ((t == time) & (e == 1)).sum()
-        d1 = ((t == time) & (e == 1) & (g == 0)).sum()
-        o_minus_e += d1 - d * n1 / n
-        var += d * (n1 / n) * (1 - n1 / n) * (n - d) / (n - 1) if n > 1 else 0.0
-    return o_minus_e**2 / var
-
-
-def test_km_by_prediction_log_rank_matches_its_definition_and_lifelines_on_random_data():
-    rng = np.random.default_rng(7)
-    n = 60
-    prob = rng.uniform(0, 1, n)
-    pfs = np.round(rng.exponential(np.where(prob >= 0.5, 20.0, 12.0)), 1)
-    event = (rng.uniform(size=n) < 0.8).astype(int)
-    df = pd.DataFrame(
-        {"patient_id": [f"P{i}" for i in range(n)], "prob": prob, "pfs_months": pfs, "event": event}
-    )
-    r = km_by_prediction(df, prob_is="long")
-    hi = prob >= 0.5
-    ref = logrank_test(pfs[hi], pfs[~hi], event[hi], event[~hi])
-    assert r.logrank_statistic == pytest.approx(ref.test_statistic)
-    assert r.logrank_statistic == pytest.approx(_logrank_by_hand(pfs[hi], event[hi], pfs[~hi], event[~hi]))
-    assert r.p_value == pytest.approx(sstats.chi2.sf(r.logrank_statistic, 1))
-
-
-def test_km_by_prediction_with_one_empty_group_reports_an_undefined_test():
-    r = km_by_prediction(_freireich(0.9, 0.8), prob_is="long")
-    assert r.n_short == 0 and math.isnan(r.p_value) and math.isnan(r.median_short)
-    assert "empty" in r.method
-
-
-def test_km_by_prediction_names_the_patient_with_bad_input():
-    dup = pd.concat([_freireich(), _freireich().iloc[[3]]])
-    with pytest.raises(StatsError, match="S03"):
-        km_by_prediction(dup, prob_is="long")
-    bad = _freireich()
-    bad.loc[5, "prob"] = 1.2
-    with pytest.raises(StatsError, match=r"S05 has prob outside \[0, 1\]"):
-        km_by_prediction(bad, prob_is="long")
-    with pytest.raises(TypeError):
-        km_by_prediction(_freireich())  # the direction of prob must be stated
-
-
-# --------------------------------------------------------------------------- distribution distances
-
-
-def _quantiles(dist, n):
-    """A noise-free 'sample' of a distribution: its quantiles at (i + 0.5) / n."""
-    return dist.ppf((np.arange(n) + 0.5) / n)
-
-
-def test_bhattacharyya_of_two_normals_matches_the_closed_form():
-    m1, s1, m2, s2 = 0.0, 1.0, 1.0, 2.0
-    expected = (m1 - m2) ** 2 / (4 * (s1**2 + s2**2)) + 0.5 * math.log((s1**2 + s2**2) / (2 * s1 * s2))
-    a, b = _quantiles(sstats.norm(m1, s1), 100_000), _quantiles(sstats.norm(m2, s2), 100_000)
-    assert distribution_distances(a, b, bins=200).bhattacharyya == pytest.approx(expected, abs=2e-3)
-
-
-def test_overlap_of_two_half_shifted_uniforms_is_one_half():
-    a, b = _quantiles(sstats.uniform(0, 1), 10_000), _quantiles(sstats.uniform(0.5, 1), 10_000)
-    assert distribution_distances(a, b, bins=30).overlap == pytest.approx(0.5, abs=1e-9)
-
-
-def test_identical_samples_are_at_distance_zero_with_full_overlap():
-    x = np.random.default_rng(0).gamma(2.0, 0.1, 2000)
-    r = distribution_distances(x, x.copy())
-    for value in (r.wasserstein, r.ks_statistic, r.js_divergence, r.energy_distance, r.bhattacharyya):
-        assert value == pytest.approx(0.0, abs=1e-7)
-    assert r.overlap == pytest.approx(1.0) and r.ks_p_value == pytest.approx(1.0)
-
-
-def test_disjoint_samples_have_no_overlap_and_maximal_jensen_shannon():
-    a, b = np.linspace(0, 1, 500), np.linspace(2, 3, 700)
-    r_e = distribution_distances(a, b, bins=30, js_base=math.e)
-    assert r_e.overlap == 0.0 and math.isinf(r_e.bhattacharyya) and r_e.ks_statistic == 1.0
-    assert r_e.js_divergence == pytest.approx(math.log(2))
-    assert distribution_distances(a, b, bins=30).js_divergence == pytest.approx(1.0)  # base 2
-
-
-def test_jensen_shannon_is_the_divergence_not_scipys_distance():
-    rng = np.random.default_rng(2)
-    a, b = rng.normal(0, 1, 3000), rng.normal(0.5, 1.5, 3000)
-    edges = np.histogram_bin_edges(np.r_[a, b], bins=20)
-    p = np.histogram(a, edges)[0] / a.size
-    q = np.histogram(b, edges)[0] / b.size
-    m = (p + q) / 2
-
-    def kl(u, v):
-        return sum(ui * math.log2(ui / vi) for ui, vi in zip(u, v, strict=True) if ui > 0)
-
-    assert distribution_distances(a, b, bins=20).js_divergence == pytest.approx(
-        0.5 * kl(p, m) + 0.5 * kl(q, m)
-    )
-
-
-def test_wasserstein_between_unit_normals_one_apart_is_one():
-    rng = np.random.default_rng(0)
-    r = distribution_distances(rng.normal(0, 1, 20_000), rng.normal(1, 1, 20_000))
-    assert r.wasserstein == pytest.approx(1.0, abs=0.05)
-
-
-def test_ks_and_energy_distance_match_scipy_and_the_energy_definition():
-    rng = np.random.default_rng(5)
-    a, b = rng.exponential(1.0, 80), rng.exponential(1.3, 60)
-    r = distribution_distances(a, b)
-    ks = sstats.ks_2samp(a, b)
-    assert (r.ks_statistic, r.ks_p_value) == pytest.approx((ks.statistic, ks.pvalue))
-    e_xy = np.abs(a[:, None] - b[None, :]).mean()
-    e_xx = np.abs(a[:, None] - a[None, :]).mean()
-    e_yy = np.abs(b[:, None] - b[None, :]).mean()
-    assert r.energy_distance == pytest.approx(math.sqrt(2 * e_xy - e_xx - e_yy))
-
-
-def test_distance_table_states_range_and_reading_of_every_metric():
-    t = distribution_distances(np.linspace(0, 1, 50), np.linspace(0.2, 1.2, 50)).to_frame()
-    assert len(t) == 7 and t["range"].notna().all() and t["reading"].str.contains("identical").all()
-    assert t["p_value"].notna().sum() == 1  # only the KS test has a p-value
-
-
-def test_distribution_distances_rejects_values_outside_the_given_range():
-    with pytest.raises(StatsError, match="outside range"):
-        distribution_distances([0.1, 0.5], [0.2, 1.5], range=(0.0, 1.0))
-
-
-# --------------------------------------------------------------------------- saliency mass
-
-
-def test_saliency_mass_fraction_adds_absolute_mass_per_named_region():
-    labels = np.zeros((2, 3, 4), dtype=np.uint8)  # 24 voxels, background 0 (unnamed -> other)
-    saliency = np.full(labels.shape, 0.1)
-    labels[0, 0, :2] = 11  # two liver-lesion voxels
-    labels[0, 0, 2] = 12  # one nodal-lesion voxel
-    labels[1, 2, :] = 5  # four kidney voxels
-    saliency[0, 0, :3] = [3.0, -3.0, 3.0]  # sign does not matter
-    saliency[1, 2, :] = 1.0
-    out = saliency_mass_fraction(saliency, labels, {11: "lesion", 12: "lesion", 5: "kidney", 4: "spleen"})
-    out = out.set_index("region")
-    total = 9.0 + 4.0 + 17 * 0.1
-    assert list(out.index) == ["lesion", "kidney", "spleen", "other"]
-    assert out.loc["lesion", "mass_fraction"] == pytest.approx(9.0 / total)
-    assert out.loc["kidney", "mass_fraction"] == pytest.approx(4.0 / total)
-    assert out.loc["spleen", "mass_fraction"] == 0.0 and out.loc["spleen", "n_voxels"] == 0
-    assert out.loc["other", "n_voxels"] == 17
-    assert out["mass_fraction"].sum() == pytest.approx(1.0)
-    assert out.loc["lesion", "enrichment"] == pytest.approx((9.0 / total) / (3 / 24))
-
-
-def test_saliency_mass_fraction_needs_matching_grids():
-    with pytest.raises(StatsError, match="shape"):
-        saliency_mass_fraction(np.ones((75, 50, 50)), np.zeros((75, 50, 49), dtype=int), {0: "background"})
-
-
-def test_km_by_prediction_puts_a_patient_on_the_side_its_printed_rule_names_at_any_threshold():
-    # At a threshold of 0.1 on P(long), P(short) = 0.9 is P(long) = 0.1: the rule says "long".
-    # (1 - 0.9 is 0.09999999999999998 in floating point; a bare comparison put them in "short".)
-    r = km_by_prediction(_freireich(0.9, 0.95), 0.1, prob_is="short")
-    assert "P(long PFS) >= 0.1" in r.rule
-    assert (r.n_long, r.n_short) == (21, 21)
-    long_ids = set(r.assignments.loc[r.assignments["group"] == "predicted long PFS", "patient_id"])
-    assert long_ids == {f"S{i:02d}" for i in range(21)}
-
-
-def test_km_by_prediction_group_median_is_the_middle_of_the_flat_stretch_at_one_half():
-    # 58 patients in a group, no censoring: the curve is 0.5 exactly between the 29th and 30th time.
-    times = np.arange(1.0, 59.0)
-    df = pd.DataFrame({"patient_id": [f"P{i:03d}" for i in range(58)], "prob": 0.2, "pfs_months": times, "event": 1})
-    r = km_by_prediction(pd.concat([df, df.assign(patient_id=df["patient_id"] + "s", prob=0.9)]), prob_is="short")
-    assert r.median_long == r.median_short == 29.5
-
-
-def test_jensen_shannon_distance_is_scipys_and_the_paper_value_sits_beside_it():
-    from prrt_utils.analysis.explain import distance_table
-
-    rng = np.random.default_rng(4)
-    a, b = rng.normal(0, 1, 3000), rng.normal(0.7, 1.2, 3000)
-    r = distribution_distances(a, b, bins=20)
-    edges = np.histogram_bin_edges(np.r_[a, b], bins=20)
-    p, q = (np.histogram(x, edges)[0] / x.size for x in (a, b))
-    assert r.js_distance == pytest.approx(jensenshannon(p, q, base=2))
-    assert r.js_divergence == pytest.approx(r.js_distance**2)
-    table = distance_table(r).set_index("metric")
-    assert table.loc["Jensen-Shannon distance (log base 2)", "paper (real cohort)"] == 0.418
-    assert math.isnan(table.loc["Jensen-Shannon divergence (log base 2)", "paper (real cohort)"])
-
-
-def test_a_jensen_shannon_divergence_of_0418_is_impossible_beside_a_bhattacharyya_of_0207():
-    # The bound the docstring states: JS divergence in bits <= (1 - BC) / ln 2. Checked on random histograms.
-    rng = np.random.default_rng(5)
-    for _ in range(2000):
-        k = int(rng.integers(2, 8))
-        p, q = rng.dirichlet(np.ones(k) * 0.5), rng.dirichlet(np.ones(k) * 0.5)
-        assert jensenshannon(p, q, base=2) ** 2 <= (1 - np.sqrt(p * q).sum()) / math.log(2) + 1e-12
-    assert (1 - math.exp(-0.207)) / math.log(2) < 0.418
-
-
 def _paired_folds(diff_noise: float, seed: int = 0) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     idx = pd.MultiIndex.from_product([range(5), range(3)], names=["repeat", "fold"]).to_frame(index=False)
@@ -520,8 +273,6 @@ def _paired_folds(diff_noise: float, seed: int = 0) -> pd.DataFrame:
 
 
 def test_paired_model_test_is_the_corrected_t_test_of_the_fold_differences():
-    from prrt_utils.analysis.stats import paired_model_test, paired_table
-
     fm = _paired_folds(0.01)
     r = paired_model_test(fm, "fusion", "forest")
     d = (fm[fm["model"] == "fusion"]["auroc"].to_numpy() - fm[fm["model"] == "forest"]["auroc"].to_numpy())
@@ -536,8 +287,6 @@ def test_paired_model_test_is_the_corrected_t_test_of_the_fold_differences():
 
 
 def test_paired_model_test_refuses_models_not_scored_on_the_same_folds():
-    from prrt_utils.analysis.stats import paired_model_test
-
     fm = _paired_folds(0.01)
     fm = fm[~((fm["model"] == "forest") & (fm["repeat"] == 4) & (fm["fold"] == 2))]
     with pytest.raises(StatsError, match="not both scored"):

@@ -10,7 +10,6 @@ from lifelines.datasets import load_rossi
 from lifelines.utils import concordance_index
 from sklearn.metrics import roc_auc_score
 
-from prrt_utils.analysis import stats
 from prrt_utils.data.folds import make_folds
 from prrt_utils.models import survival as sv
 from prrt_utils.models.toy import toy_cohort_data
@@ -95,21 +94,6 @@ def test_perfect_risk_scores_one_and_harrell_agrees_with_lifelines_under_censori
         sv.survival_metrics(t, e, t, e, noisy, None, sv.time_grid(t))["harrell"])
 
 
-def test_cox_hr_by_group_recovers_a_known_hazard_ratio():
-    rng = np.random.default_rng(1)
-    n = 3000
-    short = rng.binomial(1, 0.5, n)
-    t = rng.exponential(1.0 / np.where(short == 1, 2.0, 1.0))  # hazard 2 vs 1
-    df = pd.DataFrame({"prob": np.where(short == 1, 0.8, 0.2), "pfs_months": t, "event": 1})
-    res = stats.cox_hr_by_group(df, prob_is="short")
-    assert res.ci[0] < 2.0 < res.ci[1] and abs(res.hazard_ratio - 2.0) < 0.15 and res.p_value < 1e-20
-    assert res.n_short == short.sum()
-    flipped = stats.cox_hr_by_group(df.assign(prob=1 - df["prob"]), prob_is="long")
-    assert flipped.hazard_ratio == pytest.approx(res.hazard_ratio)
-    empty = stats.cox_hr_by_group(df.assign(prob=0.1), prob_is="short")
-    assert np.isnan(empty.hazard_ratio)
-
-
 def _toy(n=45):
     data = toy_cohort_data(n, shape=(12, 8, 8), seed=0)
     rng = np.random.default_rng(0)
@@ -152,8 +136,6 @@ def test_chapter_config_keeps_the_default_epochs_unless_asked():
 
 
 def test_survival_cached_says_whether_every_fold_is_stored_and_fitting_then_loads_no_inputs(tmp_path, monkeypatch):
-    from prrt_utils.models import inputs
-
     data, cohort, folds = _toy()
     folds.to_csv(tmp_path / "folds.csv", index=False)
     cens = sv.administrative_censoring(cohort, 0.2)
@@ -162,7 +144,7 @@ def test_survival_cached_says_whether_every_fold_is_stored_and_fitting_then_load
     assert sv.survival_models(sv.SurvivalConfig()) == ["cox_labs", "cox_pet_fusion"]
     assert not sv.survival_cached(cfg, tmp_path, cens, folds)
     loads = []
-    monkeypatch.setattr(inputs, "cohort_data", lambda work_dir, modalities: loads.append(modalities) or data)
+    monkeypatch.setattr(sv, "cohort_data", lambda work_dir, modalities: loads.append(modalities) or data)
     first = sv.fit_survival_models(cfg, tmp_path, cens, folds, n_jobs=2)
     assert loads == [("pet",)] and len(first) == 3
     assert sv.survival_cached(cfg, tmp_path, cens, folds)
@@ -247,3 +229,15 @@ def test_censor_uses_every_setting_of_the_config():
     cohort = _cohort(100)
     cfg = sv.SurvivalConfig(censor_fraction=0.25, seed=4, accrual_months=30.0, horizon_months=9.0)
     pd.testing.assert_frame_equal(sv.censor(cohort, cfg), sv.administrative_censoring(cohort, 0.25, 4, 30.0, 9.0))
+
+
+def test_km_truth_curves_put_the_truth_beside_the_censored_and_the_complete_case_estimates():
+    censored = pd.DataFrame({"pfs_true_months": [2.0, 4, 6, 8], "pfs_months": [2.0, 4, 5, 5],
+                             "event": [1, 1, 0, 0], "complete_case": [True, True, False, False]})
+    curves = sv.km_truth_curves(censored)
+    groups = list(dict.fromkeys(curves["group"]))
+    assert groups[0].startswith("true PFS") and groups[1].startswith("censored data") and groups[2].startswith("complete")
+    truth, cens, cc = (curves[curves["group"] == g] for g in groups)
+    assert truth["survival"].tolist() == pytest.approx([1.0, 0.75, 0.5, 0.25, 0.0])  # no censoring: the empirical curve
+    assert cens["survival"].tolist() == pytest.approx([1.0, 0.75, 0.5, 0.5])  # two censored at 5 months: it stays
+    assert cc["time_months"].tolist() == [0.0, 2.0, 4.0] and cc["survival"].tolist() == pytest.approx([1.0, 0.5, 0.0])

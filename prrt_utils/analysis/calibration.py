@@ -41,11 +41,20 @@ import math
 import warnings
 from collections.abc import Callable, Sequence
 
+import dcurves
 import numpy as np
 import pandas as pd
+import plotly.graph_objects as go
+import statsmodels.api as sm
 from numpy.typing import ArrayLike
 from scipy import stats as sps
+from sklearn.calibration import calibration_curve
+from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
+from statsmodels.stats.multitest import multipletests
+
+from prrt_utils.io.figures import PALETTE
+from prrt_utils.models.stored import INNER_SOURCES
 
 __all__ = [
     "average_precision_rows",
@@ -161,8 +170,6 @@ def calibration_stats(y: ArrayLike, p: ArrayLike) -> CalibrationResult:
         (``statsmodels`` GLM, binomial family) on ``logit(p)``: the intercept with
         ``logit(p)`` as an offset, the slope with ``logit(p)`` as the covariate.
     """
-    import statsmodels.api as sm
-
     y, p = _yp(y, p)
     if y.min() == y.max():
         raise CalibrationError("calibration needs both classes among the patients")
@@ -196,8 +203,6 @@ def reliability_curve(y: ArrayLike, p: ArrayLike, n_bins: int = 5, strategy: str
         ``mean_predicted, observed, n`` per non-empty bin (``sklearn.calibration.calibration_curve``,
         with the bin sizes added for the marker size).
     """
-    from sklearn.calibration import calibration_curve
-
     y, p = _yp(y, p)
     observed, predicted = calibration_curve(y, p, n_bins=n_bins, strategy=strategy)
     if strategy == "quantile":  # the bins of sklearn's calibration_curve, to count patients per point
@@ -267,8 +272,6 @@ def platt_fit(y: ArrayLike, p: ArrayLike) -> tuple[float, float]:
     (a, b) : float
         Intercept and slope on the logit scale.
     """
-    from sklearn.linear_model import LogisticRegression
-
     y, p = _yp(y, p)
     if y.min() == y.max():
         raise CalibrationError("recalibration needs both classes among the patients it is fitted on")
@@ -355,8 +358,6 @@ def recalibration_basis(inner: pd.DataFrame) -> pd.DataFrame:
         ``model, fitted on, patients per fold (median), (min), short PFS per fold (median),
         folds left as they are (one class)``.
     """
-    from prrt_utils.models.stored import INNER_SOURCES
-
     per = inner.groupby(["model", "repeat", "fold"], sort=False).agg(
         source=("source", "first"), n=("patient_id", "size"), pos=("y_true", "sum"),
         classes=("y_true", "nunique")).reset_index()
@@ -390,8 +391,6 @@ def decision_curve(frame: pd.DataFrame, models: Sequence[str], thresholds: Array
     DataFrame
         ``model, threshold, net_benefit`` (``model`` also ``all`` and ``none``).
     """
-    import dcurves
-
     th = np.round(np.arange(0.05, 0.801, 0.01), 2) if thresholds is None else np.asarray(thresholds, dtype=float)
     res = dcurves.dca(data=frame[[outcome, *models]].reset_index(drop=True), outcome=outcome,
                       modelnames=list(models), thresholds=list(th))
@@ -690,8 +689,6 @@ def delong_table(predictions: pd.DataFrame, reference: str, others: Sequence[str
         p_holm`` where ``p_holm`` is Holm-adjusted over the ``others`` within a
         repeat (statsmodels ``multipletests``).
     """
-    from statsmodels.stats.multitest import multipletests
-
     rows = []
     repeats = sorted(predictions.loc[predictions["model"] == reference, "repeat"].unique())
     for r in repeats:
@@ -737,15 +734,14 @@ def delong_summary(table: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
 
 def reliability_figure(points: pd.DataFrame, names: dict[str, str] | None = None) -> object:
     """Plotly reliability diagram from :func:`reliability_table`: one line per model and the diagonal."""
-    import plotly.graph_objects as go
-
     names = names or {}
     fig = go.Figure()
     fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line={"dash": "dash", "color": "grey"},
                              name="perfect calibration"))
-    for m, sub in points.groupby("model", sort=False):
-        fig.add_trace(go.Scatter(x=sub["mean_predicted"], y=sub["observed"], mode="lines+markers",
-                                 marker={"size": 4 + 10 * sub["n"] / points["n"].max()}, name=names.get(m, m),
+    for i, (m, sub) in enumerate(points.groupby("model", sort=False)):
+        colour = PALETTE[i % len(PALETTE)]
+        fig.add_trace(go.Scatter(x=sub["mean_predicted"], y=sub["observed"], mode="lines+markers", line={"color": colour},
+                                 marker={"size": 4 + 10 * sub["n"] / points["n"].max(), "color": colour}, name=names.get(m, m),
                                  customdata=sub["n"], hovertemplate="predicted %{x:.2f}<br>observed %{y:.2f}<br>n %{customdata}"))
     fig.update_layout(xaxis_title="mean predicted P(PFS ≤ 12 months)", yaxis_title="observed share with PFS ≤ 12 months",
                       xaxis_range=[0, 1], yaxis_range=[0, 1], width=650, height=500)
@@ -754,12 +750,11 @@ def reliability_figure(points: pd.DataFrame, names: dict[str, str] | None = None
 
 def decision_figure(curves: pd.DataFrame, names: dict[str, str] | None = None) -> object:
     """Plotly decision curves from :func:`decision_curve` output (``model, threshold, net_benefit``)."""
-    import plotly.graph_objects as go
-
     names = {"all": "follow up everyone", "none": "follow up no one", **(names or {})}
     fig = go.Figure()
+    models = [m for m in dict.fromkeys(curves["model"]) if m not in ("all", "none")]
     for m, sub in curves.groupby("model", sort=False):
-        style = {"dash": "dot", "color": "black"} if m in ("all", "none") else {}
+        style = {"dash": "dot", "color": "black"} if m in ("all", "none") else {"color": PALETTE[models.index(m) % len(PALETTE)]}
         fig.add_trace(go.Scatter(x=sub["threshold"], y=sub["net_benefit"], mode="lines", line=style,
                                  name=names.get(m, m)))
     top = curves["net_benefit"].max()

@@ -47,6 +47,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import (
     accuracy_score,
     average_precision_score,
@@ -54,8 +57,16 @@ from sklearn.metrics import (
     roc_auc_score,
     roc_curve,
 )
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
+from prrt_utils.analysis.stats import paired_model_test
+from prrt_utils.data import paper
+from prrt_utils.data.folds import make_folds
+from prrt_utils.io.figures import PALETTE, rgba
+from prrt_utils.models.networks import BASELINE_NAMES, ModelError, get_spec
 from prrt_utils.models.stored import predicted_long
+from prrt_utils.synthetic import CEILING_FAMILIES, SynthConfig, ceiling_features, sample_cohort
 
 __all__ = [
     "METRICS",
@@ -408,12 +419,6 @@ def truth_ceilings(predictions: pd.DataFrame, truth: pd.DataFrame, clinical: pd.
     the inputs it sees: 116 patients limit even a model given the truth.
     Results are named by :data:`CEILING_MODELS` and ``"bayes_ceiling"``.
     """
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    from prrt_utils.synthetic import CEILING_FAMILIES, ceiling_features
-
     _check(predictions)
     first = predictions["model"].iloc[0]
     src = predictions[predictions["model"] == first][["repeat", "fold", "patient_id", "y_true"]]
@@ -476,8 +481,6 @@ class ComparisonPower:
 
 def read_synth_config(data_dir: str | Path) -> Any | None:
     """The generator configuration of a synthetic cohort (``DATA/config.yaml``), or None for a real one."""
-    from prrt_utils.synthetic import SynthConfig
-
     path = Path(data_dir) / "config.yaml"
     return SynthConfig.from_yaml(path) if path.exists() and (Path(data_dir) / "ground_truth").is_dir() else None
 
@@ -490,9 +493,6 @@ def generator_ceilings(cfg: Any, n_splits: int = 3, n_repeats: int = 5) -> Model
     the threshold has no class and is left out, as in the cohort stage. None
     when a class has fewer patients than folds (a small draw cannot be split).
     """
-    from prrt_utils.data.folds import make_folds
-    from prrt_utils.synthetic import sample_cohort
-
     c = sample_cohort(cfg)
     clin = c.clinical
     y = (clin["pfs_months"] <= cfg.pfs_threshold_months).astype(int)
@@ -519,8 +519,6 @@ def comparison_power(cfg: Any, seeds: Sequence[int] = range(20), alpha: float = 
     says how to read a non-significant comparison. Synthetic cohorts only (the
     truth is needed); a few seconds for 20 seeds.
     """
-    from prrt_utils.analysis.stats import paired_model_test
-
     rows = []
     for seed in seeds:
         ceil = generator_ceilings(cfg.replace(seed=int(seed)), n_splits, n_repeats)
@@ -576,8 +574,6 @@ def side_by_side(ours: ModelResults, paper: pd.DataFrame, names: dict[str, str] 
 
 def input_family(model: str) -> str | None:
     """The input family of a registry model (``labs``, ``image``, ``labs+image``), or None if unknown."""
-    from prrt_utils.models.networks import ModelError, get_spec
-
     try:
         spec = get_spec(model)
     except ModelError:
@@ -633,28 +629,14 @@ def paper_reference() -> tuple[dict[str, str], pd.DataFrame]:
     Returns ``(names, table)``; ``table`` has ``model, auroc_mean, auroc_se,
     auprc_mean, auprc_se``.
     """
-    from prrt_utils.data import paper
-    from prrt_utils.models.networks import BASELINE_NAMES
-
     return {**paper.DISPLAY_NAMES, **BASELINE_NAMES}, _mean_se_columns(paper.paper_table2())
 
 
 # --------------------------------------------------------------------------- figures (plotly)
 
-PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#7f7f7f")
-
-
-def rgba(hex_colour: str, alpha: float) -> str:
-    h = hex_colour.lstrip("#")
-    return f"rgba({int(h[0:2], 16)},{int(h[2:4], 16)},{int(h[4:6], 16)},{alpha})"
-
-
 def curves_figure(roc: CurveSet, pr: CurveSet, names: dict[str, str] | None = None,
                   models: Sequence[str] | None = None, show_folds: bool = False) -> Any:
     """Mean ROC and PR curves with their ± SE band, side by side (plotly), chance lines dashed."""
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
-
     fig = make_subplots(rows=1, cols=2, subplot_titles=("ROC", "Precision-recall"))
     models = list(models) if models is not None else list(dict.fromkeys(roc.mean["model"]))
     for i, model in enumerate(models):
@@ -687,8 +669,6 @@ def curves_figure(roc: CurveSet, pr: CurveSet, names: dict[str, str] | None = No
 
 def loss_figure(histories: pd.DataFrame, names: dict[str, str] | None = None) -> Any:
     """Training (and validation) loss per epoch: one thin line per fold, the mean over folds bold."""
-    import plotly.graph_objects as go
-
     fig = go.Figure()
     if histories.empty:
         fig.update_layout(title="no training history (Random Forest only)")
@@ -713,8 +693,6 @@ def loss_figure(histories: pd.DataFrame, names: dict[str, str] | None = None) ->
 def metrics_figure(results: ModelResults, ceiling: ModelResults | None = None, names: dict[str, str] | None = None,
                    metrics: Sequence[str] = ("auroc", "auprc")) -> Any:
     """Bar plot of mean ± SE per model and metric; the Bayes ceiling as a dashed line when given."""
-    import plotly.graph_objects as go
-
     fig = go.Figure()
     labels = [(names or {}).get(m, m) for m in results.models]
     for i, metric in enumerate(metrics):

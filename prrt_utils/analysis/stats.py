@@ -1,9 +1,11 @@
-"""Statistics of the book's chapters 05 (model comparison) and 06 (explainability).
+"""Statistics of chapter 05: comparing models over cross-validation folds (paper 2.6, Table 2).
 
 Pure functions on plain arrays and DataFrames: nothing here reads or writes
 files, so the module does not depend on how predictions are stored. Every
 test returns a small frozen result object (estimate or statistic, p-value,
-method) with ``to_frame()`` for the book.
+method) with ``to_frame()`` for the book. The Kaplan-Meier and Cox analyses of
+the predicted groups are in :mod:`prrt_utils.analysis.kaplan_meier`, the
+statistics of saliency maps (chapter 06) in :mod:`prrt_utils.analysis.saliency_stats`.
 
 Paper sections implemented
 --------------------------
@@ -12,21 +14,13 @@ Paper sections implemented
   Bonferroni adjustment, Cliff's delta with its magnitude label
   (:func:`compare_families`). Beside it, the corrected resampled t-test of
   Nadeau and Bengio (2003), which accounts for the overlap of training sets
-  between folds that the Mann-Whitney test ignores.
-* 3.3 and Figure 5: Kaplan-Meier curves of PFS stratified by the predicted
-  probability of long PFS (>= 0.5 vs < 0.5), log-rank test and group medians
-  (:func:`km_by_prediction`).
-* 3.4 and Figure 8b: distances between the gradient-magnitude distributions of
-  two models (:func:`distribution_distances`); where the saliency mass lies
-  (:func:`saliency_mass_fraction`).
+  between folds that the Mann-Whitney test ignores (:func:`paired_model_test`,
+  :func:`paired_table`).
 
-Libraries used: scipy.stats (Mann-Whitney U, Student t, KS, Wasserstein, energy
-distance), scipy.spatial.distance (Jensen-Shannon), lifelines (Kaplan-Meier,
-log-rank). Written by hand because no installed maintained library provides
-them: the Bonferroni adjustment (one line, which keeps a NaN p-value as a test: statsmodels'
-``multipletests`` does not),
-Cliff's delta (from the Mann-Whitney U), the corrected resampled t-test, the
-Bhattacharyya distance and the histogram overlap.
+Libraries used: scipy.stats (Mann-Whitney U, Student t), statsmodels (``multipletests``
+for the Bonferroni adjustment, wrapped to keep a NaN p-value as a test). Written by hand
+because no installed maintained library provides them: Cliff's delta (from the
+Mann-Whitney U) and the corrected resampled t-test.
 """
 
 from __future__ import annotations
@@ -34,26 +28,21 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike
 from scipy import stats as sstats
-from scipy.spatial.distance import jensenshannon
-
-from prrt_utils.data.cohort import km_quantile
-from prrt_utils.models.stored import predicted_long, prediction_rule
+from statsmodels.stats.multitest import multipletests
 
 __all__ = [
     "CLIFFS_THRESHOLDS",
     "FAMILY_ORDER",
     "CliffsDeltaResult",
     "CorrectedTTestResult",
-    "DistributionComparison",
     "FamilyComparison",
     "FamilyPairResult",
-    "KMByPrediction",
     "MeanSE",
     "StatsError",
     "bonferroni",
@@ -62,12 +51,11 @@ __all__ = [
     "compare_families",
     "corrected_resampled_ttest",
     "disagreements",
-    "distribution_distances",
-    "km_by_prediction",
+    "finite_1d",
     "mean_se",
     "paired_model_test",
     "paired_table",
-    "saliency_mass_fraction",
+    "require_columns",
     "verdict",
 ]
 
@@ -85,7 +73,8 @@ class StatsError(ValueError):
 # --------------------------------------------------------------------------- helpers
 
 
-def _finite_1d(values: ArrayLike, name: str, *, min_size: int = 1) -> np.ndarray:
+def finite_1d(values: ArrayLike, name: str, *, min_size: int = 1) -> np.ndarray:
+    """``values`` flattened to floats; :class:`StatsError` naming ``name`` if too few or any is NaN or inf."""
     arr = np.asarray(values, dtype=float).ravel()
     if arr.size < min_size:
         raise StatsError(f"{name}: needs at least {min_size} value(s), got {arr.size}")
@@ -97,7 +86,8 @@ def _finite_1d(values: ArrayLike, name: str, *, min_size: int = 1) -> np.ndarray
     return arr
 
 
-def _require_columns(frame: pd.DataFrame, columns: Sequence[str], what: str) -> None:
+def require_columns(frame: pd.DataFrame, columns: Sequence[str], what: str) -> None:
+    """:class:`StatsError` naming ``what`` if ``frame`` lacks any of ``columns``."""
     missing = [c for c in columns if c not in frame.columns]
     if missing:
         raise StatsError(f"{what}: missing column(s) {missing}; have {list(frame.columns)}")
@@ -151,7 +141,7 @@ def mean_se(values_by_repeat: ArrayLike) -> MeanSE:
     MeanSE
         ``se = sd(ddof=1) / sqrt(R)``; ``se`` and ``sd`` are NaN for ``R == 1``.
     """
-    arr = _finite_1d(values_by_repeat, "mean_se")
+    arr = finite_1d(values_by_repeat, "mean_se")
     n = arr.size
     sd = float(np.std(arr, ddof=1)) if n > 1 else math.nan
     return MeanSE(mean=float(arr.mean()), se=sd / math.sqrt(n) if n > 1 else math.nan, sd=sd, n=n)
@@ -215,8 +205,8 @@ def cliffs_delta(x: ArrayLike, y: ArrayLike) -> CliffsDeltaResult:
     CliffsDeltaResult
         ``delta > 0``: ``x`` tends to be larger than ``y``.
     """
-    xa = _finite_1d(x, "cliffs_delta x")
-    ya = _finite_1d(y, "cliffs_delta y")
+    xa = finite_1d(x, "cliffs_delta x")
+    ya = finite_1d(y, "cliffs_delta y")
     n, m = xa.size, ya.size
     ranks = sstats.rankdata(np.concatenate([xa, ya]))
     u_x = ranks[:n].sum() - n * (n + 1) / 2.0
@@ -244,8 +234,6 @@ def bonferroni(pvalues: ArrayLike) -> np.ndarray:
     numpy.ndarray, shape (m,)
         Adjusted p-values, capped at 1.
     """
-    from statsmodels.stats.multitest import multipletests
-
     p = np.asarray(pvalues, dtype=float).ravel()
     finite = p[np.isfinite(p)]
     if ((finite < 0) | (finite > 1)).any():
@@ -333,7 +321,7 @@ def corrected_resampled_ttest(diffs: ArrayLike, n_train: float, n_test: float) -
     -------
     CorrectedTTestResult
     """
-    d = _finite_1d(diffs, "corrected_resampled_ttest diffs", min_size=2)
+    d = finite_1d(diffs, "corrected_resampled_ttest diffs", min_size=2)
     if not (n_train > 0) or not (n_test >= 0):
         raise StatsError(
             f"corrected_resampled_ttest: need n_train > 0 and n_test >= 0, got {n_train}, {n_test}"
@@ -385,7 +373,7 @@ def paired_model_test(fold_metrics: pd.DataFrame, model: str, reference: str, me
     CorrectedTTestResult
         Positive ``mean_difference``: ``model`` scored higher.
     """
-    _require_columns(fold_metrics, ["model", "repeat", "fold", metric], "paired_model_test")
+    require_columns(fold_metrics, ["model", "repeat", "fold", metric], "paired_model_test")
     wide = fold_metrics.pivot_table(index=["repeat", "fold"], columns="model", values=metric)
     for m in (model, reference):
         if m not in wide.columns:
@@ -548,7 +536,7 @@ class FamilyComparison:
 def _check_fold_metrics(
     fold_metrics: pd.DataFrame, families: Mapping[str, str], order: Sequence[str], metric: str
 ) -> pd.DataFrame:
-    _require_columns(fold_metrics, ["model", "repeat", "fold", metric], "compare_families fold_metrics")
+    require_columns(fold_metrics, ["model", "repeat", "fold", metric], "compare_families fold_metrics")
     frame = fold_metrics[["model", "repeat", "fold", metric]].copy()
     unknown = sorted(set(frame["model"]) - set(families))
     if unknown:
@@ -739,561 +727,3 @@ def disagreements(
         "reading",
     ]
     return pd.DataFrame(rows, columns=columns)
-
-
-# --------------------------------------------------------------------------- Kaplan-Meier by prediction
-
-GROUP_LONG = "predicted long PFS"
-GROUP_SHORT = "predicted short PFS"
-
-
-@dataclasses.dataclass(frozen=True)
-class KMByPrediction:
-    """Kaplan-Meier of PFS stratified by predicted probability, with log-rank test (paper 3.3, Figure 5).
-
-    Attributes
-    ----------
-    threshold : float
-        Cut-off on the predicted probability of LONG PFS.
-    prob_is : str
-        What the input ``prob`` was: ``"long"`` (P(PFS > 12 months)) or
-        ``"short"`` (P(PFS <= 12 months), then P(long) = 1 - prob).
-    rule : str
-        Which side of the threshold is which group, in words.
-    n_long, n_short : int
-        Patients predicted long PFS (P(long) >= threshold, the paper's "high
-        response") and short PFS (P(long) < threshold).
-    events_long, events_short : int
-        Progression events in each group.
-    median_long, median_short : float
-        Kaplan-Meier median PFS in months (inf if the curve never reaches 0.5,
-        NaN for an empty group).
-    median_long_ci, median_short_ci : tuple of float
-        95 % confidence interval of each median (lifelines, exponential Greenwood).
-    logrank_statistic : float
-        Log-rank chi-square (1 degree of freedom); NaN if a group is empty.
-    p_value : float
-        Its p-value; small values mean the two PFS curves differ.
-    fitters : dict
-        ``{group: lifelines.KaplanMeierFitter}`` for plotting (not compared).
-    assignments : DataFrame
-        ``patient_id, p_long, group`` (not compared).
-    """
-
-    threshold: float
-    prob_is: str
-    rule: str
-    n_long: int
-    n_short: int
-    events_long: int
-    events_short: int
-    median_long: float
-    median_short: float
-    median_long_ci: tuple[float, float]
-    median_short_ci: tuple[float, float]
-    logrank_statistic: float
-    p_value: float
-    method: str
-    fitters: Mapping[str, Any] = dataclasses.field(default_factory=dict, compare=False, repr=False)
-    assignments: pd.DataFrame | None = dataclasses.field(default=None, compare=False, repr=False)
-
-    def to_frame(self) -> pd.DataFrame:
-        """One row (stackable over models/folds): group sizes, medians (months), log-rank chi2 and p."""
-        return pd.DataFrame(
-            [
-                {
-                    "rule": self.rule,
-                    "n_long": self.n_long,
-                    "n_short": self.n_short,
-                    "events_long": self.events_long,
-                    "events_short": self.events_short,
-                    "median_pfs_long_months": self.median_long,
-                    "median_pfs_long_ci": self.median_long_ci,
-                    "median_pfs_short_months": self.median_short,
-                    "median_pfs_short_ci": self.median_short_ci,
-                    "logrank_chi2": self.logrank_statistic,
-                    "p_value": self.p_value,
-                }
-            ]
-        )
-
-    def curves(self) -> pd.DataFrame:
-        """Tidy step curves for plotting: ``group, time_months, survival, ci_lower, ci_upper``."""
-        parts = []
-        for group, kmf in self.fitters.items():
-            sf = kmf.survival_function_.iloc[:, 0]
-            ci = kmf.confidence_interval_survival_function_
-            parts.append(
-                pd.DataFrame(
-                    {
-                        "group": group,
-                        "time_months": sf.index.to_numpy(dtype=float),
-                        "survival": sf.to_numpy(),
-                        "ci_lower": ci.iloc[:, 0].to_numpy(),
-                        "ci_upper": ci.iloc[:, 1].to_numpy(),
-                    }
-                )
-            )
-        return (
-            pd.concat(parts, ignore_index=True)
-            if parts
-            else pd.DataFrame(columns=["group", "time_months", "survival", "ci_lower", "ci_upper"])
-        )
-
-
-def _check_survival_frame(df: pd.DataFrame) -> pd.DataFrame:
-    _require_columns(df, ["patient_id", "prob", "pfs_months", "event"], "km_by_prediction")
-    frame = df[["patient_id", "prob", "pfs_months", "event"]].copy()
-    dup = frame["patient_id"].duplicated()
-    if dup.any():
-        raise StatsError(
-            f"km_by_prediction: patient {frame.loc[dup, 'patient_id'].iloc[0]} appears more than once; "
-            "pass one prediction per patient (e.g. the test folds of a single repeat)"
-        )
-    for col in ("prob", "pfs_months", "event"):
-        values = pd.to_numeric(frame[col], errors="coerce")
-        bad = ~np.isfinite(values)
-        if bad.any():
-            raise StatsError(
-                f"km_by_prediction: patient {frame.loc[bad, 'patient_id'].iloc[0]} has a missing or non-numeric {col}"
-            )
-        frame[col] = values.astype(float)
-    checks = [
-        ((frame["prob"] < 0) | (frame["prob"] > 1), "prob outside [0, 1]"),
-        (frame["pfs_months"] < 0, "negative pfs_months"),
-        (~frame["event"].isin([0, 1]), "event not 0 or 1"),
-    ]
-    for bad, problem in checks:
-        if bad.any():
-            raise StatsError(
-                f"km_by_prediction: patient {frame.loc[bad, 'patient_id'].iloc[0]} has {problem}"
-            )
-    frame["event"] = frame["event"].astype(int)
-    return frame
-
-
-def km_by_prediction(
-    df: pd.DataFrame, threshold: float = 0.5, *, prob_is: Literal["short", "long"]
-) -> KMByPrediction:
-    """Kaplan-Meier curves of PFS for patients predicted long vs short PFS, and the log-rank test.
-
-    Paper 3.3 / Figure 5: patients whose predicted probability of LONG PFS
-    (> 12 months) is ``>= threshold`` form the "predicted long PFS" (high
-    response, low risk) group; the others (``< threshold``) the "predicted
-    short PFS" (low response, high risk) group. ``prob_is`` is required so
-    that the direction can never be guessed wrong: with ``prob_is="short"``,
-    ``P(long) = 1 - prob``, so a patient with ``prob == 1 - threshold``
-    exactly is in the long group.
-
-    Parameters
-    ----------
-    df : DataFrame
-        Columns ``patient_id, prob, pfs_months, event`` (event 1 = progression,
-        0 = censored), one row per patient (one repeat's test predictions).
-    threshold : float
-        Cut-off on P(long PFS), in (0, 1); 0.5 in the paper.
-    prob_is : {"short", "long"}
-        Whether ``prob`` is the predicted probability of short (<= 12 months) or long PFS.
-
-    Returns
-    -------
-    KMByPrediction
-        Group sizes, events, median PFS (months) with 95 % CI, lifelines
-        ``logrank_test`` chi-square and p-value. If one group is empty, the
-        statistic and p-value are NaN (the method string says so).
-    """
-    from lifelines import KaplanMeierFitter
-    from lifelines.statistics import logrank_test
-    from lifelines.utils import median_survival_times
-
-    if prob_is not in ("short", "long"):
-        raise StatsError(f"km_by_prediction: prob_is must be 'short' or 'long', got {prob_is!r}")
-    if not 0.0 < threshold < 1.0:
-        raise StatsError(f"km_by_prediction: threshold must lie in (0, 1), got {threshold}")
-    frame = _check_survival_frame(df)
-    frame["p_long"] = frame["prob"] if prob_is == "long" else 1.0 - frame["prob"]
-    is_long = pd.Series(predicted_long(frame["prob"], prob_is=prob_is, threshold=threshold), index=frame.index)
-    frame["group"] = np.where(is_long, GROUP_LONG, GROUP_SHORT)
-    rule = prediction_rule(threshold)
-
-    fitters: dict[str, Any] = {}
-    summary: dict[str, dict[str, Any]] = {}
-    for group in (GROUP_LONG, GROUP_SHORT):
-        sub = frame[frame["group"] == group]
-        entry: dict[str, Any] = {
-            "n": len(sub),
-            "events": int(sub["event"].sum()),
-            "median": math.nan,
-            "ci": (math.nan, math.nan),
-        }
-        if len(sub):
-            kmf = KaplanMeierFitter(label=group).fit(sub["pfs_months"], sub["event"])
-            ci = median_survival_times(kmf.confidence_interval_).iloc[0]
-            entry.update(median=km_quantile(kmf, 0.5), ci=(float(ci.iloc[0]), float(ci.iloc[1])))
-            fitters[group] = kmf
-        summary[group] = entry
-
-    method = "Kaplan-Meier (lifelines) per predicted group; log-rank test (lifelines.statistics.logrank_test)"
-    long_, short_ = frame[is_long], frame[~is_long]
-    if len(long_) and len(short_):
-        lr = logrank_test(long_["pfs_months"], short_["pfs_months"], long_["event"], short_["event"])
-        stat, p = float(lr.test_statistic), float(lr.p_value)
-    else:
-        stat, p = math.nan, math.nan
-        method += "; one group is empty, so the log-rank test is undefined"
-
-    return KMByPrediction(
-        threshold=float(threshold),
-        prob_is=prob_is,
-        rule=rule,
-        n_long=summary[GROUP_LONG]["n"],
-        n_short=summary[GROUP_SHORT]["n"],
-        events_long=summary[GROUP_LONG]["events"],
-        events_short=summary[GROUP_SHORT]["events"],
-        median_long=summary[GROUP_LONG]["median"],
-        median_short=summary[GROUP_SHORT]["median"],
-        median_long_ci=summary[GROUP_LONG]["ci"],
-        median_short_ci=summary[GROUP_SHORT]["ci"],
-        logrank_statistic=stat,
-        p_value=p,
-        method=method,
-        fitters=fitters,
-        assignments=frame[["patient_id", "p_long", "group"]].reset_index(drop=True),
-    )
-
-
-# --------------------------------------------------------------------------- distribution distances
-
-
-@dataclasses.dataclass(frozen=True)
-class DistributionComparison:
-    """Distances between two samples, e.g. gradient magnitudes of two models (paper 3.4, Figure 8b).
-
-    Attributes
-    ----------
-    wasserstein : float
-        1-D earth mover's distance, in data units; 0 = identical.
-    ks_statistic, ks_p_value : float
-        Two-sample Kolmogorov-Smirnov statistic (largest gap between the two
-        empirical CDFs, in [0, 1]) and its two-sided p-value.
-    js_distance : float
-        Jensen-Shannon DISTANCE of the two histograms
-        (:func:`scipy.spatial.distance.jensenshannon`, logarithm base
-        ``js_base``): the square root of the divergence, a metric; in [0, 1]
-        for base 2. The paper's 0.418 (Figure 8b) is this quantity: read as a
-        divergence it would be impossible beside its Bhattacharyya distance
-        of 0.207, since the divergence in bits is at most ``(1 - BC) / ln 2``
-        with ``BC = exp(-0.207)``, about 0.27.
-    js_divergence : float
-        Jensen-Shannon DIVERGENCE, ``js_distance ** 2``; in [0, log_base 2] (= [0, 1] for base 2).
-    js_base : float
-        Logarithm base of the JS divergence.
-    energy_distance : float
-        scipy's energy distance ``sqrt(2E|X-Y| - E|X-X'| - E|Y-Y'|)``, data units; 0 = identical.
-    bhattacharyya : float
-        ``-ln sum sqrt(p q)`` over the common histogram; 0 = identical, inf = disjoint.
-    overlap : float
-        ``sum min(p, q)`` over the common histogram; 1 = identical, 0 = disjoint.
-    n_a, n_b : int
-        Sample sizes.
-    bins : int
-        Number of histogram bins (shared edges over the pooled range).
-    """
-
-    wasserstein: float
-    ks_statistic: float
-    ks_p_value: float
-    js_distance: float
-    js_divergence: float
-    js_base: float
-    energy_distance: float
-    bhattacharyya: float
-    overlap: float
-    n_a: int
-    n_b: int
-    bins: int
-    method: str = (
-        "scipy.stats.wasserstein_distance, ks_2samp, energy_distance; scipy.spatial.distance.jensenshannon "
-        "(distance; squared: divergence), "
-        "Bhattacharyya and overlap on a common histogram"
-    )
-
-    def to_frame(self) -> pd.DataFrame:
-        """One row per metric: ``metric, value, p_value, range, reading``."""
-        js_max = math.log(2.0) / math.log(self.js_base)
-        js_range = "[0, 1]" if math.isclose(js_max, 1.0) else f"[0, {js_max:.4g}]"
-        rows = [
-            (
-                "Wasserstein distance",
-                self.wasserstein,
-                math.nan,
-                "[0, inf), data units",
-                "0 = identical; mean distance the mass must move to turn one distribution into the other",
-            ),
-            (
-                "Kolmogorov-Smirnov statistic",
-                self.ks_statistic,
-                self.ks_p_value,
-                "[0, 1]",
-                "0 = identical; largest gap between the two cumulative distributions",
-            ),
-            (
-                f"Jensen-Shannon distance (log base {self.js_base:g})",
-                self.js_distance,
-                math.nan,
-                js_range if math.isclose(js_max, 1.0) else f"[0, {math.sqrt(js_max):.4g}]",
-                "0 = identical; the square root of the divergence (scipy's jensenshannon), a metric",
-            ),
-            (
-                f"Jensen-Shannon divergence (log base {self.js_base:g})",
-                self.js_divergence,
-                math.nan,
-                js_range,
-                f"0 = identical, {js_max:.4g} = no common support; the distance squared",
-            ),
-            (
-                "Energy distance",
-                self.energy_distance,
-                math.nan,
-                "[0, inf), data units",
-                "0 = identical; scipy's square-root form",
-            ),
-            (
-                "Bhattacharyya distance",
-                self.bhattacharyya,
-                math.nan,
-                "[0, inf)",
-                "0 = identical, inf = no common support",
-            ),
-            (
-                "Histogram overlap",
-                self.overlap,
-                math.nan,
-                "[0, 1]",
-                "1 = identical, 0 = disjoint; shared histogram mass",
-            ),
-        ]
-        return pd.DataFrame(rows, columns=["metric", "value", "p_value", "range", "reading"])
-
-
-def distribution_distances(
-    a: ArrayLike,
-    b: ArrayLike,
-    bins: int | str | Sequence[float] = 100,
-    *,
-    range: tuple[float, float] | None = None,  # noqa: A002 (numpy's name)
-    js_base: float = 2.0,
-) -> DistributionComparison:
-    """Six distances between two 1-D samples (paper 3.4, Figure 8b).
-
-    Sample-based (no binning): Wasserstein, Kolmogorov-Smirnov, energy distance.
-    Histogram-based, on common edges over the pooled range
-    (``numpy.histogram_bin_edges(concat(a, b), bins, range)``), each histogram
-    normalised to sum 1: Jensen-Shannon divergence, Bhattacharyya distance
-    ``-ln sum sqrt(p q)`` and overlap ``sum min(p, q)`` (both written by hand;
-    no installed library provides them). Histogram metrics depend on ``bins``
-    and are biased for small samples (two samples of the same distribution
-    give overlap < 1).
-
-    Parameters
-    ----------
-    a, b : array-like, any shape
-        Samples (flattened), e.g. absolute gradient magnitudes of all PET voxels
-        of all test patients for two models.
-    bins : int, str or sequence of float
-        Passed to ``numpy.histogram_bin_edges`` (default 100 equal-width bins).
-    range : (float, float), optional
-        Histogram range; every value must lie inside it.
-    js_base : float
-        Logarithm base of the JS divergence: 2 (default) gives [0, 1], as the
-        paper reports; ``math.e`` gives [0, ln 2].
-
-    Returns
-    -------
-    DistributionComparison
-    """
-    xa = _finite_1d(a, "distribution_distances a")
-    xb = _finite_1d(b, "distribution_distances b")
-    if not js_base > 1.0:
-        raise StatsError(f"distribution_distances: js_base must be > 1, got {js_base}")
-    pooled = np.concatenate([xa, xb])
-    if range is not None and (pooled.min() < range[0] or pooled.max() > range[1]):
-        raise StatsError(
-            f"distribution_distances: values span [{pooled.min():g}, {pooled.max():g}], outside range {tuple(range)}"
-        )
-    edges = np.histogram_bin_edges(pooled, bins=bins, range=range)
-    p = np.histogram(xa, bins=edges)[0].astype(float)
-    q = np.histogram(xb, bins=edges)[0].astype(float)
-    p /= p.sum()
-    q /= q.sum()
-    js = float(jensenshannon(p, q, base=js_base))
-    bc = float(np.sqrt(p * q).sum())
-    bhat = math.inf if bc <= 0.0 else max(0.0, -math.log(min(bc, 1.0)))
-    ks = sstats.ks_2samp(xa, xb)
-    return DistributionComparison(
-        wasserstein=float(sstats.wasserstein_distance(xa, xb)),
-        ks_statistic=float(ks.statistic),
-        ks_p_value=float(ks.pvalue),
-        js_distance=js,
-        js_divergence=js**2,
-        js_base=float(js_base),
-        energy_distance=float(sstats.energy_distance(xa, xb)),
-        bhattacharyya=bhat,
-        overlap=float(np.minimum(p, q).sum()),
-        n_a=int(xa.size),
-        n_b=int(xb.size),
-        bins=int(edges.size - 1),
-    )
-
-
-# --------------------------------------------------------------------------- saliency mass
-
-
-def saliency_mass_fraction(
-    saliency: ArrayLike, labels: ArrayLike, label_names: Mapping[int, str], *, other: str = "other"
-) -> pd.DataFrame:
-    """Fraction of the absolute saliency mass that falls in each labelled region (paper 3.4, 4).
-
-    The paper observes that PET gradients concentrate on tumour lesions but
-    also on kidneys, spleen and bladder; this function puts a number on it.
-
-    Parameters
-    ----------
-    saliency : array-like, shape (D, H, W)
-        Gradient map on the model's input grid (any sign; its absolute value is used).
-        A stack (N, D, H, W) of several patients with matching labels also works.
-    labels : array-like of int, same shape as ``saliency``
-        Label map on the SAME grid (e.g. the ground-truth organ/lesion labels
-        resampled like the PET).
-    label_names : mapping code -> name
-        Names may repeat to merge codes (e.g. all lesion codes -> "lesion").
-        Codes not listed are counted under ``other``.
-    other : str
-        Name for unlisted codes.
-
-    Returns
-    -------
-    DataFrame
-        One row per name (in first-appearance order of ``label_names``, then
-        ``other``): ``region, n_voxels, voxel_fraction, saliency_mass,
-        mass_fraction, enrichment``; ``mass_fraction`` sums to 1;
-        ``enrichment = mass_fraction / voxel_fraction`` (> 1: the region draws
-        more saliency than its size alone would).
-    """
-    s = np.abs(np.asarray(saliency, dtype=float))
-    lab = np.asarray(labels)
-    if s.shape != lab.shape:
-        raise StatsError(
-            f"saliency_mass_fraction: saliency shape {s.shape} differs from labels shape {lab.shape}"
-        )
-    if not np.isfinite(s).all():
-        raise StatsError("saliency_mass_fraction: saliency has non-finite values")
-    if not np.issubdtype(lab.dtype, np.integer):
-        if not np.all(np.mod(lab, 1) == 0):
-            raise StatsError("saliency_mass_fraction: labels must be integer codes")
-        lab = lab.astype(np.int64)
-    total = s.sum()
-    if total <= 0:
-        raise StatsError("saliency_mass_fraction: saliency is zero everywhere; no mass to distribute")
-
-    codes, inverse = np.unique(lab.ravel(), return_inverse=True)
-    mass_by_code = np.bincount(inverse, weights=s.ravel(), minlength=codes.size)
-    count_by_code = np.bincount(inverse, minlength=codes.size)
-    names = list(dict.fromkeys(label_names.values()))
-    if other not in names:
-        names.append(other)
-    mass = dict.fromkeys(names, 0.0)
-    count = dict.fromkeys(names, 0)
-    for code, m, c in zip(codes.tolist(), mass_by_code, count_by_code, strict=True):
-        name = label_names.get(code, other)
-        mass[name] += float(m)
-        count[name] += int(c)
-    out = pd.DataFrame(
-        {
-            "region": names,
-            "n_voxels": [count[n] for n in names],
-            "saliency_mass": [mass[n] for n in names],
-        }
-    )
-    out["voxel_fraction"] = out["n_voxels"] / lab.size
-    out["mass_fraction"] = out["saliency_mass"] / total
-    with np.errstate(divide="ignore", invalid="ignore"):
-        out["enrichment"] = out["mass_fraction"] / out["voxel_fraction"]
-    return out[["region", "n_voxels", "voxel_fraction", "saliency_mass", "mass_fraction", "enrichment"]]
-
-
-@dataclasses.dataclass(frozen=True)
-class CoxHRResult:
-    """Cox hazard ratio of the "predicted short PFS" group against the "predicted long PFS" group.
-
-    Attributes
-    ----------
-    hazard_ratio : float
-        > 1 means patients predicted short PFS progress faster (what a useful
-        model gives); 1 = no difference.
-    ci : tuple of float
-        95 % confidence interval (Wald, lifelines).
-    p_value : float
-        Wald test of log HR = 0.
-    n_short, n_long, events_short, events_long : int
-    method : str
-    """
-
-    hazard_ratio: float
-    ci: tuple[float, float]
-    p_value: float
-    n_short: int
-    n_long: int
-    events_short: int
-    events_long: int
-    method: str
-
-    def to_frame(self) -> pd.DataFrame:
-        return pd.DataFrame([{"hazard_ratio": self.hazard_ratio, "ci_low": self.ci[0], "ci_high": self.ci[1],
-                              "p_value": self.p_value, "n_short": self.n_short, "n_long": self.n_long,
-                              "events_short": self.events_short, "events_long": self.events_long}])
-
-
-def cox_hr_by_group(df: pd.DataFrame, threshold: float = 0.5, *, prob_is: Literal["short", "long"],
-                    alpha: float = 0.05) -> CoxHRResult:
-    """Hazard ratio of PFS, predicted short vs predicted long, from a Cox model (lifelines ``CoxPHFitter``).
-
-    Groups as in :func:`prrt_utils.analysis.stats.km_by_prediction` (paper 3.3, Figure
-    5): predicted long PFS if P(long) >= ``threshold``, else predicted short.
-
-    Parameters
-    ----------
-    df : DataFrame
-        ``patient_id, prob, pfs_months, event``, one row per patient.
-    threshold : float
-        Cut-off on P(long PFS).
-    prob_is : {"short", "long"}
-        What ``prob`` is the probability of.
-    alpha : float
-        1 - confidence level.
-
-    Returns
-    -------
-    CoxHRResult
-        NaN hazard ratio when a group is empty or has no event.
-    """
-    from lifelines import CoxPHFitter
-
-    if prob_is not in ("short", "long"):
-        raise StatsError(f"prob_is must be 'short' or 'long', got {prob_is!r}")
-    for col in ("prob", "pfs_months", "event"):
-        if col not in df.columns:
-            raise StatsError(f"cox_hr_by_group: column {col!r} is missing")
-    short = (~predicted_long(df["prob"].to_numpy(float), prob_is=prob_is, threshold=threshold)).astype(int)
-    t, e = df["pfs_months"].to_numpy(float), df["event"].to_numpy(int)
-    counts = dict(n_short=int(short.sum()), n_long=int((1 - short).sum()), events_short=int(e[short == 1].sum()),
-                  events_long=int(e[short == 0].sum()))
-    method = "Cox proportional hazards (lifelines CoxPHFitter, Efron ties), covariate: predicted short PFS"
-    if min(counts.values()) == 0:
-        return CoxHRResult(math.nan, (math.nan, math.nan), math.nan, **counts,
-                           method=method + "; a group is empty or has no event")
-    cph = CoxPHFitter(alpha=alpha).fit(pd.DataFrame({"T": t, "E": e, "short": short}), "T", "E")
-    s = cph.summary.loc["short"]
-    lo, hi = [c for c in cph.summary.columns if c.startswith("exp(coef) lower")][0], \
-        [c for c in cph.summary.columns if c.startswith("exp(coef) upper")][0]
-    return CoxHRResult(float(s["exp(coef)"]), (float(s[lo]), float(s[hi])), float(s["p"]), **counts, method=method)

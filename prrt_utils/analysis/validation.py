@@ -20,14 +20,30 @@ decision curve, the Kaplan-Meier by prediction and the shift table.
 
 from __future__ import annotations
 
+import html as html_
+import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from prrt_utils.data.cohort import PFS_THRESHOLD_MONTHS
+from prrt_utils.analysis.calibration import (
+    EPS,
+    bootstrap_ci,
+    calibration_stats,
+    decision_curve,
+    decision_figure,
+    reliability_curve,
+    reliability_figure,
+)
+from prrt_utils.analysis.kaplan_meier import cox_hr_by_group, km_by_prediction
+from prrt_utils.data.cohort import PFS_THRESHOLD_MONTHS, CohortConfig, build_cohort
+from prrt_utils.data.preprocess import PreprocessConfig, load_volumes, run_preprocessing
 from prrt_utils.io import store
+from prrt_utils.io.figures import km_figure
+from prrt_utils.models import stored
+from prrt_utils.models.inputs import CohortData, model_volumes
 from prrt_utils.models.package import ModelPackage, cohort_summary, load_package
 
 __all__ = [
@@ -82,8 +98,6 @@ def recalibrate_in_the_large(y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, 
     Clinical Prediction Models, ch. 20): ranks, hence AUROC, are unchanged;
     the mean predicted probability then equals the observed share.
     """
-    from prrt_utils.analysis.calibration import EPS, calibration_stats
-
     a = calibration_stats(y, p).intercept
     lp = np.log(np.clip(p, EPS, 1 - EPS) / (1 - np.clip(p, EPS, 1 - EPS))) + a
     return 1 / (1 + np.exp(-lp)), a
@@ -93,11 +107,6 @@ def run_validation(package: str | Path | ModelPackage, data_dir: str | Path, wor
                    pfs_threshold_months: float = PFS_THRESHOLD_MONTHS, on_error: str = "skip", n_jobs: int = 2,
                    progress: bool = False) -> Path:
     """Cohort, preprocessing (package's settings) and predictions of another cohort; returns the output folder."""
-    from prrt_utils.data.cohort import CohortConfig, build_cohort
-    from prrt_utils.data.preprocess import PreprocessConfig, load_volumes, run_preprocessing
-    from prrt_utils.models import stored
-    from prrt_utils.models.inputs import CohortData, model_volumes
-
     pkg = package if isinstance(package, ModelPackage) else load_package(package)
     data_dir, work_dir = Path(data_dir), Path(work_dir)
     cohort_all = build_cohort(CohortConfig(pfs_threshold_months=pfs_threshold_months, on_error=on_error),
@@ -137,8 +146,6 @@ def run_validation(package: str | Path | ModelPackage, data_dir: str | Path, wor
 
 def load_results(out_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     """``predictions.parquet``, ``shift.csv`` and ``done.json`` of a finished validation."""
-    import json
-
     out_dir = Path(out_dir)
     done = out_dir / "done.json"
     if not done.is_file():
@@ -156,8 +163,6 @@ def labelled(pred: pd.DataFrame) -> pd.DataFrame:
 
 def discrimination(pred: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
     """AUROC and AUPRC (either class positive) with percentile-bootstrap 95 % intervals, on the labelled patients."""
-    from prrt_utils.analysis.calibration import bootstrap_ci
-
     lab = labelled(pred)
     y, p = lab["y_true"].to_numpy(int), lab["prob"].to_numpy(float)
     rows = []
@@ -172,8 +177,6 @@ def discrimination(pred: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> pd.
 
 def calibration_summary(pred: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Calibration as shipped and after recalibration in the large; and the labelled rows with both probabilities."""
-    from prrt_utils.analysis.calibration import calibration_stats
-
     lab = labelled(pred)
     lab["prob_recalibrated"], _ = recalibrate_in_the_large(lab["y_true"].to_numpy(), lab["prob"].to_numpy())
     rows = []
@@ -188,15 +191,6 @@ def calibration_summary(pred: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]
 
 def figures(pred: pd.DataFrame, model_name: str, threshold: float = 0.5) -> dict[str, object]:
     """Reliability diagram, decision curve and Kaplan-Meier by prediction (plotly), and the Cox HR."""
-    from prrt_utils.analysis.calibration import (
-        decision_curve,
-        decision_figure,
-        reliability_curve,
-        reliability_figure,
-    )
-    from prrt_utils.analysis.explain import km_figure
-    from prrt_utils.analysis.stats import cox_hr_by_group, km_by_prediction
-
     _, lab = calibration_summary(pred)
     points = pd.concat([reliability_curve(lab["y_true"], lab[c]).assign(model=n)
                         for c, n in (("prob", model_name), ("prob_recalibrated", f"{model_name}, recalibrated"))])
@@ -206,14 +200,13 @@ def figures(pred: pd.DataFrame, model_name: str, threshold: float = 0.5) -> dict
     km = km_by_prediction(surv, threshold, prob_is="short")
     hr = cox_hr_by_group(surv, threshold, prob_is="short")
     return {"reliability": reliability_figure(points), "decision": decision_figure(dc),
-            "km": km_figure(km, f"PFS by prediction ({model_name}), log-rank p = {km.p_value:.3g}"),
+            "km": km_figure(km.labelled_curves(), threshold=PFS_THRESHOLD_MONTHS,
+                            title=f"PFS by prediction ({model_name}), log-rank p = {km.p_value:.3g} {km.logrank_text()}"),
             "km_result": km, "hazard_ratio": hr}
 
 
 def write_report(out_dir: str | Path, path: str | Path, n_boot: int = 1000) -> Path:
     """The validation chapter as one offline HTML page (plotly.js embedded)."""
-    import html as html_
-
     pred, shift, done = load_results(out_dir)
     figs = figures(pred, done["model"])
     disc = discrimination(pred, n_boot)
@@ -275,7 +268,7 @@ def shift_sentence(shift: pd.DataFrame, expected: frozenset[str] | set[str] | No
 
 
 def hazard_ratio_sentence(hr: Any) -> str:
-    """A :class:`prrt_utils.analysis.stats.CoxHRResult` of predicted short vs long PFS in words (or why there is none)."""
+    """A :class:`prrt_utils.analysis.kaplan_meier.CoxHRResult` of predicted short vs long PFS in words (or why there is none)."""
     if min(hr.n_short, hr.n_long) == 0:
         return (f"At the threshold 0.5 every patient falls into one group ({hr.n_short} predicted short, "
                 f"{hr.n_long} predicted long): no hazard ratio can be estimated. With predictions this far "

@@ -10,12 +10,12 @@ plotly.js runs in the browser from the book's ``_static`` folder.
 * :func:`slice_viewer`: one volume with a slice slider, axial / coronal /
   sagittal buttons, a menu of colour overlays (e.g. the saliency of each model)
   and optional outlines (e.g. the true lesions of the synthetic cohort);
-  used by chapter 06 (:func:`prrt_utils.analysis.explain.saliency_viewer`).
+  used by chapter 06 (:func:`prrt_utils.analysis.explain_figures.saliency_viewer`).
 * :func:`image_browser`: a few panels per item (e.g. PET MIP and CT of each
   patient), the item chosen from a drop-down; used by chapter 02
   (:func:`prrt_utils.data.qc.qc_browser`).
 
-Orientation follows :func:`prrt_utils.analysis.explain.saliency_figure`: arrays are
+Orientation follows :func:`prrt_utils.analysis.explain_figures.saliency_figure`: arrays are
 ``(D, H, W)`` = (head -> feet, anterior -> posterior, patient right -> left);
 axial slices are seen from the feet (patient right on the image left), coronal
 from the front, sagittal with anterior on the left.
@@ -31,7 +31,12 @@ import io
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import matplotlib
 import numpy as np
+import plotly.graph_objects as go
+from PIL import Image
+from plotly.subplots import make_subplots
+from scipy import ndimage
 
 __all__ = [
     "PLANES",
@@ -55,8 +60,6 @@ OUTLINE_RGB = (0, 255, 255)
 
 def png_uri(image: np.ndarray) -> str:
     """A ``data:image/png;base64,...`` URI of a uint8 image: ``(H, W)`` grey, ``(H, W, 3)`` RGB or ``(H, W, 4)`` RGBA."""
-    from PIL import Image
-
     image = np.ascontiguousarray(image)
     if image.dtype != np.uint8:
         raise ValueError(f"png_uri needs uint8 pixels, got {image.dtype}")
@@ -69,8 +72,6 @@ def png_uri(image: np.ndarray) -> str:
 
 def decode_png(uri: str) -> np.ndarray:
     """The pixels of a :func:`png_uri` (for tests and for reading a figure back)."""
-    from PIL import Image
-
     head, data = uri.split(",", 1)
     if head != "data:image/png;base64":
         raise ValueError(f"not a base64 PNG data URI: {head[:40]!r}")
@@ -94,8 +95,6 @@ def window_uint8(values: np.ndarray, low: float, high: float, invert: bool = Fal
 def overlay_rgba(values: np.ndarray, vmin: float = 0.3, vmax: float = 1.0, cmap: str = OVERLAY_CMAP,
                  alpha: float = 0.85) -> np.ndarray:
     """RGBA uint8 of a map in ``[0, 1]``: transparent below ``vmin``, ``cmap`` colours from ``vmin`` to ``vmax``."""
-    import matplotlib
-
     values = np.asarray(values, dtype=np.float64)
     scaled = np.clip((values - vmin) / max(vmax - vmin, 1e-12), 0.0, 1.0)
     rgba = np.rint(matplotlib.colormaps[cmap](scaled) * 255).astype(np.uint8)
@@ -105,8 +104,6 @@ def overlay_rgba(values: np.ndarray, vmin: float = 0.3, vmax: float = 1.0, cmap:
 
 def outline_rgba(mask: np.ndarray, rgb: Sequence[int] = OUTLINE_RGB) -> np.ndarray:
     """RGBA uint8 of the outline of a 2D mask: its pixels that touch a pixel outside it (4-neighbours)."""
-    from scipy import ndimage
-
     mask = np.asarray(mask, dtype=bool)
     edge = mask & ~ndimage.binary_erosion(mask, border_value=0)
     rgba = np.zeros((*mask.shape, 4), dtype=np.uint8)
@@ -121,8 +118,6 @@ def plane_slice(volume: np.ndarray, plane: str, index: int) -> np.ndarray:
 
 
 def _image_trace(uri: str, name: str, visible: bool = True, hover: bool = False) -> Any:
-    import plotly.graph_objects as go
-
     return go.Image(source=uri, name=name, visible=visible, hoverinfo="x+y" if hover else "skip",
                     hovertemplate="column %{x}, row %{y}<extra></extra>" if hover else None)
 
@@ -195,8 +190,6 @@ def slice_viewer(volume: np.ndarray, overlays: Mapping[str, np.ndarray] | None =
         slider per plane (only the current plane's is visible); each step restyles the ``source``
         of every trace. Works offline with the book's plotly.js, no kernel.
     """
-    import plotly.graph_objects as go
-
     volume, overlays, at = _viewer_inputs(volume, overlays, outlines, at)
     grey = window_uint8(volume, *window, invert=invert)
     layers = list(overlays)
@@ -279,8 +272,6 @@ def image_browser(items: Mapping[str, Mapping[str, np.ndarray]], title: str = ""
         One image trace per panel; ``layout.updatemenus[0]`` has one button per item, which
         restyles every panel's ``source`` and sets the title.
     """
-    from plotly.subplots import make_subplots
-
     if not items:
         raise ValueError("image_browser needs at least one item")
     names = list(items)

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import joblib
 import numpy as np
 import pandas as pd
 import torch
@@ -94,11 +95,8 @@ def load_fold(work_dir: str | Path, spec: ModelSpec, repeat: int, fold: int, img
     normaliser = FoldNormaliser.from_dict(norm["images"])
     lab_scaler = LabScaler.from_dict(norm["labs"])
     if spec.kind != "cnn":
-        import joblib
-
         model = joblib.load(out / done["weights"])
     else:
-
         net = FusionNet(spec, n_labs=len(lab_scaler.columns), img_size=img_size or IMG_SIZE, dropout_prob=dropout)
         net.load_state_dict(torch.load(out / done["weights"], map_location="cpu", weights_only=True))
         model = net.eval()
@@ -264,8 +262,8 @@ def predicted_long(prob: Any, *, prob_is: str, threshold: float = 0.5) -> np.nda
     on either scale lands on the side the rule names (without it, P(short) =
     0.9 at a threshold of 0.1 on P(long) fell to "short": 1 - 0.9 < 0.1 in
     floating point). Used by the accuracy (:func:`fold_metrics`), the
-    Kaplan-Meier split (:func:`prrt_utils.analysis.stats.km_by_prediction`) and the
-    hazard ratio (:func:`prrt_utils.analysis.stats.cox_hr_by_group`).
+    Kaplan-Meier split (:func:`prrt_utils.analysis.kaplan_meier.km_by_prediction`) and the
+    hazard ratio (:func:`prrt_utils.analysis.kaplan_meier.cox_hr_by_group`).
 
     Parameters
     ----------

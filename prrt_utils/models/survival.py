@@ -22,9 +22,9 @@ them costs.
   log-risk (written by hand: torchsurv has none; checked against lifelines).
 * :func:`classification_bias` and :func:`evaluation_bias`: the paper's
   complete-case design against the truth.
-* :func:`cox_hr_by_group`: Cox hazard ratio of predicted-short vs
-  predicted-long PFS with its confidence interval (for chapter 05's
-  Kaplan-Meier by prediction).
+* :func:`km_truth_curves`: Kaplan-Meier of the true PFS beside the estimates
+  from censored data and from complete cases (drawn by
+  :func:`prrt_utils.io.figures.km_figure`).
 """
 
 from __future__ import annotations
@@ -41,6 +41,18 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from joblib import Parallel, delayed
+from lifelines import CoxPHFitter, KaplanMeierFitter
+from lifelines.utils import concordance_index
+from sklearn.metrics import brier_score_loss, roc_auc_score
+from sksurv.metrics import (
+    concordance_index_censored,
+    concordance_index_ipcw,
+    cumulative_dynamic_auc,
+    integrated_brier_score,
+)
+from sksurv.util import Surv
+from torchsurv.loss.cox import neg_partial_log_likelihood
 
 from prrt_utils.data.cohort import PFS_THRESHOLD_MONTHS
 from prrt_utils.io import store
@@ -59,7 +71,7 @@ __all__ = [
     "evaluation_bias",
     "downsample_volumes",
     "harrell_lifelines",
-    "km_truth_figure",
+    "km_truth_curves",
     "run_survival",
     "summarise_survival",
     "survival_metrics",
@@ -235,8 +247,6 @@ class BreslowEstimator:
 
 
 def _surv_array(time: np.ndarray, event: np.ndarray) -> np.ndarray:
-    from sksurv.util import Surv
-
     return Surv.from_arrays(event=np.asarray(event, dtype=bool), time=np.asarray(time, dtype=float))
 
 
@@ -248,8 +258,6 @@ def time_grid(time: np.ndarray, start: float = 3.0, quantile: float = 0.8, n: in
 
 def harrell_lifelines(time: np.ndarray, event: np.ndarray, log_risk: np.ndarray) -> float:
     """Harrell's C from ``lifelines.utils.concordance_index`` (risk negated: it expects survival-like scores)."""
-    from lifelines.utils import concordance_index
-
     return float(concordance_index(time, -np.asarray(log_risk, dtype=float), event))
 
 
@@ -284,13 +292,6 @@ def survival_metrics(train_time: np.ndarray, train_event: np.ndarray, test_time:
         ``auc_horizon`` (``cumulative_dynamic_auc``), ``ibs``
         (``integrated_brier_score``; NaN without ``survival``) and ``c_true``.
     """
-    from sksurv.metrics import (
-        concordance_index_censored,
-        concordance_index_ipcw,
-        cumulative_dynamic_auc,
-        integrated_brier_score,
-    )
-
     tr = _surv_array(train_time, train_event)
     risk = np.asarray(log_risk, dtype=float)
     out: dict[str, float] = {}
@@ -377,8 +378,6 @@ def downsample_volumes(volumes: dict[str, np.ndarray], factor: int) -> dict[str,
 def _cox_labs_fold(labs_tr: np.ndarray, t_tr: np.ndarray, e_tr: np.ndarray, labs_te: np.ndarray,
                    times: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Lifelines Cox on fold-standardised log-labs: (log-risk test, survival test at ``times``, log-risk train)."""
-    from lifelines import CoxPHFitter
-
     scaler = LabScaler().fit(labs_tr)
     cols = list(LAB_COLUMNS)
     xtr = pd.DataFrame(scaler.transform(labs_tr).astype(float), columns=cols)
@@ -391,8 +390,6 @@ def _cox_labs_fold(labs_tr: np.ndarray, t_tr: np.ndarray, e_tr: np.ndarray, labs
 def _train_cox_cnn(cfg: SurvivalConfig, data: CohortData, t: np.ndarray, e: np.ndarray, train_rows: np.ndarray,
                    test_rows: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray, list[float]]:
     """FusionNet trained with torchsurv's Cox partial likelihood; returns log-risk (train, test) and loss per epoch."""
-    from torchsurv.loss.cox import neg_partial_log_likelihood
-
     spec = get_spec(cfg.cnn_model)
     device = resolve_device(cfg.device)
     seed_everything(seed)
@@ -484,7 +481,6 @@ def fit_survival_models(cfg: SurvivalConfig, work_dir: str | Path, censored: pd.
     DataFrame
         :func:`run_survival`'s table (``attrs["cache"]``: the cache folder).
     """
-
     data = None if survival_cached(cfg, work_dir, censored, folds) else cohort_data(work_dir, modalities=("pet",))
     return run_survival(cfg, work_dir, censored, data, folds, threads=max(1, int(n_jobs) // 2))
 
@@ -625,8 +621,6 @@ def evaluation_bias(predictions: pd.DataFrame, censored: pd.DataFrame) -> pd.Dat
     DataFrame
         ``model, repeat, design, n, prevalence, auroc``.
     """
-    from sklearn.metrics import roc_auc_score
-
     c = censored.set_index("patient_id")
     rows = []
     for (m, r), sub in predictions.groupby(["model", "repeat"], sort=False):
@@ -674,8 +668,6 @@ def classification_bias(censored: pd.DataFrame, labs: pd.DataFrame, folds: pd.Da
         ``true_prevalence``, ``calibration_in_large`` (mean_prob - true prevalence),
         ``brier_true``.
     """
-    from sklearn.metrics import brier_score_loss, roc_auc_score
-
     spec = get_spec("rf_labs")
     c = censored.set_index("patient_id")
     lab = labs.set_index("patient_id")[list(LAB_COLUMNS)]
@@ -694,8 +686,6 @@ def classification_bias(censored: pd.DataFrame, labs: pd.DataFrame, folds: pd.Da
                          label[keep].astype(int).to_numpy(), np.log1p(lab.loc[te].to_numpy(float))))
     # 45 small forests: two processes (joblib) halve the time; threads inside one forest only add overhead.
     # Each forest has its fold's seed, so the result does not depend on the number of processes.
-    from joblib import Parallel, delayed
-
     preds = Parallel(n_jobs=n_jobs)(delayed(_bias_forest)(spec, seed, *job) for job in jobs)
     frame = pd.concat(preds, ignore_index=True)
     if survival_predictions is not None:
@@ -714,35 +704,30 @@ def classification_bias(censored: pd.DataFrame, labs: pd.DataFrame, folds: pd.Da
     return pd.DataFrame(rows)
 
 
-# --------------------------------------------------------------------------- hazard ratio by predicted group
-
-
 # --------------------------------------------------------------------------- figures
 
 
-def km_truth_figure(censored: pd.DataFrame, horizon_months: float = PFS_THRESHOLD_MONTHS) -> object:
+def km_truth_curves(censored: pd.DataFrame) -> pd.DataFrame:
     """Kaplan-Meier of the TRUE PFS beside the estimate from censored data and from complete cases only.
 
-    Lifelines ``KaplanMeierFitter``; a plotly figure with the horizon marked.
-    """
-    import plotly.graph_objects as go
-    from lifelines import KaplanMeierFitter
+    Lifelines ``KaplanMeierFitter``; :func:`prrt_utils.io.figures.km_figure` draws the result.
 
+    Returns
+    -------
+    DataFrame
+        ``group, time_months, survival``: one step curve per group, the truth first.
+    """
     curves = {
         "true PFS, all patients (unknowable in practice)": (censored["pfs_true_months"], np.ones(len(censored))),
         "censored data, censored patients kept (Kaplan-Meier)": (censored["pfs_months"], censored["event"]),
         "complete cases only (censored patients dropped)": (censored.loc[censored["complete_case"], "pfs_months"],
                                                             np.ones(int(censored["complete_case"].sum()))),
     }
-    fig = go.Figure()
-    for (name, (t, e)), dash in zip(curves.items(), ("solid", "dash", "dot"), strict=True):
+    parts = []
+    for name, (t, e) in curves.items():
         sf = KaplanMeierFitter().fit(t, e).survival_function_.iloc[:, 0]
-        fig.add_trace(go.Scatter(x=sf.index, y=sf.to_numpy(), mode="lines", line={"shape": "hv", "dash": dash},
-                                 name=name))
-    fig.add_vline(x=horizon_months, line={"dash": "dash", "color": "grey"})
-    fig.update_layout(xaxis_title="months since start of PRRT", yaxis_title="progression-free survival",
-                      yaxis_range=[0, 1.02], width=750, height=450, legend={"x": 0.35, "y": 0.95})
-    return fig
+        parts.append(pd.DataFrame({"group": name, "time_months": sf.index.to_numpy(dtype=float), "survival": sf.to_numpy()}))
+    return pd.concat(parts, ignore_index=True)
 
 
 # --------------------------------------------------------------------------- chapter 07: what its cells show

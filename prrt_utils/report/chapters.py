@@ -11,8 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import plotly.express as px
+from IPython.display import HTML, Markdown
 
-from prrt_utils.analysis.stats import cox_hr_by_group
+from prrt_utils.analysis import calibration as cal
+from prrt_utils.analysis import families, metrics
+from prrt_utils.analysis.kaplan_meier import cox_hr_by_group
 from prrt_utils.analysis.validation import (
     EXPECTED_SHIFT,
     calibration_summary,
@@ -26,8 +30,11 @@ from prrt_utils.analysis.validation import (
     validation_cohort,
 )
 from prrt_utils.io.config import SEED
+from prrt_utils.models import package, stored
 from prrt_utils.models.final import final_package
 from prrt_utils.models.survival import evaluation_bias, useful_thresholds
+from prrt_utils.report import book, findings
+from prrt_utils.report.patient_report import predict_patient, write_report
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,7 +59,6 @@ class SaliencyMass:
         """Patients without saliency (if any), mass fraction and enrichment per region x model, and a bar figure."""
         if self.mass is None:
             return (self.reason,)
-        import plotly.express as px
 
         names = names or {}
         mass = self.mass
@@ -68,8 +74,6 @@ class SaliencyMass:
 
     def findings(self, names: Mapping[str, str] | None = None) -> Any:
         """:func:`prrt_utils.report.findings.saliency_findings`, or the sentence that a real cohort has no outlines."""
-        from prrt_utils.report import findings
-
         if self.mass is None:
             return findings.KeyFindings(("No ground-truth label maps: a real cohort has none, so where the saliency "
                                          "falls is shown, not scored.",))
@@ -139,8 +143,6 @@ class ValidationChapter:
 
     def intro(self) -> tuple[Any, ...]:
         """Nothing when ready; else the sentence saying how to get a validation cohort."""
-        from IPython.display import Markdown
-
         if self.ready:
             return ()
         return (Markdown(f"**No validation cohort** (`{self.other}` holds none): this chapter has nothing to show. Run "
@@ -156,8 +158,6 @@ class ValidationChapter:
 
     def predictions_section(self) -> tuple[Any, ...]:
         """How many patients were predicted and how many have a known 12-month outcome."""
-        from IPython.display import Markdown
-
         if not self.ready:
             return ()
         lab = labelled(self.predictions)
@@ -166,16 +166,12 @@ class ValidationChapter:
 
     def shift_section(self) -> tuple[Any, ...]:
         """The flagged features in words and the shift table."""
-        from IPython.display import Markdown
-
         if not self.ready:
             return ()
         return (Markdown(shift_sentence(self.shift, self.expected_shift)), self.shift.round(3))
 
     def discrimination_section(self) -> tuple[Any, ...]:
         """AUROC and AUPRC with intervals, and the AUROC beside the development cross-validation."""
-        from IPython.display import Markdown
-
         if not self.ready:
             return ()
         auc = self.discrimination.loc[self.discrimination["metric"] == "AUROC"].iloc[0]
@@ -194,16 +190,12 @@ class ValidationChapter:
 
     def survival_section(self) -> tuple[Any, ...]:
         """The hazard ratio in words and the Kaplan-Meier curves by prediction."""
-        from IPython.display import Markdown
-
         if not self.ready:
             return ()
         return (Markdown(hazard_ratio_sentence(self.figures["hazard_ratio"])), self.figures["km"])
 
     def report_section(self) -> tuple[Any, ...]:
         """The link to the example patient report."""
-        from IPython.display import HTML
-
         if self.patient is None:
             return ()
         pred = self.patient.prediction
@@ -213,8 +205,6 @@ class ValidationChapter:
 
     def findings(self, names: dict[str, str] | None = None) -> Any:
         """The chapter's key findings (:func:`prrt_utils.report.findings.validation_findings`)."""
-        from prrt_utils.report import findings
-
         if not self.ready:
             return findings.KeyFindings(("No validation cohort: nothing to report.",))
         return findings.validation_findings(self.discrimination, self.development, self.calibration, self.model, names)
@@ -250,11 +240,6 @@ def validation_chapter(work_dir: str | Path, data_dir: str | Path, model: str, v
     ValidationChapter
         Empty (``ready`` false) when the other cohort has no ``clinical.csv``.
     """
-    from prrt_utils.analysis import metrics
-    from prrt_utils.models import package
-    from prrt_utils.report import book
-    from prrt_utils.report.patient_report import predict_patient, write_report
-
     names = names or {}
     other = validation_cohort(data_dir, validation_data)
     name = names.get(model, model)
@@ -309,7 +294,7 @@ class ClassificationValue:
     bootstrap : DataFrame or None
         Estimate and 95 % interval of AUROC and AUPRC per model, one column each.
     reference : str
-        The pre-specified model the DeLong tests compare against (:func:`prrt_utils.analysis.explain.primary_model`).
+        The pre-specified model the DeLong tests compare against (:func:`prrt_utils.analysis.families.primary_model`).
     delong : DataFrame or None
         :func:`prrt_utils.analysis.calibration.delong_summary`; ``None`` also with a single model.
     hazard_ratios : DataFrame or None
@@ -350,8 +335,6 @@ class ClassificationValue:
 
     def evaluation_section(self, names: dict[str, str] | None = None) -> tuple[Any, ...]:
         """The complete-case evaluation table and its sentence, or why there is nothing to show."""
-        from IPython.display import Markdown
-
         if not self.available:
             return ("No classification model has finished results in this work folder: the sections below need them.",)
         ev, wide = self.evaluation, self.evaluation_wide
@@ -363,8 +346,6 @@ class ClassificationValue:
 
     def calibration_section(self, names: dict[str, str] | None = None) -> tuple[Any, ...]:
         """Mean calibration per model and the pooled reliability diagram."""
-        from prrt_utils.analysis import calibration as cal
-
         if not self.available:
             return ()
         return (self.calibration.rename(index=names or {}).round(3), cal.reliability_figure(self.reliability, names))
@@ -379,8 +360,6 @@ class ClassificationValue:
 
     def decision_section(self, names: dict[str, str] | None = None) -> tuple[Any, ...]:
         """The decision curves and, per model, the thresholds where it beats both defaults."""
-        from prrt_utils.analysis import calibration as cal
-
         if not self.available:
             return ()
         return (cal.decision_figure(self.decision, names), useful_thresholds(self.decision, self.models, names))
@@ -391,8 +370,6 @@ class ClassificationValue:
 
     def delong_section(self, names: dict[str, str] | None = None, n_patients: int = 0) -> tuple[Any, ...]:
         """DeLong's comparisons with the reference and which differences survive, in words."""
-        from IPython.display import Markdown
-
         if self.delong is None:
             return ()
         names = names or {}
@@ -450,9 +427,6 @@ def assess_classification(predictions: pd.DataFrame | None, inner: pd.DataFrame 
     -------
     ClassificationValue
     """
-    from prrt_utils.analysis import calibration as cal
-    from prrt_utils.analysis import explain
-
     models = list(models)
     if predictions is None or not models:
         return ClassificationValue(models=models, alpha=alpha)
@@ -466,13 +440,13 @@ def assess_classification(predictions: pd.DataFrame | None, inner: pd.DataFrame 
     boot = cal.bootstrap_table(predictions, models, n_boot=n_boot, seed=seed)
     boot_wide = boot.set_index(["model", "metric"])[["estimate", "lower", "upper"]].unstack("metric")
     boot_wide.columns = [f"{m} {s}" for s, m in boot_wide.columns]
-    best = explain.primary_model(models)
+    best = families.primary_model(models)
     others = [m for m in models if m != best]
     delong = cal.delong_summary(cal.delong_table(predictions, best, others), alpha) if others else None
     hr = None
     if survival is not None:
         hr = pd.concat([
-            cox_hr_by_group(explain.survival_frame(predictions, survival, best, r), threshold, prob_is="short")
+            cox_hr_by_group(families.survival_frame(predictions, survival, best, r), threshold, prob_is="short")
             .to_frame().assign(repeat=r)
             for r in sorted(predictions["repeat"].unique())
         ], ignore_index=True)
@@ -487,13 +461,10 @@ def assess_classification(predictions: pd.DataFrame | None, inner: pd.DataFrame 
 def classification_value(work_dir: str | Path, censored: pd.DataFrame, n_boot: int = 1000, seed: int = SEED,
                          alpha: float = 0.05) -> ClassificationValue:
     """:func:`assess_classification` of every model with finished results in ``WORK/results`` (none: empty)."""
-    from prrt_utils.analysis import explain
-    from prrt_utils.models import stored
-
     work_dir = Path(work_dir)
-    models = explain.available_models(work_dir) if (work_dir / "results").is_dir() else []
+    models = families.available_models(work_dir) if (work_dir / "results").is_dir() else []
     if not models:
         return ClassificationValue(models=[], alpha=alpha)
     return assess_classification(stored.read_results(work_dir, models), stored.read_inner_results(work_dir, models),
-                                 censored, explain.read_survival(work_dir), models, n_boot=n_boot, seed=seed,
+                                 censored, families.read_survival(work_dir), models, n_boot=n_boot, seed=seed,
                                  alpha=alpha)

@@ -22,9 +22,12 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import plotly.graph_objects as go
+from IPython.display import Markdown
 
-from prrt_utils.analysis import calibration, metrics, stats
+from prrt_utils.analysis import calibration, families, metrics, stats
 from prrt_utils.data import paper
+from prrt_utils.io.figures import PALETTE, rgba
 from prrt_utils.report import notebook
 from prrt_utils.report.tables import WORDS
 
@@ -61,8 +64,7 @@ class KeyFindings:
 
     def glue(self, name: str = "key_findings") -> None:
         """Store the box for the page's ``{glue:md}`` directive (drawn where the directive stands)."""
-        from IPython.display import Markdown
-        from myst_nb import glue
+        from myst_nb import glue  # lazy: myst-nb loads Sphinx (seconds); only an executing book page glues
 
         glue(name, Markdown(self.markdown()), display=False)
 
@@ -181,7 +183,7 @@ def family_findings(comparison: stats.FamilyComparison) -> KeyFindings:
 
 
 def km_finding(km: Any, model: str, names: Mapping[str, str] | None = None) -> str:
-    """One sentence: PFS of the patients a model predicts short vs long (:class:`prrt_utils.analysis.stats.KMByPrediction`)."""
+    """One sentence: PFS of the patients a model predicts short vs long (:class:`prrt_utils.analysis.kaplan_meier.KMByPrediction`)."""
     if min(km.n_long, km.n_short) == 0:
         return (f"{_name(model, names)} puts every patient on one side of its threshold: no survival "
                 "comparison by prediction is possible.")
@@ -291,8 +293,6 @@ class Answer:
 
     def figure(self, names: Mapping[str, str] | None = None) -> Any:
         """Each model's AUROC (mean ± SE) beside the paper's, the ceiling of its inputs and the Bayes ceiling."""
-        import plotly.graph_objects as go
-
         models = self.results.models[::-1]  # the first model at the top
         labels = [_name(m, names) for m in models]
         ref = self.paper_table.set_index("model")
@@ -301,19 +301,19 @@ class Answer:
         iv = self.intervals[self.intervals["metric"] == "auroc"].set_index("model")
         fig.add_trace(go.Scatter(
             x=[iv.at[m, "estimate"] for m in models], y=labels, mode="markers", name="95 % interval over patients",
-            marker={"color": "rgba(31,119,180,0)", "size": 1},
-            error_x={"type": "data", "symmetric": False, "color": "rgba(31,119,180,0.35)", "thickness": 6, "width": 0,
+            marker={"color": rgba(PALETTE[0], 0), "size": 1},
+            error_x={"type": "data", "symmetric": False, "color": rgba(PALETTE[0], 0.35), "thickness": 6, "width": 0,
                      "array": [iv.at[m, "upper"] - iv.at[m, "estimate"] for m in models],
                      "arrayminus": [iv.at[m, "estimate"] - iv.at[m, "lower"] for m in models]},
             hoverinfo="skip"))
         fig.add_trace(go.Scatter(
             x=[s.mean for s in ours], y=labels, mode="markers", name="ours: mean ± SE over repeats",
-            marker={"color": "#1f77b4", "size": 11}, error_x={"type": "data", "array": [s.se for s in ours]},
+            marker={"color": PALETTE[0], "size": 11}, error_x={"type": "data", "array": [s.se for s in ours]},
             hovertemplate="%{y}: AUROC %{x:.2f}<extra>this cohort</extra>"))
         known = [m for m in models if m in ref.index]
         fig.add_trace(go.Scatter(
             x=[ref.at[m, "auroc_mean"] for m in known], y=[_name(m, names) for m in known], mode="markers",
-            name="paper (real cohort), mean ± SE", marker={"color": "#d62728", "size": 10, "symbol": "diamond-open",
+            name="paper (real cohort), mean ± SE", marker={"color": PALETTE[1], "size": 10, "symbol": "diamond-open",
                                                            "line": {"width": 2}},
             error_x={"type": "data", "array": [ref.at[m, "auroc_se"] for m in known]},
             hovertemplate="%{y}: AUROC %{x:.2f}<extra>paper</extra>"))
@@ -322,11 +322,11 @@ class Answer:
             cm = [(m, c) for m, c in cm if c in self.ceiling.models]
             fig.add_trace(go.Scatter(
                 x=[self.ceiling.get(c).mean for _, c in cm], y=[_name(m, names) for m, _ in cm], mode="markers",
-                name="ceiling of its inputs (true values)", marker={"color": "#2ca02c", "size": 12, "symbol": "line-ns-open",
+                name="ceiling of its inputs (true values)", marker={"color": PALETTE[2], "size": 12, "symbol": "line-ns-open",
                                                                     "line": {"width": 3}},
                 hovertemplate="%{y}: ceiling %{x:.2f}<extra></extra>"))
             bayes = self.ceiling.get("bayes_ceiling").mean
-            fig.add_vline(x=bayes, line_dash="dash", line_color="#2ca02c",
+            fig.add_vline(x=bayes, line_dash="dash", line_color=PALETTE[2],
                           annotation_text=f"Bayes ceiling {bayes:.2f}", annotation_position="top")
         fig.add_vline(x=0.5, line_dash="dot", line_color="grey", annotation_text="chance",
                       annotation_position="top left")
@@ -342,17 +342,15 @@ def answer(work_dir: str | Path, data_dir: str | Path, models: Sequence[str] | N
     """Everything the summary page shows, from the stored results of ``work_dir`` (nothing is trained).
 
     The comparisons are fixed before any result is seen: the pre-specified model
-    (:func:`prrt_utils.analysis.explain.primary_model`) against the laboratory-only Random Forest
+    (:func:`prrt_utils.analysis.families.primary_model`) against the laboratory-only Random Forest
     (do images add to the labs?) and against each image-only network (do the labs add
     to the images?).
     """
-    from prrt_utils.analysis import explain  # the primary-model rule lives with the single-model analyses
-
-    models = list(models) if models else explain.available_models(work_dir)
+    models = list(models) if models else families.available_models(work_dir)
     loaded = notebook.load_results(work_dir, data_dir, models)
     predictions, results, ceiling = loaded.predictions, loaded.results, loaded.ceiling
     intervals = calibration.bootstrap_table(predictions, models, n_boot=n_boot, seed=seed)
-    primary = explain.primary_model(models)
+    primary = families.primary_model(models)
     fm = results.fold_metrics
     sentences = []
     if "rf_labs" in models and primary != "rf_labs":

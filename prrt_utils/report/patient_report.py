@@ -32,15 +32,23 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import html
+import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import plotly.graph_objects as go
 import torch
+from plotly.subplots import make_subplots
 
+from prrt_utils.data.anatomy import SYNTHETIC_LABEL_MAP, find_labels, label_map_path, load_organs
 from prrt_utils.data.cohort import LAB_LABELS
+from prrt_utils.data.preprocess import PreprocessConfig, preprocess_patient
 from prrt_utils.io import store
+from prrt_utils.io.figures import PALETTE
+from prrt_utils.io.loading import load_patient
+from prrt_utils.models.inputs import CohortData, model_inputs, model_volumes
 from prrt_utils.models.package import ModelPackage, PackageError
 
 __all__ = ["HOW_TO_READ", "LAB_LABELS", "PET_WINDOW", "PatientPrediction", "development_bins", "lab_label",
@@ -93,8 +101,6 @@ def parse_labs(text: str, columns: tuple[str, ...]) -> dict[str, float]:
     Every column the model needs must be given, as a non-negative number in the
     units of the column's name (U/l, ug/l).
     """
-    import json
-
     path = Path(text)
     if path.suffix == ".json" and path.is_file():
         raw = {str(k): v for k, v in json.loads(path.read_text()).items()}
@@ -118,7 +124,7 @@ def parse_labs(text: str, columns: tuple[str, ...]) -> dict[str, float]:
 
 def _ig_pet(pkg: ModelPackage, xs: list[torch.Tensor]) -> np.ndarray:
     """IntegratedGradients of the final model's logit w.r.t. the PET input (zero baseline), ``(D, H, W)``."""
-    from captum.attr import IntegratedGradients
+    from captum.attr import IntegratedGradients  # lazy: only a package with images needs attributions
 
     net = pkg.final.model
     i = list(pkg.spec.ordered_inputs).index("pet")
@@ -134,8 +140,6 @@ def _patient_organs(folder: Path, pre: Any) -> np.ndarray | None:
     ``DATA/imaging/<id>/`` -> ``DATA/ct_labels/<id>.nii[.gz]`` (with ``codes.json``) or the synthetic
     ``DATA/ground_truth/labels/<id>.nii.gz``; None when there is none.
     """
-    from prrt_utils.data.anatomy import SYNTHETIC_LABEL_MAP, find_labels, label_map_path, load_organs
-
     labels_dir, codes = find_labels(folder.resolve().parent.parent)
     found = label_map_path(labels_dir, folder.name) if labels_dir is not None else None
     if found is None:
@@ -145,10 +149,6 @@ def _patient_organs(folder: Path, pre: Any) -> np.ndarray | None:
 
 def predict_patient(pkg: ModelPackage, folder: str | Path, labs: dict[str, float]) -> PatientPrediction:
     """Preprocess one patient's images with the package's settings and predict; raises naming the problem."""
-    from prrt_utils.data.preprocess import PreprocessConfig, preprocess_patient
-    from prrt_utils.io.loading import load_patient
-    from prrt_utils.models.inputs import CohortData, model_inputs, model_volumes
-
     columns = tuple(pkg.manifest["lab_columns"])
     notes: list[str] = []
     volumes: dict[str, np.ndarray] = {}
@@ -214,15 +214,12 @@ def development_bins(values: np.ndarray, also: float | None = None, n_bins: int 
 
 
 def _figures(pkg: ModelPackage, p: PatientPrediction) -> list[Any]:
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
-
     figs = []
     dev = pkg.development
     prob = float(p.prediction["prob"])
     bins = development_bins(dev["prob"].to_numpy(), also=prob)
     fig = go.Figure()
-    for y, name, colour in ((0, "long PFS (> 12 months)", "#1f77b4"), (1, "short PFS (≤ 12 months)", "#d62728")):
+    for y, name, colour in ((0, "long PFS (> 12 months)", PALETTE[0]), (1, "short PFS (≤ 12 months)", PALETTE[1])):
         fig.add_trace(go.Histogram(x=dev.loc[dev["y_true"] == y, "prob"] * 100, name=name, marker_color=colour,
                                    opacity=0.6, xbins={k: v * 100 for k, v in bins.items()},
                                    hovertemplate="%{x:.0f} %: %{y} patients<extra></extra>"))
@@ -235,7 +232,7 @@ def _figures(pkg: ModelPackage, p: PatientPrediction) -> list[Any]:
     eff = p.lab_effects
     points = eff["contribution"] * 100
     fig = go.Figure(go.Bar(x=points, y=[lab_label(c) for c in eff["laboratory value"]], orientation="h",
-                           marker_color=np.where(points > 0, "#d62728", "#1f77b4"),
+                           marker_color=np.where(points > 0, PALETTE[1], PALETTE[0]),
                            text=[f"{v:+.1f} points" for v in points], textposition="outside", cliponaxis=False,
                            hovertemplate="%{y}: %{x:+.1f} percentage points<extra></extra>"))
     reach = max(float(np.abs(points).max()) if len(points) else 0.0, 0.5) * 1.4  # room for the labels
