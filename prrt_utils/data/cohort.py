@@ -52,9 +52,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from prrt_utils.data.paper import PAPER_KM, PAPER_N, TABLE1_VARIABLES, paper_table1
 from prrt_utils.io import store
 from prrt_utils.io.config import Config
-from prrt_utils.data.paper import PAPER_KM, PAPER_N, TABLE1_VARIABLES, paper_table1
 
 __all__ = [
     "CLINICAL_COLUMNS",

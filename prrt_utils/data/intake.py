@@ -91,7 +91,6 @@ from typing import Any, Literal
 import pandas as pd
 import yaml
 
-from prrt_utils.io import store
 from prrt_utils.data.cohort import (
     CLINICAL_COLUMNS,
     LAB_COLUMNS,
@@ -101,6 +100,7 @@ from prrt_utils.data.cohort import (
     load_clinical,
     patient_id_problem,
 )
+from prrt_utils.io import store
 from prrt_utils.io.config import Config, choices, field_problems, problems_message
 
 __all__ = [
@@ -1185,8 +1185,8 @@ def _check_quick(folder: Path, pid: str, registered: bool) -> tuple[str, str, st
     """Headers only: series found and chosen, PET and CT one acquisition, SUV computable, CT rescale tags."""
     import pydicom
 
-    from prrt_utils.io.images import InputError
     from prrt_utils.io.discovery import check_pairing, choose_series, discover_series
+    from prrt_utils.io.images import InputError
     from prrt_utils.io.suv import suv_factor
 
     series = discover_series(folder, pid)
@@ -1213,9 +1213,9 @@ def _check_images(job: tuple[str, str, bool, str, bool, Any, str]) -> tuple[str,
     ``<work>/logs/debug.log`` when the job names a work folder (as the
     preprocessing stage does), and logged at debug level (``-v``) either way.
     """
+    from prrt_utils.data.preprocess import PreprocessConfig, prepare_patient
     from prrt_utils.io.images import InputError
     from prrt_utils.io.log import DEBUG_LOG, get_logger, pydicom_messages, scrub, write_debug
-    from prrt_utils.data.preprocess import PreprocessConfig, prepare_patient
 
     folder_s, pid, quick, centre_root, registered, labels, work = job
     folder = Path(folder_s)
