@@ -42,7 +42,7 @@ from numpy.typing import ArrayLike
 from scipy import stats as sstats
 from scipy.spatial.distance import jensenshannon
 
-from prrt_utils.data.cohort import km_quantile
+from prrt_utils.data.cohort_stats import km_quantile
 from prrt_utils.models.stored import predicted_long, prediction_rule
 
 __all__ = [
