@@ -57,7 +57,7 @@ setup_notebook(data_dir)
 # %%
 from IPython.display import Markdown, display
 
-from prrt_utils.data import cohort, paper
+from prrt_utils.data import cohort, cohort_stats, paper
 from prrt_utils.data.cohort import CohortConfig, build_cohort
 from prrt_utils.io import figures
 from prrt_utils.report import findings
@@ -73,7 +73,7 @@ thr = cfg.pfs_threshold_months
 
 # %%
 table = build_cohort(cfg, data_dir, work_dir)
-cohort.cohort_summary(table, thr)
+cohort_stats.cohort_summary(table, thr)
 
 # %%
 classified = table[table["pfs_short"].notna()]
@@ -99,7 +99,7 @@ display(Markdown(
 # 0.05 are expected by chance alone.
 
 # %%
-ours = cohort.table1(classified, threshold=thr, p_as_text=True)
+ours = cohort_stats.table1(classified, threshold=thr, p_as_text=True)
 ours
 
 # %% [markdown]
@@ -116,7 +116,7 @@ ours
 # describe the cohort loaded above. Rows are matched by variable and value.
 
 # %%
-cohort.table1_side_by_side(ours)
+cohort_stats.table1_side_by_side(ours)
 
 # %% [markdown]
 # The paper's text and tables disagree in a few places; where they do, the table's value is shown
@@ -137,7 +137,7 @@ display(Markdown("\n".join(f"* {d}" for d in paper.PAPER_DISCREPANCIES)))
 # paper's (real cohort).
 
 # %%
-km = cohort.kaplan_meier(table)
+km = cohort_stats.kaplan_meier(table)
 ref_median, (ref_q1, ref_q3) = paper.PAPER_KM["median_pfs_months"], paper.PAPER_KM["iqr_months"]
 figures.km_figure(
     km.curve().assign(group=f"ours (n={km.n})"), threshold=thr, title="Progression-free survival (Kaplan-Meier)",

@@ -51,7 +51,8 @@ def _own_cohort(args: argparse.Namespace) -> tuple[Path, float | None]:
     """``--cohort COHORT.yaml``: run the intake into data/intake/<name>/ and use it as the data folder."""
     if not getattr(args, "cohort", None):
         return Path(args.data), None
-    from prrt_utils.data.intake import CohortSource, intake, intake_dir
+    from prrt_utils.data.cohort_source import CohortSource
+    from prrt_utils.data.intake import intake, intake_dir
 
     source = CohortSource.load(args.cohort)
     data = intake(source, intake_dir(Path.cwd(), source))
@@ -72,7 +73,8 @@ def _cohort(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from prrt_utils.data.intake import CohortSource, check, format_check
+    from prrt_utils.data.check import check, format_check
+    from prrt_utils.data.cohort_source import CohortSource
 
     result = check(CohortSource.load(args.cohort_yaml), quick=args.quick, n_jobs=args.jobs, work_dir=args.work)
     print(format_check(result))
@@ -313,7 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _explained(exc: BaseException) -> bool:
     """Errors whose message says what to change (a cohort YAML, table, model, checkpoint, patient)."""
     from prrt_utils.data.cohort import CohortError
-    from prrt_utils.data.intake import IntakeError
+    from prrt_utils.data.cohort_source import IntakeError
     from prrt_utils.data.preprocess import PreprocessError
     from prrt_utils.io.images import InputError
     from prrt_utils.models.networks import ModelError

@@ -31,11 +31,13 @@ from make_bad_inputs import (
 )
 
 from prrt_utils import cli
+from prrt_utils.data import check as check_module
 from prrt_utils.data import cohort as C
 from prrt_utils.data import preprocess as P
 from prrt_utils.data import qc
+from prrt_utils.data.check import check
 from prrt_utils.data.cohort import CohortConfig, build_cohort
-from prrt_utils.data.intake import CohortSource, check
+from prrt_utils.data.cohort_source import CohortSource
 from prrt_utils.data.preprocess import PreprocessConfig, load_volumes, prepare_patient, run_preprocessing
 from prrt_utils.io import store
 from prrt_utils.io.images import InputError
@@ -358,7 +360,7 @@ def test_prrt_check_keeps_a_scrubbed_traceback_of_an_unexpected_error_in_its_wor
     def broken(*args, **kwargs):
         raise ValueError(f"cannot use {LEADING_ZERO_UID!r} from {folder / 'pet'}")
 
-    monkeypatch.setattr(P, "prepare_patient", broken)
+    monkeypatch.setattr(check_module, "prepare_patient", broken)  # the name prrt check calls
     (tmp_path / "cohort.yaml").write_text(
         f"name: corpus\nclinical_table: {corpus / 'clinical.csv'}\nimaging_dir: {corpus / 'imaging'}\n"
         "pseudonymise: never\nencoding: latin-1\n"

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from prrt_utils.analysis.kaplan_meier import km_by_prediction
-from prrt_utils.data import cohort
+from prrt_utils.data import cohort_stats
 from prrt_utils.io.figures import PALETTE, km_figure, rgba
 
 
@@ -21,7 +21,7 @@ def test_rgba_makes_a_palette_colour_transparent():
 
 
 def test_a_cohort_curve_with_its_band_quartiles_reference_and_patients_at_risk():
-    km = cohort.kaplan_meier(pd.DataFrame({"pfs_months": [3.0, 8, 13, 20, 25, 31], "event": 1}))
+    km = cohort_stats.kaplan_meier(pd.DataFrame({"pfs_months": [3.0, 8, 13, 20, 25, 31], "event": 1}))
     curve = km.curve()
     fig = km_figure(curve.assign(group="ours (n=6)"), threshold=12.0, title="PFS",
                     quartiles={"ours": (km.q1, km.median, km.q3), "paper (real cohort)": (9.1, 15.7, 26.7)},

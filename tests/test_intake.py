@@ -22,8 +22,10 @@ import pytest
 
 from prrt_utils import cli
 from prrt_utils.data import intake
+from prrt_utils.data.check import CHECK_COLUMNS, check
 from prrt_utils.data.cohort import CLINICAL_COLUMNS, CohortConfig, build_cohort
-from prrt_utils.data.intake import CohortSource, IntakeError, check, looks_like_study_id, pseudonym
+from prrt_utils.data.cohort_source import CohortSource, IntakeError
+from prrt_utils.data.intake import looks_like_study_id, pseudonym
 from prrt_utils.io.loading import load_patient
 from prrt_utils.report.book import BookConfig, resolve_cohort
 
@@ -428,7 +430,7 @@ def test_a_folder_that_is_not_an_intake_is_never_overwritten(centre: Path, tmp_p
 
 def test_prrt_check_tells_each_patient_usable_or_why_not(centre: Path) -> None:
     result = check(CohortSource.load(centre), n_jobs=1)
-    assert list(result.columns) == list(intake.CHECK_COLUMNS)
+    assert list(result.columns) == list(CHECK_COLUMNS)
     assert result["line"].tolist() == ["2", "3", "4", "5", "6", "7", ""]
     assert result["usable"].tolist() == [True, True, False, False, False, False, False]
     assert result["clinical"].tolist() == ["ok", "ok", "censored", "problem", "problem", "problem", "no row"]

@@ -10,7 +10,7 @@ report). Nothing here reads files or draws: :func:`prrt_utils.io.figures.km_figu
 * :func:`cox_hr_by_group`: the hazard ratio of predicted short against predicted long PFS.
 
 Libraries: lifelines (``KaplanMeierFitter``, ``logrank_test``, ``CoxPHFitter``); the medians by
-:func:`prrt_utils.data.cohort.km_quantile` (R survival's rule).
+:func:`prrt_utils.data.cohort_stats.km_quantile` (R survival's rule).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from lifelines.statistics import logrank_test
 from lifelines.utils import median_survival_times
 
 from prrt_utils.analysis.stats import StatsError, require_columns
-from prrt_utils.data.cohort import km_quantile
+from prrt_utils.data.cohort_stats import km_quantile
 from prrt_utils.models.stored import predicted_long, prediction_rule
 
 __all__ = [

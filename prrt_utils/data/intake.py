@@ -1,6 +1,7 @@
-"""Own-cohort intake: turn a centre's export into the pipeline's raw-export layout, and check it.
+"""Own-cohort intake: turn a centre's export into the pipeline's raw-export layout.
 
-A centre describes its export in one YAML file (:class:`CohortSource`): where
+A centre describes its export in one YAML file
+(:class:`prrt_utils.data.cohort_source.CohortSource`): where
 the clinical/laboratory table and the imaging studies are, how the table's
 columns, values and units map to ours, whether PFS comes as months or as two
 dates, the PFS threshold and whether ids are pseudonymised. :func:`intake`
@@ -9,10 +10,8 @@ reads that export and writes a normalised copy in the layout of DESIGN.md
 ``imaging/<patient_id>/``), which the cohort and preprocessing stages then read
 unchanged. Data flows one way: centre export -> intake -> cohort stage.
 
-:func:`check` validates everything before any training: it runs the intake
-into a scratch folder, the cohort stage's row checks and the loader (and, by
-default, the preprocessing of every patient, without writing), and returns one
-row per patient: what is usable and, if not, why.
+:func:`prrt_utils.data.check.check` (``prrt check``) validates everything
+before any training, starting with this intake into a scratch folder.
 
 Decisions (stated so that a data manager can check them):
 
@@ -67,14 +66,11 @@ converted, computed or could not be), ``intake.json`` (a summary without paths
 or ids) and ``done.json``.
 
 Hand-written parts: the column/value/unit mapping and the pseudonym. pandas
-reads the table and parses dates; :mod:`hmac` computes the keyed hash; the
-checks are those of :mod:`prrt_utils.data.cohort`, :mod:`prrt_utils.io.loading` and
-:mod:`prrt_utils.data.preprocess`.
+reads the table and parses dates; :mod:`hmac` computes the keyed hash.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import gzip
 import hashlib
 import hmac
@@ -84,409 +80,35 @@ import re
 import secrets
 import shutil
 import tempfile
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import pandas as pd
-import yaml
 
-from prrt_utils.data.cohort import (
-    CLINICAL_COLUMNS,
-    LAB_COLUMNS,
-    NUMERIC_COLUMNS,
-    PFS_THRESHOLD_MONTHS,
-    CohortConfig,
-    load_clinical,
-    patient_id_problem,
+from prrt_utils.data.cohort import CLINICAL_COLUMNS, LAB_COLUMNS, NUMERIC_COLUMNS, patient_id_problem
+from prrt_utils.data.cohort_source import (
+    DATE_KEYS,
+    DAYS_PER_MONTH,
+    UNIT_FACTORS,
+    CohortSource,
+    IntakeError,
+    unit_key,
 )
 from prrt_utils.io import store
-from prrt_utils.io.config import Config, choices, field_problems, problems_message
 
 __all__ = [
-    "CHECK_COLUMNS",
-    "DAYS_PER_MONTH",
     "REPORT_COLUMNS",
-    "UNIT_FACTORS",
-    "CohortSource",
-    "IntakeError",
-    "check",
-    "format_check",
     "intake",
     "intake_dir",
     "looks_like_study_id",
     "pseudonym",
 ]
 
-DAYS_PER_MONTH = 365.25 / 12.0
-"""Days per month for PFS computed from dates (30.4375: the mean Julian month)."""
-
-_ENZYME = {"u/l": 1.0, "iu/l": 1.0, "ukat/l": 60.0, "nkat/l": 0.06}
-UNIT_FACTORS: dict[str, dict[str, float]] = {
-    "ast_u_l": _ENZYME,
-    "alt_u_l": _ENZYME,
-    "ggt_u_l": _ENZYME,
-    "cga_ug_l": {"ug/l": 1.0, "ng/ml": 1.0, "ng/l": 0.001, "mg/l": 1000.0},
-    "pfs_months": {"months": 1.0, "days": 1.0 / DAYS_PER_MONTH, "weeks": 7.0 / DAYS_PER_MONTH, "years": 12.0},
-}
-"""Factor from a centre's unit (normalised: lower case, ``u`` for micro) to ours, per column."""
-
-_REFUSED_UNITS: dict[str, dict[str, str]] = {
-    "cga_ug_l": {
-        "nmol/l": "CgA in nmol/l cannot be converted to ug/l by a fixed factor (assays measure different "
-        "CgA fragments against different calibrators); export CgA in ug/l (= ng/ml)",
-        "u/l": "CgA in assay units (U/l) cannot be converted to ug/l; export CgA in ug/l (= ng/ml)",
-    },
-}
-
 REPORT_COLUMNS = ("patient_id", "line", "column", "problem")
-CHECK_COLUMNS = ("patient_id", "line", "clinical", "pet", "ct", "usable", "reason")
 ALL = "(all)"
-ImageFormat = Literal["auto", "dicom", "nifti"]
-Pseudonymise = Literal["auto", "always", "never"]
-LinkMode = Literal["auto", "hardlink", "symlink", "copy"]
-DecimalMark = Literal[".", ","]
-NiftiPetUnits = Literal["", "SUVbw"]
-_IMAGE_FORMATS = choices(ImageFormat)
-_PSEUDONYMISE = choices(Pseudonymise)
-_LINKS = choices(LinkMode)
-_DATE_KEYS = ("therapy_start", "progression_or_last_followup", "format")
-_NIFTI_KEYS = ("pet", "ct", "sidecar")
 _STUDY_ID = re.compile(r"^[A-Za-z][A-Za-z]{0,11}[-_ ]?\d{1,4}$")
 _PSEUDONYM = re.compile(r"^P-[0-9a-f]{10}$")
 _INTAKE_VERSION = 2  # bump when the written layout changes, so cached intakes are redone
-
-
-class IntakeError(ValueError):
-    """The cohort description or the centre's table cannot be used as a whole (the message says why)."""
-
-
-# --------------------------------------------------------------------------- YAML 1.2 booleans
-
-
-class _Loader(yaml.SafeLoader):
-    """SafeLoader where only true/false are booleans: ``yes``, ``no``, ``on``, ``off`` stay text.
-
-    A value map such as ``{ja: yes, nein: no}`` must give the strings ``"yes"``
-    and ``"no"`` (our ``functional`` categories), not Python booleans.
-    """
-
-
-_Loader.yaml_implicit_resolvers = {
-    key: [r for r in resolvers if r[0] != "tag:yaml.org,2002:bool"]
-    for key, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
-)
-
-
-def _text(value: Any) -> str:
-    if value is None:  # YAML ~ or an empty value: an empty cell
-        return ""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value).strip()
-
-
-def _unit_key(unit: str) -> str:
-    return re.sub(r"\s+", "", str(unit)).lower().replace("µ", "u").replace("μ", "u").replace("mc", "u")
-
-
-# --------------------------------------------------------------------------- the description
-
-
-@dataclasses.dataclass(frozen=True)
-class CohortSource(Config):
-    """One centre's export, described in a YAML file (``examples/cohort.example.yaml``).
-
-    Attributes
-    ----------
-    name : str
-        Short name of the cohort (folder name of the intake, shown on every page).
-    clinical_table : str
-        The clinical/laboratory CSV, relative to the YAML's folder (or absolute).
-    imaging_dir : str
-        Folder holding one folder per patient, relative to the YAML's folder.
-    imaging_folder : str
-        Each patient's folder under ``imaging_dir``; ``{id}`` is the patient's
-        id as in the table (e.g. ``"{id}"``, ``"Pat_{id}/PETCT"``).
-    image_format : {"auto", "dicom", "nifti"}
-        ``auto``: NIfTI where the folder holds ``nifti_files["pet"]``, else DICOM.
-    nifti_files : dict
-        ``{"pet": ..., "ct": ..., "sidecar": ...}`` file names inside a patient
-        folder (``{id}`` allowed); defaults ``pet.nii.gz``, ``ct.nii.gz``, ``pet.json``.
-    nifti_pet_units : str
-        ``"SUVbw"`` writes the ``pet.json`` sidecar for patients that have none
-        (PET already in SUVbw); empty: a missing sidecar excludes the patient.
-    sep, decimal, encoding : str
-        CSV field separator, decimal mark (``"."`` or ``","``) and encoding.
-    columns : dict
-        ``{our_column: their_column}``; our columns not named here are looked
-        up under their own name (DESIGN "Raw export"). Descriptive columns that
-        are absent are left empty; ``patient_id``, ``event``, the laboratory
-        values and PFS (or ``dates``) must exist.
-    units : dict
-        ``{our_column: their_unit}`` (:data:`UNIT_FACTORS`); unnamed columns are
-        taken to be in our units.
-    values : dict
-        ``{our_column: {their_value: our_value}}``, matched case-insensitively,
-        e.g. ``{"sex": {"m": "M", "w": "F"}, "event": {"ja": 1, "nein": 0}}``.
-        Values not listed pass unchanged (and are checked by the cohort stage).
-    dates : dict
-        ``{"therapy_start": col, "progression_or_last_followup": col, "format":
-        "%d.%m.%Y"}``: PFS in months from two dates instead of a PFS column.
-    pfs_threshold_months : float
-        Short PFS is ``pfs_months <= threshold`` (paper 2.4: 12).
-    pseudonymise : {"auto", "always", "never"}
-        Replace ids by salted-hash pseudonyms (module docstring).
-    salt_file : str
-        Salt of the pseudonyms, relative to the YAML's folder; default
-        ``<yaml name>.salt`` beside the YAML. Never inside an output folder.
-    link : {"auto", "hardlink", "symlink", "copy"}
-        How image files reach the intake folder (module docstring).
-    ct_labels : str
-        Optional CT label maps of the study's patients, for the organ masks of
-        the PET models (:mod:`prrt_utils.data.anatomy`; never for CT pretraining,
-        which needs patients outside the study), one NIfTI per patient, e.g. a centre's TotalSegmentator outputs: the
-        file relative to the YAML's folder with ``{id}`` for the table's id
-        (``"export/TotalSegmentator/{id}.nii.gz"``). They are linked as
-        ``ct_labels/<patient_id>.nii.gz`` under the intake's pseudonyms.
-    ct_label_codes : list of str
-        With ``ct_labels``: ``"code:class"`` for every code in the maps, class
-        one of :data:`prrt_utils.models.pretrain.ANATOMY_CLASSES` (body, lung, liver,
-        spleen, kidney, bladder, bone, lesion, background).
-    registered_pet_ct : list of str
-        Ids (as in the table) whose CT comes from another study and was
-        registered to the PET, or ``["all"]``: for them StudyInstanceUID and
-        FrameOfReferenceUID of PET and CT may differ (PatientID must still
-        agree). Every other PET/CT must be one acquisition
-        (:func:`prrt_utils.io.discovery.check_pairing`). Written to
-        ``registered_pet_ct.csv`` under the intake's pseudonyms.
-    base_dir : str
-        Folder relative paths are resolved against (set by :meth:`load` to the
-        YAML's folder; empty: the working directory).
-    """
-
-    name: str = "own-cohort"
-    clinical_table: str = "clinical.csv"
-    imaging_dir: str = "imaging"
-    imaging_folder: str = "{id}"
-    image_format: ImageFormat = "auto"
-    nifti_files: dict[str, str] = dataclasses.field(default_factory=dict)
-    nifti_pet_units: NiftiPetUnits = ""
-    sep: str = ","
-    decimal: DecimalMark = "."
-    encoding: str = "utf-8-sig"
-    columns: dict[str, str] = dataclasses.field(default_factory=dict)
-    units: dict[str, str] = dataclasses.field(default_factory=dict)
-    values: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
-    dates: dict[str, str] = dataclasses.field(default_factory=dict)
-    pfs_threshold_months: float = PFS_THRESHOLD_MONTHS
-    pseudonymise: Pseudonymise = "auto"
-    salt_file: str = ""
-    link: LinkMode = "auto"
-    ct_labels: str = ""
-    ct_label_codes: tuple[str, ...] = ()
-    registered_pet_ct: tuple[str, ...] = ()
-    base_dir: str = ""
-
-    def __post_init__(self) -> None:
-        """Normalise the mappings to plain text, then refuse the description with every problem at once.
-
-        Raises
-        ------
-        IntakeError
-            One message naming every bad field (:func:`source_problems`).
-        """
-        for key, value in _plain_text_fields(self).items():
-            object.__setattr__(self, key, value)
-        problems = source_problems(self)
-        if problems:
-            raise IntakeError(problems_message(problems, "the cohort description"))
-
-    # ------------------------------------------------------------------ loading and paths
-
-    @classmethod
-    def load(cls, path: str | Path) -> CohortSource:
-        """Read a cohort YAML; relative paths in it are relative to its folder.
-
-        Raises
-        ------
-        IntakeError
-            The file is missing, not YAML, or has unknown or invalid entries.
-        """
-        path = Path(path)
-        if not path.is_file():
-            raise IntakeError(f"cohort description {path} not found")
-        try:
-            data = yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader) or {}  # noqa: S506 (safe loader)
-        except yaml.YAMLError as exc:
-            raise IntakeError(f"{path.name} is not valid YAML: {exc}") from None
-        if not isinstance(data, dict):
-            raise IntakeError(f"{path.name} must be a mapping of settings (see examples/cohort.example.yaml)")
-        data.setdefault("salt_file", f"{path.stem}.salt")
-        data["base_dir"] = str(path.resolve().parent)
-        try:
-            return cls.from_dict(data)
-        except IntakeError as exc:
-            raise IntakeError(f"{path.name}: {exc}") from None
-        except (ValueError, TypeError) as exc:
-            raise IntakeError(f"{path.name}: {exc}") from None
-
-    def path(self, value: str) -> Path:
-        p = Path(value).expanduser()
-        return p if p.is_absolute() else Path(self.base_dir or ".").resolve() / p
-
-    @property
-    def table_path(self) -> Path:
-        return self.path(self.clinical_table)
-
-    @property
-    def imaging_path(self) -> Path:
-        return self.path(self.imaging_dir)
-
-    @property
-    def salt_path(self) -> Path:
-        return self.path(self.salt_file or f"{self.name}.salt")
-
-    def nifti_name(self, key: str, raw_id: str) -> str:
-        default = {"pet": "pet.nii.gz", "ct": "ct.nii.gz", "sidecar": "pet.json"}[key]
-        return self.nifti_files.get(key, default).format(id=raw_id)
-
-
-def _text_map(value: Any, field: str, key: Any = str) -> dict[str, Any]:
-    """A YAML mapping (``None``: empty) with text keys (``key`` converts them) and plain-text values.
-
-    Raises
-    ------
-    IntakeError
-        ``value`` is not a mapping.
-    """
-    if not isinstance(value or {}, dict):
-        raise IntakeError(f"{field} must be a mapping ({{key: value}}), got {value!r}")
-    return {key(k): _text(v) for k, v in (value or {}).items()}
-
-
-def _plain_text_fields(source: CohortSource) -> dict[str, Any]:
-    """The description's mappings and id list as plain text (YAML may give numbers, e.g. event codes).
-
-    Returns
-    -------
-    dict
-        New values of ``columns``, ``units``, ``dates``, ``nifti_files`` (``None`` becomes empty),
-        ``values`` (``{column: {theirs: ours}}``, both sides through :func:`_text`) and
-        ``registered_pet_ct`` (a tuple; one string becomes a one-element tuple).
-
-    Raises
-    ------
-    IntakeError
-        A mapping field holds something other than a mapping.
-    """
-    out: dict[str, Any] = {
-        key: _text_map(getattr(source, key), key) for key in ("columns", "units", "dates", "nifti_files")
-    }
-    if not isinstance(source.values or {}, dict):
-        raise IntakeError(f"values must be a mapping ({{column: {{theirs: ours}}}}), got {source.values!r}")
-    out["values"] = {str(k): _text_map(m, f"values: {k}", key=_text) for k, m in (source.values or {}).items()}
-    reg = source.registered_pet_ct
-    out["registered_pet_ct"] = tuple(_text(v) for v in ([reg] if isinstance(reg, str) else reg or ()))
-    return out
-
-
-def _column_problems(source: CohortSource) -> list[str]:
-    """``columns``, ``units`` and ``values`` may only name our columns (:data:`CLINICAL_COLUMNS`)."""
-    ours = set(CLINICAL_COLUMNS)
-    out = []
-    for field in ("columns", "units", "values"):
-        unknown = sorted(set(getattr(source, field)) - ours)
-        if unknown:
-            out.append(f"{field}: {unknown} are not columns of ours; ours are {list(CLINICAL_COLUMNS)}")
-    return out
-
-
-def _unit_problem(column: str, unit: str) -> str:
-    """Why a centre's unit of one of our columns cannot be converted ("" when it can, or the column is not ours).
-
-    Refused units (CgA in nmol/l or assay units) say why; a column without conversions and an unknown
-    unit list what is known.
-    """
-    key = _unit_key(unit)
-    if column not in CLINICAL_COLUMNS:
-        return ""  # reported by _column_problems
-    if key in _REFUSED_UNITS.get(column, {}):
-        return f"units: {column} in {unit!r}: {_REFUSED_UNITS[column][key]}"
-    if column not in UNIT_FACTORS:
-        return f"units: {column} has no unit conversion (only {sorted(UNIT_FACTORS)})"
-    if key not in UNIT_FACTORS[column]:
-        return f"units: {column} in {unit!r} is not a unit we can convert; known: {sorted(UNIT_FACTORS[column])}"
-    return ""
-
-
-def _date_problems(source: CohortSource) -> list[str]:
-    """``dates`` needs both date columns (``format`` optional) and excludes a PFS column."""
-    if not source.dates:
-        return []
-    out = []
-    unknown = sorted(set(source.dates) - set(_DATE_KEYS))
-    missing = [k for k in _DATE_KEYS[:2] if not source.dates.get(k)]
-    if unknown or missing:
-        out.append(f"dates: needs {list(_DATE_KEYS[:2])} (and optionally format); got {sorted(source.dates)}")
-    if "pfs_months" in source.columns or "pfs_months" in source.units:
-        out.append("give PFS either as a column (columns/units: pfs_months) or as dates, not both")
-    return out
-
-
-def _layout_problems(source: CohortSource) -> list[str]:
-    """NIfTI file keys, the CSV separator, the imaging folder pattern, the threshold and the cohort's name."""
-    out = []
-    unknown = sorted(set(source.nifti_files) - set(_NIFTI_KEYS))
-    if unknown:
-        out.append(f"nifti_files: unknown key(s) {unknown}; known: {list(_NIFTI_KEYS)}")
-    if not isinstance(source.sep, str) or len(source.sep) != 1 or source.sep == source.decimal:
-        out.append(f"sep must be one character other than the decimal mark, got {source.sep!r}")
-    if isinstance(source.imaging_folder, str) and "{id}" not in source.imaging_folder.split("/")[0]:
-        out.append(f"imaging_folder must name the patient's folder with {{id}}, got {source.imaging_folder!r}")
-    threshold = source.pfs_threshold_months
-    if isinstance(threshold, int | float) and not isinstance(threshold, bool) and not threshold > 0:
-        out.append(f"pfs_threshold_months must be a positive number, got {threshold!r}")
-    if isinstance(source.name, str) and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", source.name):
-        out.append(f"name must be a short folder name (letters, digits, . _ -), got {source.name!r}")
-    return out
-
-
-def _ct_label_problems(source: CohortSource) -> list[str]:
-    """``ct_labels`` needs ``{id}`` and ``ct_label_codes`` that :func:`prrt_utils.data.anatomy.label_lookup` accepts
-    (the check CT pretraining applies to its ``label_map``)."""
-    if not source.ct_labels:
-        return []
-    from prrt_utils.data.anatomy import AnatomyError, label_lookup
-
-    if "{id}" not in source.ct_labels or not source.ct_label_codes:
-        return ["ct_labels needs {id} in its file pattern and ct_label_codes ('code:class' per code)"]
-    try:
-        label_lookup(tuple(source.ct_label_codes))
-    except AnatomyError as exc:
-        return [f"ct_label_codes: {exc}"]
-    return []
-
-
-def source_problems(source: CohortSource) -> list[str]:
-    """Every reason a cohort description cannot work, one line each (empty: it can).
-
-    Field types and choices come from the annotations (:func:`prrt_utils.io.config.field_problems`);
-    then our columns, units, dates, layout and CT label maps.
-    """
-    return [
-        *field_problems(source),
-        *_column_problems(source),
-        *[p for col, unit in source.units.items() if (p := _unit_problem(col, unit))],
-        *_date_problems(source),
-        *_layout_problems(source),
-        *_ct_label_problems(source),
-    ]
 
 
 def intake_dir(root: str | Path, source: CohortSource) -> Path:
@@ -606,7 +228,7 @@ def _pfs_from_dates(
 ) -> pd.Series:
     fmt = source.dates.get("format") or "%Y-%m-%d"
     cols = {}
-    for key in _DATE_KEYS[:2]:
+    for key in DATE_KEYS[:2]:
         their = _their_column(raw, source.dates[key])
         if their is None:
             raise IntakeError(
@@ -742,7 +364,7 @@ def _convert_numbers(out: pd.DataFrame, source: CohortSource, notes: list[tuple[
     for col in NUMERIC_COLUMNS:
         if col == "pfs_months" and source.dates:
             continue
-        factor = UNIT_FACTORS.get(col, {}).get(_unit_key(source.units[col])) if col in source.units else None
+        factor = UNIT_FACTORS.get(col, {}).get(unit_key(source.units[col])) if col in source.units else None
         converted = []
         for text in out[col]:
             cell = _converted_cell(text, source.decimal, factor) if text else text
@@ -1154,263 +776,3 @@ def intake(source: CohortSource, out_dir: str | Path) -> Path:
 def read_report(out_dir: str | Path) -> pd.DataFrame:
     """``intake_report.csv`` of an intake folder (``patient_id, line, column, problem``)."""
     return pd.read_csv(Path(out_dir) / "intake_report.csv", dtype=str, keep_default_na=False)
-
-
-# --------------------------------------------------------------------------- check
-
-
-def _describe(vol: Any) -> str:
-    """``"ok: 30 slices, 40x40, SUVbw from BQML"``: what was loaded (no identifying data)."""
-    d, h, w = vol.shape
-    stored = vol.meta.get("pet_units_stored")
-    return f"ok: {d} slices, {h}x{w}, {vol.units}" + (f" from {stored}" if stored else "")
-
-
-def _ct_header_problem(ds: Any) -> str:
-    if "ModalityLUTSequence" in ds or {"RescaleSlope", "RescaleIntercept"} <= set(ds.dir()):
-        return ""
-    return "CT has no RescaleSlope/RescaleIntercept: stored values cannot be converted to HU"
-
-
-def _series_status(problem: str) -> tuple[str, str]:
-    """``(pet, ct)`` status words for a refused patient: which series the reason is about."""
-    ct = bool(re.search(r"\bCT\b|ct\.nii", problem))
-    pet = bool(re.search(r"\bPET\b|pet\.(nii|json)|SUV|Radio|Patient|Decay|Units|half-life|injection|dose", problem))
-    if pet == ct:  # both, or neither named: the pair as a whole
-        return "problem", "problem"
-    return ("problem", "—") if pet else ("—", "problem")
-
-
-def _check_quick(folder: Path, pid: str, registered: bool) -> tuple[str, str, str]:
-    """Headers only: series found and chosen, PET and CT one acquisition, SUV computable, CT rescale tags."""
-    import pydicom
-
-    from prrt_utils.io.discovery import check_pairing, choose_series, discover_series
-    from prrt_utils.io.images import InputError
-    from prrt_utils.io.suv import suv_factor
-
-    series = discover_series(folder, pid)
-    if not series:
-        raise InputError(pid, f"no PET series found (no PET or CT DICOM series; {series.n_non_dicom} non-DICOM files)")
-    pet_s, ct_s, _ = choose_series(series, pid)
-    check_pairing(pet_s, ct_s, pid, registered)
-    head = pydicom.dcmread(pet_s.files[0][1], stop_before_pixels=True, force=True)
-    suv_factor(head, pid)
-    ct_head = pydicom.dcmread(ct_s.files[0][1], stop_before_pixels=True, force=True)
-    if _ct_header_problem(ct_head):
-        raise InputError(pid, _ct_header_problem(ct_head))
-    pet = f"ok (headers): {pet_s.n_slices} slices" + (f", {pet_s.units}" if pet_s.units else "")
-    return pet, f"ok (headers): {ct_s.n_slices} slices", ""
-
-
-def _check_images(job: tuple[str, str, bool, str, bool, Any, str]) -> tuple[str, str, str, str]:
-    """``(patient_id, pet, ct, problem)`` of one patient folder, writing nothing but a debug log.
-
-    The verdict is :func:`prrt_utils.data.preprocess.prepare_patient`'s, the very
-    function the preprocessing stage applies (``quick``: the header checks
-    only), so that a patient ``prrt check`` calls usable is not excluded later.
-    An unexpected error's scrubbed traceback is appended to
-    ``<work>/logs/debug.log`` when the job names a work folder (as the
-    preprocessing stage does), and logged at debug level (``-v``) either way.
-    """
-    from prrt_utils.data.preprocess import PreprocessConfig, prepare_patient
-    from prrt_utils.io.images import InputError
-    from prrt_utils.io.log import DEBUG_LOG, get_logger, pydicom_messages, scrub, write_debug
-
-    folder_s, pid, quick, centre_root, registered, labels, work = job
-    folder = Path(folder_s)
-    try:
-        with pydicom_messages():
-            if quick and not ((folder / "pet.nii.gz").exists() or (folder / "ct.nii.gz").exists()):
-                return (pid, *_check_quick(folder, pid, registered))
-            prepared = prepare_patient(folder, pid, PreprocessConfig(), registered=registered, labels=labels)
-        return pid, _describe(prepared.images.pet), _describe(prepared.images.ct), ""
-    except InputError as exc:
-        return (pid, *_series_status(exc.problem), exc.problem)
-    except Exception as exc:  # a bug or a resource problem: reported, never silent
-        import traceback
-
-        message = scrub(f"unexpected {type(exc).__name__}: {exc}", [folder, centre_root])
-        trace = scrub("".join(traceback.format_exception(exc)), [folder, centre_root])
-        get_logger("check").debug("patient %s: %s", pid, trace)
-        if work:
-            write_debug(work, f"check patient {pid}", exc, [folder, folder.parent, centre_root])
-            where = f"traceback in {DEBUG_LOG.as_posix()} of the work folder; prrt check -v shows it too"
-        else:
-            where = "prrt check -v shows the traceback"
-        return pid, "problem", "problem", f"{message} ({where})"
-
-
-def check(
-    source: CohortSource,
-    *,
-    quick: bool = False,
-    n_jobs: int = 1,
-    out_dir: str | Path | None = None,
-    work_dir: str | Path | None = None,
-) -> pd.DataFrame:
-    """Validate a centre's export before any training: one row per patient, usable or not, and why.
-
-    Parameters
-    ----------
-    source : CohortSource
-    quick : bool
-        ``False`` (default): every patient's images are loaded and preprocessed
-        in memory, exactly as the preprocessing stage will (nothing is
-        written). ``True``: DICOM headers only (series found and chosen, SUV
-        computable, CT rescale tags), no voxel read; slice geometry (missing
-        or duplicated slices, tilt) and coverage are then not checked.
-    n_jobs : int
-        Worker processes for the image checks.
-    out_dir : path, optional
-        Where the intake is written (reused if unchanged); default a scratch
-        folder that is removed afterwards.
-    work_dir : path, optional
-        A work folder for the debug log: an unexpected error's scrubbed
-        traceback is appended to ``<work_dir>/logs/debug.log``
-        (:func:`prrt_utils.io.log.write_debug`, as preprocessing does). Nothing
-        else is written there.
-
-    Returns
-    -------
-    DataFrame
-        :data:`CHECK_COLUMNS`: ``patient_id`` (pseudonym if pseudonymised),
-        ``line`` (row of the centre's table; empty for an image folder without
-        a row), ``clinical`` (``ok``, ``censored``, ``problem``, ``no row``),
-        ``pet`` and ``ct`` (what was found, or ``problem``/``—``), ``usable``
-        (bool: the patient reaches the models), ``reason`` (every problem,
-        ``;``-separated). ``attrs["notes"]`` holds the column-level notes of
-        the intake (conversions, columns left empty, pseudonymisation).
-
-    Raises
-    ------
-    IntakeError
-        When the export cannot be read at all (see :func:`intake`).
-    """
-    if out_dir is None:
-        with tempfile.TemporaryDirectory(prefix="prrt-check-") as tmp:
-            scratch = source.replace(link="symlink")  # a scratch copy: no hard links needed
-            return check(scratch, quick=quick, n_jobs=n_jobs, out_dir=Path(tmp) / source.name, work_dir=work_dir)
-    data = intake(source, out_dir)
-    report = read_report(data)
-    cohort_cfg = CohortConfig(pfs_threshold_months=float(source.pfs_threshold_months))
-    table = pd.read_csv(data / "clinical.csv", dtype=str, keep_default_na=False)
-    kept, problems = load_clinical(data / "clinical.csv", cohort_cfg)
-    lines = [str(i + 2) for i in range(len(table))]
-
-    imaging = data / "imaging"
-    folders = {p.name for p in imaging.iterdir() if p.is_dir()} if imaging.is_dir() else set()
-    folders = {f for f in folders if store.is_utf8_name(f)}
-    with_files = {name for name in folders if any(q.is_file() for q in (imaging / name).rglob("*"))}
-    ids = [pid for pid in dict.fromkeys(table["patient_id"]) if pid and pid in with_files and not patient_id_problem(pid)]
-    from prrt_utils.data.anatomy import SYNTHETIC_LABEL_MAP, find_labels, label_map_path
-    from prrt_utils.data.preprocess import registered_pairs
-
-    registered = registered_pairs(data)
-    labels_dir, codes = find_labels(data)
-    label_map = tuple(codes or SYNTHETIC_LABEL_MAP)
-
-    def labels(pid: str) -> tuple[str, tuple[str, ...]] | None:
-        found = label_map_path(labels_dir, pid) if labels_dir is not None else None
-        return None if found is None else (str(found), label_map)
-
-    jobs = [
-        (str(store.child(imaging, pid)), pid, quick, str(source.imaging_path.resolve()), pid in registered, labels(pid),
-         str(work_dir) if work_dir is not None else "")
-        for pid in ids
-    ]
-    if n_jobs > 1 and len(jobs) > 1:
-        with ProcessPoolExecutor(max_workers=n_jobs) as pool:
-            results = list(pool.map(_check_images, jobs))
-    else:
-        results = [_check_images(job) for job in jobs]
-    images = {r[0]: r[1:] for r in results}
-
-    by_pid: dict[str, list[str]] = {}
-    for pid, reason in zip(problems["patient_id"], problems["reason"], strict=True):
-        text = (
-            reason.split(": ", 1)[1]
-            if reason.startswith(("patient ", "row at line")) and ": " in reason
-            else reason
-        )
-        by_pid.setdefault(pid, []).append(text.replace("clinical.csv", source.table_path.name))
-    intake_notes: dict[tuple[str, str], list[str]] = {}
-    for r in report.itertuples():
-        if r.patient_id != ALL and r.column != "imaging":
-            intake_notes.setdefault((r.patient_id, r.line), []).append(r.problem)
-    kept_ids = set(kept["patient_id"])
-    kept_rows = kept.set_index("patient_id")
-    thr = cohort_cfg.pfs_threshold_months
-    rows = []
-    for line, pid in zip(lines, table["patient_id"], strict=True):
-        reasons = list(intake_notes.get((pid, line), []))
-        key = pid if pid else f"(line {line})"
-        if pid in kept_ids:
-            if int(kept_rows.at[pid, "event"]) == 0:
-                clinical = "censored"
-                reasons.append(
-                    f"censored at {kept_rows.at[pid, 'pfs_months']:g} months: kept for survival analysis, "
-                    f"not classified (PFS <= {thr:g} months needs a progression event, as in the paper)"
-                )
-            else:
-                clinical = "ok"
-        else:
-            clinical = "problem"
-            reasons += [r for r in by_pid.get(key, []) if r not in reasons]
-        if not pid:
-            pet = ct = "—"
-        elif pid not in folders:
-            pet = ct = "—"
-            reasons.append("no imaging folder")
-        elif pid not in with_files:
-            pet = ct = "—"
-            reasons.append("imaging folder is empty")
-        else:
-            pet, ct, problem = images[pid]
-            if problem:
-                reasons.append(problem)
-        usable = clinical == "ok" and pet.startswith("ok") and ct.startswith("ok")
-        rows.append((key, line, clinical, pet, ct, usable, "; ".join(reasons)))
-    listed = set(table["patient_id"])
-    folder_notes = {r.patient_id: r.problem for r in report.itertuples() if r.column == "imaging" and not r.line}
-    for pid in sorted(folders - listed):
-        why = folder_notes.get(pid, "imaging folder without clinical row")
-        rows.append((pid, "", "no row", "—", "—", False, why))
-    out = pd.DataFrame(rows, columns=list(CHECK_COLUMNS))
-    notes = report[report["patient_id"] == ALL]
-    out.attrs["notes"] = [f"{r.column}: {r.problem}" for r in notes.itertuples()]
-    return out
-
-
-def format_check(result: pd.DataFrame) -> str:
-    """The check as plain text for a terminal: the intake's notes, the table, why each patient is out, a count."""
-    lines = [f"note: {n}" for n in result.attrs.get("notes", [])]
-    table = result.drop(columns=["reason"]).assign(usable=result["usable"].map({True: "yes", False: "no"}))
-    with pd.option_context(
-        "display.max_rows",
-        None,
-        "display.max_columns",
-        None,
-        "display.width",
-        250,
-        "display.max_colwidth",
-        80,
-    ):
-        lines.append(table.to_string(index=False))
-    why = result[result["reason"] != ""]
-    if len(why):
-        lines.append("")
-        lines += [
-            f"{r.patient_id}"
-            + (f" (line {r.line})" if r.line and not r.patient_id.startswith("(line") else "")
-            + f": {r.reason}"
-            for r in why.itertuples()
-        ]
-    n_ok = int(result["usable"].sum())
-    n_cens = int((result["clinical"] == "censored").sum())
-    lines.append("")
-    lines.append(
-        f"{n_ok} of {len(result)} patients usable for the models"
-        + (f"; {n_cens} censored (kept for survival analysis, not classified)" if n_cens else "")
-    )
-    return "\n".join(lines)

@@ -160,7 +160,7 @@ _TABLE1_CONTINUOUS: tuple[tuple[str, str, str, str, str], ...] = (
     ("De Ritis ratio (AST/ALT)", "1.12 (0.46–3.43)", "1.16 (0.46–3.43)", "1.07 (0.53–2.87)", "0.223"),
     ("PRRT cycles", "4 (1–7)", "2 (1–4)", "4 (1–7)", "< 0.001"),
 )
-# Row order of Table 1 (and of prrt_utils.data.cohort.table1).
+# Row order of Table 1 (and of prrt_utils.data.cohort_stats.table1).
 TABLE1_VARIABLES: tuple[str, ...] = (
     "Patients",
     "Age (years)",
@@ -191,7 +191,7 @@ def paper_table1() -> pd.DataFrame:
     -------
     DataFrame
         ``variable, level`` (the same vocabulary as
-        :func:`prrt_utils.data.cohort.table1`, so the two align), ``total,
+        :func:`prrt_utils.data.cohort_stats.table1`, so the two align), ``total,
         pfs_short, pfs_long`` (printed values: ``"23 (55%)"`` or
         ``"66 (36–87)"``; ``pfs_short`` is PFS <= 1 year), ``p`` (as printed,
         e.g. ``"< 0.001"``; empty for the patient count), and for categorical

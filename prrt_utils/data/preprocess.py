@@ -412,7 +412,7 @@ def prepare_patient(
     Every check that can refuse a patient runs here (the loader's header,
     pairing and geometry checks, the body mass against the weight, coverage,
     the SUVmax and liver SUV ranges,
-    the label map), so that :func:`prrt_utils.data.intake.check` and
+    the label map), so that :func:`prrt_utils.data.check.check` and
     :func:`run_preprocessing` cannot disagree.
 
     Raises

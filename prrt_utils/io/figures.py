@@ -6,7 +6,7 @@ a class or a group are the same on every page, and every Kaplan-Meier curve of t
 against censored PFS) is drawn by :func:`km_figure` from a tidy table of step curves that the
 stage computing it returns:
 
-* chapter 01: :meth:`prrt_utils.data.cohort.KMResult.curve` with the paper's median and IQR,
+* chapter 01: :meth:`prrt_utils.data.cohort_stats.KMResult.curve` with the paper's median and IQR,
 * chapters 05 and 08: :meth:`prrt_utils.analysis.kaplan_meier.KMByPrediction.labelled_curves`,
 * chapter 07: :func:`prrt_utils.models.survival.km_truth_curves`.
 """

@@ -123,7 +123,7 @@ class BookConfig(Config):
     kernel : str
         Jupyter kernel that executes the notebooks.
     cohort_yaml : str
-        Own cohort (:class:`prrt_utils.data.intake.CohortSource` YAML); when set, the
+        Own cohort (:class:`prrt_utils.data.cohort_source.CohortSource` YAML); when set, the
         export is normalised into ``data/intake/<name>/`` and read from there
         (``data_dir`` is replaced), with the YAML's PFS threshold.
     pfs_threshold_months : float
@@ -243,7 +243,8 @@ def resolve_cohort(cfg: BookConfig, root: Path) -> BookConfig:
     """With ``cohort_yaml`` set: run the intake and point ``data_dir`` and the threshold at its result."""
     if not cfg.cohort_yaml:
         return cfg
-    from prrt_utils.data.intake import CohortSource, intake, intake_dir
+    from prrt_utils.data.cohort_source import CohortSource
+    from prrt_utils.data.intake import intake, intake_dir
 
     path = Path(cfg.cohort_yaml)
     source = CohortSource.load(path if path.is_absolute() else root / path)
