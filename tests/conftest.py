@@ -32,12 +32,60 @@ def _prrt_logger_as_it_was():
     logger.propagate = saved[2]
 
 
+#: Tests measured at more than half a minute that carry no ``slow`` mark (they stay in ``make test-fast``):
+#: started first with the end-to-end ones, so that none of them begins last while the other worker has
+#: nothing left to do. A name that no longer matches only loses its place at the front.
+LONG_UNMARKED = (
+    "test_cohort.py::test_fisher_freeman_halton_equals_exact_references",
+    "test_grid.py::test_local_processes_and_a_dask_cluster_give_the_same_predictions_as_one_process",
+    "test_metrics.py::test_comparison_power_leaves_out_a_draw_that_cannot_be_split",
+    "test_training.py::test_with_labels_unrelated_to_the_inputs_every_family_is_at_chance",
+    "test_training.py::test_inner_predictions_are_of_training_patients_the_folds_own_model_was_not_fitted_on",
+)
+#: Modules whose module-scoped fixtures take about a second to make: their tests are not held in one worker.
+CHEAP_MODULE_FIXTURES = ("tests/test_training.py",)
+
+
+def _group(item: pytest.Item) -> str | None:
+    """The pytest-xdist group of a test: ``book`` for the built book, its module for a module-scoped fixture."""
+    names = getattr(item, "fixturenames", ())
+    if "built_book" in names:
+        return "book"
+    defs = getattr(getattr(item, "_fixtureinfo", None), "name2fixturedefs", {})
+    module = item.nodeid.split("::")[0]
+    if module not in CHEAP_MODULE_FIXTURES and any(
+            defs.get(n) and defs[n][-1].scope in ("package", "module", "class") for n in names):
+        return module
+    return None
+
+
+def _priority(item: pytest.Item) -> int:
+    if item.get_closest_marker("slow") or item.nodeid.endswith(LONG_UNMARKED):
+        return 1
+    return 2
+
+
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Every test that reads the built book runs in one pytest-xdist worker, so the book is built once."""
+    """Schedule the suite for pytest-xdist (``--dist loadgroup --no-loadscope-reorder``, pyproject.toml).
+
+    * Every test that reads the built book runs in one worker, so the book is built once.
+    * The tests of a module that share a module-scoped fixture run in one worker, so the fixture is made
+      once (it was made in both workers when its tests were split between them).
+    * The longest work is sent first (the book, then the end-to-end and long tests, then the rest in
+      collection order), so the two workers finish together instead of one idling at the end.
+    """
+    groups = {id(item): _group(item) for item in items}
+    rank: dict[str, int] = {}
     for item in items:
-        if "built_book" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.xdist_group("book"))
+        g = groups[id(item)]
+        if g is not None:
+            rank[g] = min(rank.get(g, 2), 0 if g == "book" else _priority(item))
+    for item in items:
+        if groups[id(item)] is not None:
+            item.add_marker(pytest.mark.xdist_group(groups[id(item)]))
+    order = {id(item): i for i, item in enumerate(items)}
+    items.sort(key=lambda it: (rank[groups[id(it)]] if groups[id(it)] else _priority(it), order[id(it)]))
 
 
 @pytest.fixture(scope="session")

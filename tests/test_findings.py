@@ -4,24 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from helpers import fold_predictions
 from sklearn.metrics import roc_auc_score
 
 from prrt_utils.analysis import metrics
 from prrt_utils.report import findings
-
-
-def _predictions(signals: dict[str, float], n: int = 60, repeats: int = 3, folds: int = 3) -> pd.DataFrame:
-    """Out-of-fold predictions of several models: the stronger the signal, the higher the AUROC."""
-    rng = np.random.default_rng(0)
-    y = rng.integers(0, 2, n)
-    rows = []
-    for r in range(repeats):
-        fold_of = rng.permutation(np.arange(n) % folds)
-        for model, signal in signals.items():
-            prob = 1 / (1 + np.exp(-(signal * (2 * y - 1) + rng.normal(0, 1, n))))
-            rows += [{"model": model, "repeat": r, "fold": int(fold_of[i]), "patient_id": f"P{i:03d}",
-                      "y_true": int(y[i]), "prob": float(prob[i])} for i in range(n)]
-    return pd.DataFrame(rows)
 
 
 def test_the_box_is_an_admonition_holding_every_sentence():
@@ -32,7 +19,7 @@ def test_the_box_is_an_admonition_holding_every_sentence():
 
 
 def test_model_findings_give_each_models_auroc_and_the_paired_comparison_with_its_sign():
-    pred = _predictions({"rf_labs": 0.3, "pet_fusion": 1.5})
+    pred = fold_predictions({"rf_labs": 0.3, "pet_fusion": 1.5})
     results = metrics.evaluate(pred, order=["rf_labs", "pet_fusion"])
     box = findings.model_findings(results, comparisons=[("pet_fusion", "rf_labs")])
     first, *rest = box.sentences
@@ -55,7 +42,7 @@ def test_saliency_findings_report_the_lesion_share_and_the_organs():
 
 
 def test_the_answer_table_sets_each_model_beside_the_paper_and_its_ceiling():
-    pred = _predictions({"rf_labs": 0.3, "pet_fusion": 1.5, "lr_labs": 0.5})
+    pred = fold_predictions({"rf_labs": 0.3, "pet_fusion": 1.5, "lr_labs": 0.5})
     models = ["rf_labs", "pet_fusion", "lr_labs"]
     results = metrics.evaluate(pred, order=models)
     from prrt_utils.analysis import calibration

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 import torch
+from helpers import write_toy_work
 
 from prrt_utils.data.folds import CVConfig
-from prrt_utils.io import store
 from prrt_utils.models import crossval, stored
 from prrt_utils.models.inputs import CohortData
 from prrt_utils.models.toy import toy_cohort_data
@@ -22,25 +20,6 @@ CV = CVConfig(n_splits=3, n_repeats=2, seed=0)
 CFG = TrainConfig(epochs=3, device="cpu")
 MODELS = ["rf_labs", "pet_fusion", "petct_fusion"]
 FOLD_FILES = {"predictions.parquet", "inner_predictions.parquet", "embeddings.npz", "normalisation.json", "history.json", "done.json"}
-
-
-def write_toy_work(work: Path, data: CohortData, drop_images: tuple[str, ...] = ()) -> Path:
-    """WORK/cohort/cohort.csv and WORK/preprocessed/ in the DESIGN.md layout, from toy inputs."""
-    cohort = pd.DataFrame({"patient_id": data.patient_ids, "pfs_short": data.y, "has_imaging": True})
-    for j, c in enumerate(data.lab_columns):
-        cohort[c] = data.labs[:, j]
-    store.write_csv(work / "cohort" / "cohort.csv", cohort)
-    rows = []
-    for i, pid in enumerate(data.patient_ids):
-        if pid in drop_images:
-            rows.append({"patient_id": pid, "status": "excluded", "reason": "no CT", "file": "", "sha256": ""})
-            continue
-        f = work / "preprocessed" / f"{pid}.npz"
-        f.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(f, pet=data.volumes["pet"][i, 0], ct=data.volumes["ct"][i, 0])
-        rows.append({"patient_id": pid, "status": "ok", "reason": "", "file": f.name, "sha256": store.sha256_file(f)})
-    store.write_csv(work / "preprocessed" / "index.csv", pd.DataFrame(rows))
-    return work
 
 
 @pytest.fixture(autouse=True)

@@ -106,7 +106,7 @@ import torch
 torch.set_num_threads(1)
 import sys
 sys.path.insert(0, {tests!r})
-from test_grid import write_toy_work
+from helpers import write_toy_work
 from prrt_utils.models import crossval
 from prrt_utils.data.folds import CVConfig
 from prrt_utils.models.training import TrainConfig

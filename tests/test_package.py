@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from test_grid import write_toy_work
+from helpers import write_toy_work
 
 from prrt_utils.data.folds import CVConfig
 from prrt_utils.data.preprocess import PreprocessConfig

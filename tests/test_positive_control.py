@@ -10,14 +10,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from sklearn.metrics import roc_auc_score
+from helpers import auroc, train_folds
 
 from prrt_utils.data.cohort import CohortConfig, build_cohort
-from prrt_utils.data.folds import CVConfig, ensure_folds, fold_ids
+from prrt_utils.data.folds import CVConfig, ensure_folds
 from prrt_utils.data.preprocess import PreprocessConfig, run_preprocessing
 from prrt_utils.models import crossval
 from prrt_utils.models.networks import get_spec
-from prrt_utils.models.training import TrainConfig, train_fold
+from prrt_utils.models.training import TrainConfig
 from prrt_utils.synthetic import SynthConfig, generate_cohort
 
 pytestmark = pytest.mark.slow
@@ -38,13 +38,8 @@ def positive_control(tmp_path_factory):
 
 def _cv(data, folds, spec, cfg):
     torch.set_num_threads(1)
-    aucs, losses = [], []
-    for f in range(3):
-        train, test = fold_ids(folds, 0, f)
-        out = train_fold(spec, cfg, data, train, test, 0, f)
-        aucs.append(roc_auc_score(out.predictions["y_true"], out.predictions["prob"]))
-        losses.append(min(out.history["train_loss"]))
-    return float(np.mean(aucs)), float(np.mean(losses))
+    outs = train_folds(spec, cfg, data, folds)
+    return float(np.mean([auroc(o) for o in outs])), float(np.mean([min(o.history["train_loss"]) for o in outs]))
 
 
 def test_the_pet_only_network_learns_the_burden_that_decides_the_outcome(positive_control):
@@ -57,11 +52,7 @@ def test_the_pet_only_network_learns_the_burden_that_decides_the_outcome(positiv
 
 def test_the_radiomics_baseline_reads_the_burden_too(positive_control):
     data, folds = positive_control
-    aucs = []
-    for f in range(3):
-        train, test = fold_ids(folds, 0, f)
-        out = train_fold(get_spec("radiomics_lr"), TrainConfig(seed=0), data, train, test, 0, f)
-        aucs.append(roc_auc_score(out.predictions["y_true"], out.predictions["prob"]))
+    aucs = [auroc(o) for o in train_folds(get_spec("radiomics_lr"), TrainConfig(seed=0), data, folds)]
     assert np.mean(aucs) >= 0.8, aucs
 
 

@@ -8,11 +8,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pandas as pd
 import pytest
+from helpers import folds_of
 
 from prrt_utils import cli
-from prrt_utils.data.folds import make_folds
 from prrt_utils.models.inputs import TrainingError
 from prrt_utils.models.networks import get_spec
 from prrt_utils.models.toy import toy_cohort_data
@@ -43,7 +42,7 @@ def test_the_profile_is_recorded_and_only_a_non_default_profile_changes_the_cach
 
 def test_a_fold_trained_with_the_default_profile_is_not_reused_by_the_paper_profile(tmp_path):
     data = toy_cohort_data(30, (6, 4, 4), seed=0)
-    folds = make_folds(pd.DataFrame({"patient_id": data.patient_ids, "pfs_short": data.y}), 3, 1, 0)
+    folds = folds_of(data)
     spec = get_spec("lr_labs")
     assert run_fold(spec, TrainConfig.profile("default"), data, folds, 0, 0, tmp_path, "f") == "trained"
     assert fold_status(spec, TrainConfig.profile("default"), tmp_path, 0, 0, "f") == ("done", [])

@@ -2,30 +2,20 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
+from helpers import fold_predictions
 
 from prrt_utils.analysis import metrics
 from prrt_utils.models import stored
 from prrt_utils.report import notebook
 
-
-def _predictions(models=("rf_labs", "pet_fusion"), n=30, repeats=2, folds=3):
-    rng = np.random.default_rng(0)
-    y = rng.integers(0, 2, n)
-    rows = []
-    for r in range(repeats):
-        fold_of = rng.permutation(np.arange(n) % folds)
-        for k, model in enumerate(models):
-            prob = 1 / (1 + np.exp(-((k + 0.5) * (2 * y - 1) + rng.normal(0, 1, n))))
-            rows += [{"model": model, "repeat": r, "fold": int(fold_of[i]), "patient_id": f"P{i:03d}",
-                      "y_true": int(y[i]), "prob": float(prob[i])} for i in range(n)]
-    return pd.DataFrame(rows)
+#: Two models' out-of-fold predictions, PET fusion the stronger (30 patients, 2 x 3 folds).
+SIGNALS = {"rf_labs": 0.5, "pet_fusion": 1.5}
 
 
 def test_load_results_reads_the_stored_predictions_in_the_given_order_and_no_truth_on_an_own_cohort(tmp_path,
                                                                                                   monkeypatch):
-    pred = _predictions()
+    pred = fold_predictions(SIGNALS, n=30, repeats=2)
     asked = []
     monkeypatch.setattr(stored, "read_results", lambda work_dir, models: asked.append(list(models)) or pred)
     out = notebook.load_results(tmp_path, tmp_path / "data", ["pet_fusion", "rf_labs"])
@@ -41,7 +31,7 @@ def test_load_results_reads_the_stored_predictions_in_the_given_order_and_no_tru
 
 
 def test_load_results_reads_the_truth_of_a_synthetic_cohort(tmp_path, monkeypatch):
-    monkeypatch.setattr(stored, "read_results", lambda work_dir, models: _predictions())
+    monkeypatch.setattr(stored, "read_results", lambda work_dir, models: fold_predictions(SIGNALS, n=30, repeats=2))
     (tmp_path / "ground_truth").mkdir()
     pd.DataFrame({"patient_id": ["P000"], "p_short_bayes": [0.3]}).to_csv(tmp_path / "ground_truth" / "truth.csv",
                                                                          index=False)
@@ -66,7 +56,7 @@ def test_show_displays_tables_calls_show_on_figures_prints_text_and_skips_none(m
 
 
 def test_versus_ceiling_needs_the_truth_and_defaults_to_the_chapters_results(monkeypatch):
-    pred = _predictions()
+    pred = fold_predictions(SIGNALS, n=30, repeats=2)
     results = metrics.evaluate(pred, order=["rf_labs", "pet_fusion"])
     own = notebook.ChapterResults(["rf_labs", "pet_fusion"], pred, results, None, None, {}, pd.DataFrame())
     assert own.versus_ceiling() is None

@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from sklearn.metrics import roc_auc_score
+from helpers import auroc, folds_of, train_folds
 
-from prrt_utils.data.folds import fold_ids, make_folds
+from prrt_utils.data.folds import fold_ids
 from prrt_utils.models.inputs import CohortData, FoldNormaliser, LabScaler, TrainingError
 from prrt_utils.models.networks import load_registry
 from prrt_utils.models.stored import load_fold
@@ -22,20 +22,13 @@ REG = load_registry()
 FAST = TrainConfig(epochs=20, device="cpu")
 
 
-def folds_of(data: CohortData, n_repeats: int = 1) -> pd.DataFrame:
-    return make_folds(pd.DataFrame({"patient_id": data.patient_ids, "pfs_short": data.y}), 3, n_repeats, 0)
-
-
 def cv_auroc(spec_key: str, data: CohortData, cfg: TrainConfig = FAST, min_sd: float = 0.0) -> list[float]:
     """AUROC of each of 3 folds; every fold's test predictions must vary by more than ``min_sd``."""
-    folds = folds_of(data)
-    out = []
-    for fold in range(3):
-        train, test = fold_ids(folds, 0, fold)
-        p = train_fold(REG[spec_key], cfg, data, train, test, 0, fold).predictions
-        assert p["prob"].std() > min_sd, f"{spec_key} fold {fold}: constant output (sd {p['prob'].std():.4f})"
-        out.append(roc_auc_score(p["y_true"], p["prob"]))
-    return out
+    outs = train_folds(REG[spec_key], cfg, data, folds_of(data))
+    for fold, out in enumerate(outs):
+        sd = out.predictions["prob"].std()
+        assert sd > min_sd, f"{spec_key} fold {fold}: constant output (sd {sd:.4f})"
+    return [auroc(out) for out in outs]
 
 
 @pytest.fixture(scope="module")
