@@ -95,3 +95,32 @@ def test_the_checks_see_a_backward_import(tmp_path):
     assert ("prrt_utils.report.book", ("make_book",), 2) in found
     assert _layer("prrt_utils.report.book") > _layer("prrt_utils.data.cohort")
     assert any(n.startswith("_") for _, names, _ in found for n in names)
+
+
+LAZY_ALLOWED = {"prrt_utils.cli"}
+"""Modules that may import the package inside functions: the command line loads a stage (and torch)
+only for the subcommand that needs it, so that ``prrt --help`` stays quick."""
+
+
+def _imports_inside_functions(path: Path) -> list[int]:
+    lines = []
+    for fn in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            for node in ast.walk(fn):
+                mod = node.module if isinstance(node, ast.ImportFrom) else None
+                mods = [mod] if mod else [a.name for a in node.names] if isinstance(node, ast.Import) else []
+                if any(m and m.split(".")[0] == "prrt_utils" for m in mods):
+                    lines.append(node.lineno)
+    return lines
+
+
+@pytest.mark.parametrize("module", sorted(set(MODULES) - LAZY_ALLOWED))
+def test_the_package_imports_itself_at_module_top_so_the_graph_is_visible(module: str) -> None:
+    lines = _imports_inside_functions(MODULES[module])
+    assert not lines, f"{module}: prrt_utils imported inside a function at lines {lines}; import it at the top"
+
+
+def test_the_inside_function_check_finds_an_import_hidden_in_a_function(tmp_path: Path) -> None:
+    src = tmp_path / "m.py"
+    src.write_text("import os\n\ndef f():\n    from prrt_utils.io import store\n    return store\n")
+    assert _imports_inside_functions(src) == [4]

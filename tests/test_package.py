@@ -13,7 +13,7 @@ from helpers import write_toy_work
 from prrt_utils.data.folds import CVConfig
 from prrt_utils.data.preprocess import PreprocessConfig
 from prrt_utils.io import store
-from prrt_utils.models import crossval, final, package
+from prrt_utils.models import crossval, final, inputs, package
 from prrt_utils.models.inputs import CohortData
 from prrt_utils.models.toy import toy_cohort_data
 from prrt_utils.models.training import TrainConfig
@@ -36,7 +36,9 @@ def packaged(tmp_path_factory, data):
         mp.setattr(crossval, "_load_volumes", crossval._volumes_from_index)
         crossval.run_grid(["rf_labs", "pet_fusion"], work, CVConfig(n_splits=3, n_repeats=1), CFG, n_jobs=1,
                       progress=False, torch_threads=1)
-        mp.setattr("prrt_utils.data.preprocess.load_volumes", lambda w, ids: crossval._volumes_from_index(w, list(ids)))
+        toy_reader = lambda w, ids: crossval._volumes_from_index(w, list(ids))  # noqa: E731
+        mp.setattr(final, "load_volumes", toy_reader)  # where train_final reads the images
+        mp.setattr(inputs, "load_volumes", toy_reader)
         paths = {m: final.train_final(work, work.parent / f"{m}.pkg", m, CFG) for m in ("rf_labs", "pet_fusion")}
     return work, paths
 

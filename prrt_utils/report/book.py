@@ -48,10 +48,21 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from prrt_utils.analysis import validation
 from prrt_utils.data.cohort import PFS_THRESHOLD_MONTHS
+from prrt_utils.data.cohort_source import CohortSource
+from prrt_utils.data.folds import CVConfig
+from prrt_utils.data.intake import intake, intake_dir
+from prrt_utils.data.paper import MODEL_KEYS
 from prrt_utils.io import log, store
 from prrt_utils.io.config import SEED, Config
-from prrt_utils.synthetic import SynthConfig
+from prrt_utils.models import crossval, final, survival
+from prrt_utils.models.networks import BASELINE_KEYS, get_spec, override_ct_init
+from prrt_utils.models.pretrain import population_available
+from prrt_utils.models.training import PROFILES, TrainConfig
+from prrt_utils.report.notebook import data_source
+from prrt_utils.report.positive_control import PositiveControlConfig, run_positive_control
+from prrt_utils.synthetic import SynthConfig, generate_cohort
 
 __all__ = [
     "ANALYSIS_CHAPTERS",
@@ -179,7 +190,6 @@ class BookConfig(Config):
     positive_control: bool = True
 
     def __post_init__(self) -> None:
-        from prrt_utils.models.training import PROFILES
 
         if self.on_error not in ("skip", "stop"):
             raise BookError(f"on_error must be 'skip' or 'stop', got {self.on_error!r}")
@@ -191,8 +201,6 @@ class BookConfig(Config):
     def model_keys(self) -> tuple[str, ...]:
         if self.models:
             return self.models
-        from prrt_utils.data.paper import MODEL_KEYS
-        from prrt_utils.models.networks import BASELINE_KEYS
 
         return (*MODEL_KEYS, *BASELINE_KEYS)
 
@@ -221,7 +229,6 @@ class BookConfig(Config):
 
     def train_config(self) -> Any:
         """The :class:`~prrt_utils.models.training.TrainConfig` of every fold: the profile, the seed, device, epochs."""
-        from prrt_utils.models.training import TrainConfig
 
         return TrainConfig.profile(self.profile, seed=self.seed, device=self.device,
                                    **({"epochs": int(self.epochs)} if self.epochs else {}))
@@ -234,7 +241,6 @@ class BookConfig(Config):
     @property
     def has_pretrained_model(self) -> bool:
         """True when a model to train declares a pretrained CT branch (its page ``pretrain_ct`` is then made)."""
-        from prrt_utils.models.networks import get_spec
 
         return any(get_spec(m).pretrained for m in self.model_keys)
 
@@ -243,8 +249,6 @@ def resolve_cohort(cfg: BookConfig, root: Path) -> BookConfig:
     """With ``cohort_yaml`` set: run the intake and point ``data_dir`` and the threshold at its result."""
     if not cfg.cohort_yaml:
         return cfg
-    from prrt_utils.data.cohort_source import CohortSource
-    from prrt_utils.data.intake import intake, intake_dir
 
     path = Path(cfg.cohort_yaml)
     source = CohortSource.load(path if path.is_absolute() else root / path)
@@ -427,7 +431,6 @@ def ensure_data(cfg: BookConfig, root: Path, progress: bool = True) -> Path:
         return data
     if Path(cfg.data_dir) != DEFAULT_SYNTHETIC:
         raise BookError(f"{data} has no clinical.csv: point --data at a cohort export (see DESIGN.md)")
-    from prrt_utils.synthetic import generate_cohort
 
     log.say("book", f"generating the synthetic cohort ({cfg.synth_patients} patients, seed {cfg.seed}) in {data}")
     generate_cohort(SynthConfig(n_patients=cfg.synth_patients, seed=cfg.seed), data, progress=progress,
@@ -448,7 +451,6 @@ def ensure_positive_control(cfg: BookConfig, root: Path, progress: bool = False)
     """
     if not cfg.runs_positive_control:
         return None
-    from prrt_utils.report.positive_control import PositiveControlConfig, run_positive_control
 
     pc = PositiveControlConfig(n_patients=cfg.synth_patients, seed=cfg.seed, n_repeats=cfg.n_repeats,
                                n_splits=cfg.n_splits, epochs=cfg.epochs, profile=cfg.profile, device=cfg.device)
@@ -463,7 +465,6 @@ def ensure_second_centre(cfg: BookConfig, root: Path, progress: bool = True) -> 
     """
     if Path(cfg.data_dir) != DEFAULT_SYNTHETIC or not cfg.validation_model:
         return None
-    from prrt_utils.synthetic import generate_cohort
 
     data = (root / SECOND_CENTRE).resolve()
     n = max(16, round(cfg.synth_patients * SynthConfig.second_centre().n_patients / SynthConfig.n_patients))
@@ -503,9 +504,6 @@ def train_all(cfg: BookConfig, root: Path, models: Sequence[str], progress: bool
     models. The pages still call the same :func:`prrt_utils.models.crossval.run_grid`,
     which trains whatever is missing and refuses folds made with other settings.
     """
-    from prrt_utils.data.folds import CVConfig
-    from prrt_utils.models import crossval
-    from prrt_utils.models.networks import get_spec, override_ct_init
 
     specs = [override_ct_init(get_spec(m), cfg.ct_init) for m in models]
     train_cfg = cfg.train_config()
@@ -535,8 +533,6 @@ def train_chapter_models(cfg: BookConfig, root: Path) -> dict[str, float]:
     model package (after generating the synthetic second centre, when there is another cohort). Each
     is cached, so the pages that follow only read it.
     """
-    from prrt_utils.analysis import validation
-    from prrt_utils.models import final, survival
 
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -660,7 +656,6 @@ def build_html(cfg: BookConfig, root: Path | None = None) -> Path:
     """
     import yaml
 
-    from prrt_utils.report.notebook import data_source
 
     root = root or repo_root()
     executed = _executed_dir(root)
@@ -708,7 +703,6 @@ def make_book(cfg: BookConfig | None = None, root: str | Path | None = None, exe
                                                           _executed_dir(root) / f"{name}.ipynb",
                                                           cfg.parameters(), root, cfg.kernel))
         if cfg.has_pretrained_model:
-            from prrt_utils.models.pretrain import population_available
 
             if not cfg.ct_init and not population_available(root / cfg.data_dir, cfg.pretrain_data_dir):
                 # said on the pretraining page and on the model's page, not only here

@@ -27,7 +27,10 @@ from typing import Any
 
 import pandas as pd
 
+from prrt_utils.analysis import metrics
+from prrt_utils.data.cohort import read_cohort
 from prrt_utils.io import store
+from prrt_utils.models import stored
 from prrt_utils.report.tables import use_reader_tables
 
 __all__ = ["PACKAGES", "ChapterResults", "data_fingerprint", "data_source", "environment_report", "load_results",
@@ -157,7 +160,6 @@ class ChapterResults:
         ``results`` defaults to :attr:`results`. Without truth (an own cohort) there is no ceiling:
         returns ``missing`` (a sentence to show, or ``None`` to show nothing).
         """
-        from prrt_utils.analysis import metrics
 
         if self.ceiling is None:
             return missing
@@ -165,7 +167,6 @@ class ChapterResults:
 
     def subset(self, models: Sequence[str]) -> Any:
         """:func:`prrt_utils.analysis.metrics.evaluate` of only ``models`` (in that order), from the same predictions."""
-        from prrt_utils.analysis import metrics
 
         return metrics.evaluate(self.predictions[self.predictions["model"].isin(list(models))], order=list(models))
 
@@ -189,9 +190,6 @@ def load_results(work_dir: str | Path, data_dir: str | Path, models: Sequence[st
     -------
     ChapterResults
     """
-    from prrt_utils.analysis import metrics
-    from prrt_utils.data.cohort import read_cohort
-    from prrt_utils.models import stored
 
     models = list(models)
     names, paper = metrics.paper_reference()

@@ -47,8 +47,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from prrt_utils.analysis import metrics
+from prrt_utils.data.cohort import CohortConfig, build_cohort
+from prrt_utils.data.folds import CVConfig
+from prrt_utils.data.preprocess import PreprocessConfig, run_preprocessing
 from prrt_utils.io import store
 from prrt_utils.io.config import SEED, Config
+from prrt_utils.models import crossval, stored
+from prrt_utils.models.stored import GridError
+from prrt_utils.models.training import TrainConfig
+from prrt_utils.synthetic import SynthConfig, generate_cohort
 
 __all__ = [
     "CEILING_NAMES",
@@ -124,18 +132,15 @@ class PositiveControlConfig(Config):
     device: str = "auto"
 
     def train_config(self) -> Any:
-        from prrt_utils.models.training import TrainConfig
 
         return TrainConfig.profile(self.profile, seed=self.seed, device=self.device,
                                    **({"epochs": int(self.epochs)} if self.epochs else {}))
 
     def cv_config(self) -> Any:
-        from prrt_utils.data.folds import CVConfig
 
         return CVConfig(n_splits=self.n_splits, n_repeats=self.n_repeats, seed=self.seed)
 
     def synth_config(self) -> Any:
-        from prrt_utils.synthetic import SynthConfig
 
         return SynthConfig(n_patients=self.n_patients, seed=self.seed, scenario="positive-control")
 
@@ -202,7 +207,6 @@ def fold_shuffled_labels(labels: pd.Series, folds: pd.DataFrame, seed: int, repe
 
 def _prepare_shuffled(work: Path, seed: int) -> list[Path]:
     """``work/shuffled/r<k>`` per repeat: the outcome permuted, repeat k's rows of the SAME folds, links to the volumes."""
-    from prrt_utils.models import crossval
 
     cohort = crossval.eligible_cohort(work, "pfs_short")
     folds = pd.read_csv(work / "folds.csv", dtype={"patient_id": str})
@@ -241,10 +245,6 @@ def run_positive_control(cfg: PositiveControlConfig, data_dir: str | Path, work_
     """
     import yaml
 
-    from prrt_utils.data.cohort import CohortConfig, build_cohort
-    from prrt_utils.data.preprocess import PreprocessConfig, run_preprocessing
-    from prrt_utils.models import crossval, stored
-    from prrt_utils.synthetic import generate_cohort
 
     data_dir = Path(data_dir)
     work = work_folder(work_dir, cfg.profile)
@@ -367,9 +367,6 @@ def read_positive_control(data_dir: str | Path, work_dir: str | Path, profile: s
     """
     import yaml
 
-    from prrt_utils.analysis import metrics
-    from prrt_utils.models import stored
-    from prrt_utils.models.stored import GridError
 
     data_dir, work = Path(data_dir), work_folder(work_dir, profile)
     if not (work / "config.yaml").is_file():
@@ -484,7 +481,6 @@ class PositiveControlPage:
 
     def ceilings(self) -> tuple[Any, ...]:
         """Each true-label model against the ceiling of what it sees, and the ceilings; or why there are none."""
-        from prrt_utils.analysis import metrics
 
         r = self.result
         if r is None:
@@ -498,14 +494,12 @@ class PositiveControlPage:
 
     def metrics_figure(self) -> Any:
         """Every run's metrics beside the ceilings (plotly), or ``None``."""
-        from prrt_utils.analysis import metrics
 
         return None if self.result is None else metrics.metrics_figure(self.result.results, self.result.ceilings,
                                                                        names=self.names)
 
     def losses(self) -> tuple[Any, ...]:
         """The loss curves and, per model, the mean kept epoch and training losses."""
-        from prrt_utils.analysis import metrics
 
         r = self.result
         if r is None:
