@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from prrt_utils import cli
+from prrt_utils.data.cohort import LAB_LABELS
 
 
 @pytest.mark.slow
@@ -81,3 +82,16 @@ def test_the_book_static_folder_and_its_link():
 
     assert book.static_dir("/repo") == Path("/repo/book/executed/_static")
     assert book.static_href("patient_report.html") == "../../_static/patient_report.html"
+
+
+def test_the_shift_section_names_each_feature_in_words(tmp_path):
+    from prrt_utils.report import chapters
+
+    shift = pd.DataFrame({"feature": ["cga_ug_l", "ast_u_l"], "kind": ["labs", "labs"], "shift_iqr": [2.0, 0.1],
+                          "shifted": [True, False]})
+    chapter = chapters.ValidationChapter(other=tmp_path, model="pet_fusion", name="PET fusion", package=object(),
+                                         shift=shift, expected_shift=frozenset({"cga_ug_l"}))
+    sentence, table = chapter.shift_section()
+    assert table["feature"].tolist() == [LAB_LABELS["cga_ug_l"], LAB_LABELS["ast_u_l"]]
+    assert "cga_ug_l" not in sentence.data and f"**{LAB_LABELS['cga_ug_l']}**" in sentence.data
+    assert sentence.data.endswith("all of them flagged.")

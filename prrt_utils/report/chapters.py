@@ -35,6 +35,7 @@ from prrt_utils.models.final import final_package
 from prrt_utils.models.survival import evaluation_bias, useful_thresholds
 from prrt_utils.report import book, findings
 from prrt_utils.report.patient_report import predict_patient, write_report
+from prrt_utils.report.tables import words
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,7 +169,9 @@ class ValidationChapter:
         """The flagged features in words and the shift table."""
         if not self.ready:
             return ()
-        return (Markdown(shift_sentence(self.shift, self.expected_shift)), self.shift.round(3))
+        named = self.shift.assign(feature=self.shift["feature"].map(words))  # "CgA (µg/l)", not cga_ug_l
+        expected = None if self.expected_shift is None else {words(f) for f in self.expected_shift}
+        return (Markdown(shift_sentence(named, expected)), named.round(3))
 
     def discrimination_section(self) -> tuple[Any, ...]:
         """AUROC and AUPRC with intervals, and the AUROC beside the development cross-validation."""
