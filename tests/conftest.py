@@ -109,7 +109,8 @@ def built_book(tmp_path_factory: pytest.TempPathFactory) -> Path:
         else:
             shutil.copy2(src, root / name)
     # n_jobs=2 as make book runs it: the folds in a pool of two workers, the pages after training two at a time
-    cfg = BookConfig(synth_patients=21, n_repeats=2, n_splits=3, epochs=2, n_jobs=2, seed=0, pretrain_patients=12)
+    cfg = BookConfig(synth_patients=21, n_repeats=2, n_splits=3, epochs=2, n_jobs=2, seed=0, pretrain_patients=12,
+                     pretrain_epochs=5)
     make_book(cfg, root=root, progress=False)
     return root
 

@@ -218,6 +218,9 @@ def test_progress_bars_are_shown_only_on_a_terminal(monkeypatch):
 def test_book_config_rejects_an_unknown_error_policy():
     with pytest.raises(BookError, match="on_error"):
         BookConfig(on_error="ignore")
+    with pytest.raises(BookError, match="pretrain_epochs"):
+        BookConfig(pretrain_epochs=-1)
+    assert BookConfig(pretrain_epochs=5).parameters()["pretrain_epochs"] == 5  # the pretraining page declares it
 
 
 def test_every_page_of_the_table_of_contents_has_a_source():

@@ -154,6 +154,9 @@ class BookConfig(Config):
     pretrain_patients : int
         Size of the independent synthetic pretraining population; 0 keeps the
         default (:data:`prrt_utils.models.pretrain.POPULATION_SIZE`).
+    pretrain_epochs : int
+        Epochs of CT pretraining; 0 keeps the default
+        (:attr:`prrt_utils.models.pretrain.PretrainConfig.epochs`). The test book uses a few.
     validation_model : str
         Model packaged and validated in chapter 08 on the synthetic second
         centre (empty: no validation chapter content).
@@ -185,6 +188,7 @@ class BookConfig(Config):
     ct_labels_dir: str = ""
     pretrain_data_dir: str = ""
     pretrain_patients: int = 0
+    pretrain_epochs: int = 0
     validation_model: str = "pet_fusion"
     profile: str = "default"
     positive_control: bool = True
@@ -195,6 +199,8 @@ class BookConfig(Config):
             raise BookError(f"on_error must be 'skip' or 'stop', got {self.on_error!r}")
         if self.profile not in PROFILES:
             raise BookError(f"profile must be one of {', '.join(PROFILES)}, got {self.profile!r}")
+        if self.pretrain_epochs < 0:
+            raise BookError(f"pretrain_epochs must be >= 0 (0: the default), got {self.pretrain_epochs}")
         object.__setattr__(self, "models", tuple(self.models))
 
     @property
@@ -222,6 +228,7 @@ class BookConfig(Config):
             "labels_dir": self.ct_labels_dir,
             "pretrain_data_dir": self.pretrain_data_dir,
             "pretrain_patients": self.pretrain_patients,
+            "pretrain_epochs": self.pretrain_epochs,
             "validation_model": self.validation_model,
             "profile": self.profile,
             "positive_control_data_dir": str(POSITIVE_CONTROL_DATA) if self.runs_positive_control else "",
