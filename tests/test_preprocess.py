@@ -22,6 +22,7 @@ from prrt_utils.data.preprocess import (
 )
 from prrt_utils.data.qc import harmonisation_summary
 from prrt_utils.io import store
+from prrt_utils.io.figures import PALETTE
 from prrt_utils.io.images import InputError, PatientImages, Volume
 
 CENTRE = np.array([30.0, -20.0, -100.0])  # LPS mm
@@ -277,7 +278,9 @@ def test_harmonised_intensities_agree_across_patients_stored_with_other_rescale_
     assert s.loc[("PRRT-001", "SUVbw"), "p99"] == pytest.approx(
         s.loc[("PRRT-002", "SUVbw"), "p99"], rel=1e-3
     )  # ... SUV does not
-    assert len(qc.histogram_figure(summary).data) == 8
+    fig = qc.histogram_figure(summary)
+    assert len(fig.data) == 8  # 4 quantities x 2 patients, each patient in one colour of the book's palette
+    assert {t.line.color for t in fig.data} == {PALETTE[0], PALETTE[1]}
 
 
 def test_stop_mode_stops_at_the_first_bad_patient_with_its_message(imaging: Path, tmp_path: Path) -> None:

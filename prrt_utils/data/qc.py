@@ -14,6 +14,7 @@ import pandas as pd
 
 from prrt_utils.data.preprocess import PreprocessConfig, load_volumes
 from prrt_utils.io import store
+from prrt_utils.io.figures import PALETTE
 from prrt_utils.io.images import InputError
 from prrt_utils.io.loading import load_patient
 from prrt_utils.io.viewer import image_browser, window_uint8
@@ -132,12 +133,11 @@ def histogram_figure(summary: HarmonisationSummary) -> Any:
     order = list(_QUANTITIES.items())
     fig = make_subplots(rows=2, cols=2, subplot_titles=[f"{q} ({s} harmonisation)" for (_, s), q in order])
     colours = {}
-    palette = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf"]
     h = summary.histograms
     for n, ((modality, stage), quantity) in enumerate(order):
         part = h[(h["modality"] == modality) & (h["stage"] == stage)]
         for pid, g in part.groupby("patient_id", sort=True):
-            colour = colours.setdefault(pid, palette[len(colours) % len(palette)])
+            colour = colours.setdefault(pid, PALETTE[len(colours) % len(PALETTE)])
             fig.add_trace(
                 go.Scatter(
                     x=(g["bin_left"] + g["bin_right"]) / 2,
