@@ -466,3 +466,14 @@ def test_a_ct_body_heavier_than_the_weight_allows_is_refused_with_the_number_and
     assert preprocess.check_body_mass(1.29 * 50, 50.0, "PRRT-001") == pytest.approx(1.29)
     with pytest.raises(InputError, match=r"weighs about 65.5 kg, 1.31 times .*\(rule: at most 1.3\)"):
         preprocess.check_body_mass(65.5, 50.0, "PRRT-001")
+
+
+def test_largest_component_keeps_the_bigger_of_two_blobs_and_says_none_for_nothing() -> None:
+    from prrt_utils.data.grid import largest_component
+
+    m = np.zeros((1, 6, 6), bool)
+    m[0, 0:2, 0:2] = True  # 4 voxels
+    m[0, 3:6, 3:6] = True  # 9 voxels, not touching the first
+    kept = largest_component(m)
+    assert kept.sum() == 9 and kept[0, 4, 4] and not kept[0, 0, 0]
+    assert largest_component(np.zeros((2, 2, 2), bool)) is None

@@ -89,6 +89,19 @@ class TargetGrid:
 # ---------------------------------------------------------------------------
 
 
+
+def largest_component(mask: np.ndarray) -> np.ndarray | None:
+    """The largest connected component of a boolean volume (scipy's face connectivity), or None if empty."""
+    from scipy import ndimage
+
+    lab, n = ndimage.label(mask)
+    if n == 0:
+        return None
+    sizes = np.bincount(lab.ravel())
+    sizes[0] = 0
+    return lab == int(np.argmax(sizes))
+
+
 def body_mask(ct_hu: np.ndarray, threshold_hu: float = -500.0) -> np.ndarray:
     """Body mask of a CT in HU: largest 3-D component of ``CT > threshold_hu``, convex per slice.
 
@@ -112,14 +125,9 @@ def body_mask(ct_hu: np.ndarray, threshold_hu: float = -500.0) -> np.ndarray:
     from scipy import ndimage
     from scipy.spatial import ConvexHull, QhullError
 
-    m = ct_hu > threshold_hu
-    lab, n = ndimage.label(m)
-    if n == 0:
-        return m
-    sizes = np.bincount(lab.ravel())
-    sizes[0] = 0
-    m = lab == int(np.argmax(sizes))
-    del lab
+    m = largest_component(ct_hu > threshold_hu)
+    if m is None:
+        return np.zeros(ct_hu.shape, dtype=bool)
     for k in np.nonzero(m.any(axis=(1, 2)))[0]:
         edge = m[k] & ~ndimage.binary_erosion(m[k])
         pts = np.argwhere(edge).astype(float)
@@ -157,15 +165,11 @@ def _slice_z(vol: Volume) -> np.ndarray:
 
 
 def _lung_apex_z(ct: Volume, mask: np.ndarray, cfg: PreprocessConfig) -> float | None:
-    from scipy import ndimage
 
     air = mask & (ct.array < cfg.lung_threshold_hu)
-    lab, n = ndimage.label(air)
-    if n == 0:
+    lung = largest_component(air)
+    if lung is None:
         return None
-    sizes = np.bincount(lab.ravel())
-    sizes[0] = 0
-    lung = lab == int(np.argmax(sizes))
     voxel_area = ct.spacing[1] * ct.spacing[2]
     area = lung.sum(axis=(1, 2)) * voxel_area
     rows = np.nonzero(area >= cfg.lung_min_area_mm2)[0]
